@@ -1,0 +1,82 @@
+"""The `zoo` command line (typer + rich).
+
+Each module in this package adds its commands through `register(app)`, so a new
+command group is one new file. User errors (`ZooError`, bad flags) print one line
+with a hint and exit non-zero; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+import zoo
+from zoo.errors import ZooError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="zoo",
+    help="mixer-zoo: which sequence mixer holds up on long context.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"mixer-zoo {zoo.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+) -> None:
+    """mixer-zoo: compare sequence mixers inside one LM, trainer and HashHop evaluator."""
+
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="zoo", standalone_mode=False)
+    except ZooError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e.message}" + (f" [dim]({e.hint})[/]" if e.hint else ""),
+                          highlight=False)
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        if debug:
+            raise
+        msg = e.format_message()
+        ctx = getattr(e, "ctx", None)
+        hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `zoo --help`"
+        err_console.print(f"[bold red]error:[/] {msg} [dim]({hint})[/]", highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`zoo doctor`: what this machine can run, and which backend each mixer would use."""
+
+from __future__ import annotations
+
+import torch
+import typer
+from rich.table import Table
+
+from zoo import env, registry
+
+
+def register(app: typer.Typer) -> None:
+    from zoo.cli import console
+
+    @app.command("doctor")
+    def doctor() -> None:
+        """Versions of torch, CUDA, triton and the optional kernels; the backend per mixer."""
+        v = env.versions()
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda" if cuda else "cpu")
+        t = Table(title="environment")
+        t.add_column("component")
+        t.add_column("status")
+        t.add_row("python", v["python"])
+        t.add_row("torch", v["torch"])
+        t.add_row("CUDA", f"{v['cuda']} (available)" if cuda else f"{v['cuda'] or 'none'} (no GPU visible)")
+        t.add_row("device", env.device_name(device) + (f", capability {env.cuda_capability(device)}" if cuda else ""))
+        for mod, dist in env.OPTIONAL.items():
+            ver = v[mod]
+            t.add_row(dist, f"[green]{ver}[/]" if ver else "[dim]not installed[/]")
+        console.print(t)
+        mt = Table(title=f"backend each mixer uses on {device}")
+        for col in ("mixer", "backend", "unavailable here"):
+            mt.add_column(col)
+        for spec in registry.specs():
+            choice = spec.choose_backend(device)
+            mt.add_row(spec.name, choice.chosen, "; ".join(f"{b}: {r}" for b, r in choice.reasons.items()))
+        console.print(mt)
+        for b in registry.broken_plugins():
+            console.print(f"[red]broken plugin[/] {b['name']} from {b['package']}: {b['error']}")

@@ -1,0 +1,140 @@
+"""`zoo mixers`, `zoo mixers show NAME`, `zoo check NAME`, `zoo new-mixer NAME`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from rich.table import Table
+
+from zoo import registry
+from zoo.errors import ZooError
+
+REF_D_MODEL = 1024
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def human_count(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def reference_mixer(spec: registry.MixerSpec, d_model: int = REF_D_MODEL):
+    """The mixer at the reference width with its default config, without allocating weights."""
+    cfg = spec.make_config()
+    try:
+        with torch.device("meta"):
+            return spec.cls(d_model, cfg)
+    except Exception:  # some inits need real tensors
+        return spec.cls(d_model, cfg)
+
+
+def register(app: typer.Typer) -> None:
+    from zoo.cli import console
+
+    mixers_app = typer.Typer(help="List and inspect the registered mixers.", invoke_without_command=True)
+    app.add_typer(mixers_app, name="mixers")
+
+    @mixers_app.callback()
+    def mixers_list(ctx: typer.Context) -> None:
+        """Every registered mixer, built-in and plugin, with its costs and backends here."""
+        if ctx.invoked_subcommand is not None:
+            return
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        t = Table(title=f"mixers (parameters and state at d_model={REF_D_MODEL}, bf16, batch 1; backends on {device})")
+        for col in ("name", "family", "params", "cost", "state 8K", "state 1M", "max length", "backend here", "source"):
+            t.add_column(col, no_wrap=col in ("name", "params"))
+        for spec in registry.specs():
+            m = reference_mixer(spec)
+            choice = spec.choose_backend(device)
+            unavailable = ", ".join(f"{b}: {r}" for b, r in choice.reasons.items())
+            t.add_row(
+                spec.name, spec.family, human_count(sum(p.numel() for p in m.parameters())),
+                spec.capabilities.cost, human_bytes(m.state_bytes(8192)), human_bytes(m.state_bytes(2**20)),
+                "unbounded" if m.max_length is None else str(m.max_length),
+                choice.chosen + (f" [dim](no {unavailable})[/]" if unavailable else ""), spec.source,
+            )
+        console.print(t)
+        broken = registry.broken_plugins()
+        if broken:
+            bt = Table(title="broken plugins (not loaded)", title_style="bold red")
+            for col in ("entry point", "package", "error"):
+                bt.add_column(col)
+            for b in broken:
+                bt.add_row(b["name"], b["package"], b["error"])
+            console.print(bt)
+
+    @mixers_app.command("show")
+    def mixers_show(name: str = typer.Argument(..., help="registry name")) -> None:
+        """Config fields with defaults and bounds, docs and citation of one mixer."""
+        spec = registry.get_spec(name)
+        console.print(f"[bold]{spec.name}[/]  ({spec.family}, from {spec.source})")
+        console.print(spec.description)
+        console.print(f"[dim]cite:[/] {spec.citation}")
+        caps = spec.capabilities
+        console.print(f"cost {caps.cost}, {caps.state} state, causal={caps.causal}, "
+                      f"max length {caps.max_length or 'unbounded'}")
+        doc = (spec.cls.__doc__ or "").strip()
+        if doc:
+            console.print(f"\n{doc}\n")
+        t = Table(title="config")
+        for col in ("field", "type", "default", "bounds", "description"):
+            t.add_column(col)
+        for fname, f in spec.config_cls.model_fields.items():
+            bounds = []
+            for m in f.metadata:
+                for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                    if getattr(m, attr, None) is not None:
+                        bounds.append(f"{sym} {getattr(m, attr)}")
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            t.add_row(fname, ann, repr(f.default), ", ".join(bounds), f.description or "")
+        console.print(t)
+        bt = Table(title="backends (in order of preference)")
+        for col in ("backend", "what", "on cpu", "on cuda"):
+            bt.add_column(col)
+        for b in spec.backends:
+            bt.add_row(b.name, b.description, b.check(torch.device("cpu")) or "yes",
+                       b.check(torch.device("cuda")) or "yes")
+        console.print(bt)
+
+    @app.command("check")
+    def check(name: str = typer.Argument(..., help="registry name of the mixer to test")) -> None:
+        """Run the conformance suite on one mixer (tiny sizes, CPU)."""
+        from zoo import conformance
+
+        spec = registry.get_spec(name)
+        results = conformance.run_all(spec)
+        t = Table(title=f"conformance of {name}")
+        t.add_column("check")
+        t.add_column("result")
+        for k, v in results.items():
+            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {v}")
+        console.print(t)
+        failed = [k for k, v in results.items() if v is not None]
+        if failed:
+            raise ZooError(f"mixer '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
+                           "see the table above")
+
+    @app.command("new-mixer")
+    def new_mixer(
+        name: str = typer.Argument(..., help="registry name of the new mixer, e.g. my-conv"),
+        out: Path = typer.Option(None, "--out", help="where to write the package (default ./zoo-NAME)"),
+    ) -> None:
+        """Scaffold an installable plugin package with a mixer that passes the conformance suite."""
+        from zoo.scaffold import scaffold
+
+        path = scaffold(name, out)
+        console.print(f"wrote plugin package [bold]{path}[/]")
+        console.print(f"next: pip install -e {path} && zoo check {name}")

@@ -1,0 +1,59 @@
+"""What this machine has: versions of the optional kernels and the device, without importing them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import socket
+
+import torch
+
+OPTIONAL = {
+    "triton": "triton",
+    "fla": "flash-linear-attention",
+    "mamba_ssm": "mamba-ssm",
+    "causal_conv1d": "causal-conv1d",
+    "flash_attn": "flash-attn",
+    "rwkv": "rwkv",
+}
+
+
+def dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def has_module(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def versions() -> dict[str, str | None]:
+    """Package versions for provenance; None where not installed."""
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                  "cuda": torch.version.cuda}
+    for module, dist in OPTIONAL.items():
+        out[module] = dist_version(dist) if has_module(module) else None
+    return out
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)

@@ -1,0 +1,174 @@
+"""The mixer contract.
+
+A mixer is an `nn.Module` mapping `x: [B, L, D] -> y: [B, L, D]`, strictly causal.
+
+    y = mixer(x)                      # one full forward
+    cache = mixer.new_cache(B, device, dtype)
+    y1 = mixer(x[:, :5], cache)       # the same outputs, chunk by chunk,
+    y2 = mixer(x[:, 5:], cache)       # down to one token at a time
+
+Each mixer class carries a `MixerSpec` (see `zoo.registry`): its registry name, family,
+citation, a pydantic config with defaults and bounds, its capabilities and its backends.
+The plain-PyTorch backend `torch` always exists and is the oracle; fast paths are
+optional and are chosen at run time by `select_backend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from zoo.errors import LengthError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.registry import MixerSpec
+
+Cost = Literal["O(L)", "O(L log L)", "O(L^2)", "O(T*L^2)"]
+
+
+class MixerConfig(BaseModel):
+    """Base of every mixer config: plain validated data, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = "auto"
+
+
+def _always(device: torch.device) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a mixer. `check(device)` returns None when usable, else why not."""
+
+    name: str
+    description: str
+    check: Callable[[torch.device], str | None] = _always
+
+
+TORCH_BACKEND = Backend("torch", "plain PyTorch reference (any device)")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a mixer can do. `max_length` None means unbounded; an instance may narrow it."""
+
+    cost: Cost
+    state: Literal["fixed", "growing"]
+    causal: bool = True
+    max_length: int | None = None
+
+
+class Cache:
+    """Inference state of one mixer: tensors (or lists of tensors) as attributes.
+
+    `pos` counts the tokens consumed so far; `nbytes()` is what the cache holds, which
+    the conformance suite compares with `Mixer.state_bytes`.
+    """
+
+    def __init__(self, **fields: Any):
+        self.pos = 0
+        for k, v in fields.items():
+            setattr(self, k, v)
+
+    def tensors(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+
+        def walk(v: Any) -> None:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (list, tuple)):
+                for u in v:
+                    walk(u)
+            elif isinstance(v, dict):
+                for u in v.values():
+                    walk(u)
+
+        for v in vars(self).values():
+            walk(v)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass
+class BackendChoice:
+    chosen: str
+    reasons: dict[str, str] = field(default_factory=dict)  # unavailable backend -> why
+
+
+class Mixer(nn.Module):
+    """Base class. Subclasses set `Config`, implement `forward`, `new_cache`,
+    `state_bytes` and `flops_per_token`, and register with `@register_mixer`."""
+
+    Config: ClassVar[type[MixerConfig]] = MixerConfig
+    spec: ClassVar[MixerSpec]
+
+    def __init__(self, d_model: int, config: MixerConfig | None = None, layer_idx: int = 0):
+        super().__init__()
+        self.d_model = d_model
+        self.config = config if config is not None else self.Config()
+        self.layer_idx = layer_idx
+        self.last_backend: str | None = None
+
+    # -- contract -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_cache(self, batch: int, device: torch.device | str, dtype: torch.dtype) -> Cache:
+        raise NotImplementedError
+
+    def state_bytes(self, seq_len: int, batch: int = 1, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes the cache holds after `seq_len` tokens."""
+        raise NotImplementedError
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token at context `seq_len` (matmuls at 2 FLOPs per MAC)."""
+        raise NotImplementedError
+
+    # -- shared helpers -------------------------------------------------------------
+    @property
+    def max_length(self) -> int | None:
+        return self.spec.capabilities.max_length
+
+    def check_length(self, end: int) -> None:
+        m = self.max_length
+        if m is not None and end > m:
+            raise LengthError(
+                f"mixer '{self.spec.name}' runs at most {m} tokens, asked for {end}",
+                "evaluate it at or below its max_length, or pick an unbounded mixer",
+            )
+
+    def backend_choice(self, device: torch.device) -> BackendChoice:
+        return self.spec.choose_backend(device, self.config.backend)
+
+    def select_backend(self, x: torch.Tensor) -> str:
+        name = self.backend_choice(x.device).chosen
+        self.last_backend = name
+        return name
+
+
+def param_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def check_forced_backend(spec: MixerSpec, device: torch.device, forced: str) -> BackendChoice:
+    names = [b.name for b in spec.backends]
+    if forced not in names:
+        raise ZooError(
+            f"mixer '{spec.name}' has no backend '{forced}'",
+            f"allowed: auto, {', '.join(names)}",
+        )
+    reasons = {b.name: r for b in spec.backends if (r := b.check(device)) is not None}
+    if forced in reasons:
+        raise ZooError(
+            f"backend '{forced}' of mixer '{spec.name}' cannot run on {device}: {reasons[forced]}",
+            "use backend = 'auto'",
+        )
+    return BackendChoice(forced, reasons)

@@ -1,0 +1,3 @@
+"""Built-in mixers, one module per family. Importing this package registers them."""
+
+from zoo.mixers import attention  # noqa: F401

@@ -1,0 +1,1 @@
+"""Training tasks: each a deterministic stream of batches, registered by name."""
