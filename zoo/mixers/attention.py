@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
 from zoo.positional import sinusoidal
@@ -106,10 +107,13 @@ class Attention(Mixer):
 
     def attend(self, q, k, v, pos_q, pos_k):
         if self.select_backend(q) == "sdpa":
-            if q.shape[2] == k.shape[2] and self.window is None:
+            if self.window is not None:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(pos_q, pos_k, self.window))
+            if q.shape[2] == k.shape[2]:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            # chunked inference (queries sit at the end of the keys) or a window: explicit mask
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(pos_q, pos_k, self.window))
+            # chunked inference: queries sit at the end of the keys (bottom-right causal),
+            # which keeps the flash and efficient kernels usable
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]))
         return attention_reference(q, k, v, pos_q, pos_k, self.score_bias(pos_q, pos_k), self.window)
 
     # -- contract ----------------------------------------------------------------------------

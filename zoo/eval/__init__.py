@@ -1,0 +1,1 @@
+"""Evaluators: HashHop, perplexity vs length, speed and memory."""

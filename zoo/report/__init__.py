@@ -1,0 +1,1 @@
+"""Reports: figures, HTML and PDF from the results store."""

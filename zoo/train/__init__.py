@@ -1,0 +1,1 @@
+"""The shared trainer: one small module per job (loop, schedules, checkpoints, logging)."""
