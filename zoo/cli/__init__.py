@@ -11,7 +11,6 @@ import importlib
 import pkgutil
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -19,7 +18,7 @@ import zoo
 from zoo.errors import ZooError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="zoo",
@@ -59,22 +58,26 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {e.message}" + (f" [dim]({e.hint})[/]" if e.hint else ""),
                           highlight=False)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        err_console.print("aborted")
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
         return 130
-    except click.ClickException as e:
-        if debug:
+    except Exception as e:
+        # typer vendors its own click in newer releases: recognise click's exceptions by shape
+        kind = type(e).__name__
+        if kind == "NoArgsIsHelpError":  # `zoo` alone printed the help
+            return 0
+        if kind == "Exit":
+            return getattr(e, "exit_code", 0)
+        if kind == "Abort":
+            err_console.print("aborted")
+            return 130
+        if debug or not hasattr(e, "format_message"):
             raise
         msg = e.format_message()
         ctx = getattr(e, "ctx", None)
         hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `zoo --help`"
         err_console.print(f"[bold red]error:[/] {msg} [dim]({hint})[/]", highlight=False)
-        return e.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+        return getattr(e, "exit_code", 2)
     return 0
 
 
