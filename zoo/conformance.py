@@ -9,7 +9,7 @@ Sizes are tiny (d_model 32, 24 tokens) so the whole suite runs on CPU in seconds
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -10,7 +10,8 @@ mixers' caches (`iter_logits`), so memory stays bounded for recurrent mixers.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F

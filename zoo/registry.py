@@ -24,8 +24,9 @@ import difflib
 import importlib
 import importlib.metadata
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from pydantic import ValidationError
