@@ -1,3 +1,5 @@
 """Built-in mixers, one module per family. Importing this package registers them."""
 
 from zoo.mixers import attention  # noqa: F401
+from zoo.mixers import mamba  # noqa: F401
+from zoo.mixers import rwkv7  # noqa: F401
