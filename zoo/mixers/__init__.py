@@ -2,4 +2,3 @@
 
 from zoo.mixers import attention  # noqa: F401
 from zoo.mixers import mamba  # noqa: F401
-from zoo.mixers import rwkv7  # noqa: F401
