@@ -2,3 +2,4 @@
 
 from zoo.mixers import attention  # noqa: F401
 from zoo.mixers import mamba  # noqa: F401
+from zoo.mixers import mamba2  # noqa: F401
