@@ -45,7 +45,7 @@ MAMBA = "Gu and Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective St
 
 # -- optional kernels -----------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mamba_ssm_import_error() -> str | None:
     """None when mamba_ssm's kernels import, else why not (checked once per process)."""
     if not has_module("mamba_ssm"):
@@ -63,7 +63,7 @@ def check_mamba_ssm(device: torch.device) -> str | None:
     return "; ".join(why) or None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def causal_conv1d_fn():
     """The `causal_conv1d` CUDA function, or None when that package is absent or broken."""
     if not has_module("causal_conv1d"):
