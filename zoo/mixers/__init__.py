@@ -4,3 +4,4 @@ from zoo.mixers import attention  # noqa: F401
 from zoo.mixers import mamba  # noqa: F401
 from zoo.mixers import mamba2  # noqa: F401
 from zoo.mixers import s4d  # noqa: F401
+from zoo.mixers import hyena  # noqa: F401
