@@ -1,0 +1,57 @@
+"""Retrieval attention of hierarchical sparse attention (HSA), plain PyTorch reference.
+
+Hu et al. 2025, "Every Token Counts: Generalizing 16M Ultra-Long Context in Large Language
+Models" (HSA-UltraLong, arXiv:2511.23319), and Hu et al. 2025, "Hardware-aligned
+Hierarchical Sparse Attention" (arXiv:2504.16795).
+
+Each token t, for each KV head g, has selected up to K complete chunks (indices, -1 = empty
+slot) with fusion weights w. Its query heads of group g attend inside every selected chunk
+separately (one softmax per chunk, no mask inside a complete chunk) and the per-chunk outputs
+are summed with the weights:
+
+    o[t, h] = sum_j w[t, g, j] * softmax(scale * q[t, h] . K_{c_j}^T) V_{c_j},   g = h // G
+
+This gather-based version is the oracle the Triton kernel (`hsa_triton.py`) is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def hsa_attention_naive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weights: torch.Tensor,
+    indices: torch.Tensor,
+    chunk_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Per-chunk softmax attention fused by weights.
+
+    q `[B, L, Hq, D]`; k, v `[B, C * S, Hkv, D]` (chunk c is rows c*S .. c*S+S-1);
+    weights `[B, L, Hkv, K]` (float); indices `[B, L, Hkv, K]` (int, -1 = empty slot,
+    weighted 0). Returns `[B, L, Hq, D]` in q's dtype; computes in float32.
+    """
+    B, L, Hq, D = q.shape
+    S, Hkv, K = chunk_size, k.shape[2], indices.shape[-1]
+    G = Hq // Hkv
+    C = k.shape[1] // S
+    scale = scale if scale is not None else D**-0.5
+    valid = indices >= 0
+    if C == 0 or K == 0 or not bool(valid.any()):
+        # no complete chunk is visible anywhere; keep the graph connected to the weights
+        return (q * 0 + (weights.sum() * 0).to(q.dtype)).to(q.dtype)
+    kc = k.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)  # [B, Hkv, C, S, D]
+    vc = v.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)
+    idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
+    bi = torch.arange(B, device=q.device)[:, None, None, None]
+    gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, S, D]
+    qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
+    p = (torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale).softmax(-1)
+    ok = torch.einsum("bhlgks,bhlksd->bhlgkd", p, vg)  # one output per selected chunk
+    w = (weights.float() * valid).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
+    o = torch.einsum("bhlk,bhlgkd->bhlgd", w, ok)
+    return o.permute(0, 2, 1, 3, 4).reshape(B, L, Hq, D).to(q.dtype)

@@ -1,0 +1,365 @@
+"""Hierarchical sparse attention (HSA) beside sliding-window attention, in one layer.
+
+Hu et al. 2025, "Every Token Counts: Generalizing 16M Ultra-Long Context in Large Language
+Models" (HSA-UltraLong, arXiv:2511.23319); the stick-breaking fusion is the RAMba variant of
+Hu et al. 2025, "Hardware-aligned Hierarchical Sparse Attention" (arXiv:2504.16795).
+
+    x ──┬─ sliding-window attention, RoPE, window W (recent context) ───────┐
+        │                                                                   ├─ concat ─ wo ─ y
+        └─ HSA: chunks of S tokens, each complete chunk encoded once ───────┘
+             chunk encoder (bidirectional, + CLS) -> landmark, chunk keys/values (QK-norm, no positions)
+             retrieval query . landmarks of chunks complete before the token -> top-K chunks
+             one softmax per retrieved chunk; outputs fused by softmax(top-K scores)
+
+Causality lives in one place, `visible_chunks`: token t may retrieve chunk c only when the
+chunk is complete before t, i.e. (c + 1) * S <= t, never its own open chunk.
+
+The full forward is the cached forward with an empty cache, so chunked inference equals it:
+the cache holds the last W - 1 window keys/values, the raw inputs of the open chunk, and per
+complete chunk its keys, values and landmark (a growing cache). Per token the cost is
+O(number of chunks) to score landmarks plus O(K * S + W) to attend.
+
+Shapes: x `[B, L, D]`; queries `[B, L, H, Dh]`; chunk keys/values `[B, C * S, Hkv, Dh]`;
+landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from zoo.kernels.hsa_naive import hsa_attention_naive
+from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
+from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
+from zoo.registry import register_mixer
+
+HSA_CITATION = (
+    "Hu et al. 2025, Every Token Counts: Generalizing 16M Ultra-Long Context in Large Language Models "
+    "(HSA-UltraLong), arXiv:2511.23319; Hu et al. 2025, Hardware-aligned Hierarchical Sparse Attention, "
+    "arXiv:2504.16795"
+)
+SCORE_BUDGET = 1 << 26  # landmark scores materialised at once (elements): keeps memory linear in L
+
+
+def _triton_check(device: torch.device) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return "needs a CUDA device (or TRITON_INTERPRET=1 on CPU)"
+
+
+TRITON_BACKEND = Backend(
+    "triton", "own Triton retrieval kernel (fwd+bwd) and FlexAttention for the window (CUDA)", _triton_check
+)
+
+
+class HSAConfig(MixerConfig):
+    n_heads: int = Field(8, ge=1, le=256, description="query heads of each branch (window and retrieval)")
+    n_kv_heads: int = Field(1, ge=1, le=256, description="KV heads (grouped queries); top-K is per KV head")
+    head_dim: int | None = Field(None, ge=2, le=512, description="per-head width (default d_model / n_heads)")
+    chunk_size: int = Field(64, ge=16, le=1024, description="tokens per chunk S, a multiple of 16")
+    top_k: int = Field(8, ge=1, le=256, description="chunks retrieved per token and KV head")
+    window: int = Field(512, ge=1, description="sliding-window span W; a schedule may change `mixer.window`")
+    encoder_layers: int = Field(1, ge=0, le=8, description="bidirectional chunk-encoder depth; 0 = mean pooling")
+    encoder_heads: int | None = Field(None, ge=1, le=256, description="chunk-encoder heads (default d_model / 64)")
+    retrieval_dim: int | None = Field(None, ge=1, le=1024, description="landmark width per KV head (default head_dim)")
+    fusion: Literal["softmax", "stick-breaking"] = Field(
+        "softmax", description="weights of the retrieved chunks: softmax of the scores, or stick-breaking (RAMba)"
+    )
+    rope_base: float = Field(10000.0, gt=1.0, description="RoPE base of the window branch and the chunk encoder")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> HSAConfig:
+        if self.chunk_size % 16:
+            raise ValueError(f"chunk_size={self.chunk_size} is not a multiple of 16")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        return self
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class ChunkEncoderLayer(nn.Module):
+    """Pre-norm bidirectional transformer layer over one chunk and its CLS token (RoPE inside
+    the chunk only, so it never sees absolute positions)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads, self.hd = heads, d // heads
+        self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
+        self.wqkv = nn.Linear(d, 3 * d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+        self.w_gate = nn.Linear(d, 2 * d, bias=False)
+        self.w_up = nn.Linear(d, 2 * d, bias=False)
+        self.w_down = nn.Linear(2 * d, d, bias=False)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """h `[N, S + 1, D]` -> same."""
+        N, T, d = h.shape
+        q, k, v = self.wqkv(self.norm1(h)).view(N, T, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        a = F.scaled_dot_product_attention(q, k, v)  # no mask: bidirectional within the chunk
+        h = h + self.wo(a.transpose(1, 2).reshape(N, T, d))
+        u = self.norm2(h)
+        return h + self.w_down(F.silu(self.w_gate(u)) * self.w_up(u))
+
+
+def visible_chunks(pos: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.Tensor:
+    """Boolean `[L, C]`: token at `pos` may retrieve chunk c iff the chunk is complete before
+    it, (c + 1) * S <= pos; its own open chunk and every later chunk stay hidden."""
+    c = torch.arange(n_chunks, device=pos.device)
+    return (c[None, :] + 1) * chunk_size <= pos[:, None]
+
+
+def window_attention_reference(q, k, v, window: int) -> torch.Tensor:
+    """Causal sliding-window attention with grouped heads, explicit scores. q `[B, H, Lq, Dh]`,
+    k/v `[B, Hkv, Lk, Dh]` with the queries at the last Lq key positions -> `[B, H, Lq, Dh]`."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
+    s = s.masked_fill(~band_mask(q.shape[2], k.shape[2], window, q.device), float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v.float()).to(q.dtype)
+
+
+def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
+    """Boolean `[Lq, Lk]`: query i (at key position i + Lk - Lq) sees the keys of the last `window` positions."""
+    dist = torch.arange(lq, device=device)[:, None] + (lk - lq) - torch.arange(lk, device=device)[None, :]
+    return (dist >= 0) & (dist < window)
+
+
+_FLEX: dict = {}
+
+
+def window_attention_fast(q, k, v, window: int) -> torch.Tensor:
+    """The same on CUDA: FlexAttention with a sliding-window block mask (only the band of
+    blocks near the diagonal is computed); SDPA with the band mask for short query chunks."""
+    Lq, Lk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if q.device.type != "cuda" or Lq < 128:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(Lq, Lk, window, q.device), enable_gqa=gqa)
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    key = (Lq, Lk, window, q.device)
+    if key not in _FLEX:
+        offset = Lk - Lq
+
+        def band(b, h, qi, ki):
+            dist = qi + offset - ki
+            return (dist >= 0) & (dist < window)
+
+        _FLEX[key] = create_block_mask(band, None, None, Lq, Lk, device=q.device)
+    return _FLEX["fn"](q, k, v, block_mask=_FLEX[key], enable_gqa=gqa)
+
+
+@register_mixer(
+    name="hsa",
+    family="sparse-attention",
+    description="hierarchical sparse attention: top-K chunk retrieval by landmarks, plus sliding-window RoPE attention",
+    citation=HSA_CITATION,
+    capabilities=Capabilities(cost="O(L^2)", state="growing"),  # O(L^2 / S) landmark scoring, O(L (K S + W)) attention
+    backends=[TRITON_BACKEND, TORCH_BACKEND],
+    tiny={"n_heads": 2, "n_kv_heads": 1, "head_dim": 16, "chunk_size": 16, "top_k": 2, "window": 8,
+          "encoder_layers": 1, "fusion": "stick-breaking"},
+)
+class HSA(Mixer):
+    """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up."""
+
+    Config = HSAConfig
+
+    def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
+        super().__init__(d_model, config, layer_idx)
+        c = self.config
+        self.n_heads, self.n_kv_heads = c.n_heads, c.n_kv_heads
+        self.head_dim = c.head_dim or d_model // c.n_heads
+        self.retrieval_dim = c.retrieval_dim or self.head_dim
+        self.chunk_size, self.top_k, self.window = c.chunk_size, c.top_k, c.window
+        d, H, Hkv, Dh, Dr = d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
+        # sliding-window branch: RoPE, QK-norm
+        self.wq_swa = nn.Linear(d, H * Dh, bias=False)
+        self.wk_swa = nn.Linear(d, Hkv * Dh, bias=False)
+        self.wv_swa = nn.Linear(d, Hkv * Dh, bias=False)
+        self.q_norm_swa, self.k_norm_swa = RMSNorm(Dh), RMSNorm(Dh)
+        # retrieval branch: no positions anywhere
+        self.wq_hsa = nn.Linear(d, H * Dh, bias=False)
+        self.q_norm_hsa = RMSNorm(Dh)
+        self.wk_chunk = nn.Linear(d, Hkv * Dh, bias=False)
+        self.wv_chunk = nn.Linear(d, Hkv * Dh, bias=False)
+        self.k_norm_chunk = RMSNorm(Dh)
+        self.wq_ret = nn.Linear(d, Hkv * Dr, bias=False)
+        self.w_lmk = nn.Linear(d, Hkv * Dr, bias=False)
+        self.ret_norm, self.lmk_norm = RMSNorm(Dr), RMSNorm(Dr)
+        # chunk encoder: depth 0 = mean pooling of the normed chunk
+        self.enc_heads = c.encoder_heads or max(1, d // 64)
+        if c.encoder_layers:
+            if d % self.enc_heads or (d // self.enc_heads) % 2:
+                raise ValueError(f"d_model={d} does not split into {self.enc_heads} even-width encoder heads")
+            self.cls = nn.Parameter(0.02 * torch.randn(d))
+            self.encoder = nn.ModuleList(ChunkEncoderLayer(d, self.enc_heads) for _ in range(c.encoder_layers))
+        else:
+            self.encoder = None
+        self.enc_norm = RMSNorm(d)
+        self.wo = nn.Linear(2 * H * Dh, d, bias=False)
+
+    # -- sliding-window branch -------------------------------------------------------------
+    def _swa(self, x: torch.Tensor, pos: torch.Tensor, cache: Cache | None, fast: bool) -> torch.Tensor:
+        B, L, _ = x.shape
+        H, Hkv, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_norm_swa(self.wq_swa(x).view(B, L, H, Dh)).transpose(1, 2)
+        k = self.k_norm_swa(self.wk_swa(x).view(B, L, Hkv, Dh)).transpose(1, 2)
+        v = self.wv_swa(x).view(B, L, Hkv, Dh).transpose(1, 2)
+        cos, sin = rope_cos_sin(pos, rope_inv_freq(Dh, self.config.rope_base, x.device))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = torch.cat([cache.swa_k, k], 2), torch.cat([cache.swa_v, v], 2)
+            keep = min(k.shape[2], max(0, self.window - 1))  # what the next token can still see
+            cache.swa_k, cache.swa_v = k[:, :, k.shape[2] - keep:], v[:, :, k.shape[2] - keep:]
+        attend = window_attention_fast if fast else window_attention_reference
+        o = attend(q, k, v, self.window)
+        return o.transpose(1, 2).reshape(B, L, H * Dh)
+
+    # -- chunk encoding ---------------------------------------------------------------------
+    def encode_chunks(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Complete chunks `[B, n * S, D]` -> keys, values `[B, n * S, Hkv, Dh]`, landmarks `[B, n, Hkv, Dr]`."""
+        B, S, d = xc.shape[0], self.chunk_size, self.d_model
+        n = xc.shape[1] // S
+        h = xc.reshape(B * n, S, d)
+        if self.encoder is not None:
+            h = torch.cat([h, self.cls.to(h.dtype).expand(B * n, 1, d)], 1)  # CLS after the chunk
+            cos, sin = rope_cos_sin(torch.arange(S + 1, device=xc.device),
+                                    rope_inv_freq(d // self.enc_heads, self.config.rope_base, xc.device))
+            for layer in self.encoder:
+                h = layer(h, cos, sin)
+            h = self.enc_norm(h)
+            tokens, summary = h[:, :S], h[:, S]
+        else:
+            tokens = self.enc_norm(h)
+            summary = tokens.mean(1)
+        Hkv, Dh, Dr = self.n_kv_heads, self.head_dim, self.retrieval_dim
+        lmk = self.lmk_norm(self.w_lmk(summary).view(B, n, Hkv, Dr))
+        k = self.k_norm_chunk(self.wk_chunk(tokens).view(B, n * S, Hkv, Dh))
+        v = self.wv_chunk(tokens).reshape(B, n * S, Hkv, Dh)
+        return k, v, lmk
+
+    # -- retrieval ------------------------------------------------------------------------------
+    def select(self, qr: torch.Tensor, lmk: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-K chunks per token and KV head, and their fusion weights.
+
+        qr `[B, L, Hkv, Dr]`, lmk `[B, C, Hkv, Dr]`, pos `[L]` -> indices `[B, L, Hkv, K]`
+        (int64, most recent chunk first, -1 = empty slot) and weights `[B, L, Hkv, K]` (float32,
+        0 on empty slots). The top-K search runs without gradient, block by block over the
+        queries; the scores of the chosen chunks are recomputed with gradient, so retrieval
+        learns through the fusion weights.
+        """
+        B, L, Hkv, Dr = qr.shape
+        C = lmk.shape[1]
+        K = min(self.top_k, C)
+        if K == 0:
+            return qr.new_full((B, L, Hkv, 0), -1, dtype=torch.long), qr.new_zeros((B, L, Hkv, 0), dtype=torch.float32)
+        ids = torch.empty(B, L, Hkv, K, dtype=torch.long, device=qr.device)
+        block = max(1, SCORE_BUDGET // max(1, B * Hkv * C))
+        with torch.no_grad():
+            for i in range(0, L, block):
+                s = torch.einsum("blhd,bchd->blhc", qr[:, i:i + block].float(), lmk.float())
+                vis = visible_chunks(pos[i:i + block], C, self.chunk_size)
+                s = s.masked_fill(~vis[None, :, None, :], float("-inf"))
+                top = s.topk(K, dim=-1)
+                ids[:, i:i + block] = top.indices.masked_fill(top.values == float("-inf"), -1)
+            ids = ids.sort(dim=-1, descending=True).values  # most recent first, empty slots last
+        valid = ids >= 0
+        bi = torch.arange(B, device=qr.device)[:, None, None, None]
+        hi = torch.arange(Hkv, device=qr.device)[None, None, :, None]
+        chosen = lmk[bi, ids.clamp_min(0), hi]  # [B, L, Hkv, K, Dr]
+        s = (qr.unsqueeze(3).float() * chosen.float()).sum(-1) * Dr**-0.5
+        return ids, self.fuse(s, valid)
+
+    def fuse(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Fusion weights from retrieval scores `[..., K]`; empty slots get 0."""
+        if self.config.fusion == "softmax":
+            s = s.masked_fill(~valid, float("-inf"))
+            s = torch.where(valid.any(-1, keepdim=True), s, torch.zeros_like(s))  # no chunk yet: all 0
+            return s.softmax(-1) * valid
+        # stick-breaking over the slots, most recent chunk first: w_j = sig(s_j) prod_{i<j} (1 - sig(s_i))
+        s = s.masked_fill(~valid, 0.0)
+        return torch.exp(s - (F.softplus(s) * valid).cumsum(-1)) * valid
+
+    def _hsa(self, x: torch.Tensor, pos: torch.Tensor, cache: Cache | None, backend: str) -> torch.Tensor:
+        B, L, _ = x.shape
+        S, H, Hkv, Dh, Dr = self.chunk_size, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
+        # chunks completed inside this call are encoded first; the mask keeps earlier tokens of
+        # the call from seeing them
+        buf = torch.cat([cache.buf, x], 1) if cache is not None else x
+        n_new = buf.shape[1] // S
+        if n_new:
+            k, v, lmk = self.encode_chunks(buf[:, :n_new * S])
+        else:
+            k = v = x.new_zeros(B, 0, Hkv, Dh)
+            lmk = x.new_zeros(B, 0, Hkv, Dr)
+        if cache is not None:
+            k, v = torch.cat([cache.ck, k], 1), torch.cat([cache.cv, v], 1)
+            lmk = torch.cat([cache.lmk, lmk], 1)
+            cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
+        qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
+        idx, w = self.select(qr, lmk, pos)
+        q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh))
+        if backend == "triton":
+            from zoo.kernels.hsa_triton import hsa_attention
+
+            o = hsa_attention(q, k, v, w, idx, S)
+        else:
+            o = hsa_attention_naive(q, k, v, w, idx, S)
+        return o.reshape(B, L, H * Dh)
+
+    # -- contract ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        B, L, _ = x.shape
+        start = cache.pos if cache is not None else 0
+        self.check_length(start + L)
+        pos = torch.arange(start, start + L, device=x.device)
+        backend = self.select_backend(x)
+        o_swa = self._swa(x, pos, cache, fast=backend == "triton")
+        o_hsa = self._hsa(x, pos, cache, backend)
+        if cache is not None:
+            cache.pos = start + L
+        return self.wo(torch.cat([o_swa, o_hsa], -1))
+
+    def new_cache(self, batch, device, dtype) -> Cache:
+        Hkv, Dh, Dr = self.n_kv_heads, self.head_dim, self.retrieval_dim
+        z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)
+        return Cache(swa_k=z(batch, Hkv, 0, Dh), swa_v=z(batch, Hkv, 0, Dh), buf=z(batch, 0, self.d_model),
+                     ck=z(batch, 0, Hkv, Dh), cv=z(batch, 0, Hkv, Dh), lmk=z(batch, 0, Hkv, Dr))
+
+    def state_bytes(self, seq_len, batch=1, dtype=torch.bfloat16) -> int:
+        Hkv, Dh, Dr, S = self.n_kv_heads, self.head_dim, self.retrieval_dim, self.chunk_size
+        n = seq_len // S
+        window = min(seq_len, max(0, self.window - 1))
+        elems = 2 * Hkv * window * Dh + (seq_len % S) * self.d_model + n * (2 * S * Hkv * Dh + Hkv * Dr)
+        return batch * elems * torch.empty((), dtype=dtype).element_size()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        d, H, Hkv, Dh, Dr = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
+        S = self.chunk_size
+        proj = 2 * d * (2 * H * Dh + 4 * Hkv * Dh + Hkv * Dr + Hkv * Dr / S) + 2 * 2 * H * Dh * d
+        enc = (len(self.encoder) * (2 * (4 * d * d + 6 * d * d) + 4 * d * (S + 1)) * (S + 1) / S) if self.encoder else 0
+        chunks = seq_len / S / 2  # visible chunks, averaged over positions
+        swa = 4 * H * Dh * min(self.window, (seq_len + 1) / 2)
+        retrieval = 2 * Hkv * Dr * chunks + 4 * H * Dh * min(self.top_k, chunks) * S
+        return proj + enc + swa + retrieval
