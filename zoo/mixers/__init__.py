@@ -5,3 +5,5 @@ from zoo.mixers import mamba  # noqa: F401
 from zoo.mixers import mamba2  # noqa: F401
 from zoo.mixers import s4d  # noqa: F401
 from zoo.mixers import hyena  # noqa: F401
+from zoo.mixers import hsa  # noqa: F401
+from zoo.mixers import hashhop_attn  # noqa: F401
