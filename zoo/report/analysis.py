@@ -1,0 +1,486 @@
+"""From store records to the numbers a report shows: HashHop curves, the leaderboard,
+the tables beside each figure, power-law fits and the findings paragraph.
+
+Nothing here draws or renders; every value is a `Val` that remembers its run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from zoo.report import fmt
+from zoo.report.fmt import Table, Val, na
+from zoo.report.model import BenchPoint, HashHopCell, ReportData, Run
+from zoo.report.stats import PowerLaw, effective_context, fit_power_law, wilson
+
+MULTIPLES = (1, 4, 16, 64)
+PPL_MULTIPLES = (1, 8)
+STATE_LENGTHS = (8192, 2**20)
+THRESHOLD = 0.9
+FAST_AT = 32768  # "which is fastest at 32K"
+
+
+# -- HashHop curves -------------------------------------------------------------------------
+@dataclass
+class Point:
+    """HashHop accuracy at one length, pooled over the cells asked for."""
+
+    length: int
+    n: int = 0
+    correct: float = 0.0
+    accuracy: float | None = None
+    low: float | None = None
+    high: float | None = None
+    reason: str | None = None       # why it is missing, when it is
+    cells: list[HashHopCell] = field(default_factory=list)
+
+
+def pool(cells: list[HashHopCell], length: int) -> Point:
+    """One accuracy from several cells (hop counts, chain-of-thought modes) at one length:
+    total correct over total queries, with its Wilson interval. A single cell keeps the
+    stored accuracy and interval exactly."""
+    ok = [c for c in cells if c.status == "ok" and c.accuracy is not None]
+    if not ok:
+        reasons = sorted({c.reason or c.status for c in cells})
+        return Point(length, reason="; ".join(reasons) if reasons else "not evaluated", cells=cells)
+    if len(ok) == 1:
+        c = ok[0]
+        lo, hi = (c.low, c.high) if c.low is not None and c.high is not None else wilson(c.correct, c.n)
+        return Point(length, c.n, c.correct, c.accuracy, lo, hi, cells=ok)
+    n = sum(c.n for c in ok)
+    correct = sum(c.correct for c in ok)
+    lo, hi = wilson(correct, n)
+    return Point(length, n, correct, correct / n if n else None, lo, hi, cells=ok)
+
+
+def hashhop_curve(data: ReportData, run_id: str, hops: int | None = None, cot: bool | None = None) -> list[Point]:
+    by_len: dict[int, list[HashHopCell]] = defaultdict(list)
+    for c in data.hashhop:
+        if c.run_id == run_id and (hops is None or c.hops == hops) and (cot is None or c.cot == cot):
+            by_len[c.length].append(c)
+    return [pool(cells, L) for L, cells in sorted(by_len.items())]
+
+
+def hashhop_settings(data: ReportData) -> list[tuple[int, bool]]:
+    """(hops, chain of thought) pairs evaluated anywhere in the report, sorted."""
+    return sorted({(c.hops, c.cot) for c in data.hashhop})
+
+
+def settings_text(settings: list[tuple[int, bool]]) -> str:
+    if not settings:
+        return "no HashHop cells"
+    hops = sorted({h for h, _ in settings})
+    cots = sorted({c for _, c in settings})
+    h = f"hops {hops[0]}" if len(hops) == 1 else f"hops {', '.join(map(str, hops))}"
+    c = {(False,): "no CoT", (True,): "CoT"}.get(tuple(cots), "with and without CoT")
+    pooled = " pooled" if len(settings) > 1 else ""
+    return f"{h}, {c}{pooled}"
+
+
+# -- the compared entries ----------------------------------------------------------------------
+def headline_run(runs: list[Run]) -> Run | None:
+    """The run a leaderboard row speaks for: the largest finished model (parameters, then
+    training tokens); other runs of the same entry appear in the scaling and loss figures."""
+    done = [r for r in runs if r.status == "done"]
+    if not done:
+        return None
+    return max(done, key=lambda r: (r.params or 0, r.tokens or 0, -(r.seed or 0)))
+
+
+def missing_run_reason(runs: list[Run]) -> str:
+    if not runs:
+        return "no training run"
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        return f"run failed: {failed[0].reason or 'no reason recorded'}"
+    return f"run {runs[0].status}"
+
+
+@dataclass
+class Entry:
+    label: str
+    run: Run | None
+    params: Val
+    state: dict[int, Val]
+    tokens_per_s: Val
+    mfu: Val
+    acc: dict[int, Val]           # multiple of the training length -> accuracy
+    acc_max: Val
+    ecl: Val                       # effective context length
+    ppl: dict[int, Val]
+    backend: Val
+    curve: list[Point]
+
+
+def _point_val(p: Point | None, run_id: str, what: str) -> Val:
+    if p is None:
+        return na("not evaluated", run_id=run_id)
+    if p.accuracy is None:
+        return na(p.reason or "not evaluated", run_id=run_id)
+    return Val(p.accuracy, fmt.acc(p.accuracy), sub=fmt.interval(p.low, p.high), run_id=run_id,
+               source=f"hashhop {what} length={p.length}, {p.n} queries")
+
+
+def entry(data: ReportData, label: str) -> Entry:
+    runs = data.runs_of(label)
+    run = headline_run(runs)
+    if run is None:
+        why = missing_run_reason(runs)
+        m = na(why)
+        bench = _bench_backend(data, label)
+        return Entry(label, None, m, {L: m for L in STATE_LENGTHS}, m, m, {k: m for k in MULTIPLES}, m, m,
+                     {k: m for k in PPL_MULTIPLES}, bench or m, [])
+    rid = run.run_id
+    params = Val(run.params, fmt.count(run.params), run_id=rid, source="run summary: parameters") \
+        if run.params is not None else na("not recorded", run_id=rid)
+    state = {}
+    for L in STATE_LENGTHS:
+        b = run.state_bytes.get(L)
+        if b is not None:
+            state[L] = Val(b, fmt.nbytes(b), run_id=rid, source=f"sum of state_bytes({L}) over layers, bf16, batch 1")
+        elif run.max_length is not None and L > run.max_length:
+            state[L] = na(f"max length {fmt.length(run.max_length)}", run_id=rid)
+        else:
+            state[L] = na(run.state_reason or "not computed", run_id=rid)
+    tps = Val(run.tokens_per_s, fmt.count(run.tokens_per_s), run_id=rid, source="run summary: training tokens/s") \
+        if run.tokens_per_s is not None else na("not recorded", run_id=rid)
+    if run.mfu is not None:
+        mfu = Val(run.mfu, fmt.pct(run.mfu), run_id=rid, source="run summary: MFU"
+                  + (f" of {fmt.sig(run.peak_flops / 1e12, 3)} TFLOP/s peak" if run.peak_flops else ""))
+    else:
+        mfu = na(f"no peak FLOP/s known for {run.device}" if run.device else "not recorded", run_id=rid)
+
+    curve = hashhop_curve(data, rid)
+    by_len = {p.length: p for p in curve}
+    acc = {}
+    for k in MULTIPLES:
+        if run.train_len is None:
+            acc[k] = na("training length unknown", run_id=rid)
+        else:
+            acc[k] = _point_val(by_len.get(k * run.train_len), rid, f"{k}x")
+    ok = [p for p in curve if p.accuracy is not None]
+    if ok:
+        top = ok[-1]
+        acc_max = _point_val(top, rid, "largest")
+        acc_max.sub = f"at {fmt.length(top.length)} " + (acc_max.sub or "")
+    else:
+        acc_max = na(curve[-1].reason if curve else "not evaluated", run_id=rid)
+    e = effective_context([(p.length, p.accuracy, p.low, p.high) for p in ok], THRESHOLD)
+    if e is not None:
+        ecl = Val(e[0], fmt.length(e[0]), sub=f"acc {fmt.acc(e[1])} {fmt.interval(e[2], e[3])}", run_id=rid,
+                  source=f"largest length with HashHop accuracy >= {THRESHOLD}")
+    else:
+        ecl = na(f"accuracy < {THRESHOLD} at every length" if ok else "not evaluated", run_id=rid)
+    ppl = {}
+    pts = {p.length: p for p in data.ppl if p.run_id == rid}
+    for k in PPL_MULTIPLES:
+        p = pts.get(k * run.train_len) if run.train_len else None
+        if p is None:
+            ppl[k] = na("not evaluated", run_id=rid)
+        elif p.ppl is None:
+            ppl[k] = na(p.reason or p.status, run_id=rid)
+        else:
+            ppl[k] = Val(p.ppl, fmt.sig(p.ppl, 4), run_id=rid, source=f"ppl length={p.length}")
+    if run.backends:
+        names = sorted(set(run.backends.values()))
+        backend = Val(", ".join(names), ", ".join(names), run_id=rid, source="provenance: backends used")
+    else:
+        backend = _bench_backend(data, label) or na("not recorded", run_id=rid)
+    return Entry(label, run, params, state, tps, mfu, acc, acc_max, ecl, ppl, backend, curve)
+
+
+def _bench_backend(data: ReportData, label: str) -> Val | None:
+    names = sorted({b.backend for b in data.bench if b.name == label and not b.peer and b.backend})
+    return Val(", ".join(names), ", ".join(names), source="bench rows") if names else None
+
+
+def entries(data: ReportData) -> list[Entry]:
+    return [entry(data, label) for label in data.labels() if data.runs_of(label)]
+
+
+def common_train_len(es: list[Entry]) -> int | None:
+    lens = {e.run.train_len for e in es if e.run is not None and e.run.train_len}
+    return lens.pop() if len(lens) == 1 else None
+
+
+def leaderboard(data: ReportData, es: list[Entry]) -> Table:
+    L = common_train_len(es)
+    mult = [f"{k}x ({fmt.length(k * L)})" if L else f"{k}x train" for k in MULTIPLES]
+    cols = ["mixer", "params", "state 8K", "state 1M", "tokens/s", "MFU", *mult,
+            "largest", "effective context", *[f"{k}x" + (f" ({fmt.length(k * L)})" if L else "")
+                                              for k in PPL_MULTIPLES], "backend"]
+    rows = []
+    for e in es:
+        label = Val(e.label, e.label, run_id=e.run.run_id if e.run else None)
+        rows.append([label, e.params, e.state[STATE_LENGTHS[0]], e.state[STATE_LENGTHS[1]], e.tokens_per_s, e.mfu,
+                     *[e.acc[k] for k in MULTIPLES], e.acc_max, e.ecl, *[e.ppl[k] for k in PPL_MULTIPLES], e.backend])
+    groups = [("", 1), ("model", 3), ("training", 2),
+              (f"HashHop exact match ({settings_text(hashhop_settings(data))})", len(MULTIPLES) + 2),
+              ("perplexity", len(PPL_MULTIPLES)), ("", 1)]
+    note = (f"Accuracy with its Wilson 95% interval below. Effective context: the largest length with accuracy "
+            f">= {THRESHOLD}. State: cache or recurrent state of the whole model after that many tokens "
+            "(batch 1, bf16). Each row is one run: the largest finished model of that mixer.")
+    return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes()
+
+
+# -- side tables beside the figures -------------------------------------------------------------
+def hashhop_side(data: ReportData, es: list[Entry]) -> Table:
+    rows = []
+    for e in es:
+        rows.append([Val(e.label, e.label), e.ecl, e.acc_max])
+    return Table("hashhop-side", "Effective context", ["mixer", f"acc >= {THRESHOLD} up to", "at largest length"],
+                 rows).add_footnotes(16)
+
+
+def ppl_side(data: ReportData, es: list[Entry]) -> Table:
+    rows = []
+    for e in es:
+        pts = sorted((p for p in data.ppl if e.run and p.run_id == e.run.run_id), key=lambda p: p.length)
+        ok = [p for p in pts if p.ppl is not None]
+        top = Val(ok[-1].ppl, f"{fmt.sig(ok[-1].ppl, 4)} at {fmt.length(ok[-1].length)}", run_id=e.run.run_id,
+                  source=f"ppl length={ok[-1].length}") if ok else na("not evaluated")
+        rows.append([Val(e.label, e.label), e.ppl[1], top])
+    return Table("ppl-side", "Perplexity", ["mixer", "at training length", "at largest length"],
+                 rows).add_footnotes(16)
+
+
+def loss_side(data: ReportData, es: list[Entry]) -> Table:
+    """Final loss of each leaderboard run; every run is in data/runs.csv."""
+    rows = []
+    for e in es:
+        r = e.run or (data.runs_of(e.label) or [None])[0]
+        if r is None:
+            continue
+        loss = Val(r.final_loss, fmt.sig(r.final_loss, 4), run_id=r.run_id, source="run summary: final loss") \
+            if r.final_loss is not None else na(r.reason or r.status if r.status != "done" else "not recorded")
+        toks = Val(r.tokens, fmt.count(r.tokens), run_id=r.run_id) if r.tokens is not None else na("not recorded")
+        rows.append([Val(e.label, e.label), Val(r.run_id, r.run_id), loss, toks])
+    return Table("loss-side", "Final training loss", ["mixer", "run", "final loss", "tokens"], rows).add_footnotes(16)
+
+
+def bench_modes(data: ReportData) -> list[str]:
+    order = {"fwd": 0, "fwdbwd": 1, "decode": 2}
+    return sorted({b.mode for b in data.bench}, key=lambda m: (order.get(m, 9), m))
+
+
+def bench_series(data: ReportData, name: str, mode: str, peer: bool) -> list[BenchPoint]:
+    return sorted((b for b in data.bench if b.name == name and b.mode == mode and b.peer == peer),
+                  key=lambda b: b.seq_len)
+
+
+def fastest_length(data: ReportData, mode: str) -> int | None:
+    """The length speed is compared at: 32K when measured for our mixers, else the largest
+    length every measured mixer of ours ran."""
+    ours = [b for b in data.bench if not b.peer and b.mode == mode]
+    if not ours:
+        return None
+    names = {b.name for b in ours}
+    ran = {L: {b.name for b in ours if b.seq_len == L and b.tokens_per_s is not None}
+           for L in {b.seq_len for b in ours}}
+    if FAST_AT in ran and len(ran[FAST_AT]) >= 1:
+        return FAST_AT
+    common = [L for L, s in ran.items() if s == names]
+    return max(common) if common else max(ran, key=lambda L: (len(ran[L]), L))
+
+
+def bench_side(data: ReportData, mode: str) -> Table:
+    L = fastest_length(data, mode)
+    rows = []
+    names = sorted({b.name for b in data.bench if b.mode == mode},
+                   key=lambda n: (_bench_order(data, n), n))
+    for name in names:
+        pts = {b.seq_len: b for b in data.bench if b.name == name and b.mode == mode}
+        b = pts.get(L)
+        peer = any(p.peer for p in pts.values())
+        label = Val(name, name + (" (peer)" if peer else ""))
+        if b is None:
+            rows.append([label, na("not measured"), na("not measured")])
+            continue
+        if b.tokens_per_s is None:
+            why = b.reason or b.status
+            rows.append([label, na(why), na(why)])
+            continue
+        src = f"bench {mode} seq_len={L}"
+        tps = Val(b.tokens_per_s, fmt.count(b.tokens_per_s), run_id=b.run_id, source=src)
+        mem = Val(b.peak_mem, fmt.nbytes(b.peak_mem), run_id=b.run_id, source=src) if b.peak_mem is not None \
+            else na("not measured")
+        rows.append([label, tps, mem])
+    return Table(f"bench-side-{mode}", f"At {fmt.length(L)} tokens ({mode})" if L else mode,
+                 ["kernel", "tokens/s", "peak memory"], rows, label_col=None).add_footnotes(16)
+
+
+def _bench_order(data: ReportData, name: str) -> int:
+    labels = data.labels()
+    if name in labels:
+        return labels.index(name)
+    b = next((b for b in data.bench if b.name == name), None)
+    if b is not None and b.peer_of in labels:
+        return labels.index(b.peer_of) + len(labels)
+    return 2 * len(labels)
+
+
+# -- scaling ----------------------------------------------------------------------------------
+@dataclass
+class ScalingFit:
+    label: str
+    y: str          # "loss" or "error" (1 - HashHop accuracy at the training length)
+    x: str          # "params" or "flops"
+    points: list[tuple[float, float, str]]  # (x, y, run id)
+    fit: PowerLaw | None
+
+
+def scaling_points(data: ReportData, label: str, y: str, x: str) -> list[tuple[float, float, str]]:
+    pts = []
+    for r in data.runs_of(label):
+        if r.status != "done":
+            continue
+        xv = r.params if x == "params" else r.flops
+        if y == "loss":
+            yv = r.final_loss
+        else:
+            p = next((p for p in hashhop_curve(data, r.run_id) if p.length == r.train_len), None)
+            yv = None if p is None or p.accuracy is None else p.accuracy
+        if xv is not None and yv is not None:
+            pts.append((float(xv), float(yv), r.run_id))
+    return sorted(pts)
+
+
+def scaling_fits(data: ReportData) -> list[ScalingFit]:
+    out = []
+    for label in data.labels():
+        for y in ("loss", "accuracy"):
+            for x in ("params", "flops"):
+                pts = scaling_points(data, label, y, x)
+                if y == "loss":
+                    fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+                else:  # fit the error rate, which a power law can describe down to zero
+                    fit = fit_power_law([p[0] for p in pts], [1 - p[1] for p in pts])
+                out.append(ScalingFit(label, y, x, pts, fit))
+    return out
+
+
+def scaling_side(fits: list[ScalingFit]) -> Table:
+    """One row per mixer: the fitted exponent of each of the four panels."""
+    order = [("loss", "params"), ("loss", "flops"), ("accuracy", "params"), ("accuracy", "flops")]
+    by_label: dict[str, dict[tuple[str, str], ScalingFit]] = defaultdict(dict)
+    for f in fits:
+        by_label[f.label][(f.y, f.x)] = f
+    rows = []
+    for label, fs in by_label.items():
+        row = [Val(label, label)]
+        for key in order:
+            f = fs.get(key)
+            if f is None or f.fit is None:
+                sizes = len({p[0] for p in f.points}) if f else 0
+                row.append(na(f"{sizes} size{'s' if sizes != 1 else ''}"))
+            else:
+                se = f" ± {f.fit.exponent_se:.3f}" if f.fit.exponent_se is not None else ""
+                row.append(Val(f.fit.exponent, f"{f.fit.exponent:.3f}", sub=f"{se.strip()} R² {f.fit.r2:.2f}".strip(),
+                               source="least squares in log-log space"))
+        rows.append(row)
+    return Table("scaling-side", "Fitted exponents", ["mixer", "loss~N", "loss~C", "(1-acc)~N", "(1-acc)~C"], rows,
+                 note="A fit needs 3 or more model sizes; n/a gives how many there are.")
+
+
+# -- summary ---------------------------------------------------------------------------------
+def totals(data: ReportData) -> dict:
+    done = [r for r in data.runs if r.status == "done"]
+    return {
+        "runs": len(data.runs),
+        "done": len(done),
+        "failed": [r for r in data.runs if r.status == "failed"],
+        "tokens": sum(r.tokens or 0 for r in data.runs),
+        "flops": sum(r.flops or 0 for r in data.runs),
+        "wall_s": sum(r.wall_s or 0 for r in data.runs),
+        "devices": sorted({r.device for r in data.runs if r.device} | {b.device for b in data.bench if b.device}),
+        "commits": sorted({r.commit for r in data.runs if r.commit}),
+        "hosts": sorted({r.host for r in data.runs if r.host}),
+    }
+
+
+def findings(data: ReportData, es: list[Entry]) -> list[str]:
+    """Sentences generated from the numbers above; each names the values it rests on."""
+    out: list[str] = []
+    scored = [e for e in es if e.run is not None and any(p.accuracy is not None for p in e.curve)]
+    if scored:
+        with_ecl = [e for e in scored if e.ecl.value is not None]
+        if with_ecl:
+            best = max(with_ecl, key=lambda e: (e.ecl.value, _acc_at(e, e.ecl.value) or 0))
+            ties = [e for e in with_ecl if e.ecl.value == best.ecl.value]
+            x = best.ecl.value / best.run.train_len if best.run.train_len else None
+            names = _names([e.label for e in ties])
+            out.append(f"{names} {'hold' if len(ties) > 1 else 'holds'} HashHop accuracy >= {THRESHOLD} furthest: "
+                       f"to {fmt.length(best.ecl.value)} tokens"
+                       + (f" ({x:g}x the training length)" if x else "") + f" ({best.ecl.sub}).")
+            rest = [e for e in scored if e not in ties]
+            if rest:
+                out.append("Effective context of the others: "
+                           + "; ".join(f"{e.label} {e.ecl.display}" for e in rest) + ".")
+        else:
+            best = max(scored, key=lambda e: max(p.accuracy for p in e.curve if p.accuracy is not None))
+            top = max((p for p in best.curve if p.accuracy is not None), key=lambda p: p.accuracy)
+            out.append(f"No mixer reaches HashHop accuracy {THRESHOLD} at any evaluated length; the best is "
+                       f"{best.label} with {fmt.acc(top.accuracy)} {fmt.interval(top.low, top.high)} "
+                       f"at {fmt.length(top.length)} tokens.")
+        largest = max(p.length for e in scored for p in e.curve if p.accuracy is not None)
+        at = [(e, next((p for p in e.curve if p.length == largest and p.accuracy is not None), None)) for e in scored]
+        at = [(e, p) for e, p in at if p is not None]
+        if len(at) >= 2:
+            at.sort(key=lambda t: -t[1].accuracy)
+            out.append(f"At the largest length evaluated ({fmt.length(largest)} tokens) "
+                       + ", ".join(f"{e.label} scores {fmt.acc(p.accuracy)}" for e, p in at) + ".")
+    for mode in bench_modes(data):
+        L = fastest_length(data, mode)
+        ours = [b for b in data.bench if not b.peer and b.mode == mode and b.seq_len == L
+                and b.tokens_per_s is not None]
+        if len(ours) >= 2:
+            ours.sort(key=lambda b: -b.tokens_per_s)
+            f, s = ours[0], ours[-1]
+            out.append(f"Fastest at {fmt.length(L)} tokens ({mode}): {f.name} at {fmt.count(f.tokens_per_s)} tokens/s, "
+                       f"{f.tokens_per_s / s.tokens_per_s:.3g}x the slowest ({s.name}, "
+                       f"{fmt.count(s.tokens_per_s)} tokens/s).")
+        elif len(ours) == 1:
+            out.append(f"Only {ours[0].name} was measured at {fmt.length(L)} tokens ({mode}): "
+                       f"{fmt.count(ours[0].tokens_per_s)} tokens/s.")
+        oom = sorted({(b.name, b.seq_len) for b in data.bench if b.mode == mode and b.status == "oom" and not b.peer})
+        if oom:
+            first: dict[str, int] = {}
+            for n, L2 in oom:
+                first.setdefault(n, L2)
+            out.append(f"Out of memory ({mode}): " + ", ".join(f"{n} from {fmt.length(L2)}" for n, L2 in first.items())
+                       + ".")
+    ppl8 = [e for e in es if e.ppl[8].value is not None]
+    if len(ppl8) >= 2:
+        ppl8.sort(key=lambda e: e.ppl[8].value)
+        out.append(f"Lowest perplexity at 8x the training length: {ppl8[0].label} ({ppl8[0].ppl[8].text}); "
+                   f"highest: {ppl8[-1].label} ({ppl8[-1].ppl[8].text}).")
+    state = [e for e in es if e.state[STATE_LENGTHS[1]].value is not None]
+    if len(state) >= 2:
+        state.sort(key=lambda e: e.state[STATE_LENGTHS[1]].value)
+        lo, hi = state[0], state[-1]
+        if hi.state[STATE_LENGTHS[1]].value > lo.state[STATE_LENGTHS[1]].value:
+            out.append(f"After 1M tokens {lo.label} holds {lo.state[STATE_LENGTHS[1]].text} of state, "
+                       f"{hi.label} {hi.state[STATE_LENGTHS[1]].text}.")
+    fits = [f for f in scaling_fits(data) if f.fit is not None and f.y == "loss" and f.x == "params"]
+    if fits:
+        fits.sort(key=lambda f: f.fit.exponent)
+        out.append("Final loss falls with parameters N as N^b, steepest first: "
+                   + ", ".join(f"{f.label} b = {f.fit.exponent:.3f} ({f.fit.n} sizes, R² {f.fit.r2:.2f})" for f in fits)
+                   + ".")
+    t = totals(data)
+    if t["failed"]:
+        out.append(f"{len(t['failed'])} of {t['runs']} runs failed: "
+                   + "; ".join(f"{r.label} ({r.run_id}): {r.reason or 'no reason recorded'}" for r in t["failed"])
+                   + ".")
+    if not out:
+        out.append("No finished run has HashHop, perplexity or speed results yet, so there is nothing to compare.")
+    return out
+
+
+def _acc_at(e: Entry, length: int) -> float | None:
+    return next((p.accuracy for p in e.curve if p.length == length), None)
+
+
+def _names(xs: list[str]) -> str:
+    return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]

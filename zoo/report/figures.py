@@ -1,0 +1,503 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot, no global backend)
+and returned as SVG text to inline in the HTML.
+
+Every figure takes the `ReportData` and the report's `Palette`, so a mixer has the same
+colour, marker and line style everywhere. Missing points are left out of the lines and
+listed under the figure with their reasons.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from zoo.report import analysis as A
+from zoo.report import fmt
+from zoo.report.fmt import Table
+from zoo.report.model import ReportData
+from zoo.report.style import Palette
+
+RC = {
+    "font.family": "DejaVu Sans",
+    "font.size": 8.5,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8.5,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#d9d9d9",
+    "grid.linewidth": 0.6,
+    "svg.fonttype": "none",   # text stays text: searchable, selectable, small
+    "figure.dpi": 100,
+}
+TRAIN_LINE = dict(color="#555555", linestyle=(0, (4, 3)), linewidth=1.0, zorder=1)
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    svg: str | None                      # None when there is nothing to draw
+    caption: str
+    side: Table | None = None            # the numbers shown beside the figure
+    missing: list[str] = field(default_factory=list)  # "n/a" notes: what could not be drawn and why
+    reason: str | None = None            # why the whole figure is absent
+
+
+def compress(missing: list[tuple[str, int, str, str]], n_settings: int = 1) -> list[str]:
+    """(who, length, setting, reason) -> one line per (who, reason): "rope at 64K, 1M (...): reason"."""
+    groups: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
+    for who, length, setting, reason in missing:
+        lens, sets = groups.setdefault((who, reason), ([], []))
+        if length not in lens:
+            lens.append(length)
+        if setting and setting not in sets:
+            sets.append(setting)
+    out = []
+    for (who, reason), (lens, sets) in groups.items():
+        where = ", ".join(fmt.length(L) for L in sorted(lens))
+        if sets and len(sets) < n_settings:
+            where += f" ({'; '.join(sets)})"
+        elif sets and n_settings > 1:
+            where += " (every setting)"
+        out.append(f"{who} at {where}: n/a ({reason})")
+    return out
+
+
+def to_svg(fig: MplFigure, fig_id: str) -> str:
+    """Serialize to an inline <svg>: no XML prolog, ids unique per figure, scalable width."""
+    buf = io.StringIO()
+    with rc_context({"svg.hashsalt": fig_id, "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    s = buf.getvalue()
+    s = s[s.index("<svg"):]
+    # matplotlib names clip paths and glyphs with short ids; prefix them so several inline
+    # figures in one document never share an id
+    s = re.sub(r'id="([^"]+)"', lambda m: f'id="{fig_id}-{m.group(1)}"', s)
+    s = re.sub(r'url\(#([^)]+)\)', lambda m: f'url(#{fig_id}-{m.group(1)})', s)
+    s = re.sub(r'xlink:href="#([^"]+)"', lambda m: f'xlink:href="#{fig_id}-{m.group(1)}"', s)
+    s = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{fig_id}-{m.group(1)}"' if not m.group(1).startswith(fig_id)
+               else m.group(0), s)
+    # fixed pt size -> scale to the column, keeping the aspect ratio through the viewBox
+    head_end = s.index(">")
+    head = s[:head_end]
+    w = re.search(r'width="([\d.]+)pt"', head)
+    head = re.sub(r'\s(width|height)="[\d.]+pt"', "", head)
+    style = f' style="max-width:{float(w.group(1)) * 4 / 3:.0f}px"' if w else ""
+    s = head + f' class="fig" role="img" aria-label="{fig_id}"{style}' + s[head_end:]
+    return s
+
+
+def _log2_axis(ax, lengths: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(lengths))
+    if len(ticks) > 9:  # thin out so labels never collide
+        step = math.ceil(len(ticks) / 9)
+        ticks = ticks[::step] + ([ticks[-1]] if ticks[-1] not in ticks[::step] else [])
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.length(v)))
+
+
+def _train_lines(ax, lengths: set[int], label: bool = True) -> None:
+    for L in sorted(lengths):
+        ax.axvline(L, **TRAIN_LINE)
+        if label:
+            ax.annotate("train", (L, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -9),
+                        textcoords="offset points", fontsize=6.5, color="#555555")
+
+
+def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol or min(len(labels), 5), frameon=False,
+                   bbox_to_anchor=(0.5, -0.01), handlelength=3.2)
+
+
+# -- HashHop accuracy vs context length ------------------------------------------------------
+def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    settings = A.hashhop_settings(data)
+    title = "HashHop accuracy vs context length"
+    if not settings:
+        return Figure("fig-hashhop", title, None, "", reason="no HashHop results in the store for these runs")
+    ncols = 2 if len(settings) == 4 else min(3, len(settings))
+    nrows = math.ceil(len(settings) / ncols)
+    missing: list[tuple[str, int, str, str]] = []
+    with rc_context(RC):
+        fig = MplFigure(figsize=(3.4 * ncols + 0.4, 2.7 * nrows + 0.55), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        handles = {}
+        all_lengths: list[int] = []
+        for i, (hops, cot) in enumerate(settings):
+            ax = axes[i // ncols][i % ncols]
+            train = set()
+            for e in es:
+                if e.run is None:
+                    continue
+                curve = A.hashhop_curve(data, e.run.run_id, hops, cot)
+                ok = [p for p in curve if p.accuracy is not None]
+                for p in curve:
+                    if p.accuracy is None:
+                        missing.append((e.label, p.length, f"{hops} hop{'s' if hops != 1 else ''}"
+                                        f"{', CoT' if cot else ''}", p.reason))
+                if not ok:
+                    continue
+                look = pal[e.label]
+                x = [p.length for p in ok]
+                all_lengths += [p.length for p in curve]
+                ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color, alpha=0.13,
+                                linewidth=0, zorder=2)
+                (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=e.label)
+                handles.setdefault(e.label, h)
+                if e.run.train_len:
+                    train.add(e.run.train_len)
+            _log2_axis(ax, all_lengths or [1])
+            _train_lines(ax, train)
+            ax.set_ylim(-0.03, 1.05)
+            ax.axhline(A.THRESHOLD, color="#999999", linewidth=0.7, linestyle=":", zorder=1)
+            ax.set_title(f"{hops} hop{'s' if hops != 1 else ''}, {'with' if cot else 'no'} chain of thought")
+            if i % ncols == 0:
+                ax.set_ylabel("exact match")
+            if i // ncols == nrows - 1:
+                ax.set_xlabel("context length (tokens)")
+        for j in range(len(settings), nrows * ncols):
+            axes[j // ncols][j % ncols].set_visible(False)
+        _legend(fig, list(handles.values()), list(handles.keys()))
+        fig.get_layout_engine().set(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1 - (0 if nrows == 1 else 0)))
+        svg = to_svg(fig, "fig-hashhop")
+    caption = ("Teacher-forced exact match per query; bands are Wilson 95% intervals; the dashed vertical line marks "
+               f"the training length and the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
+               "context length.")
+    return Figure("fig-hashhop", title, svg, caption, A.hashhop_side(data, es), compress(missing, len(settings)))
+
+
+def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    """The summary's figure: HashHop accuracy vs length, all evaluated cells pooled per length."""
+    title = "HashHop accuracy vs context length"
+    curves = [(e, [p for p in e.curve if p.accuracy is not None]) for e in es if e.run is not None]
+    curves = [(e, ok) for e, ok in curves if ok]
+    if not curves:
+        return Figure("fig-headline", title, None, "", reason="no HashHop results in the store for these runs")
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.5), layout="constrained")
+        ax = fig.subplots()
+        lengths, train = [], set()
+        for e, ok in curves:
+            look = pal[e.label]
+            x = [p.length for p in ok]
+            lengths += [p.length for p in e.curve]
+            ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color, alpha=0.13, linewidth=0)
+            ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=e.label)
+            if e.run.train_len:
+                train.add(e.run.train_len)
+        _log2_axis(ax, lengths)
+        _train_lines(ax, train)
+        ax.axhline(A.THRESHOLD, color="#999999", linewidth=0.7, linestyle=":", zorder=1)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("exact match")
+        ax.legend(frameon=False, handlelength=3.2, loc="best")
+        svg = to_svg(fig, "fig-headline")
+    caption = (f"{A.settings_text(A.hashhop_settings(data))}; Wilson 95% bands; dashed: training length; "
+               f"dotted: the {A.THRESHOLD} threshold. Per hop count and mode in Figure 3.1.")
+    return Figure("fig-headline", title, svg, caption)
+
+
+# -- length x depth heatmaps --------------------------------------------------------------------
+def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    title = "Accuracy by context length and depth"
+    grids = []
+    for e in es:
+        if e.run is None:
+            continue
+        cells = [c for c in data.hashhop if c.run_id == e.run.run_id]
+        lengths = sorted({c.length for c in cells})
+        nbins = max((len(c.depth) for c in cells), default=0)
+        if not lengths or nbins == 0:
+            continue
+        grid = np.full((nbins, len(lengths)), np.nan)
+        na_cols = {}
+        for j, L in enumerate(lengths):
+            at = [c for c in cells if c.length == L]
+            ok = [c for c in at if c.status == "ok" and c.depth]
+            if not ok:
+                na_cols[j] = next((c.reason for c in at if c.reason), "not evaluated")
+                continue
+            for b in range(nbins):
+                n = sum(c.depth[b][1] for c in ok if b < len(c.depth) and c.depth[b][0] is not None)
+                s = sum(c.depth[b][0] * c.depth[b][1] for c in ok if b < len(c.depth) and c.depth[b][0] is not None)
+                if n:
+                    grid[b, j] = s / n
+        grids.append((e.label, lengths, grid, na_cols))
+    if not grids:
+        return Figure("fig-depth", title, None, "", reason="no HashHop results with depth bins")
+    ncols = min(3, len(grids))
+    nrows = math.ceil(len(grids) / ncols)
+    with rc_context({**RC, "axes.grid": False}):
+        fig = MplFigure(figsize=(3.3 * ncols + 0.8, 2.55 * nrows + 0.2), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        im = None
+        for i, (label, lengths, grid, na_cols) in enumerate(grids):
+            ax = axes[i // ncols][i % ncols]
+            nb = grid.shape[0]
+            masked = np.ma.masked_invalid(grid)
+            # pcolormesh, not imshow: vector cells stay sharp in the PDF and need no embedded bitmap
+            im = ax.pcolormesh(np.arange(len(lengths) + 1) - 0.5, np.linspace(0, 100, nb + 1), masked,
+                               cmap="viridis", vmin=0, vmax=1, edgecolors="white", linewidth=0.3)
+            ax.set_ylim(100, 0)
+            ax.set_facecolor("#eeeeee")
+            for j in na_cols:
+                ax.add_patch(_hatch(j))
+                ax.text(j, 50, "n/a", ha="center", va="center", fontsize=7, color="#333333", rotation=90)
+            if len(lengths) <= 10 and nb <= 10:
+                for b in range(nb):
+                    for j in range(len(lengths)):
+                        v = grid[b, j]
+                        if not np.isnan(v):
+                            ax.text(j, (b + 0.5) * 100 / nb, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                                    color="white" if v < 0.6 else "black")
+            ax.set_xticks(range(len(lengths)), [fmt.length(L) for L in lengths])
+            ax.set_yticks([0, 50, 100], ["0%", "50%", "100%"])
+            look = pal[label]
+            ax.set_title(label, color=look.color, fontweight="bold")
+            if i % ncols == 0:
+                ax.set_ylabel("depth in the prompt")
+            if i // ncols == nrows - 1:
+                ax.set_xlabel("context length (tokens)")
+        for j in range(len(grids), nrows * ncols):
+            axes[j // ncols][j % ncols].set_visible(False)
+        fig.colorbar(im, ax=axes, shrink=0.8, label="exact match", aspect=25)
+        svg = to_svg(fig, "fig-depth")
+    caption = ("Exact match by the relative position in the prompt of the queried chain's lines (10 depth bins, 0% = "
+               "start), pooled over hop counts and chain-of-thought modes. Viridis keeps its order in greyscale; "
+               "hatched columns were not run.")
+    missing = compress([(label, lengths[j], "", why) for label, lengths, _, nc in grids for j, why in nc.items()])
+    return Figure("fig-depth", title, svg, caption, None, missing)
+
+
+def _hatch(j: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, 0), 1, 100, fill=False, hatch="///", edgecolor="#999999", linewidth=0)
+
+
+# -- perplexity vs evaluation length ------------------------------------------------------------
+def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    title = "Perplexity vs evaluation length"
+    series = []
+    missing = []
+    for e in es:
+        if e.run is None:
+            continue
+        pts = sorted((p for p in data.ppl if p.run_id == e.run.run_id), key=lambda p: p.length)
+        for p in pts:
+            if p.ppl is None:
+                missing.append((e.label, p.length, "", p.reason or p.status))
+        ok = [p for p in pts if p.ppl is not None]
+        if ok:
+            series.append((e, ok))
+    if not series:
+        return Figure("fig-ppl", title, None, "", reason="no perplexity results in the store for these runs")
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
+        ax = fig.subplots()
+        lengths, train = [], set()
+        for e, ok in series:
+            ax.plot([p.length for p in ok], [p.ppl for p in ok], **pal[e.label].line_kw(), label=e.label)
+            lengths += [p.length for p in ok]
+            if e.run.train_len:
+                train.add(e.run.train_len)
+        _log2_axis(ax, lengths)
+        vals = [p.ppl for _, ok in series for p in ok]
+        if max(vals) / max(min(vals), 1e-9) > 8:
+            ax.set_yscale("log")
+        _train_lines(ax, train)
+        ax.set_xlabel("evaluation length (tokens)")
+        ax.set_ylabel("perplexity (bytes)")
+        ax.legend(frameon=False, handlelength=3.2)
+        svg = to_svg(fig, "fig-ppl")
+    caption = "Byte-level perplexity of held-out text with sliding windows (see Methods); dashed line: training length."
+    return Figure("fig-ppl", title, svg, caption, A.ppl_side(data, es), compress(missing))
+
+
+# -- training loss ------------------------------------------------------------------------------
+def ema(y: list[float], alpha: float) -> list[float]:
+    out, m = [], None
+    for v in y:
+        m = v if m is None else alpha * m + (1 - alpha) * v
+        out.append(m)
+    return out
+
+
+def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    title = "Training loss"
+    runs = [r for r in data.runs if r.curve]
+    if not runs:
+        return Figure("fig-loss", title, None, "", reason="no training metrics in the store for these runs")
+    heads = {e.run.run_id for e in es if e.run is not None}
+    use_tokens = all(any(t for _, t, _ in r.curve) for r in runs)
+    longest = max(len(r.curve) for r in runs)
+    alpha = 0.0 if longest < 50 else min(0.95, 1 - 10 / longest)
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
+        ax = fig.subplots()
+        runs.sort(key=lambda r: r.run_id in heads)  # headline runs drawn last, on top
+        for r in runs:
+            xs = [t if use_tokens else s for s, t, _ in r.curve]
+            ys = [v for _, _, v in r.curve]
+            kw = pal[r.label].line_kw()
+            kw.update(marker=None)
+            if r.run_id not in heads:
+                kw.update(alpha=0.45, linewidth=1.0)
+            ax.plot(xs, ema(ys, alpha), **kw, label=r.label if r.run_id in heads else None)
+            ax.plot(xs[-1:], ema(ys, alpha)[-1:], marker=pal[r.label].marker, color=pal[r.label].color,
+                    markersize=5, linestyle="none")
+        if use_tokens:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+        ax.set_xlabel("training tokens" if use_tokens else "step")
+        ax.set_ylabel("training loss (nats/token)")
+        ax.legend(frameon=False, handlelength=3.2)
+        svg = to_svg(fig, "fig-loss")
+    smooth = f" smoothed by an exponential moving average (weight {alpha:.2f})" if alpha else ""
+    caption = (f"Training loss per step{smooth}; the marker shows the final value. Thin lines: other runs of the "
+               "same mixer (other sizes or seeds).")
+    return Figure("fig-loss", title, svg, caption, A.loss_side(data, es))
+
+
+# -- throughput and memory ------------------------------------------------------------------------
+def _guides(ax, xs: list[int], y0: float, slopes: dict[str, float]) -> None:
+    """Dashed grey lines through (xs[0], y0) with the given log-log slopes."""
+    x = np.array([min(xs), max(xs)], dtype=float)
+    for name, k in slopes.items():
+        y = y0 * (x / x[0]) ** k
+        ax.plot(x, y, color="#888888", linewidth=0.8, linestyle=(0, (2, 2)), zorder=1)
+        ax.annotate(name, (x[-1], y[-1]), xytext=(2, 0), textcoords="offset points", fontsize=6.5, color="#666666",
+                    va="center")
+
+
+def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
+    fid = f"fig-speed-{mode}"
+    title = f"Throughput and peak memory vs sequence length ({mode})"
+    names = sorted({b.name for b in data.bench if b.mode == mode}, key=lambda n: (A._bench_order(data, n), n))
+    if not names:
+        return Figure(fid, title, None, "", reason="no bench results")
+    missing = []
+    with rc_context(RC):
+        fig = MplFigure(figsize=(8.4, 3.3), layout="constrained")
+        ax_t, ax_m = fig.subplots(1, 2)
+        xs_all, handles, t0, m0 = [], {}, [], []
+        for name in names:
+            pts = [b for b in data.bench if b.name == name and b.mode == mode]
+            peer = any(b.peer for b in pts)
+            look = pal.peer(name) if peer else pal[name]
+            pts.sort(key=lambda b: b.seq_len)
+            for b in pts:
+                if b.tokens_per_s is None:
+                    missing.append((name + (" (peer)" if peer else ""), b.seq_len, "", b.reason or b.status))
+            ok = [b for b in pts if b.tokens_per_s is not None]
+            if not ok:
+                continue
+            x = [b.seq_len for b in ok]
+            xs_all += x
+            label = f"{name} (peer)" if peer else name
+            (h,) = ax_t.plot(x, [b.tokens_per_s for b in ok], **look.line_kw(), label=label)
+            handles[label] = h
+            t0.append(ok[0].tokens_per_s)
+            mem = [b for b in ok if b.peak_mem is not None]
+            if mem:
+                ax_m.plot([b.seq_len for b in mem], [b.peak_mem / 2**20 for b in mem], **look.line_kw())
+                m0.append(mem[0].peak_mem / 2**20)
+            oom = [b for b in pts if b.status == "oom"]
+            if oom:
+                ax_t.plot([oom[0].seq_len], [ok[-1].tokens_per_s], marker="x", color=look.color, markersize=7,
+                          linestyle="none")
+        if xs_all:
+            _log2_axis(ax_t, xs_all)
+            _log2_axis(ax_m, xs_all)
+            ax_t.set_yscale("log")
+            ax_m.set_yscale("log")
+            if t0:
+                _guides(ax_t, xs_all, float(np.exp(np.mean(np.log(t0)))), {"O(L)": 0.0, "O(L²)": -1.0})
+            if m0:
+                _guides(ax_m, xs_all, float(np.exp(np.mean(np.log(m0)))), {"O(L)": 1.0, "O(L²)": 2.0})
+        ax_t.set_xlabel("sequence length (tokens)")
+        ax_m.set_xlabel("sequence length (tokens)")
+        ax_t.set_ylabel("tokens / s")
+        ax_m.set_ylabel("peak memory (MiB)")
+        ax_t.set_title("throughput")
+        ax_m.set_title("peak memory")
+        _legend(fig, list(handles.values()), list(handles.keys()), ncol=min(len(handles), 4))
+        fig.get_layout_engine().set(rect=(0, 0.1 + 0.05 * (len(handles) > 4), 1, 0.9))
+        svg = to_svg(fig, fid)
+    devices = sorted({b.device for b in data.bench if b.mode == mode and b.device})
+    caption = (f"Median over timed repetitions on {', '.join(devices) or 'the recorded device'}; log-log axes. Grey "
+               "guides: how tokens/s and memory grow for O(L) and O(L²) cost. Peer kernels (hollow markers, dotted) "
+               "ran in the same process at the same shapes; x marks the first length that ran out of memory.")
+    return Figure(fid, title, svg, caption, A.bench_side(data, mode), compress(missing))
+
+
+# -- scaling ------------------------------------------------------------------------------------
+def scaling(data: ReportData, pal: Palette) -> Figure:
+    title = "Scaling: loss and accuracy vs parameters and training compute"
+    fits = A.scaling_fits(data)
+    if not any(f.points for f in fits):
+        return Figure("fig-scaling", title, None, "", reason="no finished runs with parameters and final loss")
+    with rc_context(RC):
+        fig = MplFigure(figsize=(7.6, 5.4), layout="constrained")
+        axes = fig.subplots(2, 2)
+        handles = {}
+        for (r, y), (c, x) in [((0, "loss"), (0, "params")), ((0, "loss"), (1, "flops")),
+                               ((1, "accuracy"), (0, "params")), ((1, "accuracy"), (1, "flops"))]:
+            ax = axes[r][c]
+            for f in fits:
+                if f.y != y or f.x != x or not f.points:
+                    continue
+                look = pal[f.label]
+                xs = [p[0] for p in f.points]
+                ys = [p[1] for p in f.points]
+                kw = look.line_kw()
+                kw.update(linestyle="none")
+                (h,) = ax.plot(xs, ys, **kw)
+                handles.setdefault(f.label, h)
+                if f.fit is not None:
+                    grid = np.geomspace(min(xs), max(xs), 50)
+                    fy = f.fit(grid) if y == "loss" else 1 - f.fit(grid)
+                    ax.plot(grid, fy, color=look.color, linestyle=look.linestyle, linewidth=1.2)
+                    sym = "N" if x == "params" else "C"
+                    what = "L" if y == "loss" else "1-acc"
+                    ax.annotate(f"{what} ∝ {sym}^{f.fit.exponent:.3f}", (grid[-1], fy[-1]), xytext=(-4, 6),
+                                textcoords="offset points", fontsize=6.5, color=look.color, ha="right")
+            ax.set_xscale("log")
+            if y == "loss":
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(-0.03, 1.05)
+            ax.set_xlabel("parameters" if x == "params" else "training FLOPs")
+            ax.set_ylabel("final training loss" if y == "loss" else "HashHop acc. at train length")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+        _legend(fig, list(handles.values()), list(handles.keys()))
+        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
+        svg = to_svg(fig, "fig-scaling")
+    caption = ("One point per finished run. Lines: power laws fitted by least squares in log-log space (loss, and "
+               "the error rate 1 - accuracy), drawn only for mixers with at least 3 model sizes.")
+    return Figure("fig-scaling", title, svg, caption, A.scaling_side(fits))
+
+
+def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
+    figs = [hashhop_vs_length(data, pal, es), depth_heatmaps(data, pal, es), ppl_vs_length(data, pal, es),
+            loss_curves(data, pal, es)]
+    modes = A.bench_modes(data)
+    figs += [speed_memory(data, pal, m) for m in modes] or [
+        Figure("fig-speed", "Throughput and peak memory vs sequence length", None, "",
+               reason="no bench results in the store (run `zoo bench` on the GPU)")]
+    figs.append(scaling(data, pal))
+    return figs

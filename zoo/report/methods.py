@@ -1,0 +1,195 @@
+"""The Methods section, written from the run configs, the spec and the stored rows.
+
+Every setting quoted here is read from what the runs and evaluators recorded; where runs
+differ in a setting, the text lists each value with the mixers that used it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.report import analysis as A
+from zoo.report import fmt
+from zoo.report.model import ReportData
+
+
+@dataclass
+class Method:
+    id: str
+    title: str
+    paragraphs: list[str]
+
+
+def _get(d: dict, path: str, default: Any = None) -> Any:
+    for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _values(data: ReportData, path: str, show=str) -> str:
+    """One setting across the runs: 'v' when shared, else 'v1 (a, b); v2 (c)'."""
+    by: dict[str, list[str]] = defaultdict(list)
+    for r in data.runs:
+        v = _get(r.config, path)
+        key = "n/a (not recorded)" if v is None else show(v)
+        if r.label not in by[key]:
+            by[key].append(r.label)
+    if not by:
+        return "n/a (no runs)"
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{k} ({', '.join(v)})" for k, v in by.items())
+
+
+def _list(xs) -> str:
+    xs = list(xs)
+    return ", ".join(str(x) for x in xs) if xs else "n/a"
+
+
+def methods(data: ReportData) -> list[Method]:
+    out = [_models(data), _training(data), _hashhop(data), _ppl(data), _bench(data), _leaderboard(data)]
+    return [m for m in out if m is not None]
+
+
+def _models(data: ReportData) -> Method:
+    ps = [
+        "Every mixer is trained inside the same language model (ZooLM): byte-level tokens (256 bytes and 4 "
+        "specials), a learned embedding tied to the output head, pre-norm blocks x = x + mixer(RMSNorm(x)); "
+        "x = x + SwiGLU(RMSNorm(x)), and a final RMSNorm. Only the sequence mixer differs between entries.",
+        f"Width d_model: {_values(data, 'model.d_model')}. Blocks: {_values(data, 'model.n_layers')}. "
+        f"Layer patterns: {_values(data, 'model.layers', lambda v: '[' + ', '.join(v) + ']')}. "
+        f"SwiGLU hidden width: {_values(data, 'model.mlp_hidden', lambda v: str(v))} "
+        "(n/a = the default, 8/3 d_model rounded up to a multiple of 64).",
+        "Parameters count every weight including the embedding. State size is the sum over layers of each "
+        "mixer's declared cache or recurrent state (`state_bytes`) after 8K and 1M tokens for one sequence in "
+        "bf16, computed from the model config; the conformance suite checks each mixer's declaration against the "
+        "bytes its cache really holds.",
+    ]
+    return Method("methods-models", "5.1 Models", ps)
+
+
+def _training(data: ReportData) -> Method:
+    ps = [
+        f"Task: {_values(data, 'task.name')}; task settings: "
+        f"{_values(data, 'task.config', lambda v: ', '.join(f'{k}={x}' for k, x in sorted(v.items())) or 'defaults')}.",
+        f"Training length (tokens per sequence): {_values(data, 'train.seq_len')}. Budget: steps "
+        f"{_values(data, 'train.steps')}, tokens {_values(data, 'train.max_tokens')}, FLOPs "
+        f"{_values(data, 'train.max_flops')}; the first reached stops a run. Batch: "
+        f"{_values(data, 'train.batch_size')} sequences x {_values(data, 'train.grad_accum')} accumulation steps.",
+        f"AdamW (no weight decay on norms and biases), peak learning rate {_values(data, 'train.lr')}, "
+        f"{_values(data, 'train.lr_schedule')} schedule after {_values(data, 'train.warmup_steps')} warm-up steps "
+        f"down to {_values(data, 'train.min_lr_ratio')} of the peak, weight decay "
+        f"{_values(data, 'train.weight_decay')}, betas ({_values(data, 'train.beta1')}, "
+        f"{_values(data, 'train.beta2')}), gradient clipping at {_values(data, 'train.grad_clip')}, precision "
+        f"{_values(data, 'train.precision')} (auto: bf16 autocast on GPU, fp32 on CPU), seed "
+        f"{_values(data, 'train.seed')}.",
+    ]
+    sched = _values(data, "train.schedules", lambda v: ", ".join(sorted(v)) or "none")
+    ps.append(f"Scheduled settings: {sched}.")
+    ps.append("Tokens/s is the trainer's throughput over the run; MFU divides the achieved FLOP/s (the model's own "
+              "FLOP estimate: matmuls at 2 FLOPs per multiply-add, forward + backward = 3x forward) by the device's "
+              "dense bf16 datasheet peak, and is n/a where no peak is stated (CPUs). Training FLOPs = FLOPs per "
+              "token x training tokens.")
+    return Method("methods-training", "5.2 Training", ps)
+
+
+def _hashhop(data: ReportData) -> Method | None:
+    if not data.hashhop:
+        return Method("methods-hashhop", "5.3 HashHop evaluation",
+                      ["n/a (no HashHop results for these runs)."])
+    lengths = sorted({c.length for c in data.hashhop})
+    settings = A.hashhop_settings(data)
+    extra = grid_info(data)
+    ps = [
+        "HashHop prompts follow Magic's generator (magicproduct/hash-hop): random hashes of 52 letters, chains "
+        "H1 -> ... -> H(hops+1) written as `k = v` lines, shuffled; the model must answer each queried chain's last "
+        "hash (or, with chain of thought, every hash along it). Hashes are incompressible, so the only way to "
+        "answer is to store and retrieve what was read.",
+        f"Grid: problem sizes {_list(fmt.length(L) for L in lengths)} characters (one character is one token; the "
+        f"fed sequence adds the completion), hops {_list(sorted({h for h, _ in settings}))}, chain of thought "
+        f"{_list(sorted({'on' if c else 'off' for _, c in settings}))}; {extra}",
+        "Score: teacher-forced exact match per query: a query counts as right when every answer token (the "
+        "target's characters and the closing quote) is the argmax given the gold prefix, so one forward pass "
+        "scores all queries of a sample. A subset is also decoded greedily from the cache and compared; the "
+        "agreement is reported per cell in data/hashhop.csv. With chain of thought, per-hop accuracy and the depth "
+        "reached are recorded too.",
+        f"Depth: the mean relative position in the prompt of a queried chain's lines, in {grid_bins(data)} equal "
+        "bins (0% = start of the prompt). Intervals: Wilson score intervals at 95% (Wilson 1927) on every "
+        "accuracy; where a leaderboard number pools several cells (hop counts, chain-of-thought modes) it is total "
+        "correct over total queries with the interval recomputed.",
+        "Cells longer than a model's declared max_length are marked n/a with the reason, not run. Long inputs run "
+        "through the mixers' caches in chunks, which the conformance suite proves equal to one full forward.",
+    ]
+    return Method("methods-hashhop", "5.3 HashHop evaluation", ps)
+
+
+def grid_info(data: ReportData) -> str:
+    parts = []
+    for key, what in (("queries", "queries per sample"), ("samples", "samples per cell"),
+                      ("hash_len", "characters per hash"), ("greedy_samples", "greedy-decoded samples per cell")):
+        vals = sorted({v for v in (c.meta.get(key) for c in data.hashhop) if v is not None})
+        if vals:
+            parts.append(f"{_list(vals)} {what}")
+    return ("; ".join(parts) + ".") if parts else "sample counts per cell are in data/hashhop.csv."
+
+
+def grid_bins(data: ReportData) -> int:
+    return max((len(c.depth) for c in data.hashhop), default=10) or 10
+
+
+def _ppl(data: ReportData) -> Method | None:
+    if not data.ppl:
+        return Method("methods-ppl", "5.4 Perplexity", ["n/a (no perplexity results for these runs)."])
+    lengths = sorted({p.length for p in data.ppl})
+    strides = sorted({p.stride for p in data.ppl if p.stride})
+    metas = [p.meta for p in data.ppl]
+    corpus = sorted({str(m.get("corpus")) for m in metas if m.get("corpus")})
+    ps = [
+        f"Byte-level perplexity exp(mean NLL per byte) of held-out text at evaluation lengths "
+        f"{_list(fmt.length(L) for L in lengths)}. Windows of the evaluation length slide over the text"
+        + (f" with stride {_list(strides)}" if strides else "")
+        + "; only the tokens past the overlap are scored after the first window, so every scored token sees at "
+          "least (length - stride) tokens of context."
+        + (f" Corpus: {_list(corpus)}." if corpus else ""),
+    ]
+    return Method("methods-ppl", "5.4 Perplexity", ps)
+
+
+def _bench(data: ReportData) -> Method:
+    if not data.bench:
+        return Method("methods-bench", "5.5 Speed and memory", ["n/a (no bench results for these runs)."])
+    modes = A.bench_modes(data)
+    dtypes = sorted({b.dtype for b in data.bench if b.dtype})
+    devices = sorted({b.device for b in data.bench if b.device})
+    ps = [
+        f"Modes: {_list(modes)} (fwd: forward; fwdbwd: forward and backward; decode: one token with a cache "
+        f"filled to the length). dtype {_list(dtypes)}, on {_list(devices)}. Each point is the median time over "
+        "many repetitions after warm-up (CUDA events on GPU); tokens/s = tokens per batch / median time; peak "
+        "memory is the allocator's peak during the timed call. Peer kernels run in the same process at the same "
+        "shapes. A length that ran out of memory is recorded as such and drawn as an x.",
+    ]
+    if data.ceilings:
+        ps.append("Device ceilings measured in the same run: " + "; ".join(
+            f"{c.device}: matmul {fmt.sig(c.matmul_tflops, 3)} TFLOP/s, copy {fmt.sig(c.copy_gbps, 3)} GB/s"
+            for c in data.ceilings) + ".")
+    return Method("methods-bench", "5.5 Speed and memory", ps)
+
+
+def _leaderboard(data: ReportData) -> Method:
+    ps = [
+        "Each leaderboard row speaks for one run: the largest finished model of that mixer (parameters, then "
+        "training tokens); every other run of the mixer is drawn in the loss and scaling figures. "
+        f"Effective context length: the largest evaluated length with HashHop accuracy >= {A.THRESHOLD}, shown "
+        "with that accuracy and its interval.",
+        "Scaling fits: y = a x^b by least squares on log y against log x (the pure power-law form of Kaplan et al. "
+        "2020, without an irreducible term), for final training loss and for the error rate 1 - accuracy, against "
+        "parameters N and training FLOPs C; fitted only with at least 3 model sizes. The exponent's standard error "
+        "comes from the regression.",
+        "Every number in this report is read from the results store; data/ holds each table and series as CSV with "
+        "the run id it comes from.",
+    ]
+    return Method("methods-leaderboard", "5.6 Leaderboard, fits and provenance", ps)

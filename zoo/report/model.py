@@ -1,0 +1,147 @@
+"""What a report is made of: plain records read from the store, one class per kind of row.
+
+The loaders in `zoo.report.load` fill these from `zoo.store.Store`; figures, tables and
+text only ever read these records, so each number on the page goes back to one run id
+and one store row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Run:
+    """One training run and what the trainer recorded about it."""
+
+    run_id: str
+    label: str                       # what the report compares: the mixer, or the layer pattern of a hybrid
+    mixers: list[str]                # registry names in the layer pattern
+    status: str                      # pending | running | done | failed
+    reason: str | None = None        # why it failed, when it did
+    config: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    train_len: int | None = None     # training context in tokens (the largest, under a length schedule)
+    steps: int | None = None
+    tokens: float | None = None      # training tokens seen
+    flops: float | None = None       # training FLOPs (model estimate x tokens)
+    tokens_per_s: float | None = None
+    mfu: float | None = None         # model FLOPs utilisation, fraction of the stated peak
+    peak_flops: float | None = None  # the peak the MFU divides by
+    peak_mem: float | None = None    # bytes
+    final_loss: float | None = None
+    wall_s: float | None = None
+    seed: int | None = None
+    backends: dict[str, str] = field(default_factory=dict)  # mixer -> backend that ran
+    device: str | None = None
+    host: str | None = None
+    commit: str | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+    run_dir: str | None = None
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, tokens, loss)
+    max_length: int | None = None    # the model's max_length (None = unbounded)
+    state_bytes: dict[int, float] = field(default_factory=dict)  # context -> cache/state bytes (batch 1, bf16)
+    state_reason: str | None = None  # why state sizes could not be computed
+
+
+@dataclass
+class HashHopCell:
+    """HashHop exact match of one run at one (length, hops, chain-of-thought) cell."""
+
+    run_id: str
+    length: int
+    hops: int
+    cot: bool
+    n: int = 0                       # scored queries
+    correct: float = 0.0
+    accuracy: float | None = None
+    low: float | None = None         # Wilson 95% interval
+    high: float | None = None
+    greedy_accuracy: float | None = None
+    greedy_n: int | None = None
+    char_accuracy: float | None = None
+    nll: float | None = None
+    depth: list[tuple[float | None, int]] = field(default_factory=list)  # per depth bin: (accuracy, n)
+    hop_accuracy: list[float] = field(default_factory=list)              # chain of thought: per hop
+    status: str = "ok"               # ok | n/a
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # the rest of the store row (grid settings, timings)
+
+
+@dataclass
+class PplPoint:
+    """Perplexity of one run at one evaluation length."""
+
+    run_id: str
+    length: int
+    ppl: float | None
+    loss: float | None = None
+    tokens: int | None = None
+    stride: int | None = None
+    status: str = "ok"
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchPoint:
+    """One speed/memory measurement: our mixer or a peer kernel at one sequence length."""
+
+    name: str                        # mixer registry name, or the peer kernel's name
+    seq_len: int
+    mode: str = "fwd"                # fwd | fwdbwd | decode
+    peer: bool = False
+    peer_of: str | None = None       # the mixer a peer kernel stands beside
+    tokens_per_s: float | None = None
+    ms: float | None = None
+    tflops: float | None = None
+    peak_mem: float | None = None    # bytes
+    backend: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    status: str = "ok"               # ok | oom | n/a | error
+    reason: str | None = None
+    run_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Ceiling:
+    device: str
+    matmul_tflops: float | None = None
+    copy_gbps: float | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class ReportData:
+    title: str
+    runs: list[Run]
+    hashhop: list[HashHopCell] = field(default_factory=list)
+    ppl: list[PplPoint] = field(default_factory=list)
+    bench: list[BenchPoint] = field(default_factory=list)
+    ceilings: list[Ceiling] = field(default_factory=list)
+    spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
+    spec_path: str | None = None
+    source: str = ""                     # how the runs were chosen (spec path, run ids or filters)
+    store_root: str | None = None
+
+    def labels(self) -> list[str]:
+        """Compared entries in a stable order: the spec's order (order of first run), then bench-only mixers."""
+        out: list[str] = []
+        for r in self.runs:
+            if r.label not in out:
+                out.append(r.label)
+        for b in self.bench:
+            if not b.peer and b.name not in out:
+                out.append(b.name)
+        return out
+
+    def runs_of(self, label: str) -> list[Run]:
+        return [r for r in self.runs if r.label == label]
+
+    def run(self, run_id: str) -> Run | None:
+        return next((r for r in self.runs if r.run_id == run_id), None)

@@ -1,0 +1,329 @@
+"""Build a report directory from `ReportData`:
+
+    out/index.html   self-contained: inline CSS and SVG, no scripts, no network
+    out/report.pdf   the same HTML paginated by WeasyPrint
+    out/data/        every number shown, as CSV (and Parquet when pyarrow is installed)
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.report import analysis as A
+from zoo.report import figures as F
+from zoo.report import fmt, methods
+from zoo.report.fmt import Table, Val, na
+from zoo.report.model import ReportData
+from zoo.report.style import Palette
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "report"
+
+
+@dataclass
+class Built:
+    out: Path
+    html: Path
+    pdf: Path | None
+    pages: int | None
+    data_files: list[str] = field(default_factory=list)
+    sections: list[dict] = field(default_factory=list)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", s).strip("-").lower() or "x"
+
+
+# -- pieces of the page --------------------------------------------------------------------------
+def mixer_cards(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[dict]:
+    from zoo import registry
+
+    cards = []
+    for e in es:
+        runs = data.runs_of(e.label)
+        run = e.run or runs[0]
+        mixers, rows = [], []
+        for name in run.mixers:
+            try:
+                spec = registry.get_spec(name)
+            except ZooError as err:
+                mixers.append({"name": name, "description": f"n/a ({err.message} on the machine that built this "
+                                                              "report)", "citation": ""})
+                continue
+            caps = spec.capabilities
+            mixers.append({"name": name, "description": spec.description, "citation": spec.citation})
+            pre = f"{name}: " if len(run.mixers) > 1 else ""
+            rows.append((f"{pre}family", f"{spec.family} (from {spec.source})"))
+            rows.append((f"{pre}capabilities", f"cost {caps.cost}, {caps.state} state, max length "
+                                               f"{fmt.length(caps.max_length) if caps.max_length else 'unbounded'}"))
+            cfg = (run.config.get("model", {}).get("mixer_config", {}) or {}).get(name)
+            rows.append((f"{pre}config", ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) if cfg
+                         else "n/a (not recorded in the run config)"))
+            rows.append((f"{pre}backends offered", ", ".join(b.name for b in spec.backends)))
+        m = run.config.get("model", {})
+        rows.append(("model", f"d_model {m.get('d_model', 'n/a')}, {m.get('n_layers', 'n/a')} blocks, pattern "
+                              f"[{', '.join(m.get('layers', []))}]"))
+        rows.append(("parameters", e.params.display))
+        rows.append(("backends used", ", ".join(f"{k}: {v}" for k, v in sorted(run.backends.items()))
+                     if run.backends else "n/a (not recorded)"))
+        cards.append({"id": f"mixer-{_slug(e.label)}", "label": e.label, "color": pal[e.label].color,
+                      "mixers": mixers, "rows": rows, "runs": runs})
+    return cards
+
+
+def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
+    t = A.totals(data)
+    labels = [e.label for e in es]
+    facts = [("compared", f"{len(labels)} mixers: {', '.join(labels)}" if labels else "n/a (no runs)"),
+             ("runs", f"{t['runs']} ({t['done']} finished, {len(t['failed'])} failed)")]
+    tasks = sorted({str(r.config.get("task", {}).get("name")) for r in data.runs if r.config.get("task")})
+    lens = sorted({r.train_len for r in data.runs if r.train_len})
+    facts.append(("task, training length", f"{', '.join(tasks) or 'n/a'}; "
+                                           f"{', '.join(fmt.length(L) for L in lens) or 'n/a'} tokens"))
+    facts.append(("hardware", ", ".join(t["devices"]) or "n/a (not recorded)"))
+    if t["hosts"]:
+        facts.append(("hosts", ", ".join(t["hosts"])))
+    vers: dict[str, set] = {}
+    for r in data.runs:
+        for k, v in (r.versions or {}).items():
+            if v:
+                vers.setdefault(k, set()).add(str(v))
+    facts.append(("versions", "; ".join(f"{k} {', '.join(sorted(v))}" for k, v in sorted(vers.items()))
+                  or "n/a (not recorded)"))
+    facts.append(("commit", ", ".join(t["commits"]) or "n/a (not recorded)"))
+    facts.append(("total training compute", f"{fmt.count(t['tokens'])} tokens, {fmt.flops(t['flops'])}, "
+                                            f"{fmt.seconds(t['wall_s'])} of training wall time"))
+    if data.ceilings:
+        facts.append(("device ceilings", "; ".join(
+            f"{c.device}: {fmt.sig(c.matmul_tflops, 3)} TFLOP/s matmul, {fmt.sig(c.copy_gbps, 3)} GB/s copy"
+            for c in data.ceilings)))
+    facts.append(("source", data.source))
+    return facts
+
+
+def runs_table(data: ReportData) -> tuple[list[str], list[dict]]:
+    cols = ["mixer", "run", "status", "params", "train length", "steps", "tokens", "final loss", "wall time",
+            "device", "backends", "commit"]
+    rows = []
+    for label in data.labels():
+        for r in data.runs_of(label):
+            status = Val(r.status, r.status + (f": {r.reason}" if r.reason else ""))
+
+            def v(x, text, why="not recorded", rid=r.run_id):
+                return Val(x, text, run_id=rid) if x is not None else na(why)
+
+            rows.append({"run_id": r.run_id, "cells": [
+                Val(label, label), Val(r.run_id, r.run_id), status, v(r.params, fmt.count(r.params)),
+                v(r.train_len, fmt.length(r.train_len)), v(r.steps, str(r.steps)), v(r.tokens, fmt.count(r.tokens)),
+                v(r.final_loss, fmt.sig(r.final_loss, 4)), v(r.wall_s, fmt.seconds(r.wall_s)),
+                v(r.device, r.device or ""),
+                v(", ".join(f"{k}: {b}" for k, b in sorted(r.backends.items())) or None,
+                  ", ".join(f"{k}: {b}" for k, b in sorted(r.backends.items()))),
+                v(r.commit, (r.commit or "")[:12] + ("+dirty" if r.commit and r.commit.endswith("+dirty") else ""))]})
+    return cols, rows
+
+
+# -- data files ----------------------------------------------------------------------------------
+def _tidy(rows: list[dict]) -> list[dict]:
+    """Flatten nested values to JSON text so every cell is a scalar."""
+    out = []
+    for r in rows:
+        out.append({k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
+                    for k, v in r.items()})
+    return out
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    cols = _columns(rows)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols or ["empty"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = _columns(rows)
+    arrays = {}
+    for c in cols:
+        vals = [r.get(c) for r in rows]
+        kinds = {type(v) for v in vals if v is not None}
+        if kinds and kinds <= {int, float, bool} and kinds != {bool}:
+            vals = [None if v is None else float(v) for v in vals] if float in kinds else vals
+        elif kinds and not kinds <= {str} and kinds != {bool}:
+            vals = [None if v is None else str(v) for v in vals]
+        arrays[c] = vals
+    pq.write_table(pa.table(arrays) if cols else pa.table({"empty": pa.array([], pa.null())}), path)
+
+
+def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Figure]) -> dict[str, list[dict]]:
+    labels = {r.run_id: r.label for r in data.runs}
+    heads = {e.run.run_id for e in es if e.run is not None}
+    t: dict[str, list[dict]] = {}
+    lb_rows = lb.csv_rows()
+    for row, e in zip(lb_rows, es):
+        row["run_id"] = e.run.run_id if e.run else None
+    t["leaderboard"] = lb_rows
+    t["hashhop_cells"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "length": c.length, "hops": c.hops,
+                           "cot": c.cot, "status": c.status, "reason": c.reason, "n": c.n, "correct": c.correct,
+                           "accuracy": c.accuracy, "low": c.low, "high": c.high,
+                           "greedy_accuracy": c.greedy_accuracy, "greedy_n": c.greedy_n,
+                           "char_accuracy": c.char_accuracy, "nll": c.nll,
+                           "hop_accuracy": c.hop_accuracy or None, **{f"row.{k}": v for k, v in c.meta.items()}}
+                          for c in data.hashhop]
+    t["hashhop_depth"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "length": c.length, "hops": c.hops,
+                           "cot": c.cot, "bin": i, "accuracy": a, "n": n}
+                          for c in data.hashhop for i, (a, n) in enumerate(c.depth)]
+    t["hashhop_curves"] = [{"label": e.label, "run_id": e.run.run_id, "length": p.length, "n": p.n,
+                            "correct": p.correct, "accuracy": p.accuracy, "low": p.low, "high": p.high,
+                            "reason": p.reason} for e in es if e.run for p in e.curve]
+    t["ppl"] = [{"label": labels.get(p.run_id), "run_id": p.run_id, "length": p.length, "ppl": p.ppl, "loss": p.loss,
+                 "tokens": p.tokens, "stride": p.stride, "status": p.status, "reason": p.reason,
+                 **{f"row.{k}": v for k, v in p.meta.items()}} for p in data.ppl]
+    t["loss_curves"] = [{"label": r.label, "run_id": r.run_id, "headline": r.run_id in heads, "step": s,
+                         "tokens": tok, "loss": loss} for r in data.runs for s, tok, loss in r.curve]
+    t["bench"] = [{"name": b.name, "peer": b.peer, "peer_of": b.peer_of, "mode": b.mode, "seq_len": b.seq_len,
+                   "tokens_per_s": b.tokens_per_s, "ms": b.ms, "tflops": b.tflops, "peak_mem_bytes": b.peak_mem,
+                   "backend": b.backend, "device": b.device, "dtype": b.dtype, "status": b.status,
+                   "reason": b.reason, "run_id": b.run_id, **{f"row.{k}": v for k, v in b.meta.items()}}
+                  for b in data.bench]
+    t["ceilings"] = [{"device": c.device, "matmul_tflops": c.matmul_tflops, "copy_gbps": c.copy_gbps,
+                      "run_id": c.run_id} for c in data.ceilings]
+    fits = A.scaling_fits(data)
+    t["scaling_fits"] = [{"label": f.label, "y": f.y, "x": f.x, "points": len(f.points),
+                          "coef": f.fit.coef if f.fit else None, "exponent": f.fit.exponent if f.fit else None,
+                          "exponent_se": f.fit.exponent_se if f.fit else None, "r2": f.fit.r2 if f.fit else None}
+                         for f in fits]
+    t["scaling_points"] = [{"label": f.label, "y": f.y, "x": f.x, "x_value": x, "y_value": y, "run_id": rid}
+                           for f in fits for x, y, rid in f.points]
+    t["runs"] = [{"label": r.label, "run_id": r.run_id, "status": r.status, "reason": r.reason, "params": r.params,
+                  "train_len": r.train_len, "steps": r.steps, "tokens": r.tokens, "flops": r.flops,
+                  "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "peak_flops": r.peak_flops, "peak_mem": r.peak_mem,
+                  "final_loss": r.final_loss, "wall_s": r.wall_s, "seed": r.seed, "device": r.device,
+                  "host": r.host, "commit": r.commit, "backends": r.backends, "versions": r.versions,
+                  "max_length": r.max_length, **{f"state_bytes_{L}": b for L, b in r.state_bytes.items()},
+                  "config": r.config} for r in data.runs]
+    for f in figs:
+        if f.side is not None:
+            t[f.side.id.replace("-", "_")] = f.side.csv_rows()
+    return {k: _tidy(v) for k, v in t.items()}
+
+
+def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], bool]:
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import pyarrow  # noqa: F401
+        parquet = True
+    except ImportError:
+        parquet = False
+    files = []
+    for name, rows in tables.items():
+        _write_csv(out / f"{name}.csv", rows)
+        files.append(f"{name}.csv")
+        if parquet:
+            _write_parquet(out / f"{name}.parquet", rows)
+            files.append(f"{name}.parquet")
+    return files, parquet
+
+
+# -- the whole report ------------------------------------------------------------------------------
+def _env():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
+    return env
+
+
+def render_html(data: ReportData) -> tuple[str, dict]:
+    """The page as one HTML string, and the pieces it was made of (for data files and tests)."""
+    from markupsafe import Markup
+
+    import zoo
+
+    pal = Palette(data.labels())
+    es = A.entries(data)
+    lb = A.leaderboard(data, es)
+    figs = F.all_figures(data, pal, es)
+    head = F.headline(data, pal, es)
+    cards = mixer_cards(data, pal, es)
+    meth = methods.methods(data)
+    runs_cols, runs_rows = runs_table(data)
+    toc = [{"id": "summary", "title": "1 Summary", "children": []},
+           {"id": "leaderboard", "title": "2 Leaderboard", "children": []},
+           {"id": "figures", "title": "3 Figures",
+            "children": [{"id": f.id, "title": f"3.{i} {f.title}"} for i, f in enumerate(figs, 1)]},
+           {"id": "mixers", "title": "4 Mixers", "children": [{"id": c["id"], "title": c["label"]} for c in cards]},
+           {"id": "methods", "title": "5 Methods", "children": [{"id": m.id, "title": m.title} for m in meth]},
+           {"id": "runs", "title": "6 Runs and data", "children": []}]
+    pieces = {"entries": es, "leaderboard": lb, "figures": figs, "headline": head, "cards": cards, "methods": meth,
+              "palette": pal, "toc": toc}
+    return pieces, {
+        "title": data.title, "version": zoo.__version__,
+        "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "source": data.source, "store_root": data.store_root, "toc": toc, "headline": head,
+        "findings": A.findings(data, es), "facts": summary_facts(data, es), "leaderboard": lb, "figures": figs,
+        "cards": cards, "card_ids": {c["label"]: c["id"] for c in cards}, "methods": meth,
+        "runs_columns": runs_cols, "runs_rows": runs_rows,
+        "swatch": lambda label: Markup(pal[label].swatch_svg()) if label in pal.names() else "",
+        "css": Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),
+    }
+
+
+def _no_network_fetcher(url: str, *args: Any, **kw: Any):
+    """WeasyPrint resource fetcher that refuses the network: a report is self-contained."""
+    if url.startswith(("http://", "https://", "ftp://")):
+        raise ValueError(f"report tried to fetch {url}; reports never touch the network")
+    from weasyprint import default_url_fetcher
+
+    return default_url_fetcher(url, *args, **kw)
+
+
+def write_pdf(html: str, path: Path, base: Path) -> int:
+    """Paginate the HTML with WeasyPrint; returns the page count."""
+    try:
+        import weasyprint
+    except (ImportError, OSError) as e:  # OSError: the Pango/HarfBuzz system libraries are missing
+        raise ZooError(f"cannot write the PDF: WeasyPrint is not usable ({type(e).__name__}: {e})",
+                       "pip install 'mixer-zoo[report]' (Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0), "
+                       "or pass --no-pdf") from None
+    doc = weasyprint.HTML(string=html, base_url=str(base), url_fetcher=_no_network_fetcher).render()
+    doc.metadata.title = re.search(r"<title>(.*?)</title>", html, re.S).group(1) if "<title>" in html else None
+    doc.write_pdf(str(path))
+    return len(doc.pages)
+
+
+def build(data: ReportData, out: str | Path, pdf: bool = True) -> Built:
+    """Write index.html, report.pdf and data/ under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pieces, ctx = render_html(data)
+    tables = data_tables(data, pieces["entries"], pieces["leaderboard"], pieces["figures"])
+    files, parquet = write_data(tables, out / "data")
+    ctx.update(data_files=[f for f in files if f.endswith(".csv")], parquet=parquet)
+    html = _env().get_template("report.html.j2").render(**ctx)
+    index = out / "index.html"
+    index.write_text(html, encoding="utf-8")
+    pdf_path, pages = None, None
+    if pdf:
+        pdf_path = out / "report.pdf"
+        pages = write_pdf(html, pdf_path, out)
+    return Built(out, index, pdf_path, pages, files, pieces["toc"])

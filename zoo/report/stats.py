@@ -1,0 +1,82 @@
+"""The few statistics a report needs: Wilson intervals, pooled accuracies, power-law fits,
+effective context length.
+
+Everything here is plain Python/numpy on numbers read from the store, so it is easy to
+check by hand and the report never invents a number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(correct: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927, "Probable inference,
+    the law of succession, and statistical inference", JASA 22(158)).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0/n and n/n,
+    which is where HashHop accuracies live. Returns (low, high); (0, 1) when n == 0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coef * x ** exponent, fitted by least squares on log y against log x."""
+
+    coef: float
+    exponent: float
+    exponent_se: float | None  # standard error of the exponent (None with 2 points)
+    r2: float
+    n: int
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
+        return self.coef * np.asarray(x, dtype=float) ** self.exponent
+
+
+def fit_power_law(x: list[float], y: list[float], min_points: int = 3) -> PowerLaw | None:
+    """Fit y = a x^b in log-log space (the form of Kaplan et al. 2020, "Scaling Laws for
+    Neural Language Models", arXiv:2001.08361, without an irreducible term, which a handful
+    of toy points cannot pin down). None when fewer than `min_points` distinct positive x
+    or any y <= 0."""
+    pts = [(float(a), float(b)) for a, b in zip(x, y) if a is not None and b is not None]
+    if len({a for a, _ in pts}) < min_points or any(a <= 0 or b <= 0 for a, b in pts):
+        return None
+    lx = np.log([a for a, _ in pts])
+    ly = np.log([b for _, b in pts])
+    A = np.stack([np.ones_like(lx), lx], 1)
+    (c0, c1), *_ = np.linalg.lstsq(A, ly, rcond=None)
+    resid = ly - (c0 + c1 * lx)
+    n = len(pts)
+    ss_res = float(resid @ resid)
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    se = None
+    if n > 2:
+        sxx = float(((lx - lx.mean()) ** 2).sum())
+        se = math.sqrt(ss_res / (n - 2) / sxx) if sxx > 0 else None
+    return PowerLaw(float(math.exp(c0)), float(c1), se, r2, n)
+
+
+def effective_context(points: list[tuple[int, float, float, float]], threshold: float = 0.9,
+                      ) -> tuple[int, float, float, float] | None:
+    """The largest evaluated length whose accuracy is >= threshold.
+
+    `points` are (length, accuracy, low, high); returns that point or None when no length
+    reaches the threshold. This is deliberately the plain definition (not "every shorter
+    length also passes"), and the figure shows the whole curve beside it.
+    """
+    ok = [p for p in points if p[1] is not None and p[1] >= threshold]
+    return max(ok, key=lambda p: p[0]) if ok else None
