@@ -168,7 +168,7 @@ def initial_state_output(h0, delta, A, C, block: int = 512):
     parts = []
     for s in range(0, delta.shape[-1], block):
         dec = torch.exp(A[None, :, :, None] * cum[:, :, None, s:s + block])
-        parts.append(torch.einsum("benl,ben,bnl->bel", dec, h0, C[..., s:s + block].float()))
+        parts.append(torch.einsum("benl,ben,bnl->bel", dec, h0, C[..., s:s + block].to(dec.dtype)))
     return torch.cat(parts, dim=-1), torch.exp(A[None] * cum[:, :, -1:]) * h0
 
 
