@@ -1,0 +1,272 @@
+"""`zoo hashhop generate` (samples as JSON Lines) and `zoo hashhop eval` (a model over a grid)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from zoo.errors import ZooError
+
+SPEC_TABLES = (("eval", "hashhop"), ("evaluations", "hashhop"), ("hashhop",))
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`1000,4k,1M` (k = 1e3, M = 1e6, characters) or a doubling range `4k..1M` (ends included)."""
+
+    def one(tok: str) -> int:
+        tok = tok.strip()
+        mult = {"k": 1_000, "K": 1_000, "m": 1_000_000, "M": 1_000_000}.get(tok[-1:], 1)
+        try:
+            value = float(tok[:-1] if mult > 1 else tok) * mult
+        except ValueError:
+            raise ZooError(f"bad size {tok!r}", "sizes look like 1000, 4k or 1M") from None
+        if value < 1 or value != int(value):
+            raise ZooError(f"bad size {tok!r}", "sizes are whole numbers of characters, at least 1")
+        return int(value)
+
+    out: list[int] = []
+    for part in text.split(","):
+        if ".." in part:
+            lo, hi = (one(t) for t in part.split("..", 1))
+            if lo > hi:
+                raise ZooError(f"empty range {part!r}", "write small..large, e.g. 4k..1M")
+            while lo < hi:
+                out.append(lo)
+                lo *= 2
+            out.append(hi)
+        elif part.strip():
+            out.append(one(part))
+    if not out:
+        raise ZooError("no sizes given", "e.g. --n-chars 4k..1M")
+    return list(dict.fromkeys(out))
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ZooError(f"bad {what} {text!r}", "a comma-separated list of integers, e.g. 1,2") from None
+
+
+def parse_cot(text: str) -> list[bool]:
+    words = {"false": [False], "true": [True], "both": [False, True], "no": [False], "yes": [True]}
+    out: list[bool] = []
+    for t in text.lower().split(","):
+        if t.strip() not in words:
+            raise ZooError(f"bad --cot value {t!r}", "use false, true or both")
+        out += words[t.strip()]
+    return list(dict.fromkeys(out))
+
+
+def spec_grid(path: Path) -> dict[str, Any]:
+    """The HashHop grid table of an experiment file (`[eval.hashhop]` or `[hashhop]`)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ZooError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ZooError(f"{path}: not valid TOML: {e}") from None
+    for keys in SPEC_TABLES:
+        node: Any = data
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            return dict(node)
+    raise ZooError(f"{path} has no HashHop grid", f"add a [{'.'.join(SPEC_TABLES[0])}] table")
+
+
+def _fmt(acc: float | None, lo: float | None, hi: float | None) -> str:
+    return "-" if acc is None else f"{acc:.3f} ({lo:.2f}-{hi:.2f})"
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    t = Table(title="HashHop: exact match per query (Wilson 95% interval)")
+    for col in ("chars", "tokens", "hops", "CoT", "teacher-forced", "greedy", "char acc", "NLL", "reached", "s"):
+        t.add_column(col, justify="left" if col == "CoT" else "right", no_wrap=col in ("teacher-forced", "greedy"))
+    reasons: list[str] = []
+    for c in results["cells"]:
+        head = [str(c.get("n_chars", "-")), str(c["length"]), str(c["hops"]), str(c["cot"])]
+        if c["status"] != "ok":
+            t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{c.get('seconds', 0):.1f}")
+            reasons.append(f"n/a at {c['length']} tokens: {c['reason']}")
+            continue
+        reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.2f} / {c['hops']}"
+        t.add_row(*head, _fmt(c["accuracy"], c["low"], c["high"]),
+                  _fmt(c["greedy_accuracy"], c["greedy_low"], c["greedy_high"]),
+                  f"{c['char_accuracy']:.3f}", f"{c['nll']:.3f}", reached, f"{c.get('seconds', 0):.1f}")
+    if reasons:
+        t.caption = "\n".join(dict.fromkeys(reasons))
+    return t
+
+
+def store_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cells as results-store rows: deterministic (no timings), so a re-evaluation adds nothing new."""
+    return [{k: v for k, v in c.items() if k != "seconds"} for c in results["cells"]]
+
+
+def find_store(run_dir: Path, root: Path | None):
+    """The store holding `run_dir` (`<root>/runs/<id>`), or the one at `root`; None when neither."""
+    from zoo.store import Store
+
+    if root is not None:
+        return Store(root)
+    guess = run_dir.resolve().parent.parent
+    if run_dir.resolve().parent.name == "runs" and (guess / "zoo.db").is_file():
+        return Store(guess)
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    from zoo.cli import console, err_console
+
+    hh = typer.Typer(help="HashHop: samples compatible with Magic's generator, and the evaluator.",
+                     no_args_is_help=True)
+    app.add_typer(hh, name="hashhop")
+
+    @hh.command("generate")
+    def generate_cmd(
+        n_chars: int = typer.Option(..., "--n-chars", help="problem size in characters (the original's n_chars)"),
+        queries: int = typer.Option(5, "--queries", help="queries in the completion"),
+        hops: int = typer.Option(2, "--hops", help="pairs per chain"),
+        hash_len: int = typer.Option(16, "--hash-len", help="characters per hash"),
+        cot: bool = typer.Option(False, "--cot", help="ask for the whole chain (chain of thought)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the first sample, as random.seed + np.random.seed"),
+        count: int = typer.Option(1, "--count", help="samples; later ones use seeds derived from --seed"),
+        out: Path = typer.Option(None, "--out", help="JSON Lines file (default: standard output)"),
+    ) -> None:
+        """Write HashHop samples as JSON Lines: prompt, completion, targets, queries, params, seed."""
+        from zoo.tasks.hashhop import MAX_SEED, check_params, derived_seed, generate
+
+        check_params(n_chars, queries, hops, hash_len)
+        if not 0 <= seed < MAX_SEED:
+            raise ZooError(f"seed must be in [0, 2**32), got {seed}", "NumPy's RandomState takes a 32-bit seed")
+        if count < 1:
+            raise ZooError(f"count must be at least 1, got {count}")
+        fh = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
+        try:
+            for i in range(count):
+                s = generate(n_chars, queries, hops, hash_len, cot, seed=derived_seed(seed, i))
+                fh.write(json.dumps(s.to_json()) + "\n")
+        finally:
+            if out is not None:
+                fh.close()
+        if out is not None:
+            err_console.print(f"wrote {count} sample{'s' * (count > 1)} to [bold]{out}[/]")
+
+    @hh.command("eval")
+    def eval_cmd(
+        run: Path = typer.Argument(None, help="run directory or checkpoint directory of a trained model"),
+        untrained: str = typer.Option(None, "--untrained", help="evaluate a fresh ZooLM with this model config "
+                                      "(JSON, e.g. '{\"d_model\": 64}'): a baseline"),
+        spec: Path = typer.Option(None, "--spec", help="experiment TOML whose [eval.hashhop] table is the grid"),
+        samples_file: Path = typer.Option(None, "--samples-file", help="score samples from a JSON Lines file "
+                                          "(ours or the original's) instead of generating"),
+        n_chars: str = typer.Option(None, "--n-chars", help="sizes in characters: 1000,4k,1M or 4k..1M (doubling)"),
+        hops: str = typer.Option(None, "--hops", help="hop counts, e.g. 1,2"),
+        cot: str = typer.Option(None, "--cot", help="false, true or both"),
+        samples: int = typer.Option(None, "--samples", help="samples per cell"),
+        queries: int = typer.Option(None, "--queries", help="queries per sample"),
+        hash_len: int = typer.Option(None, "--hash-len", help="characters per hash"),
+        greedy: int = typer.Option(None, "--greedy", help="samples per cell also decoded greedily"),
+        seed: int = typer.Option(None, "--seed", help="seed of the evaluation stream"),
+        chunk_size: int = typer.Option(None, "--chunk-size", help="tokens per chunk through the caches"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+        root: Path = typer.Option(None, "--root", help="results store (default: the one holding RUN, if any)"),
+        out: Path = typer.Option(None, "--out", help="results JSON (default: RUN/hashhop_eval.json or ./)"),
+    ) -> None:
+        """Evaluate a trained run (or a fresh baseline) over a HashHop grid.
+
+        Results go to the results store holding the run (or --root) and to a JSON file."""
+        import torch
+        from pydantic import ValidationError
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from zoo.eval.hashhop import HashHopGrid, evaluate, evaluate_file, read_samples
+        from zoo.model import ModelConfig, ZooLM
+        from zoo.store import config_id, provenance
+        from zoo.train.checkpoint import load_model, resolve_checkpoint
+
+        if (run is None) == (untrained is None):
+            raise ZooError("give either a run directory / checkpoint or --untrained MODEL_JSON")
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+        if run is not None:
+            model, _ = load_model(run, dev)
+            run_dir = resolve_checkpoint(run).parent.parent
+            run_id, run_config = run_dir.name, None
+        else:
+            try:
+                cfg = ModelConfig(**json.loads(untrained))
+            except json.JSONDecodeError as e:
+                raise ZooError(f"--untrained is not JSON: {e.msg}",
+                               "e.g. '{\"d_model\": 64, \"n_layers\": 2}'") from None
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ZooError(f"--untrained: bad model setting '{'.'.join(map(str, err['loc']))}': {err['msg']}",
+                               f"fields: {', '.join(ModelConfig.model_fields)}") from None
+            torch.manual_seed(0)
+            model = ZooLM(cfg).to(dev)
+            run_config = {"model": cfg.model_dump(), "untrained": True, "init_seed": 0}
+            run_dir, run_id = None, config_id(run_config)
+
+        grid_dict: dict[str, Any] = spec_grid(spec) if spec is not None else {}
+        flags = {"n_chars": n_chars and parse_sizes(n_chars), "hops": hops and parse_ints(hops, "--hops"),
+                 "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
+                 "greedy_samples": greedy, "seed": seed, "chunk_size": chunk_size}
+        grid_dict.update({k: v for k, v in flags.items() if v is not None})
+        try:
+            grid = HashHopGrid(**grid_dict)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
+                           f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+
+        if samples_file is not None:
+            total = len(read_samples(samples_file))
+        else:
+            grid.check()
+            total = grid.samples * len(grid.cells())
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task("hashhop", total=total)
+
+            def advance(k: int) -> None:
+                bar.advance(task, k)
+
+            def cell_done(c: dict[str, Any]) -> None:
+                acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
+                bar.update(task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
+
+            if samples_file is not None:
+                results = evaluate_file(model, samples_file, grid.greedy_samples,
+                                        grid.chunk_size or model.config.chunk_size, dev, advance)
+            else:
+                results = evaluate(model, grid, dev, advance, cell_done)
+        results["run_id"] = run_id
+        console.print(results_table(results))
+
+        store = find_store(run_dir, root) if run_dir is not None else (find_store(Path("."), root) if root else None)
+        if store is not None:
+            if run_config is not None:  # a baseline becomes a run of its own
+                store.upsert_run(run_id, run_config, kind="baseline", status="done",
+                                 provenance=provenance(model, dev))
+            elif store.get_run(run_id) is None:
+                raise ZooError(f"run '{run_id}' is not in the store at {store.root}",
+                               "pass --root of the store that trained it, or --out only")
+            new = store.add_results(run_id, "hashhop", store_rows(results))
+            console.print(f"{new} new result rows for run {run_id} in [bold]{store.path}[/]")
+        if out is None:
+            out = (run_dir / "hashhop_eval.json") if run_dir is not None else Path("hashhop_eval.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        console.print(f"results in [bold]{out}[/]")
