@@ -110,6 +110,10 @@ class Mixer(nn.Module):
 
     Config: ClassVar[type[MixerConfig]] = MixerConfig
     spec: ClassVar[MixerSpec]
+    # True: ZooLM calls `forward(x, cache, shared=d)`, `d` a dict that lives for one model
+    # forward, so a layer can hand tensors to later layers (RWKV-7's value residual).
+    # Called on its own, such a mixer gets `shared=None`.
+    uses_shared: ClassVar[bool] = False
 
     def __init__(self, d_model: int, config: MixerConfig | None = None, layer_idx: int = 0):
         super().__init__()
@@ -132,6 +136,12 @@ class Mixer(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token at context `seq_len` (matmuls at 2 FLOPs per MAC)."""
         raise NotImplementedError
+
+    def make_mlp(self, d_model: int, hidden: int) -> nn.Module | None:
+        """The channel mixer of this layer's block, or None for the model's SwiGLU of width
+        `hidden`. A module with `new_cache(batch, device, dtype)` is stateful: ZooLM gives it a
+        cache entry of its own and calls it as `mlp(x, cache)`."""
+        return None
 
     # -- shared helpers -------------------------------------------------------------
     @property

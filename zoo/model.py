@@ -3,6 +3,10 @@
     tokens [B, L] -> embedding -> N x Block -> RMSNorm -> tied head -> logits [B, L, V]
     Block:  x = x + mixer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
 
+A mixer may replace its block's SwiGLU with its own channel mixer (`Mixer.make_mlp`, e.g.
+RWKV-7's squared-ReLU channel-mix); a stateful one gets a cache entry of its own. Mixers with
+`uses_shared` see a dict that lives for one forward (RWKV-7's first-layer values).
+
 `layers` is a pattern of registry names repeated to `n_layers`, so hybrids such as
 ["swa", "swa", "hsa"] are plain configs. Long inputs run chunk by chunk through the
 mixers' caches (`iter_logits`), so memory stays bounded for recurrent mixers.
@@ -78,11 +82,30 @@ class Block(nn.Module):
         self.norm1 = RMSNorm(d_model, eps)
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model, eps)
-        self.mlp = SwiGLU(d_model, hidden)
+        self.mlp = mixer.make_mlp(d_model, hidden) or SwiGLU(d_model, hidden)
+        self.mlp_stateful = hasattr(self.mlp, "new_cache")
 
-    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), cache)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, cache=None, mlp_cache=None, shared: dict | None = None) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + (self.mixer(h, cache, shared=shared) if self.mixer.uses_shared else self.mixer(h, cache))
+        if not self.mlp_stateful:
+            return x + self.mlp(self.norm2(x))
+        if cache is not None and mlp_cache is None:
+            raise ZooError("this block's MLP keeps state, but no cache was given for it",
+                           "make caches with ZooLM.new_cache")
+        return x + self.mlp(self.norm2(x), mlp_cache)
+
+
+class ModelCache(list):
+    """The caches of one ZooLM: `cache[i]` is block i's mixer cache (as before); `mlp[i]` the
+    cache of its MLP when that keeps state (else None)."""
+
+    def __init__(self, mixers: list, mlps: list):
+        super().__init__(mixers)
+        self.mlp = mlps
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in [*self, *self.mlp] if c is not None)
 
 
 class ZooLM(nn.Module):
@@ -93,7 +116,10 @@ class ZooLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, d)
         blocks = []
         for i, name in enumerate(config.layer_names()):
-            mixer = build_mixer(name, d, config.mixer_config.get(name), layer_idx=i)
+            overrides = dict(config.mixer_config.get(name) or {})
+            if "n_layers" in get_spec(name).config_cls.model_fields:  # depth-dependent inits (RWKV-7)
+                overrides.setdefault("n_layers", config.n_layers)
+            mixer = build_mixer(name, d, overrides, layer_idx=i)
             blocks.append(Block(mixer, d, config.hidden(), config.norm_eps))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(d, config.norm_eps)
@@ -108,6 +134,8 @@ class ZooLM(nn.Module):
         # mixers initialise themselves (each follows its paper); the shared parts here
         nn.init.normal_(self.embed.weight, std=0.02)
         for b in self.blocks:
+            if not isinstance(b.mlp, SwiGLU):
+                continue  # a mixer's own channel mixer initialises itself
             for lin in (b.mlp.w_gate, b.mlp.w_up):
                 nn.init.normal_(lin.weight, std=0.02)
             nn.init.normal_(b.mlp.w_down.weight, std=0.02 / (2 * len(self.blocks)) ** 0.5)
@@ -129,17 +157,23 @@ class ZooLM(nn.Module):
         """FLOPs per token at context `seq_len`; training counts forward + backward (3x)."""
         d, h = self.config.d_model, self.config.hidden()
         fwd = sum(m.flops_per_token(seq_len) for m in self.mixers)
-        fwd += len(self.blocks) * 2 * 3 * d * h + 2 * d * self.config.vocab_size
+        fwd += sum(b.mlp.flops_per_token() if hasattr(b.mlp, "flops_per_token") else 2 * 3 * d * h
+                   for b in self.blocks)
+        fwd += 2 * d * self.config.vocab_size
         return 3 * fwd if training else fwd
 
-    def new_cache(self, batch: int, device, dtype) -> list:
-        return [m.new_cache(batch, device, dtype) for m in self.mixers]
+    def new_cache(self, batch: int, device, dtype) -> ModelCache:
+        return ModelCache([m.new_cache(batch, device, dtype) for m in self.mixers],
+                          [b.mlp.new_cache(batch, device, dtype) if b.mlp_stateful else None for b in self.blocks])
 
     def forward(self, tokens: torch.Tensor, cache: list | None = None) -> torch.Tensor:
         """tokens `[B, L]` (int64) -> logits `[B, L, V]` (float32)."""
         x = self.embed(tokens)
+        shared: dict = {}  # lives for this forward only
+        mlp_caches = getattr(cache, "mlp", None)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache is not None else None)
+            x = block(x, cache[i] if cache is not None else None,
+                      mlp_caches[i] if mlp_caches is not None else None, shared)
         x = self.norm(x)
         return F.linear(x, self.embed.weight).float()
 
