@@ -7,3 +7,4 @@ from zoo.mixers import s4d  # noqa: F401
 from zoo.mixers import hyena  # noqa: F401
 from zoo.mixers import hsa  # noqa: F401
 from zoo.mixers import hashhop_attn  # noqa: F401
+from zoo.mixers import rwkv7  # noqa: F401
