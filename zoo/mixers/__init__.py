@@ -8,3 +8,4 @@ from zoo.mixers import hyena  # noqa: F401
 from zoo.mixers import hsa  # noqa: F401
 from zoo.mixers import hashhop_attn  # noqa: F401
 from zoo.mixers import rwkv7  # noqa: F401
+from zoo.mixers import retnet  # noqa: F401
