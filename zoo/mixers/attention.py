@@ -1,42 +1,225 @@
-"""Full causal softmax attention under each positional scheme.
+"""Full causal softmax attention under every positional scheme, and sliding-window attention.
 
-Every scheme is a small subclass of `Attention` that changes one of three hooks:
+One `Attention` module; the positional scheme is a small module `self.pe` with three hooks:
 
 - `qk_input(x, pos)`: the input of the q and k projections (absolute schemes add here);
-- `rotate(q, k, pos_q, pos_k)`: q and k after projection (RoPE and its relatives);
-- `score_bias(pos_q, pos_k)`: an additive bias on the scores (ALiBi, T5) and `window`
-  (sliding-window attention).
+- `parts(q, k, pos_q, pos_k)`: q and k as attention compares them (RoPE and its relatives
+  rotate them; Dynamic NTK splits the queries into groups with their own base; ReRoPE adds
+  a second q/k pair for distances past its window);
+- `score_bias(pos_q, pos_k)` / `score_mod(offset)`: an additive bias on the scores (ALiBi, T5),
+  as a dense tensor for the reference and as a FlexAttention score function.
 
-The `torch` backend is the reference: explicit scores, mask and softmax (any bias).
-The `sdpa` backend runs `torch.nn.functional.scaled_dot_product_attention` and is only
-offered by schemes that change q and k alone.
+`config.window` turns any scheme into sliding-window attention (`swa` defaults to RoPE).
 
-Shapes: x `[B, L, D]`; q, k, v `[B, H, L, Dh]`; cache k, v `[B, H, T, Dh]`.
+    scheme        registry names                       paper
+    none          nope                                 Kazemnejad et al. 2023
+    absolute      sinusoidal, learned                  Vaswani et al. 2017; Gehring et al. 2017
+    bias          t5-bias, alibi                       Raffel et al. 2020; Press et al. 2022
+    rotary        rope, xpos                           Su et al. 2021; Sun et al. 2022
+    RoPE scaling  rope-pi, rope-ntk, rope-dynamic-ntk, Chen et al. 2023; bloc97 2023; emozilla 2023;
+                  rope-yarn, rerope, leaky-rerope      Peng et al. 2023; Su 2023
+    window        swa                                  Beltagy et al. 2020
+
+The RoPE scalings are also evaluation-time overrides of a RoPE model trained without them:
+`override_rope_scaling(model, "yarn", 16, original_length=2048)`.
+
+Backends, first usable wins (`Attention.refuses` says why one cannot run a configuration):
+
+- `flex`: FlexAttention (CUDA) for schemes that change the scores (bias, window, ReRoPE);
+  ReRoPE runs as two banded calls (inside / past the window) merged by their log-sum-exp,
+  which computes each score once instead of both scores everywhere.
+- `flash`: flash-attn, when installed (ALiBi slopes, sliding window). It could not be
+  measured against FlexAttention on our GPU machine (it does not install there), so
+  FlexAttention keeps the first place; `backend = "flash"` forces it.
+- `sdpa`: torch scaled_dot_product_attention for schemes that change q and k only, rotary
+  applied outside the kernel (fused by torch.compile on CUDA); on Hopper the cuDNN kernel is
+  preferred, then flash, then efficient.
+- `torch`: the reference: explicit scores, bias, mask and softmax (any scheme, any device).
+
+Cache: keys are cached as projected, before any positional transform, and every chunk
+re-derives the positional transform of the whole key set. This is what keeps Dynamic NTK
+(whose base changes with the length), ReRoPE (two keys per position) and xPos (whose scales
+are re-centred per chunk to stay in range) exact across chunks, at the cost of one
+elementwise pass over the cache per chunk. A window keeps only the last W keys.
+
+Shapes: x `[B, L, D]`; q, k, v `[B, H, L, Dh]`; cache k, v `[B, H, T, Dh]`; bias `[H, Lq, Lk]`.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import inspect
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
-from zoo.positional import sinusoidal
+from zoo.errors import ZooError
+from zoo.kernels import flex
+from zoo.mixer import TORCH_BACKEND, Backend, BackendChoice, Cache, Capabilities, Mixer, MixerConfig
+from zoo.positional import (
+    alibi_slopes,
+    apply_rotary,
+    dynamic_ntk_base,
+    ntk_base,
+    pi_inv_freq,
+    rope_cos_sin,
+    rope_inv_freq,
+    sinusoidal,
+    t5_bucket,
+    xpos_scale,
+    yarn_attention_factor,
+    yarn_inv_freq,
+)
 from zoo.registry import register_mixer
 
-SDPA_BACKEND = Backend("sdpa", "torch scaled_dot_product_attention (cuDNN, flash or efficient kernel)")
-
 VASWANI = "Vaswani et al. 2017, Attention Is All You Need, arXiv:1706.03762"
+ROPE = "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding, arXiv:2104.09864"
 
+SCALINGS = ("none", "pi", "ntk", "dynamic-ntk", "yarn", "rerope", "leaky-rerope")
+Scaling = Literal["none", "pi", "ntk", "dynamic-ntk", "yarn", "rerope", "leaky-rerope"]
+Position = Literal["nope", "sinusoidal", "learned", "t5-bias", "alibi", "rope", "xpos"]
+
+
+# -- backends ------------------------------------------------------------------------------
+
+def _flash_unavailable(device: torch.device) -> str | None:
+    if torch.device(device).type != "cuda":
+        return "flash-attn runs on CUDA only"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed (pip install 'mixer-zoo[flash]')"
+    return None
+
+
+def _scores_changed(device: torch.device) -> str:
+    return "the scheme changes the scores, which SDPA takes only as a dense [L, L] bias: use flex"
+
+
+SDPA_BACKEND = Backend("sdpa", "torch scaled_dot_product_attention (cuDNN, flash or efficient kernel)")
+SDPA_REFUSED = Backend("sdpa", "torch scaled_dot_product_attention", _scores_changed)
+FLEX_BACKEND = Backend("flex", "FlexAttention: compiled kernel with score modifications and block masks",
+                       flex.unavailable)
+FLASH_BACKEND = Backend("flash", "flash-attn 2 (ALiBi slopes, sliding window)", _flash_unavailable)
+
+QK_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_BACKEND, TORCH_BACKEND]  # flex/flash only for windows
+SCORE_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_REFUSED, TORCH_BACKEND]
+
+
+@functools.cache
+def _sdpa_priority(device_index: int) -> list | None:
+    """SDPA kernels in order of preference on this GPU. cuDNN's attention is fastest on
+    Hopper (sm90+) by NVIDIA's and PyTorch's published numbers, which
+    `benchmarks/attention_bench.py` checks; elsewhere torch's own order stands."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if "set_priority" not in inspect.signature(sdpa_kernel).parameters:  # torch < 2.6
+        return None
+    if torch.cuda.get_device_capability(device_index) < (9, 0):
+        return None
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH]
+
+
+def _sdpa(q, k, v, *args, **kwargs):
+    order = _sdpa_priority(q.device.index or 0) if q.is_cuda else None
+    if order is None:
+        return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(order, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+
+
+# -- configs -----------------------------------------------------------------------------------
 
 class AttentionConfig(MixerConfig):
     n_heads: int = Field(8, ge=1, le=256, description="attention heads")
     head_dim: int | None = Field(None, ge=1, le=512, description="per-head width (default d_model / n_heads)")
+    window: int | None = Field(None, ge=1, description="sliding window W: a query sees itself and the W - 1 "
+                                                        "tokens before it (None: full causal attention)")
 
+
+class SinusoidalConfig(AttentionConfig):
+    base: float = Field(10000.0, gt=1.0, description="wavelength base of the sin/cos features (or RoPE angles)")
+
+
+class LearnedConfig(AttentionConfig):
+    max_length: int = Field(2048, ge=1, le=1 << 24, description="rows of the learned position table: "
+                                                                "the longest input the mixer accepts")
+
+
+class T5Config(AttentionConfig):
+    num_buckets: int = Field(32, ge=4, le=1024, description="relative-position buckets (half exact, half log)")
+    max_distance: int = Field(128, ge=2, description="distance from which every key shares the last bucket")
+
+    @model_validator(mode="after")
+    def _log_range(self):
+        if self.max_distance <= self.num_buckets // 2:
+            raise ValueError(f"max_distance ({self.max_distance}) must exceed num_buckets / 2 "
+                             f"({self.num_buckets // 2}), where the log-spaced buckets start")
+        return self
+
+
+class RopeConfig(SinusoidalConfig):
+    scaling: Scaling = Field("none", description="RoPE scaling: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope")
+    factor: float = Field(1.0, ge=1.0, le=65536.0,
+                          description="context extension s (pi, ntk, dynamic-ntk, yarn); for leaky-rerope the "
+                                      "k of the slope 1/k past the window")
+    original_length: int = Field(2048, ge=2, description="context the model was trained at: YaRN's ramp, "
+                                                         "the length past which dynamic NTK moves its base")
+    rerope_window: int | None = Field(None, ge=1, description="ReRoPE window w (default original_length // 4)")
+    dynamic_step: int = Field(64, ge=1, description="dynamic NTK recomputes the base every this many positions")
+
+
+_FACTOR = "context extension s (for leaky-rerope the k of the slope 1/k past the window)"
+
+
+# training presets: RoPE with its scaling on from the first step
+class RopePIConfig(RopeConfig):
+    scaling: Scaling = "pi"
+    factor: float = Field(4.0, ge=1.0, le=65536.0, description=_FACTOR)
+
+
+class RopeNTKConfig(RopeConfig):
+    scaling: Scaling = "ntk"
+    factor: float = Field(4.0, ge=1.0, le=65536.0, description=_FACTOR)
+
+
+class RopeDynamicNTKConfig(RopeConfig):
+    scaling: Scaling = "dynamic-ntk"
+    factor: float = Field(4.0, ge=1.0, le=65536.0, description=_FACTOR)
+
+
+class RopeYaRNConfig(RopeConfig):
+    scaling: Scaling = "yarn"
+    factor: float = Field(4.0, ge=1.0, le=65536.0, description=_FACTOR)
+
+
+class ReRoPEConfig(RopeConfig):
+    scaling: Scaling = "rerope"
+
+
+class LeakyReRoPEConfig(RopeConfig):
+    scaling: Scaling = "leaky-rerope"
+    factor: float = Field(16.0, ge=1.0, le=65536.0, description=_FACTOR)
+
+
+class XposConfig(RopeConfig):
+    scale_base: float = Field(512.0, gt=0.0, description="xPos decay length scale")
+
+
+class SwaConfig(XposConfig, T5Config, LearnedConfig):
+    position: Position = Field("rope", description="positional scheme inside the window")
+    window: int = Field(512, ge=1, description="sliding window W: a query sees itself and the W - 1 tokens before it")
+
+
+# -- reference -----------------------------------------------------------------------------------
 
 def causal_mask(pos_q: torch.Tensor, pos_k: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """Boolean `[Lq, Lk]`, True where query at pos_q may attend key at pos_k."""
@@ -47,44 +230,321 @@ def causal_mask(pos_q: torch.Tensor, pos_k: torch.Tensor, window: int | None = N
     return keep
 
 
-def attention_reference(q, k, v, pos_q, pos_k, bias=None, window=None, scale=None):
-    """Plain softmax attention. q `[B, H, Lq, Dh]`, k/v `[B, H, Lk, Dh]`, bias `[H, Lq, Lk]`."""
+def attention_reference(q, k, v, pos_q, pos_k, bias=None, window=None, scale=None, far=None):
+    """Plain softmax attention, the oracle. q `[B, H, Lq, Dh]`, k/v `[B, H, Lk, Dh]`, bias `[H, Lq, Lk]`.
+
+    `far = (q_far, k_far, w)`: ReRoPE's two-score form (Su 2023): distances >= w take their
+    score from the second pair."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    if far is not None:
+        q_far, k_far, w = far
+        s_far = torch.einsum("bhqd,bhkd->bhqk", q_far.float(), k_far.float()) * scale
+        s = torch.where(pos_q[:, None] - pos_k[None, :] < w, s, s_far)
     if bias is not None:
         s = s + bias.float()
     s = s.masked_fill(~causal_mask(pos_q, pos_k, window), float("-inf"))
     return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v.float()).to(q.dtype)
 
 
+# -- positional schemes ----------------------------------------------------------------------------
+
+@dataclass
+class Part:
+    """One attention call: query rows `rows` attend the first `keys` keys (which end at the
+    last of those queries). ReRoPE adds a second pair used for distances >= `far_from`."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    rows: slice
+    keys: int
+    q_far: torch.Tensor | None = None
+    k_far: torch.Tensor | None = None
+    far_from: int | None = None
+
+
+class NoPositions(nn.Module):
+    """NoPE (Kazemnejad et al. 2023): causal masking is the only source of order."""
+
+    name = "nope"
+    kind: Literal["qk", "bias", "two-score"] = "qk"
+    max_length: int | None = None
+
+    def qk_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def parts(self, q, k, pos_q, pos_k) -> list[Part]:
+        return [Part(q, k, slice(0, q.shape[2]), k.shape[2])]
+
+    def score_bias(self, pos_q, pos_k) -> torch.Tensor | None:
+        return None
+
+    def score_mod(self, offset: int, device) -> flex.ScoreMod | None:
+        return None
+
+
+class SinusoidalPositions(NoPositions):
+    """Fixed sin/cos features (Vaswani et al. 2017) added to the q/k input (values stay content-only)."""
+
+    name = "sinusoidal"
+
+    def __init__(self, d_model: int, base: float):
+        super().__init__()
+        self.d_model, self.base = d_model, base
+
+    def qk_input(self, x, pos):
+        return x + sinusoidal(pos, self.d_model, self.base).to(x.dtype)
+
+
+class LearnedPositions(NoPositions):
+    """A learned table of absolute positions (Gehring et al. 2017) added to the q/k input;
+    bounded by its rows."""
+
+    name = "learned"
+
+    def __init__(self, d_model: int, max_length: int):
+        super().__init__()
+        self.max_length = max_length
+        self.table = nn.Embedding(max_length, d_model)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def qk_input(self, x, pos):
+        return x + self.table(pos).to(x.dtype)
+
+
+class T5Bias(NoPositions):
+    """T5 relative bias (Raffel et al. 2020): a learned per-head scalar per distance bucket."""
+
+    name = "t5-bias"
+    kind = "bias"
+
+    def __init__(self, n_heads: int, num_buckets: int, max_distance: int):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.table = nn.Embedding(num_buckets, n_heads)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def score_bias(self, pos_q, pos_k):
+        buckets = t5_bucket(pos_q[:, None] - pos_k[None, :], self.num_buckets, self.max_distance)
+        return self.table(buckets).permute(2, 0, 1)  # [H, Lq, Lk]
+
+    def score_mod(self, offset, device):
+        # distances 0 .. max_distance cover every bucket; longer ones share the last
+        by_distance = self.table(t5_bucket(torch.arange(self.max_distance + 1, device=device),
+                                           self.num_buckets, self.max_distance))
+        return flex.distance_bias_score_mod(by_distance.t().contiguous(), offset)
+
+
+class AlibiBias(NoPositions):
+    """ALiBi (Press et al. 2022): score - m_h (i - j), fixed slopes m_h = 2^(-8h/n)."""
+
+    name = "alibi"
+    kind = "bias"
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+
+    def slopes(self, device) -> torch.Tensor:
+        return alibi_slopes(self.n_heads).to(device)  # float32 whatever the model dtype
+
+    def score_bias(self, pos_q, pos_k):
+        d = (pos_q[:, None] - pos_k[None, :]).float()
+        return -self.slopes(pos_q.device)[:, None, None] * d
+
+    def score_mod(self, offset, device):
+        return flex.alibi_score_mod(self.slopes(device), offset)
+
+
+def _rotate_pair(q, k, cos_q, sin_q, cos_k, sin_k):
+    return apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos_k, sin_k)
+
+
+@functools.cache
+def _fused_rotate_pair():
+    return torch.compile(_rotate_pair)  # one read and one write of q and k, in and out of fp32
+
+
+class Rotary(NoPositions):
+    """RoPE (Su et al. 2021) with its scalings, and xPos (Sun et al. 2022) when `scale_base` is set.
+
+    Scalings (`method`, factor s, original length L0):
+      pi            inverse frequencies / s (Chen et al. 2023, arXiv:2306.15595)
+      ntk           base * s^(d / (d - 2)) (bloc97 2023, as written in YaRN sec. 3.1)
+      dynamic-ntk   that base recomputed from the current length (emozilla 2023; YaRN sec. 3.3):
+                    the query at position p uses length p + 1 (rounded up to `dynamic_step`),
+                    its own keys rotated with its base, as token-by-token decoding would
+      yarn          NTK-by-parts, alpha 1, beta 32, q and k scaled by 0.1 ln s + 1
+                    (Peng et al. 2023, arXiv:2309.00071)
+      rerope        relative position min(d, w) (Su 2023, github.com/bojone/rerope)
+      leaky-rerope  w + (d - w) / k past the window, k = factor
+    """
+
+    name = "rope"
+
+    def __init__(self, head_dim: int, config: RopeConfig, scale_base: float | None = None):
+        super().__init__()
+        if head_dim % 2:
+            raise ZooError(f"RoPE needs an even head_dim, got {head_dim}", "set head_dim or n_heads accordingly")
+        self.head_dim, self.base, self.scale_base = head_dim, config.base, scale_base
+        self.dynamic_step = config.dynamic_step
+        if scale_base is not None:
+            self.name = "xpos"
+        self.set_scaling(config.scaling, config.factor, config.original_length, config.rerope_window)
+
+    def set_scaling(self, method: str, factor: float, original_length: int, window: int | None = None) -> None:
+        self.method, self.factor, self.original_length = method, float(factor), original_length
+        self.window = window or max(1, original_length // 4)
+        self.kind = "two-score" if method in ("rerope", "leaky-rerope") else "qk"
+
+    def inv_freq(self, device, length: int | None = None) -> torch.Tensor:
+        D, b, s = self.head_dim, self.base, self.factor
+        if self.method == "pi":
+            return pi_inv_freq(D, b, s, device)
+        if self.method == "ntk":
+            return rope_inv_freq(D, ntk_base(b, D, s), device)
+        if self.method == "yarn":
+            return yarn_inv_freq(D, b, s, self.original_length, device=device)
+        if self.method == "dynamic-ntk":
+            return rope_inv_freq(D, dynamic_ntk_base(b, D, s, length, self.original_length), device)
+        return rope_inv_freq(D, b, device)
+
+    def rotate(self, q, k, pos_q, pos_k, inv_freq):
+        """q at (possibly fractional) positions pos_q, k at pos_k."""
+        (cq, sq), (ck, sk) = rope_cos_sin(pos_q, inv_freq), rope_cos_sin(pos_k, inv_freq)
+        m = yarn_attention_factor(self.factor) if self.method == "yarn" else 1.0
+        gq = gk = m
+        if self.scale_base is not None:  # queries up-scaled, keys down-scaled around a common centre
+            c = pos_q[len(pos_q) // 2]
+            gq = m * xpos_scale(pos_q - c, self.head_dim, self.scale_base)
+            gk = m * xpos_scale(c - pos_k, self.head_dim, self.scale_base)
+        rotate = _fused_rotate_pair() if q.is_cuda else _rotate_pair
+        return rotate(q, k, cq * gq, sq * gq, ck * gk, sk * gk)
+
+    def groups(self, pos_q) -> list[tuple[slice, torch.Tensor]]:
+        """Query rows sharing one set of inverse frequencies (several only for dynamic NTK)."""
+        if self.method != "dynamic-ntk":
+            return [(slice(0, len(pos_q)), self.inv_freq(pos_q.device))]
+        n = pos_q + 1
+        step = self.dynamic_step
+        length = torch.where(n <= self.original_length, self.original_length, (n + step - 1) // step * step)
+        values, counts = torch.unique_consecutive(length, return_counts=True)
+        out, start = [], 0
+        for value, count in zip(values.tolist(), counts.tolist()):
+            out.append((slice(start, start + count), self.inv_freq(pos_q.device, value)))
+            start += count
+        return out
+
+    def parts(self, q, k, pos_q, pos_k):
+        Lq, Lk = q.shape[2], k.shape[2]
+        out = []
+        for rows, inv_freq in self.groups(pos_q):
+            n = Lk - (Lq - rows.stop)  # the keys up to this group's last query
+            qg, kg, pq, pk = q[:, :, rows], k[:, :, :n], pos_q[rows], pos_k[:n]
+            part = Part(*self.rotate(qg, kg, pq, pk, inv_freq), rows, n)
+            if self.kind == "two-score":
+                # past the window, a score at distance d reads as at distance w (or w + (d - w) / k):
+                # queries sit at w (or p/k + w - w/k), keys at 0 (or p/k)
+                w = self.window
+                if self.method == "rerope":
+                    fq, fk = torch.full_like(pq, w), torch.zeros_like(pk)
+                else:
+                    fq, fk = pq / self.factor + w * (1 - 1 / self.factor), pk / self.factor
+                part.q_far, part.k_far = self.rotate(qg, kg, fq, fk, inv_freq)
+                part.far_from = w
+            out.append(part)
+        return out
+
+
+def make_positions(position: str, d_model: int, n_heads: int, head_dim: int, c: AttentionConfig) -> NoPositions:
+    if position == "nope":
+        return NoPositions()
+    if position == "sinusoidal":
+        return SinusoidalPositions(d_model, c.base)
+    if position == "learned":
+        return LearnedPositions(d_model, c.max_length)
+    if position == "t5-bias":
+        return T5Bias(n_heads, c.num_buckets, c.max_distance)
+    if position == "alibi":
+        return AlibiBias(n_heads)
+    if position == "rope":
+        return Rotary(head_dim, c)
+    if position == "xpos":
+        return Rotary(head_dim, c, scale_base=c.scale_base)
+    raise ZooError(f"unknown positional scheme '{position}'", f"allowed: {', '.join(Position.__args__)}")
+
+
+# -- the mixer ----------------------------------------------------------------------------------------
+
 class Attention(Mixer):
-    """Causal multi-head attention with no positional information (NoPE)."""
+    """Causal multi-head attention; subclasses name their positional scheme in `position`."""
 
     Config = AttentionConfig
-    window: int | None = None
+    position = "nope"
 
     def __init__(self, d_model: int, config: AttentionConfig | None = None, layer_idx: int = 0):
         super().__init__(d_model, config, layer_idx)
         c = self.config
         self.n_heads = c.n_heads
         self.head_dim = c.head_dim or d_model // c.n_heads
+        self.window = c.window
         inner = self.n_heads * self.head_dim
         self.wq = nn.Linear(d_model, inner, bias=False)
         self.wk = nn.Linear(d_model, inner, bias=False)
         self.wv = nn.Linear(d_model, inner, bias=False)
         self.wo = nn.Linear(inner, d_model, bias=False)
+        self.pe = make_positions(getattr(c, "position", self.position), d_model, self.n_heads, self.head_dim, c)
 
-    # -- positional hooks (identity for NoPE) -------------------------------------------
-    def qk_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return x
+    @property
+    def max_length(self) -> int | None:
+        return self.pe.max_length
 
-    def rotate(self, q, k, pos_q, pos_k):
-        return q, k
-
-    def score_bias(self, pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor | None:
+    # -- backend choice: the device decides what is installed, the configuration what fits -------
+    def refuses(self, backend: str, dtype: torch.dtype | None = None) -> str | None:
+        """Why `backend` cannot run this configuration (None: it can)."""
+        kind, name = self.pe.kind, self.pe.name
+        if backend == "sdpa":
+            if kind == "bias":
+                return f"{name} adds a bias to the scores, which SDPA takes only as a dense [L, L] tensor"
+            if kind == "two-score":
+                return "ReRoPE mixes two score matrices (inside and past its window)"
+        if backend == "flex" and kind == "qk" and self.window is None:
+            return "plain causal attention with q/k-only positions: SDPA's fused kernels are faster"
+        if backend == "flash":
+            if kind == "two-score" or name == "t5-bias":
+                return f"flash-attn has no form of {name}"
+            if name != "alibi" and self.window is None:
+                return "plain causal attention: SDPA runs the same flash kernel"
+            if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
+                return "flash-attn runs fp16 and bf16 only"
         return None
 
-    # -- forward ---------------------------------------------------------------------------
+    def _choose(self, device: torch.device, dtype: torch.dtype | None) -> BackendChoice:
+        device_choice = self.spec.choose_backend(device, self.config.backend)
+        reasons = dict(device_choice.reasons)
+        if self.config.backend != "auto":
+            why = self.refuses(device_choice.chosen, dtype)
+            if why is not None:
+                raise ZooError(f"backend '{device_choice.chosen}' cannot run mixer '{self.spec.name}' "
+                               f"as configured: {why}", "use backend = 'auto'")
+            return device_choice
+        chosen = None
+        for b in self.spec.backends:
+            why = reasons.get(b.name) or self.refuses(b.name, dtype)
+            if why is None:
+                chosen = chosen or b.name
+            else:
+                reasons[b.name] = why
+        return BackendChoice(chosen or "torch", reasons)
+
+    def backend_choice(self, device: torch.device) -> BackendChoice:
+        return self._choose(torch.device(device), None)
+
+    def select_backend(self, x: torch.Tensor) -> str:
+        self.last_backend = self._choose(x.device, x.dtype).chosen
+        return self.last_backend
+
+    # -- forward ------------------------------------------------------------------------------------
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, L, _ = t.shape
         return t.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
@@ -94,29 +554,62 @@ class Attention(Mixer):
         start = cache.pos if cache is not None else 0
         self.check_length(start + L)
         pos = torch.arange(start, start + L, device=x.device)
-        xqk = self.qk_input(x, pos)
+        xqk = self.pe.qk_input(x, pos)
         q, k, v = self._heads(self.wq(xqk)), self._heads(self.wk(xqk)), self._heads(self.wv(x))
-        q, k = self.rotate(q, k, pos, pos)
-        if cache is not None:
-            k = torch.cat([cache.k, k], dim=2) if cache.k is not None else k
-            v = torch.cat([cache.v, v], dim=2) if cache.v is not None else v
-            cache.k, cache.v, cache.pos = k, v, start + L
-        pos_k = torch.arange(k.shape[2], device=x.device)
+        if cache is not None:  # keys as projected: the positional transform is redone per chunk
+            if cache.k is not None:
+                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+            keep = k.shape[2] if self.window is None else min(k.shape[2], self.window)
+            cache.k, cache.v = k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous()
+            cache.pos = start + L
+        pos_k = torch.arange(start + L - k.shape[2], start + L, device=x.device)
         o = self.attend(q, k, v, pos, pos_k)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
 
-    def attend(self, q, k, v, pos_q, pos_k):
-        if self.select_backend(q) == "sdpa":
-            if self.window is not None:
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(pos_q, pos_k, self.window))
-            if q.shape[2] == k.shape[2]:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            # chunked inference: queries sit at the end of the keys (bottom-right causal),
-            # which keeps the flash and efficient kernels usable
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]))
-        return attention_reference(q, k, v, pos_q, pos_k, self.score_bias(pos_q, pos_k), self.window)
+    def attend(self, q, k, v, pos_q, pos_k, backend: str | None = None) -> torch.Tensor:
+        """The attention core: q `[B, H, Lq, Dh]` and k, v `[B, H, Lk, Dh]` as projected, keys
+        ending at the last query; applies the positional scheme and runs `backend` (default:
+        the one `select_backend` picks)."""
+        backend = backend or self.select_backend(q)
+        outs = [self._kernel(backend, p, v[:, :, :p.keys], pos_q[p.rows], pos_k[:p.keys])
+                for p in self.pe.parts(q, k, pos_q, pos_k)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
-    # -- contract ----------------------------------------------------------------------------
+    def _kernel(self, backend: str, p: Part, v, pos_q, pos_k) -> torch.Tensor:
+        Lq, Lk = p.q.shape[2], p.k.shape[2]
+        window = self.window if self.window is not None and self.window < Lk else None  # else no effect
+        if backend == "sdpa":
+            if window is not None:
+                return _sdpa(p.q, p.k, v, attn_mask=causal_mask(pos_q, pos_k, window))
+            if Lq == Lk:
+                return _sdpa(p.q, p.k, v, is_causal=True)
+            # chunked inference: queries at the end of the keys (bottom-right causal) keeps the
+            # flash and efficient kernels usable
+            return _sdpa(p.q, p.k, v, attn_mask=causal_lower_right(Lq, Lk))
+        if backend == "flex":
+            score_mod = self.pe.score_mod(Lk - Lq, p.q.device)
+            if p.q_far is None:
+                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod)
+            w = p.far_from
+            if w >= Lk or (window is not None and window <= w):  # no visible key is past ReRoPE's window
+                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod)
+            near, lse_near = flex.flex_attend(p.q, p.k, v, hi=w if window is None else min(w, window),
+                                              score_mod=score_mod, return_lse=True)
+            far, lse_far = flex.flex_attend(p.q_far, p.k_far, v, lo=w, hi=window, score_mod=score_mod,
+                                            return_lse=True)
+            return flex.merge_partials(near, lse_near, far, lse_far)
+        if backend == "flash":
+            from flash_attn import flash_attn_func
+
+            slopes = self.pe.slopes(p.q.device) if self.pe.name == "alibi" else None
+            o = flash_attn_func(p.q.transpose(1, 2), p.k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                window_size=(window - 1, 0) if window is not None else (-1, -1),
+                                alibi_slopes=slopes)
+            return o.transpose(1, 2)
+        far = (p.q_far, p.k_far, p.far_from) if p.q_far is not None else None
+        return attention_reference(p.q, p.k, v, pos_q, pos_k, self.pe.score_bias(pos_q, pos_k), window, far=far)
+
+    # -- contract ------------------------------------------------------------------------------------
     def new_cache(self, batch, device, dtype) -> Cache:
         return Cache(k=None, v=None)
 
@@ -131,38 +624,141 @@ class Attention(Mixer):
         return proj + 2 * 2 * inner * ctx  # QK^T and PV over the average causal context
 
 
-_QK_ONLY = [SDPA_BACKEND, TORCH_BACKEND]
+def override_rope_scaling(model: nn.Module, method: str, factor: float, original_length: int | None = None) -> None:
+    """Switch every RoPE-family layer (rope, xpos, their presets, swa with RoPE) of a trained
+    model to an evaluation-time scaling, in place.
+
+    `method` is one of pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope (or none to undo);
+    `factor` is s (for leaky-rerope, the k of slope 1/k; rerope ignores it); `original_length`
+    is the length the model was trained at (YaRN's ramp, dynamic NTK's threshold, ReRoPE's
+    window = original_length // 4), by default each layer's configured `original_length`.
+    """
+    if method not in SCALINGS:
+        raise ZooError(f"unknown RoPE scaling '{method}'", f"allowed: {', '.join(SCALINGS)}")
+    if not (factor >= 1.0):
+        raise ZooError(f"RoPE scaling factor must be >= 1, got {factor}", "e.g. --rope-factor 4")
+    if original_length is not None and original_length < 2:
+        raise ZooError(f"original_length must be >= 2, got {original_length}", "pass the training length")
+    layers = [m for m in model.modules() if isinstance(m, Attention) and isinstance(m.pe, Rotary)]
+    if not layers:
+        raise ZooError("the model has no RoPE layers to rescale",
+                       "--rope-scaling applies to models with rope, xpos, rope-* or swa (RoPE) layers")
+    for m in layers:
+        length = original_length or m.config.original_length
+        update = {"scaling": method, "factor": float(factor), "original_length": length, "rerope_window": None}
+        m.config = type(m.config)(**{**m.config.model_dump(), **update})  # validated, stays the truth
+        m.pe.set_scaling(method, factor, length)
+
+
+# -- registry entries ------------------------------------------------------------------------------------
+
 _QUADRATIC = Capabilities(cost="O(L^2)", state="growing")
 
 
-@register_mixer(
-    name="nope",
-    family="attention",
-    description="causal softmax attention with no positional encoding",
-    citation=f"{VASWANI}; Kazemnejad et al. 2023, The Impact of Positional Encoding on Length Generalization, arXiv:2305.19466",
-    capabilities=_QUADRATIC,
-    backends=_QK_ONLY,
-    tiny={"n_heads": 2},
-)
+def _attention(name: str, description: str, citation: str, backends: list[Backend], tiny: dict | None = None,
+               capabilities: Capabilities = _QUADRATIC):
+    return register_mixer(name=name, family="attention", description=description, citation=citation,
+                          capabilities=capabilities, backends=backends, tiny={"n_heads": 2, **(tiny or {})})
+
+
+@_attention("nope", "causal softmax attention with no positional encoding",
+            f"{VASWANI}; Kazemnejad et al. 2023, The Impact of Positional Encoding on Length Generalization, "
+            "arXiv:2305.19466", QK_BACKENDS)
 class NoPE(Attention):
     pass
 
 
-class SinusoidalConfig(AttentionConfig):
-    base: float = Field(10000.0, gt=1.0, description="wavelength base of the sin/cos features")
-
-
-@register_mixer(
-    name="sinusoidal",
-    family="attention",
-    description="attention with fixed sinusoidal absolute positions added to the q/k input",
-    citation=VASWANI,
-    capabilities=_QUADRATIC,
-    backends=_QK_ONLY,
-    tiny={"n_heads": 2},
-)
+@_attention("sinusoidal", "attention with fixed sinusoidal absolute positions added to the q/k input",
+            VASWANI, QK_BACKENDS)
 class Sinusoidal(Attention):
     Config = SinusoidalConfig
+    position = "sinusoidal"
 
-    def qk_input(self, x, pos):
-        return x + sinusoidal(pos, self.d_model, self.config.base).to(x.dtype)
+
+@_attention("learned", "attention with a learned absolute position table added to the q/k input "
+            "(bounded by max_length)",
+            "Gehring et al. 2017, Convolutional Sequence to Sequence Learning, arXiv:1705.03122",
+            QK_BACKENDS, tiny={"max_length": 64},
+            capabilities=Capabilities(cost="O(L^2)", state="growing", max_length=2048))
+class Learned(Attention):
+    Config = LearnedConfig
+    position = "learned"
+
+
+@_attention("t5-bias", "attention with T5's learned relative bias (32 buckets, max distance 128)",
+            "Raffel et al. 2020, Exploring the Limits of Transfer Learning with a Unified Text-to-Text "
+            "Transformer, arXiv:1910.10683", SCORE_BACKENDS, tiny={"num_buckets": 8, "max_distance": 12})
+class T5RelativeBias(Attention):
+    Config = T5Config
+    position = "t5-bias"
+
+
+@_attention("alibi", "attention with linear biases -m_h (i - j), slopes 2^(-8h/n)",
+            "Press et al. 2022, Train Short, Test Long: Attention with Linear Biases, arXiv:2108.12409",
+            SCORE_BACKENDS)
+class Alibi(Attention):
+    position = "alibi"
+
+
+@_attention("rope", "attention with rotary position embeddings (configurable base and scaling)", ROPE,
+            QK_BACKENDS)
+class Rope(Attention):
+    Config = RopeConfig
+    position = "rope"
+
+
+@_attention("xpos", "RoPE with xPos's exponential decay (scale base 512)",
+            "Sun et al. 2022, A Length-Extrapolatable Transformer, arXiv:2212.10554", QK_BACKENDS,
+            tiny={"scale_base": 16.0})
+class Xpos(Attention):
+    Config = XposConfig
+    position = "xpos"
+
+
+@_attention("rope-pi", "RoPE with position interpolation (positions / s)",
+            f"Chen et al. 2023, Extending Context Window of Large Language Models via Positional Interpolation, "
+            f"arXiv:2306.15595; {ROPE}", QK_BACKENDS, tiny={"factor": 2.0})
+class RopePI(Rope):
+    Config = RopePIConfig
+
+
+@_attention("rope-ntk", "RoPE with the NTK-aware base b * s^(d/(d-2))",
+            f"bloc97 2023, NTK-Aware Scaled RoPE (as written in Peng et al. 2023, arXiv:2309.00071, sec. 3.1); "
+            f"{ROPE}", QK_BACKENDS, tiny={"factor": 2.0})
+class RopeNTK(Rope):
+    Config = RopeNTKConfig
+
+
+@_attention("rope-dynamic-ntk", "RoPE whose NTK base grows with the current length past original_length",
+            f"emozilla 2023, Dynamically Scaled RoPE (as written in Peng et al. 2023, arXiv:2309.00071, "
+            f"sec. 3.3); {ROPE}", QK_BACKENDS, tiny={"factor": 2.0, "original_length": 8, "dynamic_step": 4})
+class RopeDynamicNTK(Rope):
+    Config = RopeDynamicNTKConfig
+
+
+@_attention("rope-yarn", "RoPE with YaRN (NTK-by-parts, alpha 1, beta 32, temperature 0.1 ln s + 1)",
+            f"Peng et al. 2023, YaRN: Efficient Context Window Extension of Large Language Models, "
+            f"arXiv:2309.00071; {ROPE}", QK_BACKENDS, tiny={"factor": 4.0, "original_length": 16})
+class RopeYaRN(Rope):
+    Config = RopeYaRNConfig
+
+
+@_attention("rerope", "RoPE with relative positions clipped at the window w (two-score form)",
+            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", SCORE_BACKENDS,
+            tiny={"rerope_window": 6})
+class ReRoPE(Rope):
+    Config = ReRoPEConfig
+
+
+@_attention("leaky-rerope", "RoPE with relative positions w + (d - w)/k past the window w (k = 16)",
+            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", SCORE_BACKENDS,
+            tiny={"rerope_window": 6, "factor": 4.0})
+class LeakyReRoPE(Rope):
+    Config = LeakyReRoPEConfig
+
+
+@_attention("swa", "sliding-window causal attention (window W, RoPE by default, any positional scheme)",
+            "Beltagy et al. 2020, Longformer: The Long-Document Transformer, arXiv:2004.05150",
+            QK_BACKENDS, tiny={"window": 8, "max_length": 64, "num_buckets": 8, "max_distance": 12})
+class SlidingWindow(Attention):
+    Config = SwaConfig

@@ -1,0 +1,156 @@
+"""FlexAttention (`torch.nn.attention.flex_attention`) for the attention mixers.
+
+Every mask the zoo needs is a band of the query-key distance d = query position - key
+position, with the queries at the end of the keys (training: Lq == Lk; chunked inference:
+Lq <= Lk, the keys include the cache):
+
+    causal               lo = 0, hi = None
+    sliding window W     lo = 0, hi = W
+    ReRoPE near / far    [0, w) and [w, None) (each intersected with a window if any)
+
+`band_block_mask` builds the `BlockMask` straight from that block structure (O(blocks),
+never a dense L x L mask, so a 1M-token cache costs kilobytes) and is cached by shape:
+all layers of a model, and every training step at the same length, reuse one mask.
+Offsets are captured as tensors, so chunks of new lengths do not force recompiles of the
+score and mask functions (torch.compile's automatic dynamic shapes take the lengths).
+
+FlexAttention is compiled on CUDA (a fused FlashAttention-2 style Triton kernel). On CPU,
+torch runs it eagerly through an unfused path with O(L^2) memory and has no backward, so
+the mixers never choose it there; tests call `flex_attend` on CPU without gradients to pin
+the score functions and masks against the reference.
+
+Shapes: q `[B, H, Lq, Dh]`, k/v `[B, H, Lk, Dh]`, lse `[B, H, Lq]` (natural log).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+
+import torch
+
+try:
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # torch < 2.5
+    BlockMask = flex_attention = None
+try:
+    from torch.nn.attention.flex_attention import AuxRequest
+except ImportError:  # torch < 2.9 returns the lse through return_lse
+    AuxRequest = None
+
+BLOCK = 128  # FlexAttention's default sparse block size
+
+ScoreMod = Callable[..., torch.Tensor]
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Why FlexAttention cannot back a mixer on `device` (None: it can)."""
+    if flex_attention is None:
+        return "this torch has no torch.nn.attention.flex_attention (needs torch >= 2.5)"
+    if torch.device(device).type != "cuda":
+        return ("FlexAttention needs CUDA: on CPU torch runs it forward-only (no backward) "
+                "through an unfused O(L^2)-memory path")
+    return None
+
+
+# -- block masks ------------------------------------------------------------------------
+
+def _pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[nq, nk]` bool -> counts `[1, 1, nq]` and indices `[1, 1, nq, nk]`, selected blocks first."""
+    nk = sel.shape[1]
+    order = torch.argsort((~sel).int() * nk + torch.arange(nk, device=sel.device), dim=1)
+    return sel.sum(1).int()[None, None], order.int()[None, None]
+
+
+@functools.lru_cache(maxsize=64)
+def band_block_mask(q_len: int, kv_len: int, lo: int = 0, hi: int | None = None,
+                    device: torch.device | str = "cpu") -> BlockMask:
+    """The `BlockMask` keeping lo <= (q_idx + kv_len - q_len) - kv_idx < hi (hi None: no bound)."""
+    device = torch.device(device)
+    off = kv_len - q_len
+    top = hi if hi is not None else q_len + kv_len + 1  # beyond any distance
+
+    qs = torch.arange(0, q_len, BLOCK, device=device)
+    ks = torch.arange(0, kv_len, BLOCK, device=device)
+    qe = (qs + BLOCK).clamp(max=q_len) - 1
+    ke = (ks + BLOCK).clamp(max=kv_len) - 1
+    dmin = qs[:, None] + off - ke[None, :]  # a block pair holds every distance in [dmin, dmax]
+    dmax = qe[:, None] + off - ks[None, :]
+    touches = (dmax >= lo) & (dmin < top)
+    # ragged tail blocks are never "full": the kernel must apply the mask there
+    ragged = (qe - qs + 1 < BLOCK)[:, None] | (ke - ks + 1 < BLOCK)[None, :]
+    full = (dmin >= lo) & (dmax < top) & ~ragged
+    num, idx = _pack(touches & ~full)
+    full_num, full_idx = _pack(full)
+
+    off_t, lo_t, hi_t = (torch.tensor(v, device=device) for v in (off, lo, top))
+
+    def in_band(b, h, q_idx, kv_idx):
+        d = q_idx + off_t - kv_idx
+        return (d >= lo_t) & (d < hi_t)
+
+    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=in_band,
+                                    seq_lengths=(q_len, kv_len))
+
+
+# -- score modifications --------------------------------------------------------------------
+
+def alibi_score_mod(slopes: torch.Tensor, offset: int) -> ScoreMod:
+    """ALiBi: score - m_h * d (Press et al. 2022). `slopes` `[H]` float32."""
+    off = torch.tensor(offset, device=slopes.device)
+
+    def mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx + off - kv_idx)
+
+    return mod
+
+
+def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
+    """score + bias[h, min(d, n - 1)] for a per-head bias by distance `[H, n]` (T5's buckets,
+    unrolled over distances 0 .. n - 1; the last column holds every longer distance).
+    Gradients reach `bias` (FlexAttention differentiates captured buffers)."""
+    off = torch.tensor(offset, device=bias.device)
+    last = bias.shape[1] - 1
+
+    def mod(score, b, h, q_idx, kv_idx):
+        return score + bias[h, (q_idx + off - kv_idx).clamp(0, last)]
+
+    return mod
+
+
+# -- the kernel -------------------------------------------------------------------------------
+
+@functools.cache
+def _compiled():
+    return torch.compile(flex_attention)
+
+
+def flex_attend(q, k, v, *, lo: int = 0, hi: int | None = None, score_mod: ScoreMod | None = None,
+                return_lse: bool = False):
+    """FlexAttention over the distance band [lo, hi) with an optional score modification.
+
+    Returns o `[B, H, Lq, Dh]`, and lse `[B, H, Lq]` (float32, -inf for rows with no keys)
+    when `return_lse`."""
+    mask = band_block_mask(q.shape[2], k.shape[2], lo, hi, q.device)
+    kwargs = {"score_mod": score_mod, "block_mask": mask}
+    if return_lse:
+        kwargs.update({"return_aux": AuxRequest(lse=True)} if AuxRequest is not None else {"return_lse": True})
+    if q.is_cuda:
+        out = _compiled()(q, k, v, **kwargs)
+    else:
+        with warnings.catch_warnings():  # eager CPU use is deliberate (tests, no gradients)
+            warnings.simplefilter("ignore")
+            out = flex_attention(q, k, v, **kwargs)
+    if not return_lse:
+        return out
+    o, aux = out
+    return o, (aux.lse if AuxRequest is not None else aux)
+
+
+def merge_partials(o1, lse1, o2, lse2):
+    """Combine two softmax attentions over disjoint key sets into one (log-sum-exp weights).
+    Each side must be [B, H, L, Dh] with its lse; at least one side has keys in every row."""
+    m = torch.maximum(lse1, lse2)
+    w1, w2 = torch.exp(lse1 - m)[..., None], torch.exp(lse2 - m)[..., None]
+    return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(o1.dtype)
