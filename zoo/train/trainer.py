@@ -82,24 +82,36 @@ def lengths_at(cfg: TrainConfig, step: int) -> tuple[int, float, int]:
     return seq_len, float(v.get("long_fraction", 1.0)), int(v.get("short_seq_len", max(2, seq_len // 2)))
 
 
-def total_steps(cfg: TrainConfig, flops_per_token=None) -> int:
-    """Optimizer steps the budget allows: the first of steps, max_tokens, max_flops reached."""
+def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
+    """(steps, expected tokens, expected FLOPs) of the budget: the first of steps, max_tokens,
+    max_flops reached. Tokens and FLOPs follow the length schedule and mixture."""
     limit = cfg.steps if cfg.steps is not None else 10**9
-    if cfg.max_tokens is None and cfg.max_flops is None:
-        return limit
     tokens = flops = 0.0
-    per_seq = flops_per_token or (lambda L: 0.0)
-    for step in range(limit):
+    per_tok = flops_per_token or (lambda L: 0.0)
+    cache: dict[int, float] = {}
+    step = 0
+    while step < limit:
         seq_len, f, short = lengths_at(cfg, step)
         if short >= seq_len:
             f = 1.0
-        seqs = cfg.batch_size * cfg.grad_accum  # expected tokens and FLOPs of this step's length mixture
+        for L in (seq_len, short):
+            if L not in cache:
+                cache[L] = per_tok(L)
+        seqs = cfg.batch_size * cfg.grad_accum
         tokens += seqs * (f * seq_len + (1 - f) * short)
-        flops += seqs * (f * seq_len * per_seq(seq_len) + (1 - f) * short * per_seq(short))
+        flops += seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
+        step += 1
         if (cfg.max_tokens is not None and tokens >= cfg.max_tokens) or \
                 (cfg.max_flops is not None and flops >= cfg.max_flops):
-            return step + 1
-    return limit
+            break
+        if cfg.steps is None and step >= 10**7:
+            raise ZooError("the token or FLOP budget needs more than 10 million steps", "raise batch_size")
+    return step, tokens, flops
+
+
+def total_steps(cfg: TrainConfig, flops_per_token=None) -> int:
+    """Optimizer steps the budget allows."""
+    return budget(cfg, flops_per_token)[0]
 
 
 # -- diagnosis of non-finite values ------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""kill -9 in the middle of training, then the same command again: the final loss is identical."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from zoo.store import Store
+
+
+def _corpus(tmp: Path) -> Path:
+    d = tmp / "corpus"
+    d.mkdir()
+    for i in range(12):
+        (d / f"doc{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * (20 + i))
+    return d
+
+
+def _cmd(root: Path, corpus: Path) -> list[str]:
+    return [sys.executable, "-m", "zoo", "train", "--mixer", "nope", "--d-model", "32", "--n-layers", "2",
+            "--task", "lm", "--steps", "120", "--batch-size", "2", "--seq-len", "32", "--lr", "3e-3",
+            "--warmup", "5", "--ckpt-every", "4", "--eval-every", "40", "--no-progress", "--root", str(root),
+            "--set", "model.mixer_config.nope.n_heads=2", "--set", f"task.config.paths=['{corpus}']",
+            "--set", "task.config.extensions=['.txt']", "--set", "task.config.eval_fraction=0.2",
+            "--set", "train.keep_checkpoints=1"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: same float sums
+
+
+def _final(root: Path) -> tuple[dict, list]:
+    store = Store(root)
+    (run,) = store.runs()
+    assert run["status"] == "done", run
+    return run["summary"], [(m["step"], m["value"]) for m in store.metrics(run["id"], "loss")]
+
+
+def test_kill9_then_resume_gives_identical_final_loss(tmp_path):
+    corpus = _corpus(tmp_path)
+    ref = subprocess.run(_cmd(tmp_path / "ref", corpus), env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    root = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(root, corpus), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = sorted((root / "runs").glob("*/checkpoints/step_*"))
+        if ckpts and int(ckpts[-1].name.split("_")[1]) >= 12:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = ckpts[-1].name
+            break
+        time.sleep(0.005)
+    proc.wait(30)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    (run,) = Store(root).runs()
+    assert run["status"] == "running"  # killed: nobody marked it done
+
+    resumed = subprocess.run(_cmd(root, corpus), env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    s_ref, curve_ref = _final(tmp_path / "ref")
+    s_res, curve_res = _final(root)
+    assert s_res["final_loss"] == s_ref["final_loss"]  # bit for bit
+    assert s_res["eval_loss"] == s_ref["eval_loss"]
+    assert curve_res == curve_ref
+    assert Store(root).runs()[0]["provenance"]["resumed_from"] > 0

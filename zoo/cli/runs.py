@@ -1,0 +1,189 @@
+"""`zoo runs list | show RUN | export --format csv|parquet|json | import OTHER.db`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from zoo.errors import ZooError
+
+ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
+FORMATS = ("csv", "parquet", "json")
+
+
+def flat_rows(store, what: str, kind: str | None) -> list[dict[str, Any]]:
+    """Rows to export: results (as stored), runs (config and summary flattened) or metrics."""
+    if what == "results":
+        return store.results(kind=kind)
+    if what == "runs":
+        out = []
+        for r in store.runs(kind=kind):
+            c = r["config"]
+            row = {"run_id": r["id"], "kind": r["kind"], "status": r["status"], "reason": r["reason"],
+                   "label": c.get("label"), "experiment": c.get("experiment"), "created": r["created"],
+                   "updated": r["updated"]}
+            for part in ("model", "task", "train"):
+                for k, v in (c.get(part) or {}).items():
+                    row[f"{part}.{k}"] = v
+            for k, v in r["summary"].items():
+                row[f"summary.{k}"] = v
+            for k, v in r["provenance"].items():
+                row[f"provenance.{k}"] = v
+            out.append(row)
+        return out
+    if what == "metrics":
+        return [{"run_id": r["id"], **m} for r in store.runs(kind=kind) for m in store.metrics(r["id"])]
+    raise ZooError(f"cannot export '{what}'", "allowed: results, runs, metrics")
+
+
+def _cell(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v
+
+
+def write_rows(rows: list[dict[str, Any]], fmt: str, out) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    if fmt == "json":
+        json.dump(rows, out, indent=1, default=str)
+        out.write("\n")
+    elif fmt == "csv":
+        w = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(v) for k, v in r.items()})
+    else:
+        raise ZooError(f"unknown format '{fmt}'", f"allowed: {', '.join(FORMATS)}")
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ZooError("parquet export needs pyarrow", "pip install pyarrow, or use --format csv|json") from None
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    data = {}
+    for c in cols:
+        vals = [_cell(r.get(c)) for r in rows]
+        kinds = {type(v) for v in vals if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            vals = [None if v is None else str(v) for v in vals]  # mixed column: text
+        data[c] = vals
+    pq.write_table(pa.table(data), path)
+
+
+def register(app: typer.Typer) -> None:
+    from zoo.cli import console
+
+    runs_app = typer.Typer(help="Runs and results in the store.", no_args_is_help=True)
+    app.add_typer(runs_app, name="runs")
+
+    @runs_app.command("list")
+    def list_cmd(
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+        status: str = typer.Option(None, "--status", help="pending, running, done or failed"),
+        kind: str = typer.Option(None, "--kind"),
+        experiment: str = typer.Option(None, "--experiment", help="only runs of this experiment name"),
+    ) -> None:
+        """Every run: id, label, status, size, final loss and when it changed."""
+        import time
+
+        from zoo.store import Store
+
+        store = Store(root)
+        runs = [r for r in store.runs(kind=kind, status=status)
+                if experiment is None or r["config"].get("experiment") == experiment]
+        t = Table(title=f"runs in {store.path} ({len(runs)})")
+        for c in ("run", "experiment", "mixer", "status", "layers", "d_model", "params", "steps", "loss",
+                  "eval acc", "updated"):
+            t.add_column(c)
+        for r in runs:
+            c, s = r["config"], r["summary"]
+            m = c.get("model") or {}
+            st = {"done": "[green]done[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
+                r["status"], r["status"])
+            t.add_row(r["id"], c.get("experiment") or "-", c.get("label") or "-", st, "+".join(m.get("layers", [])),
+                      str(m.get("d_model", "-")), f"{s['params']:,}" if "params" in s else "-",
+                      str(s.get("steps", "-")), f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-",
+                      f"{s['eval_acc']:.3f}" if s.get("eval_acc") is not None else "-",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])))
+        console.print(t)
+
+    @runs_app.command("show")
+    def show_cmd(
+        run: str = typer.Argument(..., help="run id or a unique prefix"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+    ) -> None:
+        """Config, provenance, summary, latest metrics and stored results of one run."""
+        from rich.pretty import Pretty
+
+        from zoo.store import Store
+
+        store = Store(root)
+        r = store.find_run(run)
+        console.print(f"[bold]{r['id']}[/] {r['config'].get('label') or ''}  status {r['status']}"
+                      + (f"  [red]{r['reason']}[/]" if r["reason"] else ""))
+        console.print(f"[dim]directory:[/] {store.root / 'runs' / r['id']}")
+        for name in ("config", "summary", "provenance"):
+            console.rule(name)
+            console.print(Pretty(r[name], expand_all=False))
+        latest: dict[str, tuple[int, float]] = {}
+        for m in store.metrics(r["id"]):
+            latest[m["name"]] = (m["step"], m["value"])
+        if latest:
+            t = Table(title="latest metrics")
+            for c in ("metric", "step", "value"):
+                t.add_column(c)
+            for k, (step, v) in sorted(latest.items()):
+                t.add_row(k, str(step), "-" if v is None else f"{v:.6g}")
+            console.print(t)
+        res = store.results(run_id=r["id"])
+        counts: dict[str, int] = {}
+        for x in res:
+            counts[x["kind"]] = counts.get(x["kind"], 0) + 1
+        console.print("results: " + (", ".join(f"{k}: {n} rows" for k, n in counts.items()) or "none"))
+
+    @runs_app.command("export")
+    def export_cmd(
+        fmt: str = typer.Option("csv", "--format", help="csv, parquet or json"),
+        what: str = typer.Option("results", "--what", help="results, runs or metrics"),
+        kind: str = typer.Option(None, "--kind", help="only this result kind (hashhop, ppl, bench, ...)"),
+        out: Path = typer.Option(None, "--out", "-o", help="file to write (default: stdout; required for parquet)"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+    ) -> None:
+        """Export results, runs or metrics as CSV, Parquet or JSON."""
+        from zoo.store import Store
+
+        if fmt not in FORMATS:
+            raise ZooError(f"unknown format '{fmt}'", f"allowed: {', '.join(FORMATS)}")
+        rows = flat_rows(Store(root), what, kind)
+        if fmt == "parquet":
+            if out is None:
+                raise ZooError("parquet export needs --out FILE")
+            write_parquet(rows, out)
+        elif out is None:
+            write_rows(rows, fmt, sys.stdout)
+            return
+        else:
+            with open(out, "w", newline="") as f:
+                write_rows(rows, fmt, f)
+        console.print(f"wrote {len(rows)} {what} rows to {out}", highlight=False)
+
+    @runs_app.command("import")
+    def import_cmd(
+        other: Path = typer.Argument(..., help="another zoo.db (or its root directory), e.g. from a GPU machine"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+        files: bool = typer.Option(True, "--files/--no-files", help="also copy run directories missing here"),
+    ) -> None:
+        """Merge another store into this one; runs, metrics and results are never duplicated."""
+        from zoo.store import Store
+
+        store = Store(root)
+        n = store.import_db(other, copy_files=files)
+        console.print(f"imported from {other}: {n['runs']} runs new or newer, {n['metrics']} metric rows, "
+                      f"{n['results']} result rows, {n['run_dirs']} run directories", highlight=False)

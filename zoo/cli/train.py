@@ -1,0 +1,223 @@
+"""`zoo train` (one run from flags), `zoo compare SPEC.toml` (an experiment), `zoo ppl RUN`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from zoo.errors import ZooError
+
+ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
+
+
+def parse_value(text: str) -> Any:
+    """A flag value as TOML would read it (numbers, booleans, lists, inline tables), else a string."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_sets(doc: dict, sets: list[str]) -> dict:
+    for s in sets:
+        if "=" not in s:
+            raise ZooError(f"--set '{s}' is not KEY=VALUE", "e.g. --set train.warmup_steps=100")
+        key, value = s.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] not in ("model", "task", "train"):
+            raise ZooError(f"--set key '{key}' must start with model., task. or train.")
+        d = doc
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = parse_value(value.strip())
+    return doc
+
+
+def plan_table(runs, store, title: str) -> Table:
+    from zoo.cli.mixers import human_count
+
+    t = Table(title=title)
+    for c in ("mixer", "run", "layers", "d_model", "mlp", "params", "steps", "tokens", "est. FLOPs", "matching",
+              "status"):
+        t.add_column(c, justify="right" if c in ("d_model", "mlp", "params", "steps", "tokens", "est. FLOPs")
+                     else "left")
+    for p in runs:
+        m = p.run.model
+        prior = store.get_run(p.run_id) if store is not None else None
+        t.add_row(p.label, p.run_id, "+".join(m.layers), str(m.d_model), str(m.hidden()), f"{p.params:,}",
+                  f"{p.steps:,}", human_count(p.tokens), f"{p.flops:.3g}", p.matched or "",
+                  prior["status"] if prior else "new")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    from zoo.cli import console
+
+    @app.command("train")
+    def train_cmd(
+        mixer: str = typer.Option("nope", "--mixer", "-m", help="mixer name, or a comma-separated layer pattern"),
+        d_model: int = typer.Option(64, "--d-model"),
+        n_layers: int = typer.Option(2, "--n-layers"),
+        task: str = typer.Option("hashhop", "--task", help="hashhop, mqar, lm, ..."),
+        steps: int = typer.Option(200, "--steps", help="optimizer steps"),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        grad_accum: int = typer.Option(1, "--grad-accum"),
+        seq_len: int = typer.Option(256, "--seq-len"),
+        lr: float = typer.Option(1e-3, "--lr"),
+        warmup: int = typer.Option(0, "--warmup", help="warm-up steps"),
+        lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine, wsd or constant"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device"),
+        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model"),
+        eval_every: int = typer.Option(0, "--eval-every"),
+        ckpt_every: int = typer.Option(0, "--ckpt-every"),
+        tensorboard: bool = typer.Option(False, "--tensorboard"),
+        wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases, offline mode"),
+        sets: list[str] = typer.Option([], "--set", help="any setting, e.g. model.mixer_config.nope.n_heads=2, "
+                                       "task.config.hops=[1,2], train.max_tokens=1000000 (repeatable)"),
+        label: str = typer.Option(None, "--label"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Train one run from flags (resumes it if it was interrupted)."""
+        from pydantic import ValidationError
+
+        from zoo.spec import PlannedRun, count_params
+        from zoo.store import Store
+        from zoo.train.config import RunConfig
+        from zoo.train.trainer import budget, build_model, train
+
+        doc: dict[str, Any] = {
+            "model": {"d_model": d_model, "n_layers": n_layers, "layers": mixer.split(",")},
+            "task": {"name": task, "config": {}},
+            "train": {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len,
+                      "lr": lr, "warmup_steps": warmup, "lr_schedule": lr_schedule, "seed": seed, "device": device,
+                      "compile": compile_, "eval_every": eval_every, "ckpt_every": ckpt_every,
+                      "tensorboard": tensorboard, "wandb": wandb},
+            "label": label,
+        }
+        apply_sets(doc, sets)
+        try:
+            run = RunConfig(**doc)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ZooError(f"bad setting '{key}' = {err.get('input')!r}: {err['msg']}",
+                           "see `zoo train --help`") from None
+        store = Store(root)
+        rid = run.run_id()
+        if dry_run:
+            model = build_model(run.normalized().model, run.train.seed)
+            n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
+            p = PlannedRun(run.display_label(), run.model.layers[0], run, rid, count_params(run.model), n, tokens,
+                           flops)
+            console.print(plan_table([p], store, "plan (dry run)"))
+            return
+        res = train(run, store, progress=progress, console=console)
+        s = res.summary
+        console.print(f"run [bold]{rid}[/] done: {s['steps']} steps, loss {s['final_loss']:.4f}"
+                      + (f", eval loss {s['eval_loss']:.4f}, eval acc {s['eval_acc']:.3f}" if "eval_loss" in s else "")
+                      + f" [dim]({res.run_dir})[/]")
+
+    @app.command("compare")
+    def compare_cmd(
+        spec_path: Path = typer.Argument(..., help="experiment file, e.g. experiments/smoke.toml"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan with parameters and FLOPs and exit"),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="train failed runs again"),
+        shard: str = typer.Option(None, "--shard", help="i/n: this process takes every n-th run (one per GPU)"),
+        device: str = typer.Option(None, "--device", help="override the spec's device"),
+        only: list[str] = typer.Option([], "--only", help="only these mixers (repeatable)"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Train and evaluate every run of an experiment, then print the comparison table."""
+        from zoo.spec import load_spec, plan
+        from zoo.store import Store
+        from zoo.train.sweep import run_experiment, select_shard, summary_table
+
+        spec = load_spec(spec_path)
+        store = Store(root)
+        if dry_run:
+            runs = select_shard(plan(spec), shard)
+            console.print(plan_table(runs, store, f"plan of {spec.name}: {len(runs)} runs (dry run)"))
+            total = sum(r.flops for r in runs)
+            console.print(f"total estimated training FLOPs: {total:.3g}")
+            return
+        outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
+                                  shard=shard, device=device, only=only or None)
+        console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:
+            console.print(f"[red]{len(failed)} run(s) failed[/] (see the status column; `zoo runs show RUN`)")
+            raise typer.Exit(1)
+
+    @app.command("ppl")
+    def ppl_cmd(
+        run: str = typer.Argument(..., help="run id (or prefix) or a run / checkpoint directory"),
+        lengths: str = typer.Option(None, "--lengths", help="comma-separated lengths (default: 1..64 x training)"),
+        multipliers: str = typer.Option("1,2,4,8,16,32,64", "--multipliers"),
+        stride: int = typer.Option(None, "--stride"),
+        windows: int = typer.Option(4, "--windows"),
+        buckets: int = typer.Option(8, "--buckets"),
+        rope_scaling: str = typer.Option(None, "--rope-scaling",
+                                         help="pi, ntk, dynamic-ntk, yarn, rerope or leaky-rerope"),
+        rope_factor: float = typer.Option(None, "--rope-factor"),
+        device: str = typer.Option("auto", "--device"),
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+        save: bool = typer.Option(True, "--save/--no-save", help="store the rows as results of kind 'ppl'"),
+    ) -> None:
+        """Perplexity vs length of a trained lm run, optionally under an evaluation-time RoPE scaling."""
+        from pydantic import ValidationError
+
+        from zoo.eval.ppl import PplEval, RopeScaling, evaluate_run
+        from zoo.store import Store, config_id
+        from zoo.train.checkpoint import load_model
+        from zoo.train.trainer import resolve_device
+
+        store = Store(root)
+        path = Path(run)
+        run_id = None
+        if not path.exists():
+            run_id = store.find_run(run)["id"]
+            path = store.run_dir(run_id)
+        if (rope_scaling is None) != (rope_factor is None):
+            raise ZooError("--rope-scaling and --rope-factor go together", "e.g. --rope-scaling yarn --rope-factor 8")
+        try:
+            spec = PplEval(lengths=[int(x) for x in lengths.split(",")] if lengths else None,
+                           multipliers=[int(x) for x in multipliers.split(",")], stride=stride, windows=windows,
+                           buckets=buckets)
+            rope = RopeScaling(method=rope_scaling, factor=rope_factor) if rope_scaling else None
+        except (ValidationError, ValueError) as e:
+            raise ZooError(f"bad perplexity setting: {e}".splitlines()[0], "see `zoo ppl --help`") from None
+        dev = resolve_device(device)
+        model, cfg = load_model(path, dev)
+        rows = evaluate_run(model, cfg, spec, rope)
+        t = Table(title=f"perplexity vs length of {run_id or path}"
+                  + (f" ({rope.method} x{rope.factor:g})" if rope else ""))
+        for c in ("length", "windows", "ppl", "bits/byte", "ppl past training length", "status"):
+            t.add_column(c, justify="right")
+        beyond = {r["length"]: r for r in rows if r.get("scope") == "beyond_train"}
+        for r in rows:
+            if r.get("scope") != "all":
+                continue
+            if r["status"] != "ok":
+                t.add_row(str(r["length"]), "-", "-", "-", "-", r.get("reason", ""))
+                continue
+            b = beyond.get(r["length"])
+            t.add_row(str(r["length"]), str(r["windows"]), f"{r['ppl']:.3f}", f"{r['bits_per_byte']:.3f}",
+                      f"{b['ppl']:.3f}" if b else "-", "ok")
+        console.print(t)
+        if save:
+            rid = run_id or (path.name if (path / "config.json").is_file() else path.parent.parent.name)
+            eid = config_id({"kind": "ppl", "settings": spec.model_dump(), "rope": rope.model_dump() if rope else None})
+            store.add_results(rid, "ppl", [{**r, "eval_id": eid} for r in rows], replace=False)
+            console.print(f"[dim]stored {len(rows)} rows as results of kind 'ppl' for run {rid}[/]")

@@ -1,0 +1,386 @@
+"""Experiment specs: one TOML file says what to compare; `plan` expands it into runs.
+
+    name = "smoke"
+    mixers = ["nope", "sinusoidal"]          # or one table per mixer, with overrides:
+    [mixers.hsa]                             #   mixer (registry name, default the key), config,
+    config = { window = 64 }                 #   layers (pattern), model, train, task overrides
+    [model]
+    d_model = 64
+    n_layers = 2
+    [task]
+    name = "hashhop"
+    [train]
+    steps = 200
+    seq_len = 256
+    [sweep]                                  # axes: every combination is a run
+    lr = [1e-3, 3e-3]
+    seed = [0, 1]
+    match_params = true                      # hold parameters equal across mixers
+    [eval.hashhop]                           # evaluations run after training
+    n_chars = [200, 800]
+
+Errors name the file, the key, the bad value and what is allowed. Parameter matching
+adjusts `d_model` (or `mlp_hidden`) of each mixer to the parameter count of the reference
+mixer (the first listed) at the same sweep point, and the plan reports what it chose.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from zoo.errors import ZooError
+from zoo.eval.ppl import PplEval
+from zoo.model import ModelConfig, ZooLM
+from zoo.train.config import RunConfig, TaskRef, TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+# sweep shorthands -> dotted paths into a run config
+AXIS_ALIASES = {"d_model": "model.d_model", "width": "model.d_model", "n_layers": "model.n_layers",
+                "depth": "model.n_layers", "mlp_hidden": "model.mlp_hidden", "lr": "train.lr", "seed": "train.seed",
+                "batch_size": "train.batch_size", "seq_len": "train.seq_len", "steps": "train.steps"}
+
+
+class MixerEntry(BaseModel):
+    """One contestant: a mixer (or a hybrid pattern) with its own overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mixer: str | None = Field(None, description="registry name (default: the table key)")
+    config: dict[str, Any] = Field(default_factory=dict, description="the mixer's config overrides")
+    layers: list[str] | None = Field(None, min_length=1, description="layer pattern (default: [mixer])")
+    model: dict[str, Any] = Field(default_factory=dict, description="model overrides for this mixer")
+    train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this mixer")
+    task: dict[str, Any] = Field(default_factory=dict, description="task config overrides for this mixer")
+
+
+class ModelSpec(BaseModel):
+    """The shared model; layers come from the mixers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int = Field(64, ge=8, le=16384)
+    n_layers: int = Field(2, ge=1, le=512)
+    mlp_hidden: int | None = Field(None, ge=1)
+    vocab_size: int | None = Field(None, ge=2, description="default: the byte tokenizer's 260")
+    norm_eps: float = Field(1e-5, gt=0)
+    chunk_size: int = Field(8192, ge=1)
+    mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                    description="config overrides by mixer name (hybrid partners)")
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: list[int] | None = Field(None, min_length=1)
+    n_layers: list[int] | None = Field(None, min_length=1)
+    lr: list[float] | None = Field(None, min_length=1)
+    seed: list[int] | None = Field(None, min_length=1)
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="more axes: dotted path -> values, "
+                                       "e.g. 'train.batch_size' = [8, 16]")
+    match_params: bool = Field(False, description="hold the parameter count equal across mixers")
+    match_by: Literal["d_model", "mlp_hidden"] = Field("d_model", description="what matching adjusts")
+    match_reference: str | None = Field(None, description="mixer whose count is the target (default: the first)")
+    multiple: int = Field(8, ge=1, description="matched widths are multiples of this")
+
+    @field_validator("axes")
+    @classmethod
+    def _paths(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, vals in v.items():
+            if k.split(".")[0] not in ("model", "train", "task") or "." not in k:
+                raise ValueError(f"axis '{k}' must be a dotted path under model., train. or task.")
+            if not vals:
+                raise ValueError(f"axis '{k}' has no values")
+        return v
+
+    def all_axes(self) -> dict[str, list[Any]]:
+        out = {AXIS_ALIASES[k]: getattr(self, k) for k in ("d_model", "n_layers", "lr", "seed")
+               if getattr(self, k) is not None}
+        for k, vals in self.axes.items():
+            out[AXIS_ALIASES.get(k, k)] = vals
+        return out
+
+
+class BenchEval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lengths: list[int] = Field(default_factory=lambda: [1024, 4096], min_length=1,
+                               description="sequence lengths to time")
+    batch_size: int = Field(1, ge=1)
+
+
+class EvalSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hashhop: dict[str, Any] | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
+    ppl: PplEval | None = Field(None, description="perplexity vs length (lm task)")
+    bench: BenchEval | None = Field(None, description="speed and memory of each trained model")
+
+
+class ExperimentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1)
+    description: str = ""
+    mixers: dict[str, MixerEntry] = Field(..., min_length=1, description="contestants: a list of names or tables")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    task: TaskRef = Field(default_factory=TaskRef)
+    train: dict[str, Any] = Field(default_factory=dict, description="training settings (see TrainConfig)")
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @field_validator("mixers", mode="before")
+    @classmethod
+    def _list_form(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(x, str) for x in v):
+                raise ValueError("a list of mixers holds registry names; use tables for overrides")
+            return {x: {} for x in v}
+        return v
+
+
+# -- loading and validation ----------------------------------------------------------------------
+
+def _allowed_fields(root: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names of the model at `loc` (minus its last part), for 'unknown key' errors."""
+    cls: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None:
+            continue
+        f = getattr(cls, "model_fields", {}).get(part)
+        if f is None:
+            return None if cls is root else None
+        ann = f.annotation
+        nxt = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                nxt = cand
+            for sub in getattr(cand, "__args__", ()):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    nxt = sub
+        cls = nxt
+    return list(cls.model_fields) if cls is not None and hasattr(cls, "model_fields") else None
+
+
+def _validation_error(path: Path, e: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> ZooError:
+    err = e.errors()[0]
+    loc = prefix + tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_fields(root, tuple(err["loc"]))
+        close = difflib.get_close_matches(str(loc[-1]), allowed or [], n=1)
+        hint = (f"did you mean '{close[0]}'? " if close else "") + (f"allowed: {', '.join(allowed)}" if allowed
+                                                                    else "remove it")
+        return ZooError(f"{path}: unknown key '{key}'", hint)
+    if err["type"] == "missing":
+        return ZooError(f"{path}: missing key '{key}'", err["msg"])
+    allowed_msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        allowed_msg = f"allowed: {ctx['expected']}"
+    value = err.get("input")
+    return ZooError(f"{path}: key '{key}' = {value!r} is invalid: {err['msg']}", allowed_msg)
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZooError(f"no experiment file {path}", "see experiments/ for examples") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ZooError(f"{path}: not valid TOML: {e}", "see https://toml.io") from None
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> ExperimentSpec:
+    path = Path(path)
+    try:
+        spec = ExperimentSpec(**raw)
+    except ValidationError as e:
+        raise _validation_error(path, e, ExperimentSpec) from None
+    _check_semantics(spec, path)
+    return spec
+
+
+def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
+    """What pydantic cannot see: registry names, task settings, merged training settings."""
+    from zoo import registry
+    from zoo.tasks.base import get_task
+
+    names = registry.names()
+    for label, entry in spec.mixers.items():
+        for key, name in [(f"mixers.{label}" + (".mixer" if entry.mixer else ""), entry.mixer or label)] + \
+                [(f"mixers.{label}.layers", n) for n in entry.layers or []]:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+                raise ZooError(f"{path}: key '{key}' = '{name}' is not a registered mixer",
+                               (f"did you mean {', '.join(close)}? " if close else "") + f"allowed: {', '.join(names)}")
+        try:
+            registry.get_spec(entry.mixer or label).make_config(entry.config)
+        except ZooError as e:
+            raise ZooError(f"{path}: mixers.{label}.config: {e.message}", e.hint) from None
+        for k in entry.model:
+            if k not in ModelSpec.model_fields:
+                raise ZooError(f"{path}: unknown key 'mixers.{label}.model.{k}'",
+                               f"allowed: {', '.join(ModelSpec.model_fields)}")
+        try:
+            TrainConfig(**_deep_merge(spec.train, entry.train))
+        except ValidationError as e:
+            where = ("mixers", label, "train") if entry.train else ("train",)
+            raise _validation_error(path, e, TrainConfig, where) from None
+        try:
+            get_task(spec.task.name, {**spec.task.config, **entry.task})
+        except ZooError as e:
+            raise ZooError(f"{path}: task: {e.message}", e.hint) from None
+    if spec.eval.hashhop is not None:
+        from zoo.eval.hashhop import HashHopGrid
+
+        try:
+            HashHopGrid(**spec.eval.hashhop).check()
+        except ValidationError as e:
+            raise _validation_error(path, e, HashHopGrid, ("eval", "hashhop")) from None
+        except ZooError as e:
+            raise ZooError(f"{path}: eval.hashhop: {e.message}", e.hint) from None
+    if spec.eval.ppl is not None and spec.task.name != "lm":
+        raise ZooError(f"{path}: key 'eval.ppl' needs task.name = 'lm', got '{spec.task.name}'",
+                       "perplexity is measured on held-out text")
+    if spec.sweep.match_reference is not None and spec.sweep.match_reference not in spec.mixers:
+        raise ZooError(f"{path}: key 'sweep.match_reference' = '{spec.sweep.match_reference}' is not a mixer "
+                       "of this experiment", f"allowed: {', '.join(spec.mixers)}")
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _set_path(d: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+@dataclass
+class PlannedRun:
+    label: str
+    mixer: str
+    run: RunConfig
+    run_id: str
+    params: int
+    steps: int
+    tokens: float
+    flops: float
+    point: dict[str, Any] = field(default_factory=dict)  # sweep values of this run
+    matched: str | None = None                            # what parameter matching chose
+
+
+def count_params(model_config: ModelConfig) -> int:
+    """Parameters of a ZooLM, built on the meta device when the mixers allow it."""
+    try:
+        with torch.device("meta"):
+            return ZooLM(model_config).num_params()
+    except Exception:  # some mixers initialise with real tensors
+        return ZooLM(model_config).num_params()
+
+
+def _model_config(spec: ExperimentSpec, entry: MixerEntry, mixer: str, model_over: dict) -> dict:
+    base = spec.model.model_dump(exclude_none=True)
+    layers = entry.layers or [mixer]
+    shared_cfg = base.pop("mixer_config")
+    mcfg = {n: dict(shared_cfg.get(n, {})) for n in dict.fromkeys(layers) if n in shared_cfg}
+    mcfg[mixer] = {**mcfg.get(mixer, {}), **entry.config}
+    m = {**base, **model_over, "layers": layers, "mixer_config": {k: v for k, v in mcfg.items() if k in layers}}
+    return m
+
+
+def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
+    """Adjust d_model or mlp_hidden so the parameter count is closest to `target`."""
+    if by == "mlp_hidden":
+        cfg = ModelConfig(**mc)
+        h0 = cfg.hidden()
+        p0 = count_params(cfg)
+        slope = 3 * cfg.d_model * cfg.n_layers  # SwiGLU: three d x h matrices per block
+        h = max(multiple, multiple * round((h0 + (target - p0) / slope) / multiple))
+        out = {**mc, "mlp_hidden": h}
+        return out, count_params(ModelConfig(**out))
+    d0 = mc["d_model"]
+    best: tuple[int, dict, int] | None = None
+    for d in range(max(multiple, (d0 // 4) // multiple * multiple), 4 * d0 + 1, multiple):
+        cand = {**mc, "d_model": d}
+        try:
+            p = count_params(ModelConfig(**cand))
+        except Exception:
+            continue
+        if best is None or abs(p - target) < best[0]:
+            best = (abs(p - target), cand, p)
+    if best is None:
+        raise ZooError(f"parameter matching found no valid d_model near {d0} for layers {mc['layers']}")
+    return best[1], best[2]
+
+
+def plan(spec: ExperimentSpec) -> list[PlannedRun]:
+    """Expand mixers x sweep axes into runs (deduplicated by run id)."""
+    from zoo.train.trainer import budget
+
+    axes = spec.sweep.all_axes()
+    points = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())] or [{}]
+    ref_label = spec.sweep.match_reference or next(iter(spec.mixers))
+    out: list[PlannedRun] = []
+    seen: set[str] = set()
+    for point in points:
+        target = None
+        for label, entry in sorted(spec.mixers.items(), key=lambda kv: kv[0] != ref_label):
+            mixer = entry.mixer or label
+            doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
+                                   "task": {"config": copy.deepcopy(spec.task.config)}}
+            for path, value in point.items():
+                _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)
+            doc["train"] = _deep_merge(doc["train"], entry.train)
+            mc = _model_config(spec, entry, mixer, {**doc["model"], **entry.model})
+            params = count_params(ModelConfig(**mc))
+            matched = None
+            if spec.sweep.match_params:
+                if label == ref_label:
+                    target = params
+                else:
+                    d0, h0 = mc["d_model"], ModelConfig(**mc).hidden()
+                    mc, params = _match(mc, target, spec.sweep.match_by, spec.sweep.multiple)
+                    what = (f"d_model {d0} -> {mc['d_model']}" if spec.sweep.match_by == "d_model"
+                            else f"mlp_hidden {h0} -> {mc['mlp_hidden']}")
+                    matched = f"{what} ({params:,} vs {target:,} params, {100 * (params - target) / target:+.1f}%)"
+            run = RunConfig(model=ModelConfig(**mc),
+                            task=TaskRef(name=spec.task.name, config={**doc["task"]["config"], **entry.task}),
+                            train=TrainConfig(**doc["train"]), label=label, experiment=spec.name)
+            rid = run.run_id()
+            if rid in seen:
+                continue
+            seen.add(rid)
+            model_cfg = ModelConfig(**mc)
+            with torch.device("meta"):
+                try:
+                    fpt_model = ZooLM(model_cfg)
+                except Exception:
+                    fpt_model = None
+            if fpt_model is None:
+                fpt_model = ZooLM(model_cfg)
+            steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
+            out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
+    return out

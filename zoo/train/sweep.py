@@ -1,0 +1,218 @@
+"""Running an experiment: train every planned run, evaluate it, summarize.
+
+    outcomes = run_experiment(spec, store)
+
+Runs already done are skipped; interrupted ones (status running or pending, with or
+without checkpoints) resume from their last checkpoint; failed ones are skipped unless
+`retry_failed`. A run that fails (non-finite loss, out of memory, any error) is marked
+failed with its reason and the sweep goes on with the next. Evaluations named in the spec
+run after training and are stored as results tagged with an `eval_id` (a hash of the
+evaluation settings), so an evaluation is never repeated and a changed one runs again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.spec import ExperimentSpec, PlannedRun, plan
+from zoo.store import Store, config_id
+from zoo.train.checkpoint import load_model
+from zoo.train.trainer import RunBusy, RunFailed, resolve_device, train
+
+
+@dataclass
+class Outcome:
+    planned: PlannedRun
+    status: str                      # done (trained now), skipped (done before), failed, busy
+    reason: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    evals: dict[str, str] = field(default_factory=dict)  # kind -> "ok" | "cached" | error message
+    seconds: float = 0.0
+
+
+# -- evaluations (each evaluator is called from exactly one place) -------------------------------
+
+def hashhop_rows(model, run_config: dict, grid: dict, device) -> list[dict]:
+    from zoo.eval.hashhop import HashHopGrid, evaluate
+
+    return evaluate(model, HashHopGrid(**grid), device=device)["cells"]
+
+
+def ppl_rows(model, run_config: dict, ppl_spec, device) -> list[dict]:
+    from zoo.eval.ppl import evaluate_run
+
+    rows = evaluate_run(model, run_config, ppl_spec)
+    for rope in ppl_spec.rope_scaling:  # each scaling on a fresh copy of the trained model
+        fresh, _ = load_model(run_config["_run_dir"], device)
+        try:
+            rows += evaluate_run(fresh, run_config, ppl_spec, rope)
+        except ZooError as e:
+            rows.append({"scope": "all", "status": "n/a", "rope_scaling": rope.method, "rope_factor": rope.factor,
+                         "reason": e.message})
+    return rows
+
+
+def bench_rows(model, run_config: dict, bench_spec, device) -> list[dict]:
+    try:
+        from zoo.eval.bench import bench_model
+    except ImportError:
+        raise ZooError("this build has no benchmark evaluator (zoo.eval.bench.bench_model)") from None
+    return bench_model(model, lengths=bench_spec.lengths, batch_size=bench_spec.batch_size, device=device)
+
+
+EVALUATORS = {"hashhop": hashhop_rows, "ppl": ppl_rows, "bench": bench_rows}
+
+
+def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.eval.hashhop is not None:
+        out["hashhop"] = spec.eval.hashhop
+    if spec.eval.ppl is not None:
+        out["ppl"] = spec.eval.ppl
+    if spec.eval.bench is not None:
+        out["bench"] = spec.eval.bench
+    return out
+
+
+def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console=None) -> dict[str, str]:
+    status: dict[str, str] = {}
+    todo = eval_settings(spec)
+    model = run_config = None
+    for kind, settings in todo.items():
+        dumped = settings if isinstance(settings, dict) else settings.model_dump()
+        eid = config_id({"kind": kind, "settings": dumped})
+        if any(r.get("eval_id") == eid for r in store.results(p.run_id, kind)):
+            status[kind] = "cached"
+            continue
+        try:
+            if model is None:
+                model, run_config = load_model(store.run_dir(p.run_id), device)
+                run_config = {**run_config, "_run_dir": str(store.run_dir(p.run_id))}
+            if console is not None:
+                console.print(f"  [dim]evaluating {kind} on {p.label} ({p.run_id})[/]")
+            rows = EVALUATORS[kind](model, run_config, settings, device)
+            store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows], replace=True)
+            status[kind] = "ok"
+        except ZooError as e:
+            status[kind] = str(e)
+        except Exception as e:  # an evaluator bug must not stop the sweep
+            status[kind] = f"{type(e).__name__}: {e}"
+    return status
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+
+def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
+    """`shard` "i/n" keeps every n-th run starting at i (parallel processes, one per GPU)."""
+    if not shard:
+        return runs
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise ZooError(f"bad shard '{shard}'", "use i/n with 0 <= i < n, e.g. 0/4") from None
+    return runs[i::n]
+
+
+def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: bool = False,
+                   retry_failed: bool = False, shard: str | None = None, device: str | None = None,
+                   only: list[str] | None = None) -> list[Outcome]:
+    runs = select_shard(plan(spec), shard)
+    if only:
+        unknown = set(only) - {r.label for r in runs}
+        if unknown:
+            raise ZooError(f"--only names unknown mixers: {', '.join(sorted(unknown))}",
+                           f"allowed: {', '.join(dict.fromkeys(r.label for r in runs))}")
+        runs = [r for r in runs if r.label in only]
+    outcomes: list[Outcome] = []
+    for i, p in enumerate(runs, 1):
+        if device:
+            p.run.train.device = device
+        t0 = time.time()
+        prior = store.get_run(p.run_id)
+        if console is not None:
+            console.rule(f"[bold]{i}/{len(runs)}[/] {p.label} [dim]{p.run_id} {_point(p)}[/]")
+        out = Outcome(p, "done")
+        if prior is not None and prior["status"] == "done":
+            out.status, out.summary = "skipped", prior["summary"]
+        elif prior is not None and prior["status"] == "failed" and not retry_failed:
+            out.status, out.reason, out.summary = "failed", prior["reason"], prior["summary"]
+        else:
+            try:
+                res = train(p.run, store, progress=progress, console=console)
+                out.summary = res.summary
+            except RunBusy as e:
+                out.status, out.reason = "busy", str(e)
+            except (RunFailed, ZooError) as e:
+                out.status, out.reason = "failed", str(e)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # any other failure: recorded by the trainer, the sweep goes on
+                out.status, out.reason = "failed", f"{type(e).__name__}: {e}"
+            if out.status == "failed" and store.get_run(p.run_id) is not None:
+                if store.get_run(p.run_id)["status"] != "failed":
+                    store.set_status(p.run_id, "failed", out.reason)
+        if out.status in ("done", "skipped"):
+            out.evals = run_evals(spec, p, store, resolve_device(p.run.train.device), console)
+        if console is not None and out.status == "failed":
+            console.print(f"[red]failed:[/] {out.reason}")
+        out.seconds = time.time() - t0
+        outcomes.append(out)
+    return outcomes
+
+
+def _point(p: PlannedRun) -> str:
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in p.point.items())
+
+
+def hashhop_by_length(store: Store, run_id: str) -> dict[int, float]:
+    """Mean exact-match accuracy per evaluated length (over hops), from the stored cells."""
+    acc: dict[int, list[float]] = {}
+    for r in store.results(run_id, "hashhop"):
+        if r.get("status") == "ok" and r.get("accuracy") is not None:
+            acc.setdefault(int(r["length"]), []).append(float(r["accuracy"]))
+    return {k: sum(v) / len(v) for k, v in sorted(acc.items())}
+
+
+def ppl_by_length(store: Store, run_id: str) -> dict[int, float]:
+    return {int(r["length"]): float(r["ppl"]) for r in store.results(run_id, "ppl")
+            if r.get("scope") == "all" and r.get("status") == "ok" and r.get("rope_scaling") is None}
+
+
+def summary_table(outcomes: list[Outcome], store: Store, title: str):
+    """The comparison: one row per run, HashHop accuracy and perplexity per length."""
+    from rich.table import Table
+
+    hh = {o.planned.run_id: hashhop_by_length(store, o.planned.run_id) for o in outcomes}
+    pp = {o.planned.run_id: ppl_by_length(store, o.planned.run_id) for o in outcomes}
+    hh_lengths = sorted({L for d in hh.values() for L in d})
+    pp_lengths = sorted({L for d in pp.values() for L in d})
+    multi = len({_point(o.planned) for o in outcomes}) > 1
+    t = Table(title=title)
+    cols = ["mixer", "run"] + (["sweep"] if multi else []) + ["params", "steps", "loss", "eval loss", "eval acc"]
+    cols += [f"hashhop@{L}" for L in hh_lengths] + [f"ppl@{L}" for L in pp_lengths] + ["status"]
+    for c in cols:
+        t.add_column(c, justify="right" if c not in ("mixer", "run", "sweep", "status") else "left")
+    for o in outcomes:
+        s = o.summary or {}
+        status = {"done": "[green]trained[/]", "skipped": "[green]done[/]", "failed": "[red]failed[/]",
+                  "busy": "[yellow]busy[/]"}[o.status]
+        if o.reason:
+            status += f" [dim]{o.reason[:80]}[/]"
+        bad = [k for k, v in o.evals.items() if v not in ("ok", "cached")]
+        if bad:
+            status += f" [yellow](eval {', '.join(bad)} failed: {o.evals[bad[0]][:60]})[/]"
+        row = [o.planned.label, o.planned.run_id] + ([_point(o.planned)] if multi else [])
+        row += [f"{o.planned.params:,}", str(s.get("steps", "-")), _f(s.get("final_loss")), _f(s.get("eval_loss")),
+                _f(s.get("eval_acc"), 3)]
+        row += [_f(hh[o.planned.run_id].get(L), 3) for L in hh_lengths]
+        row += [_f(pp[o.planned.run_id].get(L), 2) for L in pp_lengths]
+        t.add_row(*row, status)
+    return t
+
+
+def _f(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
