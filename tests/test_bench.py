@@ -1,0 +1,212 @@
+"""`zoo bench` on CPU at tiny sizes: the stored rows, the failure rows, and the peers' arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.eval import bench
+from zoo.mixers.attention import NoPE, Sinusoidal, attention_reference, causal_mask
+from zoo.registry import build_mixer
+from zoo.store import Store
+
+TINY = ["--d-model", "32", "--tokens-per-batch", "256", "--reps", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core machine: one thread avoids OpenMP spin-waits (seconds per test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sizes():
+    assert bench.parse_size("1k") == 1024
+    assert bench.parse_size("128K") == 131072
+    assert bench.parse_size("1m") == 2**20
+    assert bench.parse_size("4096") == 4096
+    assert bench.parse_sizes("2k,1k,1k") == [1024, 2048]
+    assert bench.parse_sizes("1k..8k") == [1024, 2048, 4096, 8192]
+    for bad in ("", "1x", "-3", "0.5"):
+        with pytest.raises(ZooError):
+            bench.parse_sizes(bad)
+    assert bench.BenchConfig(seq_lens=[64, 2**20]).lengths() == [64, 2**20]  # 1m asked: long lengths on
+    assert bench.BenchConfig(seq_lens=[64], long=True).lengths() == [64, 2**20]
+    assert bench.BenchConfig(seq_lens=[64]).lengths() == [64]
+
+
+def test_bench_stores_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", *TINY, "--seq-lens", "64,128", "--mixers", "nope,sinusoidal", "--model", "--n-layers", "1",
+               "--root", str(tmp_path), "--json", str(out)])
+    assert rc == 0
+    store = Store(tmp_path)
+    (run,) = store.runs(kind="bench")
+    assert run["status"] == "done" and run["id"].startswith("bench-")
+    assert run["provenance"]["versions"]["torch"] == torch.__version__
+    rows = store.results(run_id=run["id"], kind="bench")
+    assert rows == [dict(r, run_id=run["id"], kind="bench") for r in json.loads(out.read_text())["rows"]]
+
+    by = {(r["name"], r["mode"], r["seq_len"]): r for r in rows}
+    for name in ("nope", "sinusoidal", "model:nope", "model:sinusoidal", "sdpa-flash", "sdpa-math"):
+        for mode in ("fwd", "fwdbwd", "decode"):
+            for L in (64, 128):
+                r = by[(name, mode, L)]
+                assert r["status"] == "ok", r
+                assert r["batch"] == 256 // L and r["reps"] >= 1 and r["time_ms"] > 0
+                assert r["peak_mem_bytes"] is None  # no allocator counter on CPU: n/a, not a made-up number
+                work = r["batch"] * (1 if mode == "decode" else L)
+                assert r["tokens_per_s"] == pytest.approx(work / (r["time_ms"] / 1e3))
+                assert r["tflops"] == pytest.approx(
+                    r["flops_per_token"] * r["flop_factor"] * work / (r["time_ms"] / 1e3) / 1e12)
+    # the mixer's own FLOP count; decode counts the marginal token (context L + 1)
+    nope = build_mixer("nope", 32)
+    assert by[("nope", "fwd", 128)]["flops_per_token"] == nope.flops_per_token(128)
+    assert by[("nope", "fwdbwd", 128)]["flop_factor"] == 3
+    inner = nope.n_heads * nope.head_dim
+    assert by[("nope", "decode", 128)]["flops_per_token"] == pytest.approx(2 * 4 * 32 * inner + 4 * inner * 129)
+    assert by[("nope", "decode", 128)]["cache_bytes"] == by[("nope", "decode", 128)]["state_bytes"]
+    assert by[("nope", "fwd", 64)]["backend"] == "sdpa"
+    # peers name the mixer they stand beside; those that cannot run here say why
+    assert by[("sdpa-flash", "fwd", 64)]["peer_of"] == "nope"
+    assert by[("sdpa-cudnn", "fwd", 64)]["status"] == "skipped: the cudnn SDPA kernel runs on CUDA only"
+    assert by[("flex", "fwdbwd", 128)]["status"].startswith("skipped: ")
+    assert ("sdpa-flash", "fwd", 64) not in {(r["name"], r["mode"], r["seq_len"]) for r in rows
+                                             if r["peer_of"] == "sinusoidal"}
+    assert len(rows) == len(by)  # one row per (target, mode, length)
+
+    ceilings = {c["name"]: c for c in store.results(run_id=run["id"], kind="ceiling")}
+    assert ceilings["matmul"]["unit"] == "TFLOP/s" and ceilings["matmul"]["value"] > 0
+    assert ceilings["copy"]["unit"] == "GB/s" and ceilings["copy"]["value"] > 0
+
+    # the same bench again replaces its rows instead of doubling them
+    assert main(["bench", *TINY, "--seq-lens", "64,128", "--mixers", "nope,sinusoidal", "--model", "--n-layers",
+                 "1", "--root", str(tmp_path)]) == 0
+    assert len(store.results(run_id=run["id"], kind="bench")) == len(rows)
+
+
+def test_bench_records_failures_and_goes_on(tmp_path, monkeypatch, capsys):
+    def oom_at_128(self, x, cache=None):
+        if x.shape[1] >= 128:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return orig(self, x, cache)
+
+    def boom(self, x, cache=None):
+        raise RuntimeError("boom")
+
+    orig = NoPE.forward
+    monkeypatch.setattr(NoPE, "forward", oom_at_128)
+    monkeypatch.setattr(Sinusoidal, "forward", boom)
+    monkeypatch.setattr(Sinusoidal, "max_length", property(lambda self: 64))
+    rc = main(["bench", *TINY, "--seq-lens", "64,128,256", "--mixers", "nope,sinusoidal", "--peers", "none",
+               "--root", str(tmp_path)])
+    assert rc == 0
+    rows = Store(tmp_path).results(kind="bench")
+    status = {(r["name"], r["mode"], r["seq_len"]): r["status"] for r in rows}
+    assert len(rows) == 2 * 3 * 3
+    for mode in ("fwd", "fwdbwd", "decode"):
+        assert status[("nope", mode, 64)] == "ok"
+        assert status[("nope", mode, 128)] == "oom"
+        assert status[("nope", mode, 256)] == "skipped: out of memory already at L=128"
+        assert status[("sinusoidal", mode, 128)] == "n/a: max_length"
+    assert status[("sinusoidal", "fwd", 64)] == "error: RuntimeError: boom"
+    assert status[("sinusoidal", "fwdbwd", 64)] == "error: RuntimeError: boom"
+    assert status[("sinusoidal", "decode", 64)] == "n/a: max_length"  # a step past 64 tokens cannot run
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert all(r["time_ms"] is None and r["tflops"] is None for r in failed)
+    table = capsys.readouterr().out
+    assert "OOM" in table and "error" in table
+
+
+def test_bench_rejects_bad_flags(tmp_path):
+    assert main(["bench", "--mixers", "nopee", "--root", str(tmp_path)]) == 2
+    assert main(["bench", "--mode", "train", "--root", str(tmp_path)]) == 2
+    assert main(["bench", "--peers", "sdpa-fast", "--root", str(tmp_path)]) == 2
+    assert main(["bench", "--seq-lens", "8q", "--root", str(tmp_path)]) == 2
+
+
+def test_skip_prediction_and_long_lengths():
+    cfg = bench.BenchConfig(mixers=["nope"], seq_lens=[64, 2**20], tokens_per_batch=256, d_model=32, peers=[],
+                            max_call_s=1.0)
+    b = bench.Bench(cfg, progress=False)
+    (t,) = b.targets
+    assert t.quadratic
+    assert bench.predicted_seconds(t, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.2)  # same tokens, L twice
+    assert b.point(t, "fwd", 2**20)["status"].startswith("skipped: O(L^2) mixer")
+    b.trackers[(t.name, "fwd")] = bench.Tracker(last=(64, 4, 0.9))
+    assert b.point(t, "fwd", 128)["status"].startswith("skipped: predicted 2 s per call")
+
+
+def _peer_pair(variant: str | None, kernel: str = "math", **flex):
+    torch.manual_seed(0)
+    mixer = NoPE(32, NoPE.Config(n_heads=4))
+    if variant is None:
+        peer = bench.SdpaPeer.like(mixer, kernel=kernel)
+    else:
+        peer = bench.FlexPeer.like(mixer, variant=variant, compiled=False, **flex)
+    missing = peer.load_state_dict(mixer.state_dict(), strict=False)
+    assert not missing.unexpected_keys and set(missing.missing_keys) <= {"t5_bias"}
+    return mixer, peer
+
+
+def _heads(peer, x):
+    return [peer._heads(w(x)) for w in (peer.wq, peer.wk, peer.wv)]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("variant", [None, "flash", "causal", "alibi", "t5", "swa"])
+def test_attention_peers_compute_the_same_layer(variant):
+    """Each attention peer computes the layer it is timed against: same weights, same outputs,
+    in one forward and in decode steps over its preallocated cache."""
+    if variant in (None, "flash"):
+        mixer, peer = _peer_pair(None, kernel=variant or "math")
+    else:
+        mixer, peer = _peer_pair(variant, window=5 if variant == "swa" else None)
+    x = torch.randn(2, 20, 32)
+    pos = torch.arange(20)
+    with torch.no_grad():
+        q, k, v = _heads(peer, x)
+        bias, window = None, None
+        if variant == "alibi":
+            bias = -bench.alibi_slopes(4)[:, None, None] * (pos[:, None] - pos[None, :]).float()
+        elif variant == "t5":
+            buckets = torch.tensor([[bench.t5_bucket(torch.tensor(i - j)).item() for j in range(20)]
+                                    for i in range(20)])
+            bias = peer.t5_bias[:, buckets]
+        elif variant == "swa":
+            window = 5
+        o = attention_reference(q, k, v, pos, pos, bias=bias, window=window)
+        want = peer.wo(o.transpose(1, 2).reshape(2, 20, -1))
+        if variant in (None, "flash", "causal"):
+            torch.testing.assert_close(mixer(x), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(peer(x), want, atol=1e-5, rtol=1e-5)
+        state = peer.prefill(x[:, :16], chunk=6, extra=4)
+        assert peer.state_nbytes(state) == 2 * 2 * 4 * 16 * 8 * 4
+        steps = torch.cat([peer.step(state, x[:, i:i + 1]) for i in range(16, 20)], dim=1)
+        torch.testing.assert_close(steps, want[:, 16:], atol=1e-5, rtol=1e-5)
+
+
+def test_position_formulas():
+    assert bench.alibi_slopes(8).tolist() == [2.0 ** -i for i in range(1, 9)]
+    twelve = bench.alibi_slopes(12).tolist()
+    assert twelve[:8] == [2.0 ** -i for i in range(1, 9)]
+    assert twelve[8:] == pytest.approx([2.0 ** -(i + 0.5) for i in range(4)])
+    n = torch.arange(0, 300)
+    b = bench.t5_bucket(n)
+    assert b[:16].tolist() == list(range(16))  # exact below num_buckets / 2
+    assert b[16].item() == 16 and b[127].item() == 31 and b[299].item() == 31
+    assert bool((b[1:] >= b[:-1]).all())
+    assert b[32].item() == 16 + int(math.log(2) / math.log(8) * 16)
+
+
+def test_causal_mask_helper_matches_swa_reference():
+    # the swa peer's block mask and the reference's window agree on which keys a query sees
+    keep = causal_mask(torch.arange(6), torch.arange(6), window=2)
+    assert keep.sum(1).tolist() == [1, 2, 2, 2, 2, 2]
