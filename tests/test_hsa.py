@@ -1,0 +1,185 @@
+"""Hierarchical sparse attention: causality of retrieval, selection, fusion, cache, window.
+
+The conformance suite covers the contract at its tiny size; these tests exercise real top-K
+selection (more complete chunks than K), both fusions, both encoder variants and GQA.
+"""
+
+import pytest
+import torch
+
+import zoo.mixers.hsa as hsa_mod
+from zoo import conformance
+from zoo.errors import ZooError
+from zoo.kernels.hsa_naive import hsa_attention_naive
+from zoo.mixers.hsa import HSA, visible_chunks
+from zoo.registry import get_spec
+
+D = 32
+BASE = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "chunk_size": 16, "top_k": 2, "window": 8,
+        "encoder_layers": 1, "fusion": "softmax"}
+
+
+def build(seed=0, **over) -> HSA:
+    torch.manual_seed(seed)
+    spec = get_spec("hsa")
+    m = spec.cls(D, spec.make_config({**BASE, **over}))
+    with torch.no_grad():  # move norms off their all-ones init so every path carries signal
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def x_of(length, seed=1, batch=2):
+    return torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed))
+
+
+# -- causality: information planted where retrieval must not look --------------------------
+
+def _planted(m: HSA, t: int, lo: int, hi: int) -> float:
+    """Change tokens lo..hi-1 and return how much the output at token t moved."""
+    x = x_of(64)
+    x2 = x.clone()
+    x2[:, lo:hi] += 5.0 * torch.randn_like(x2[:, lo:hi])
+    with torch.no_grad():
+        return (m(x2)[:, t] - m(x)[:, t]).abs().max().item()
+
+
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_retrieval_cannot_see_open_or_future_chunks(encoder_layers):
+    # window 1: the window branch sees the token itself only, so anything else at t comes
+    # through retrieval. t = 40 sits in chunk 2 (tokens 32..47), which is still open at t.
+    m = build(encoder_layers=encoder_layers, window=1, top_k=4)
+    t = 40
+    assert _planted(m, t, 32, 40) < 1e-6, "retrieval saw the token's own open chunk"
+    assert _planted(m, t, 41, 48) < 1e-6, "retrieval saw later tokens of the open chunk"
+    assert _planted(m, t, 48, 64) < 1e-6, "retrieval saw a future chunk"
+    assert _planted(m, t, 16, 32) > 1e-3, "a complete earlier chunk must be retrievable (control)"
+
+
+def test_planted_check_catches_a_leaky_mask(monkeypatch):
+    """The planted test has teeth: a mask that also admits the token's own chunk fails it."""
+    monkeypatch.setattr(hsa_mod, "visible_chunks",
+                        lambda pos, n, s: torch.arange(n)[None, :] * s <= pos[:, None])
+    m = build(window=1, top_k=4)
+    assert _planted(m, 40, 32, 40) > 1e-3
+
+
+def test_selected_chunks_are_complete_before_the_token():
+    m = build(top_k=3)
+    B, L, Hkv, Dr = 2, 100, 2, 8
+    g = torch.Generator().manual_seed(0)
+    qr, lmk = torch.randn(B, L, Hkv, Dr, generator=g), torch.randn(B, L // 16, Hkv, Dr, generator=g)
+    pos = torch.arange(L)
+    ids, w = m.select(qr, lmk, pos)
+    n_vis = (pos // 16).clamp(max=lmk.shape[1])
+    valid = ids >= 0
+    assert ((ids + 1) * 16 <= pos[None, :, None, None]).masked_select(valid).all()
+    assert torch.equal(valid.sum(-1), n_vis.clamp(max=3)[None, :, None].expand(B, L, Hkv))
+    assert (w[~valid] == 0).all()
+    has = valid.any(-1)
+    assert torch.allclose(w.sum(-1)[has], torch.ones(()), atol=1e-6) and (w.sum(-1)[~has] == 0).all()
+    # the chosen chunks are the best-scoring visible ones
+    s = torch.einsum("blhd,bchd->blhc", qr, lmk).masked_fill(~visible_chunks(pos, lmk.shape[1], 16)[None, :, None],
+                                                              float("-inf"))
+    top = s.topk(3, -1)
+    best = top.indices.masked_fill(top.values == float("-inf"), -1).sort(-1, descending=True).values
+    assert torch.equal(ids, best)
+    # most recent chunk first, empty slots last
+    assert (ids[..., :-1] >= ids[..., 1:]).all()
+
+
+def test_stick_breaking_weights():
+    m = build(fusion="stick-breaking")
+    s = torch.tensor([[0.3, -1.0, 2.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    sig = torch.sigmoid(s)
+    want = torch.stack([sig[0, 0], sig[0, 1] * (1 - sig[0, 0]), sig[0, 2] * (1 - sig[0, 0]) * (1 - sig[0, 1]),
+                        torch.tensor(0.0)])[None]
+    assert torch.allclose(m.fuse(s, valid), want, atol=1e-6)
+
+
+# -- chunked inference ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("over", [
+    {},
+    {"fusion": "stick-breaking", "encoder_layers": 0},
+    {"n_kv_heads": 1, "encoder_layers": 2, "window": 20},
+])
+def test_chunked_equals_full_with_real_selection(over):
+    m = build(**over)
+    x = x_of(80)  # 5 chunks, top-2: selection is a real choice
+    with torch.no_grad():
+        full = m(x)
+        for sizes in ([80], [7, 1, 30, 17, 25], [16, 16, 1, 15, 32], [1] * 20 + [60]):
+            got = conformance.run_chunks(m, x, sizes)
+            assert (got - full).abs().max() < 1e-4, f"chunks {sizes}"
+
+
+def test_cache_contents_and_state_bytes():
+    m = build()
+    cache = m.new_cache(2, "cpu", torch.float32)
+    with torch.no_grad():
+        m(x_of(37), cache)
+    assert cache.ck.shape == (2, 32, 2, 8) and cache.lmk.shape == (2, 2, 2, 8)
+    assert cache.buf.shape == (2, 5, D) and cache.swa_k.shape == (2, 2, 7, 8)
+    assert cache.nbytes() == m.state_bytes(37, batch=2, dtype=torch.float32)
+
+
+def test_window_changes_at_run_time():
+    m = build(window=32)
+    x = x_of(48)
+    with torch.no_grad():
+        wide = m(x)
+        m.window = 4  # what a warm-up schedule does between steps
+        narrow = m(x)
+        assert (wide - narrow).abs().max() > 1e-3
+        assert (wide[:, :4] - narrow[:, :4]).abs().max() < 1e-6  # both windows cover the first 4 tokens
+        assert (conformance.run_chunks(m, x, [5, 20, 23]) - narrow).abs().max() < 1e-4
+    assert m.state_bytes(48, batch=1, dtype=torch.float32) < build(window=32).state_bytes(48, 1, torch.float32)
+
+
+def test_softmax_fusion_trains_the_retrieval():
+    """With two or more candidate chunks the softmax over top-K scores passes gradient to the
+    retrieval queries, the landmarks and the chunk encoder (the tiny conformance size has a
+    single chunk, where softmax fusion is constant; it runs stick-breaking instead)."""
+    m = build(fusion="softmax", top_k=2).train()
+    y = m(x_of(48))
+    (y * torch.randn_like(y)).sum().backward()
+    for name in ("wq_ret.weight", "w_lmk.weight", "ret_norm.weight", "lmk_norm.weight", "cls",
+                 "encoder.0.wqkv.weight", "wk_chunk.weight", "wv_chunk.weight"):
+        p = dict(m.named_parameters())[name]
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# -- the retrieval attention reference ------------------------------------------------------
+
+def test_naive_retrieval_attention_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    B, L, Hq, Hkv, Dh, S, C, K = 2, 9, 4, 2, 8, 16, 3, 2
+    q, k, v = (torch.randn(B, L, Hq, Dh, generator=g), torch.randn(B, C * S, Hkv, Dh, generator=g),
+               torch.randn(B, C * S, Hkv, Dh, generator=g))
+    idx = torch.randint(-1, C, (B, L, Hkv, K), generator=g)
+    w = torch.rand(B, L, Hkv, K, generator=g)
+    out = hsa_attention_naive(q, k, v, w, idx, S)
+    want = torch.zeros_like(out)
+    for b in range(B):
+        for t in range(L):
+            for h in range(Hq):
+                gk = h // (Hq // Hkv)
+                for j in range(K):
+                    c = int(idx[b, t, gk, j])
+                    if c < 0:
+                        continue
+                    kc, vc = k[b, c * S:(c + 1) * S, gk], v[b, c * S:(c + 1) * S, gk]
+                    p = (kc @ q[b, t, h] / Dh**0.5).softmax(0)
+                    want[b, t, h] += w[b, t, gk, j] * (p @ vc)
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_config_is_validated():
+    spec = get_spec("hsa")
+    with pytest.raises(ZooError, match="multiple of 16"):
+        spec.make_config({"chunk_size": 24})
+    with pytest.raises(ZooError, match="n_kv_heads"):
+        spec.make_config({"n_heads": 6, "n_kv_heads": 4})
+    assert spec.make_config({}).chunk_size == 64 and spec.make_config({}).top_k == 8
