@@ -382,15 +382,18 @@ class Rotary(NoPositions):
 
     name = "rope"
 
-    def __init__(self, head_dim: int, config: RopeConfig, scale_base: float | None = None):
+    def __init__(self, head_dim: int, config: RopeConfig, xpos: bool = False):
         super().__init__()
         if head_dim % 2:
             raise ZooError(f"RoPE needs an even head_dim, got {head_dim}", "set head_dim or n_heads accordingly")
-        self.head_dim, self.base, self.scale_base = head_dim, config.base, scale_base
-        self.dynamic_step = config.dynamic_step
-        if scale_base is not None:
-            self.name = "xpos"
-        self.set_scaling(config.scaling, config.factor, config.original_length, config.rerope_window)
+        self.head_dim, self.xpos = head_dim, xpos
+        self.name = "xpos" if self.xpos else "rope"
+        self.configure(config)
+
+    def configure(self, c: RopeConfig) -> None:
+        self.base, self.dynamic_step = c.base, c.dynamic_step
+        self.scale_base = c.scale_base if self.xpos else None
+        self.set_scaling(c.scaling, c.factor, c.original_length, c.rerope_window)
 
     def set_scaling(self, method: str, factor: float, original_length: int, window: int | None = None) -> None:
         self.method, self.factor, self.original_length = method, float(factor), original_length
@@ -470,7 +473,7 @@ def make_positions(position: str, d_model: int, n_heads: int, head_dim: int, c: 
     if position == "rope":
         return Rotary(head_dim, c)
     if position == "xpos":
-        return Rotary(head_dim, c, scale_base=c.scale_base)
+        return Rotary(head_dim, c, xpos=True)
     raise ZooError(f"unknown positional scheme '{position}'", f"allowed: {', '.join(Position.__args__)}")
 
 
@@ -498,6 +501,28 @@ class Attention(Mixer):
     @property
     def max_length(self) -> int | None:
         return self.pe.max_length
+
+    # -- runtime settings: scheduled knobs and evaluation-time overrides ---------------------------
+    RUNTIME = ("window", "base", "scaling", "factor", "original_length", "rerope_window", "dynamic_step", "scale_base")
+
+    def set_knob(self, name: str, value) -> None:
+        """A scheduled setting (see zoo.train.schedule), e.g. `mixer.swa.window` for a window
+        warm-up or `mixer.rope.base` for progressive RoPE base growth."""
+        if name not in self.RUNTIME or name not in type(self.config).model_fields:
+            fields = [f for f in self.RUNTIME if f in type(self.config).model_fields]
+            raise ZooError(f"mixer '{self.spec.name}' has no runtime setting '{name}'",
+                           f"runtime settings: {', '.join(fields) or 'none'}")
+        self.reconfigure(**{name: value})
+
+    def reconfigure(self, **changes) -> None:
+        """Change settings that leave the parameters as they are; validated like the config,
+        which stays the record of what the layer does."""
+        self.config = self.spec.make_config({**self.config.model_dump(), **changes})
+        self.window = self.config.window
+        if isinstance(self.pe, Rotary):
+            self.pe.configure(self.config)
+        elif isinstance(self.pe, SinusoidalPositions):
+            self.pe.base = self.config.base
 
     # -- backend choice: the device decides what is installed, the configuration what fits -------
     def refuses(self, backend: str, dtype: torch.dtype | None = None) -> str | None:
@@ -644,10 +669,8 @@ def override_rope_scaling(model: nn.Module, method: str, factor: float, original
         raise ZooError("the model has no RoPE layers to rescale",
                        "--rope-scaling applies to models with rope, xpos, rope-* or swa (RoPE) layers")
     for m in layers:
-        length = original_length or m.config.original_length
-        update = {"scaling": method, "factor": float(factor), "original_length": length, "rerope_window": None}
-        m.config = type(m.config)(**{**m.config.model_dump(), **update})  # validated, stays the truth
-        m.pe.set_scaling(method, factor, length)
+        m.reconfigure(scaling=method, factor=float(factor), rerope_window=None,
+                      original_length=original_length or m.config.original_length)
 
 
 # -- registry entries ------------------------------------------------------------------------------------
