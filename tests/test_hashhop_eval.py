@@ -195,16 +195,20 @@ def test_cli_eval_baseline_and_trained_run(tmp_path, capsys):
     assert len(store.results(run_id=res["run_id"], kind="hashhop")) == 4
     assert main(argv) == 0 and len(store.results(kind="hashhop")) == 4  # a re-evaluation adds no duplicates
 
-    # a trained run: its checkpoint in the store's run directory, results stored under its id
+    # a trained run: its checkpoint in the store's run directory, results stored under its id;
+    # the grid takes the run's hash length and 'train' is its training length
     model = tiny_model()
     rid = "abc123"
-    store.upsert_run(rid, {"model": model.config.model_dump()}, status="done")
-    save_checkpoint(store.run_dir(rid), 1, model, None, {"model": model.config.model_dump()})
+    run_config = {"model": model.config.model_dump(), "task": {"name": "hashhop", "config": {"hash_len": 4}},
+                  "train": {"seq_len": 100}}
+    store.upsert_run(rid, run_config, status="done")
+    save_checkpoint(store.run_dir(rid), 1, model, None, run_config)
     capsys.readouterr()
-    assert main(["hashhop", "eval", str(store.run_dir(rid)), "--n-chars", "300", "--hops", "1,2",
+    assert main(["hashhop", "eval", str(store.run_dir(rid)), "--n-chars", "train..200", "--hops", "1,2",
                  "--samples", "1", "--queries", "1", "--greedy", "0"]) == 0
     rows = store.results(run_id=rid, kind="hashhop")
-    assert [(r["hops"], r["greedy_n"]) for r in rows] == [(1, 0), (2, 0)]
+    assert [(r["n_chars"], r["hops"], r["hash_len"], r["greedy_n"]) for r in rows] == [
+        (100, 1, 4, 0), (100, 2, 4, 0), (200, 1, 4, 0), (200, 2, 4, 0)]
     assert (store.run_dir(rid) / "hashhop_eval.json").is_file()
     assert "teacher-forced" in capsys.readouterr().out
 
@@ -215,6 +219,7 @@ def test_cli_eval_baseline_and_trained_run(tmp_path, capsys):
     (["--untrained", "{}", "--hops", "0"], "hops"),
     (["--untrained", "{}", "--n-chars", "4q"], "bad size"),
     (["--untrained", "{bad"], "not JSON"),
+    (["--untrained", "{}", "--n-chars", "train..1M"], "needs a trained run"),
     (["--n-chars", "1000"], "either a run"),
     (["/nonexistent/run"], "no checkpoint"),
 ])
@@ -222,3 +227,16 @@ def test_cli_eval_errors(capsys, argv, match):
     assert main(["hashhop", "eval", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def test_cli_eval_grid_from_experiment_file(tmp_path, capsys):
+    spec = tmp_path / "exp.toml"
+    spec.write_text('name = "x"\n[eval.hashhop]\nn_chars = [150]\nhops = [1]\nsamples = 1\nqueries = 1\n'
+                    "greedy_samples = 0\nhash_len = 4\n")
+    out = tmp_path / "r.json"
+    assert main(["hashhop", "eval", "--untrained", "{}", "--spec", str(spec), "--hops", "1,2", "--out", str(out)]) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert [(c["n_chars"], c["hops"], c["hash_len"], c["samples"]) for c in cells] == [(150, 1, 4, 1), (150, 2, 4, 1)]
+    spec.write_text("[model]\nd_model = 64\n")
+    assert main(["hashhop", "eval", "--untrained", "{}", "--spec", str(spec)]) == 2
+    assert "has no HashHop grid" in capsys.readouterr().err

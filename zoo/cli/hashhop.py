@@ -15,11 +15,16 @@ from zoo.errors import ZooError
 SPEC_TABLES = (("eval", "hashhop"), ("evaluations", "hashhop"), ("hashhop",))
 
 
-def parse_sizes(text: str) -> list[int]:
-    """`1000,4k,1M` (k = 1e3, M = 1e6, characters) or a doubling range `4k..1M` (ends included)."""
+def parse_sizes(text: str, train: int | None = None) -> list[int]:
+    """`1000,4k,1M` (k = 1e3, M = 1e6, characters) or a doubling range `4k..1M` (ends included);
+    `train` stands for the run's training length (`train..1M`)."""
 
     def one(tok: str) -> int:
         tok = tok.strip()
+        if tok == "train":
+            if train is None:
+                raise ZooError("'train' in --n-chars needs a trained run with a training length")
+            return train
         mult = {"k": 1_000, "K": 1_000, "m": 1_000_000, "M": 1_000_000}.get(tok[-1:], 1)
         try:
             value = float(tok[:-1] if mult > 1 else tok) * mult
@@ -93,24 +98,19 @@ def results_table(results: dict[str, Any]) -> Table:
     for col in ("chars", "tokens", "hops", "CoT", "teacher-forced", "greedy", "char acc", "NLL", "reached", "s"):
         t.add_column(col, justify="left" if col == "CoT" else "right", no_wrap=col in ("teacher-forced", "greedy"))
     reasons: list[str] = []
-    for c in results["cells"]:
+    for c, sec in zip(results["cells"], results["seconds"], strict=True):
         head = [str(c.get("n_chars", "-")), str(c["length"]), str(c["hops"]), str(c["cot"])]
         if c["status"] != "ok":
-            t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{c.get('seconds', 0):.1f}")
+            t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{sec:.1f}")
             reasons.append(f"n/a at {c['length']} tokens: {c['reason']}")
             continue
         reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.2f} / {c['hops']}"
         t.add_row(*head, _fmt(c["accuracy"], c["low"], c["high"]),
                   _fmt(c["greedy_accuracy"], c["greedy_low"], c["greedy_high"]),
-                  f"{c['char_accuracy']:.3f}", f"{c['nll']:.3f}", reached, f"{c.get('seconds', 0):.1f}")
+                  f"{c['char_accuracy']:.3f}", f"{c['nll']:.3f}", reached, f"{sec:.1f}")
     if reasons:
         t.caption = "\n".join(dict.fromkeys(reasons))
     return t
-
-
-def store_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Cells as results-store rows: deterministic (no timings), so a re-evaluation adds nothing new."""
-    return [{k: v for k, v in c.items() if k != "seconds"} for c in results["cells"]]
 
 
 def find_store(run_dir: Path, root: Path | None):
@@ -170,7 +170,8 @@ def register(app: typer.Typer) -> None:
         spec: Path = typer.Option(None, "--spec", help="experiment TOML whose [eval.hashhop] table is the grid"),
         samples_file: Path = typer.Option(None, "--samples-file", help="score samples from a JSON Lines file "
                                           "(ours or the original's) instead of generating"),
-        n_chars: str = typer.Option(None, "--n-chars", help="sizes in characters: 1000,4k,1M or 4k..1M (doubling)"),
+        n_chars: str = typer.Option(None, "--n-chars", help="sizes in characters: 1000,4k,1M or 4k..1M (doubling); "
+                                    "'train' is the run's training length, e.g. train..1M"),
         hops: str = typer.Option(None, "--hops", help="hop counts, e.g. 1,2"),
         cot: str = typer.Option(None, "--cot", help="false, true or both"),
         samples: int = typer.Option(None, "--samples", help="samples per cell"),
@@ -200,7 +201,7 @@ def register(app: typer.Typer) -> None:
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            "cpu" if device == "auto" else device)
         if run is not None:
-            model, _ = load_model(run, dev)
+            model, trained = load_model(run, dev)
             run_dir = resolve_checkpoint(run).parent.parent
             run_id, run_config = run_dir.name, None
         else:
@@ -216,10 +217,16 @@ def register(app: typer.Typer) -> None:
             torch.manual_seed(0)
             model = ZooLM(cfg).to(dev)
             run_config = {"model": cfg.model_dump(), "untrained": True, "init_seed": 0}
-            run_dir, run_id = None, config_id(run_config)
+            run_dir, run_id, trained = None, config_id(run_config), {}
 
-        grid_dict: dict[str, Any] = spec_grid(spec) if spec is not None else {}
-        flags = {"n_chars": n_chars and parse_sizes(n_chars), "hops": hops and parse_ints(hops, "--hops"),
+        # the grid: the run's own task settings, then the spec table, then the flags
+        grid_dict: dict[str, Any] = {}
+        task = trained.get("task") or {}
+        if task.get("name") == "hashhop" and (task.get("config") or {}).get("hash_len"):
+            grid_dict["hash_len"] = task["config"]["hash_len"]
+        train_len = (trained.get("train") or {}).get("seq_len")
+        grid_dict.update(spec_grid(spec) if spec is not None else {})
+        flags = {"n_chars": n_chars and parse_sizes(n_chars, train_len), "hops": hops and parse_ints(hops, "--hops"),
                  "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
                  "greedy_samples": greedy, "seed": seed, "chunk_size": chunk_size}
         grid_dict.update({k: v for k, v in flags.items() if v is not None})
@@ -263,7 +270,7 @@ def register(app: typer.Typer) -> None:
             elif store.get_run(run_id) is None:
                 raise ZooError(f"run '{run_id}' is not in the store at {store.root}",
                                "pass --root of the store that trained it, or --out only")
-            new = store.add_results(run_id, "hashhop", store_rows(results))
+            new = store.add_results(run_id, "hashhop", results["cells"])
             console.print(f"{new} new result rows for run {run_id} in [bold]{store.path}[/]")
         if out is None:
             out = (run_dir / "hashhop_eval.json") if run_dir is not None else Path("hashhop_eval.json")

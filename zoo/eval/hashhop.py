@@ -324,7 +324,8 @@ def evaluate(model: Any, grid: HashHopGrid, device: torch.device | str | None = 
     max_len = getattr(model, "max_length", None)
     if hasattr(model, "eval"):
         model.eval()
-    cells = []
+    cells: list[dict[str, Any]] = []
+    seconds: list[float] = []  # per cell, kept apart so cells are deterministic (store rows deduplicate)
     for n_chars, hops, cot in grid.cells():
         t0 = time.perf_counter()
         fed = grid.cell_tokens(n_chars, hops, cot)
@@ -344,12 +345,12 @@ def evaluate(model: Any, grid: HashHopGrid, device: torch.device | str | None = 
                 cell.update(status="n/a", reason=e.message)
             else:
                 cell.update(status="ok", reason=None, **summarize(scores, hops, cot))
-        cell["seconds"] = time.perf_counter() - t0
         cells.append(cell)
+        seconds.append(time.perf_counter() - t0)
         if on_cell:
             on_cell(cell)
     return {"kind": "hashhop", "grid": grid.model_dump(), "model": model_info(model), "device": str(device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells, "seconds": seconds}
 
 
 def evaluate_file(model: Any, path: Path, greedy_samples: int = 1, chunk_size: int = 8192,
@@ -363,7 +364,8 @@ def evaluate_file(model: Any, path: Path, greedy_samples: int = 1, chunk_size: i
     groups: dict[tuple[int, int, bool], list[HashHopSample]] = {}
     for s in samples:
         groups.setdefault((len(s.text), s.hops, s.cot), []).append(s)
-    cells = []
+    cells: list[dict[str, Any]] = []
+    seconds: list[float] = []
     for (length, hops, cot), group in sorted(groups.items()):
         t0 = time.perf_counter()
         cell: dict[str, Any] = {"length": length, "hops": hops, "cot": cot, "samples": len(group),
@@ -380,10 +382,10 @@ def evaluate_file(model: Any, path: Path, greedy_samples: int = 1, chunk_size: i
                 cell.update(status="n/a", reason=e.message)
             else:
                 cell.update(status="ok", reason=None, **summarize(scores, hops, cot))
-        cell["seconds"] = time.perf_counter() - t0
         cells.append(cell)
+        seconds.append(time.perf_counter() - t0)
     return {"kind": "hashhop", "source": str(path), "model": model_info(model), "device": str(device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells, "seconds": seconds}
 
 
 def read_samples(path: Path) -> list[HashHopSample]:
