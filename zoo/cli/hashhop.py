@@ -113,12 +113,14 @@ def results_table(results: dict[str, Any]) -> Table:
     return t
 
 
-def find_store(run_dir: Path, root: Path | None):
-    """The store holding `run_dir` (`<root>/runs/<id>`), or the one at `root`; None when neither."""
+def find_store(run_dir: Path | None, root: Path | None):
+    """The store at `root`, else the one holding `run_dir` (`<root>/runs/<id>`); None when neither."""
     from zoo.store import Store
 
     if root is not None:
         return Store(root)
+    if run_dir is None:
+        return None
     guess = run_dir.resolve().parent.parent
     if run_dir.resolve().parent.name == "runs" and (guess / "zoo.db").is_file():
         return Store(guess)
@@ -238,6 +240,10 @@ def register(app: typer.Typer) -> None:
             raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
                            f"fields: {', '.join(HashHopGrid.model_fields)}") from None
 
+        store = find_store(run_dir, root)
+        if store is not None and run_config is None and store.get_run(run_id) is None:
+            raise ZooError(f"run '{run_id}' is not in the store at {store.root}",
+                           "pass --root of the store that trained it")
         if samples_file is not None:
             total = len(read_samples(samples_file))
         else:
@@ -245,14 +251,14 @@ def register(app: typer.Typer) -> None:
             total = grid.samples * len(grid.cells())
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task("hashhop", total=total)
+            bar_task = bar.add_task("hashhop", total=total)
 
             def advance(k: int) -> None:
-                bar.advance(task, k)
+                bar.advance(bar_task, k)
 
             def cell_done(c: dict[str, Any]) -> None:
                 acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
-                bar.update(task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
+                bar.update(bar_task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
 
             if samples_file is not None:
                 results = evaluate_file(model, samples_file, grid.greedy_samples,
@@ -262,14 +268,10 @@ def register(app: typer.Typer) -> None:
         results["run_id"] = run_id
         console.print(results_table(results))
 
-        store = find_store(run_dir, root) if run_dir is not None else (find_store(Path("."), root) if root else None)
         if store is not None:
             if run_config is not None:  # a baseline becomes a run of its own
                 store.upsert_run(run_id, run_config, kind="baseline", status="done",
                                  provenance=provenance(model, dev))
-            elif store.get_run(run_id) is None:
-                raise ZooError(f"run '{run_id}' is not in the store at {store.root}",
-                               "pass --root of the store that trained it, or --out only")
             new = store.add_results(run_id, "hashhop", results["cells"])
             console.print(f"{new} new result rows for run {run_id} in [bold]{store.path}[/]")
         if out is None:
