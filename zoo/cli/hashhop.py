@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from zoo.errors import ZooError
@@ -90,24 +91,24 @@ def spec_grid(path: Path) -> dict[str, Any]:
 
 
 def _fmt(acc: float | None, lo: float | None, hi: float | None) -> str:
-    return "-" if acc is None else f"{acc:.3f} ({lo:.2f}-{hi:.2f})"
+    return "-" if acc is None else f"{acc:.2f} ({lo:.2f}-{hi:.2f})"
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    t = Table(title="HashHop: exact match per query (Wilson 95% interval)")
-    for col in ("chars", "tokens", "hops", "CoT", "teacher-forced", "greedy", "char acc", "NLL", "reached", "s"):
-        t.add_column(col, justify="left" if col == "CoT" else "right", no_wrap=col in ("teacher-forced", "greedy"))
+    t = Table(title="HashHop exact match per query (teacher-forced, Wilson 95%; greedy k/n)", box=box.SIMPLE_HEAD)
+    for col in ("chars", "hops", "CoT", "exact", "greedy", "char", "NLL", "reached", "s"):
+        t.add_column(col, justify="left" if col == "CoT" else "right", no_wrap=True)
     reasons: list[str] = []
     for c, sec in zip(results["cells"], results["seconds"], strict=True):
-        head = [str(c.get("n_chars", "-")), str(c["length"]), str(c["hops"]), str(c["cot"])]
+        head = [str(c.get("n_chars", c["length"])), str(c["hops"]), "yes" if c["cot"] else "no"]
         if c["status"] != "ok":
             t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{sec:.1f}")
             reasons.append(f"n/a at {c['length']} tokens: {c['reason']}")
             continue
-        reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.2f} / {c['hops']}"
-        t.add_row(*head, _fmt(c["accuracy"], c["low"], c["high"]),
-                  _fmt(c["greedy_accuracy"], c["greedy_low"], c["greedy_high"]),
-                  f"{c['char_accuracy']:.3f}", f"{c['nll']:.3f}", reached, f"{sec:.1f}")
+        reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.1f}/{c['hops']}"
+        greedy = f"{c['greedy_correct']}/{c['greedy_n']}" if c["greedy_n"] else "-"
+        t.add_row(*head, _fmt(c["accuracy"], c["low"], c["high"]), greedy, f"{c['char_accuracy']:.2f}",
+                  f"{c['nll']:.2f}", reached, f"{sec:.1f}")
     if reasons:
         t.caption = "\n".join(dict.fromkeys(reasons))
     return t
