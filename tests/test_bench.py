@@ -164,33 +164,54 @@ def _heads(peer, x):
 @pytest.mark.parametrize("variant", [None, "flash", "causal", "alibi", "t5", "swa"])
 def test_attention_peers_compute_the_same_layer(variant):
     """Each attention peer computes the layer it is timed against: same weights, same outputs,
-    in one forward and in decode steps over its preallocated cache."""
+    in one forward and in decode steps over its preallocated cache. 600 tokens span five
+    128-token blocks, so the flex block masks hold full, partial and empty block pairs."""
+    L, W, n_steps = 600, 300, 6
     if variant in (None, "flash"):
         mixer, peer = _peer_pair(None, kernel=variant or "math")
     else:
-        mixer, peer = _peer_pair(variant, window=5 if variant == "swa" else None)
-    x = torch.randn(2, 20, 32)
-    pos = torch.arange(20)
+        mixer, peer = _peer_pair(variant, window=W if variant == "swa" else None)
+    x = torch.randn(2, L, 32)
+    pos = torch.arange(L)
     with torch.no_grad():
         q, k, v = _heads(peer, x)
         bias, window = None, None
         if variant == "alibi":
             bias = -bench.alibi_slopes(4)[:, None, None] * (pos[:, None] - pos[None, :]).float()
         elif variant == "t5":
-            buckets = torch.tensor([[bench.t5_bucket(torch.tensor(i - j)).item() for j in range(20)]
-                                    for i in range(20)])
-            bias = peer.t5_bias[:, buckets]
+            bias = peer.t5_bias[:, bench.t5_bucket(pos[:, None] - pos[None, :])]
         elif variant == "swa":
-            window = 5
+            window = W
         o = attention_reference(q, k, v, pos, pos, bias=bias, window=window)
-        want = peer.wo(o.transpose(1, 2).reshape(2, 20, -1))
+        want = peer.wo(o.transpose(1, 2).reshape(2, L, -1))
         if variant in (None, "flash", "causal"):
             torch.testing.assert_close(mixer(x), want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(peer(x), want, atol=1e-5, rtol=1e-5)
-        state = peer.prefill(x[:, :16], chunk=6, extra=4)
-        assert peer.state_nbytes(state) == 2 * 2 * 4 * 16 * 8 * 4
-        steps = torch.cat([peer.step(state, x[:, i:i + 1]) for i in range(16, 20)], dim=1)
-        torch.testing.assert_close(steps, want[:, 16:], atol=1e-5, rtol=1e-5)
+        state = peer.prefill(x[:, :L - n_steps], chunk=256, extra=n_steps)
+        assert peer.state_nbytes(state) == 2 * (2 * 4 * (L - n_steps) * 8) * 4
+        steps = torch.cat([peer.step(state, x[:, i:i + 1]) for i in range(L - n_steps, L)], dim=1)
+        torch.testing.assert_close(steps, want[:, L - n_steps:], atol=1e-5, rtol=1e-5)
+
+
+def test_band_block_mask_is_exact():
+    """Block pairs marked full skip the mask_mod, so they must hold only kept pairs."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    for L, window in ((600, None), (600, 300), (1000, 129), (256, 1)):
+        bm = bench.band_block_mask(L, window, torch.device("cpu"))
+        dense = create_mask(bm.mask_mod, None, None, L, L, "cpu")[0, 0]
+        want = causal_mask(torch.arange(L), torch.arange(L), window)
+        assert torch.equal(dense, want)
+        blocks = bm.to_dense()[0, 0].bool()  # block pairs the kernel visits
+        n = -(-L // 128)
+        for i in range(n):
+            for j in range(n):
+                tile = want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128]
+                assert bool(blocks[i, j]) == bool(tile.any()), (L, window, i, j)
+        full = bm.full_kv_num_blocks[0, 0], bm.full_kv_indices[0, 0]
+        for i in range(n):
+            for j in full[1][i, :full[0][i]].tolist():
+                assert bool(want[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].all()), (L, window, i, j)
 
 
 def test_position_formulas():
@@ -206,7 +227,24 @@ def test_position_formulas():
     assert b[32].item() == 16 + int(math.log(2) / math.log(8) * 16)
 
 
-def test_causal_mask_helper_matches_swa_reference():
-    # the swa peer's block mask and the reference's window agree on which keys a query sees
-    keep = causal_mask(torch.arange(6), torch.arange(6), window=2)
-    assert keep.sum(1).tolist() == [1, 2, 2, 2, 2, 2]
+def test_budget_shares_time_between_mixers(tmp_path):
+    """With --budget-s, each mixer group gets its share; what is cut is recorded, never dropped."""
+    cfg = bench.BenchConfig(mixers=["nope", "sinusoidal"], seq_lens=[64, 128], tokens_per_batch=256, d_model=32,
+                            budget_s=1e-3, reps=1)
+    result = bench.run_bench(cfg, store=Store(tmp_path), progress=False)
+    assert len(result.rows) == 2 * 2 * 3 + 6 * 2 * 3  # nope, its six peers and sinusoidal: every point a row
+    # the ceilings alone outlast a 1 ms budget: every point that could run is cut, with the reason
+    assert all(r["status"].startswith("skipped: ") for r in result.rows)
+    cut = [r for r in result.rows if r["status"].startswith("skipped: this mixer's share of the 0 s bench budget")]
+    assert {r["name"] for r in cut} == {"nope", "sdpa-flash", "sdpa-math", "sinusoidal"} and len(cut) == 4 * 2 * 3
+    assert Store(tmp_path).get_run(result.run_id)["status"] == "done"
+
+
+def test_fla_peers_hold_our_mixers_weights():
+    """The fla layers are built at our mixers' shapes (their kernels run on the GPU machine)."""
+    pytest.importorskip("fla.layers")
+    for name, which in (("retnet", "retention"), ("rwkv7", "rwkv7")):
+        mixer = build_mixer(name, 64)
+        peer = bench.FlaPeer.like(mixer, which)
+        ours, theirs = (sum(p.numel() for p in m.parameters()) for m in (mixer, peer))
+        assert abs(ours - theirs) <= 0.01 * ours, (name, ours, theirs)

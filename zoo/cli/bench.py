@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         n_layers: int = typer.Option(2, "--n-layers", help="layers of the --model targets"),
         warmup: int = typer.Option(None, "--warmup", help="warm-up calls (default 2 on GPU, 1 on CPU)"),
         reps: int = typer.Option(None, "--reps", help="timed calls at most (default 20 on GPU, 3 on CPU)"),
-        point_budget: float = typer.Option(1.0, "--point-budget", help="seconds of timing per point (>= 3 calls)"),
+        point_budget: float = typer.Option(0.5, "--point-budget", help="seconds of timing per point (>= 3 calls)"),
         max_call_s: float = typer.Option(15.0, "--max-call-s",
                                          help="skip longer lengths predicted slower than this per call"),
         budget_s: float = typer.Option(None, "--budget-s", help="wall-clock budget; later points are skipped"),

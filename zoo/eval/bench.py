@@ -139,7 +139,7 @@ class BenchConfig(BaseModel):
     n_layers: int = Field(2, ge=1, le=64, description="layers of the whole-model targets")
     warmup: int | None = Field(None, ge=0, le=100, description="warm-up calls (None: 2 on GPU, 1 on CPU)")
     reps: int | None = Field(None, ge=1, le=1000, description="timed calls at most (None: 20 on GPU, 3 on CPU)")
-    point_budget_s: float = Field(1.0, gt=0, description="stop timing a point after this long (>= 3 calls)")
+    point_budget_s: float = Field(0.5, gt=0, description="stop timing a point after this long (>= 3 calls)")
     max_call_s: float = Field(15.0, gt=0, description="skip a longer length predicted slower than this per call")
     budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the whole bench")
     fill_chunk: int = Field(8192, ge=1, description="tokens per chunk when filling a decode cache")
@@ -591,6 +591,38 @@ def t5_bucket(n: torch.Tensor, num_buckets: int = 32, max_distance: int = 128) -
     return torch.where(n < exact, n, large)
 
 
+FLEX_BLOCK = 128  # FlexAttention's default sparse block size
+
+
+def band_block_mask(L: int, window: int | None, device: torch.device):
+    """Causal (optionally sliding-window) `BlockMask` for L queries over the same L keys, built
+    from the block structure: `create_block_mask` would first materialise an L x L mask (16 GB
+    at 128K). A block pair spans distances q - k in [128 (i - j) - 127, 128 (i - j) + 127];
+    pairs wholly inside 0 <= q - k < window are full (no mask_mod), those touching it partial."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n = -(-L // FLEX_BLOCK)
+    blocks = torch.arange(n, device=device)
+    d = (blocks[:, None] - blocks[None, :]) * FLEX_BLOCK
+    dmin, dmax = d - (FLEX_BLOCK - 1), d + (FLEX_BLOCK - 1)
+    hi = window if window is not None else 2 * L + FLEX_BLOCK  # beyond any distance
+    full = (dmin >= 0) & (dmax < hi)
+    partial = (dmax >= 0) & (dmin < hi) & ~full
+
+    def pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # per query block: how many key blocks, and their indices first (a stable sort puts True first)
+        order = torch.sort((~sel).int(), dim=1, stable=True).indices
+        return sel.sum(1).int()[None, None], order.int()[None, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = q_idx >= kv_idx
+        return keep & (q_idx - kv_idx < window) if window is not None else keep
+
+    (num, idx), (full_num, full_idx) = pack(partial), pack(full)
+    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(L, L))
+
+
 _COMPILED_FLEX: dict[str, Callable] = {}
 
 
@@ -655,20 +687,9 @@ class FlexPeer(AttentionPeer):
         return score
 
     def _block_mask(self, L: int, device: torch.device):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         key = (L, str(device))
         if key not in self._masks:
-            window = self.window
-
-            def causal(b, h, q_idx, kv_idx):
-                return q_idx >= kv_idx
-
-            def sliding(b, h, q_idx, kv_idx):
-                return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-
-            mask = sliding if self.variant == "swa" else causal
-            self._masks[key] = create_block_mask(mask, None, None, L, L, device=device)
+            self._masks[key] = band_block_mask(L, self.window if self.variant == "swa" else None, device)
         return self._masks[key]
 
     def core(self, q, k, v):
@@ -796,8 +817,14 @@ class FlaPeer(nn.Module):
                                            expand_v=_cfg(mixer, "expand_v", default=2.0), layer_idx=0))
         from fla.layers import RWKV7Attention
 
+        def rank(attr: str) -> int | None:  # LoRA ranks as our mixer built them: both hold the same weights
+            w = getattr(mixer, attr, None)
+            return w.shape[1] if isinstance(w, torch.Tensor) else None
+
         return cls(RWKV7Attention(hidden_size=d, head_dim=_cfg(mixer, "head_dim", "head_size", default=64),
-                                  layer_idx=0, num_hidden_layers=1))
+                                  decay_low_rank_dim=rank("w1"), a_low_rank_dim=rank("a1"),
+                                  v_low_rank_dim=rank("v1"), gate_low_rank_dim=rank("g1"), layer_idx=0,
+                                  num_hidden_layers=max(2, _cfg(mixer, "n_layers", default=12))))
 
     def forward(self, x):
         return self.layer(x)[0]
@@ -930,9 +957,11 @@ class Bench:
         self.progress = progress
         self.device_name = env.device_name(self.device)
         self.mixer_names = self._mixers()
-        self.targets, self.skipped_peers = self._targets()
+        self.groups, self.skipped_peers = self._groups()
+        self.targets = [t for g in self.groups for t in g]
         self.trackers: dict[tuple[str, str], Tracker] = {}
-        self.deadline: float | None = None
+        self.deadline: float | None = None  # of the whole bench
+        self.group_deadline: float | None = None  # of the mixer group being measured
 
     # -- plan -------------------------------------------------------------------------------
     def _mixers(self) -> list[str]:
@@ -941,27 +970,29 @@ class Bench:
             registry.get_spec(n)  # unknown names: one line with suggestions
         return list(dict.fromkeys(names))
 
-    def _targets(self) -> tuple[list[Target], dict[str, str]]:
+    def _groups(self) -> tuple[list[list[Target]], dict[str, str]]:
+        """Per mixer, one group: the mixer, its peers, its whole-model target."""
         wanted = self.cfg.peers
         if wanted:
             unknown = [p for p in wanted if p not in peer_names()]
             if unknown:
                 raise ZooError(f"unknown peer(s): {', '.join(unknown)}", f"known: {', '.join(peer_names())}")
-        targets: list[Target] = []
+        groups: list[list[Target]] = []
         skipped: dict[str, str] = {}
         for name in self.mixer_names:
             mt = MixerTarget(registry.get_spec(name), self.cfg.d_model)
-            targets.append(mt)
+            group: list[Target] = [mt]
             for p in PEERS:
                 if p.peer_of != name or (wanted is not None and p.name not in wanted):
                     continue
                 why = p.check(self.device)
                 if why is not None:
                     skipped[p.name] = why
-                targets.append(PeerTarget(p, mt, unavailable=why))
+                group.append(PeerTarget(p, mt, unavailable=why))
             if self.cfg.model:
-                targets.append(ModelTarget(registry.get_spec(name), self.cfg.d_model, self.cfg.n_layers))
-        return targets, skipped
+                group.append(ModelTarget(registry.get_spec(name), self.cfg.d_model, self.cfg.n_layers))
+            groups.append(group)
+        return groups, skipped
 
     def config_dict(self) -> dict:
         c = self.cfg.model_dump()
@@ -1025,8 +1056,9 @@ class Bench:
                 return f"skipped: {t.cost} mixer; lengths >= {human_size(LONG_MIN)} run for linear mixers only"
             if mode not in LONG_MODES:
                 return f"skipped: lengths >= {human_size(LONG_MIN)} run {' and '.join(LONG_MODES)} only"
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            return f"skipped: bench time budget of {self.cfg.budget_s:.0f} s spent"
+        if self.group_deadline is not None and time.perf_counter() > self.group_deadline:
+            return (f"skipped: this mixer's share of the {self.cfg.budget_s:.0f} s bench budget "
+                    f"({self.group_share:.0f} s) is spent")
         tr = self.trackers.get((t.name, mode))
         if tr is not None and tr.oom_at is not None:
             return f"skipped: out of memory already at L={tr.oom_at}"
@@ -1143,8 +1175,19 @@ class Bench:
             row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device) - resident)
 
     # -- the whole run ----------------------------------------------------------------------
-    def plan(self) -> list[tuple[int, Target, str]]:
-        return [(L, t, mode) for L in self.cfg.lengths() for t in self.targets for mode in self.cfg.modes]
+    def plan(self, group: list[Target]) -> list[tuple[int, Target, str]]:
+        return [(L, t, mode) for L in self.cfg.lengths() for t in group for mode in self.cfg.modes]
+
+    def _start_group(self, i: int) -> None:
+        """With a budget, each mixer group gets the time left times its share of the targets still
+        to run (peers that cannot run here weigh nothing); what a group leaves goes to the next."""
+        if self.deadline is None:
+            return
+        weight = lambda g: sum(not getattr(t, "unavailable", None) for t in g)
+        left = sum(weight(g) for g in self.groups[i:])
+        now = time.perf_counter()
+        self.group_share = max(0.0, self.deadline - now) * weight(self.groups[i]) / max(left, 1)
+        self.group_deadline = now + self.group_share
 
     def run(self, store=None, json_path: str | Path | None = None) -> BenchResult:
         from zoo.store import provenance
@@ -1152,6 +1195,7 @@ class Bench:
         start = time.perf_counter()
         if self.cfg.budget_s is not None:
             self.deadline = start + self.cfg.budget_s
+            self.group_share = 0.0
         run_id = self.run_id()
         prov = provenance(device=self.device)
         config = self.config_dict()
@@ -1163,7 +1207,6 @@ class Bench:
         if store is not None:
             store.add_results(run_id, "ceiling", result.ceilings, replace=True)
 
-        plan = self.plan()
         pending: list[dict] = []
 
         def flush() -> None:
@@ -1173,19 +1216,18 @@ class Bench:
             if json_path is not None:
                 result.write_json(json_path)
 
-        with _progress(self.console, self.progress, len(plan)) as bar:
-            last_L = None
-            for L, t, mode in plan:
-                if last_L is not None and L != last_L:
-                    flush()
-                last_L = L
-                bar.describe(f"{t.name} {mode} L={human_size(L)}")
-                row = self.point(t, mode, L)
-                row["bench_id"] = run_id
-                result.rows.append(row)
-                pending.append(row)
-                bar.advance()
-        flush()
+        total = sum(len(self.plan(g)) for g in self.groups)
+        with _progress(self.console, self.progress, total) as bar:
+            for i, group in enumerate(self.groups):
+                self._start_group(i)
+                for L, t, mode in self.plan(group):
+                    bar.describe(f"{t.name} {mode} L={human_size(L)}")
+                    row = self.point(t, mode, L)
+                    row["bench_id"] = run_id
+                    result.rows.append(row)
+                    pending.append(row)
+                    bar.advance()
+                flush()  # a bench cut short still leaves every finished group in the store and the JSON
         result.seconds = time.perf_counter() - start
         if store is not None:
             n_bad = sum(r["status"].startswith("error") for r in result.rows)
