@@ -272,4 +272,5 @@ def hsa_attention(
     if k.shape[1] % chunk_size:
         raise ValueError(f"{k.shape[1]} key rows are not whole chunks of {chunk_size}")
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    return _HSAAttention.apply(q, k, v, weights, indices, chunk_size, float(scale))
+    dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)  # tl.dot wants one dtype
+    return _HSAAttention.apply(q.to(dt), k.to(dt), v.to(dt), weights, indices, chunk_size, float(scale))

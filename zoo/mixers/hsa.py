@@ -25,6 +25,7 @@ landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Literal
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from zoo.kernels import flex
 from zoo.kernels.hsa_naive import hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
 from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
@@ -144,30 +146,23 @@ def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
     return (dist >= 0) & (dist < window)
 
 
-_FLEX: dict = {}
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def window_attention_fast(q, k, v, window: int) -> torch.Tensor:
-    """The same on CUDA: FlexAttention with a sliding-window block mask (only the band of
-    blocks near the diagonal is computed); SDPA with the band mask for short query chunks."""
+    """The same on CUDA: FlexAttention over the distance band [0, W) (only the blocks near the
+    diagonal are computed; `zoo.kernels.flex` builds and caches the block mask), SDPA with the
+    band mask for short query chunks."""
     Lq, Lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if q.device.type != "cuda" or Lq < 128:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(Lq, Lk, window, q.device), enable_gqa=gqa)
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    if "fn" not in _FLEX:
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    key = (Lq, Lk, window, q.device)
-    if key not in _FLEX:
-        offset = Lk - Lq
-
-        def band(b, h, qi, ki):
-            dist = qi + offset - ki
-            return (dist >= 0) & (dist < window)
-
-        _FLEX[key] = create_block_mask(band, None, None, Lq, Lk, device=q.device)
-    return _FLEX["fn"](q, k, v, block_mask=_FLEX[key], enable_gqa=gqa)
+    if flex.unavailable(q.device) is None and Lq >= 128:
+        mask = flex.band_block_mask(Lq, Lk, 0, window, q.device)
+        return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(Lq, Lk, window, q.device), enable_gqa=gqa)
 
 
 @register_mixer(
@@ -227,7 +222,7 @@ class HSA(Mixer):
         k = self.k_norm_swa(self.wk_swa(x).view(B, L, Hkv, Dh)).transpose(1, 2)
         v = self.wv_swa(x).view(B, L, Hkv, Dh).transpose(1, 2)
         cos, sin = rope_cos_sin(pos, rope_inv_freq(Dh, self.config.rope_base, x.device))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v = torch.cat([cache.swa_k, k], 2), torch.cat([cache.swa_v, v], 2)
             keep = min(k.shape[2], max(0, self.window - 1))  # what the next token can still see
@@ -255,8 +250,8 @@ class HSA(Mixer):
             summary = tokens.mean(1)
         Hkv, Dh, Dr = self.n_kv_heads, self.head_dim, self.retrieval_dim
         lmk = self.lmk_norm(self.w_lmk(summary).view(B, n, Hkv, Dr))
-        k = self.k_norm_chunk(self.wk_chunk(tokens).view(B, n * S, Hkv, Dh))
         v = self.wv_chunk(tokens).reshape(B, n * S, Hkv, Dh)
+        k = self.k_norm_chunk(self.wk_chunk(tokens).view(B, n * S, Hkv, Dh)).to(v.dtype)
         return k, v, lmk
 
     # -- retrieval ------------------------------------------------------------------------------
@@ -319,7 +314,7 @@ class HSA(Mixer):
             cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
         qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
         idx, w = self.select(qr, lmk, pos)
-        q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh))
+        q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
         if backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
 
