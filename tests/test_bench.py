@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -248,3 +249,19 @@ def test_fla_peers_hold_our_mixers_weights():
         peer = bench.FlaPeer.like(mixer, which)
         ours, theirs = (sum(p.numel() for p in m.parameters()) for m in (mixer, peer))
         assert abs(ours - theirs) <= 0.01 * ours, (name, ours, theirs)
+
+
+def test_time_calls_spends_little_on_slow_calls():
+    calls = []
+    clock = bench.Clock(torch.device("cpu"))
+    fast = bench.time_calls(clock, lambda: calls.append(1), warmup=2, reps=5, budget_s=10.0)
+    assert len(fast) == 5 and len(calls) == 7
+    calls.clear()
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.03)
+
+    slow_times = bench.time_calls(clock, slow, warmup=2, reps=5, budget_s=0.01)
+    assert len(slow_times) == 1 and len(calls) == 2  # one warm-up, one timed call
+    assert slow_times[0] >= 0.03

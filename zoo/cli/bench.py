@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(None, "--warmup", help="warm-up calls (default 2 on GPU, 1 on CPU)"),
         reps: int = typer.Option(None, "--reps", help="timed calls at most (default 20 on GPU, 3 on CPU)"),
         point_budget: float = typer.Option(0.5, "--point-budget", help="seconds of timing per point (>= 3 calls)"),
-        max_call_s: float = typer.Option(15.0, "--max-call-s",
+        max_call_s: float = typer.Option(10.0, "--max-call-s",
                                          help="skip longer lengths predicted slower than this per call"),
         budget_s: float = typer.Option(None, "--budget-s", help="wall-clock budget; later points are skipped"),
         fill_chunk: str = typer.Option("8k", "--fill-chunk", help="tokens per chunk when filling decode caches"),
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         store (kind "bench", device ceilings as kind "ceiling") and to --json."""
         from pydantic import ValidationError
 
-        from zoo.eval.bench import BenchConfig, parse_size, parse_sizes, peer_names, run_bench, tables
+        from zoo.eval.bench import BenchConfig, parse_size, parse_sizes, peer_names, run_bench, status_counts, tables
         from zoo.store import Store
 
         modes = _names(mode) or []
@@ -86,10 +86,5 @@ def register(app: typer.Typer) -> None:
         result = run_bench(cfg, store=store, json_path=json_out, console=console, progress=progress)
         for t in tables(result):
             console.print(t)
-        counts: dict[str, int] = {}
-        for r in result.rows:
-            key = r["status"].split(":")[0]
-            counts[key] = counts.get(key, 0) + 1
-        console.print(f"bench run [bold]{result.run_id}[/]: {len(result.rows)} rows "
-                      f"({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}) in {result.seconds:.0f} s "
-                      f"-> {store.path}" + (f" and {json_out}" if json_out else ""))
+        console.print(f"bench run [bold]{result.run_id}[/]: {len(result.rows)} rows ({status_counts(result.rows)}) "
+                      f"in {result.seconds:.0f} s -> {store.path}" + (f" and {json_out}" if json_out else ""))

@@ -140,7 +140,7 @@ class BenchConfig(BaseModel):
     warmup: int | None = Field(None, ge=0, le=100, description="warm-up calls (None: 2 on GPU, 1 on CPU)")
     reps: int | None = Field(None, ge=1, le=1000, description="timed calls at most (None: 20 on GPU, 3 on CPU)")
     point_budget_s: float = Field(0.5, gt=0, description="stop timing a point after this long (>= 3 calls)")
-    max_call_s: float = Field(15.0, gt=0, description="skip a longer length predicted slower than this per call")
+    max_call_s: float = Field(10.0, gt=0, description="skip a longer length predicted slower than this per call")
     budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the whole bench")
     fill_chunk: int = Field(8192, ge=1, description="tokens per chunk when filling a decode cache")
 
@@ -200,10 +200,13 @@ class Clock:
 
 def time_calls(clock: Clock, fn: Callable[[], Any], warmup: int, reps: int, budget_s: float,
                before: Callable[[], Any] | None = None) -> list[float]:
-    """Per-call seconds of `fn` after `warmup` calls. A call slower than `budget_s` is timed once;
-    otherwise calls go on until `reps`, or until `budget_s` is spent with at least 3 timed."""
+    """Per-call seconds of `fn` after up to `warmup` calls (the first one compiles and autotunes).
+    Calls slower than `budget_s` get one warm-up and one timed call; otherwise calls go on until
+    `reps`, or until `budget_s` is spent with at least 3 timed."""
     last = None
     for _ in range(warmup):
+        if last is not None and last > budget_s:
+            break
         if before is not None:
             before()
         last = clock.wall(fn)
@@ -1018,8 +1021,8 @@ class Bench:
             rows.append({"name": "matmul", "what": f"{self.cfg.dtype} {n}x{n} @ {n}x{n}, random data",
                          "value": 2 * n**3 / t / 1e12, "unit": "TFLOP/s", "time_ms": t * 1e3})
             t = statistics.median(_copy_times(self.clock, copy_bytes, self.device, warmup, self.reps))
-            rows.append({"name": "copy", "what": f"device-to-device copy of {copy_bytes // 2**20} MiB "
-                                                 "(bytes read + written)",
+            where = "device-to-device" if self.cuda else "host memory"
+            rows.append({"name": "copy", "what": f"{where} copy of {copy_bytes // 2**20} MiB (bytes read + written)",
                          "value": 2 * copy_bytes / t / 1e9, "unit": "GB/s", "time_ms": t * 1e3})
         except Exception as e:  # a ceiling that cannot be measured is recorded, never fatal
             rows.append({"name": "error", "what": _short(e), "value": None, "unit": None})
@@ -1037,7 +1040,7 @@ class Bench:
             "status": None, "time_ms": None, "time_ms_min": None, "reps": 0, "tokens_per_s": None,
             "flops_per_token": None, "flop_factor": FLOP_FACTOR[mode], "tflops": None,
             "peak_mem_bytes": None, "params": None, "cache_bytes": None, "state_bytes": None,
-            "fill_ms": None, "decode_gbps": None,
+            "fill_ms": None, "fill_peak_mem_bytes": None, "decode_gbps": None,
         }
 
     def _free(self, collect: bool = False) -> None:
@@ -1104,7 +1107,8 @@ class Bench:
         finally:
             t.zero_grad()
         if row["status"] != "ok":
-            for k in ("time_ms", "time_ms_min", "tokens_per_s", "tflops", "fill_ms", "decode_gbps"):
+            for k in ("time_ms", "time_ms_min", "tokens_per_s", "tflops", "fill_ms", "decode_gbps", "peak_mem_bytes",
+                      "fill_peak_mem_bytes"):
                 row[k] = None
             row["reps"] = 0
         self._free(collect=row["status"] != "ok")
@@ -1148,6 +1152,8 @@ class Bench:
 
             row["fill_ms"] = self.clock.wall(fill) * 1e3
             st = state[0]
+            if self.cuda:
+                row["fill_peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device) - resident)
             row["cache_bytes"] = t.state_nbytes(st)  # at exactly L tokens, beside the declared state_bytes(L)
             row["state_bytes"] = t.declared_state_bytes(L, B, self.dtype)
             del x
@@ -1220,14 +1226,21 @@ class Bench:
         with _progress(self.console, self.progress, total) as bar:
             for i, group in enumerate(self.groups):
                 self._start_group(i)
+                t0, rows = time.perf_counter(), []
                 for L, t, mode in self.plan(group):
                     bar.describe(f"{t.name} {mode} L={human_size(L)}")
                     row = self.point(t, mode, L)
                     row["bench_id"] = run_id
-                    result.rows.append(row)
-                    pending.append(row)
+                    rows.append(row)
                     bar.advance()
+                result.rows += rows
+                pending += rows
                 flush()  # a bench cut short still leaves every finished group in the store and the JSON
+                for t in group:  # weights and compiled kernels of finished groups leave the device
+                    t.module = None
+                self._free(collect=True)
+                bar.log(f"[{i + 1}/{len(self.groups)}] {group[0].name}: {status_counts(rows)} "
+                        f"in {time.perf_counter() - t0:.0f} s")
         result.seconds = time.perf_counter() - start
         if store is not None:
             n_bad = sum(r["status"].startswith("error") for r in result.rows)
@@ -1259,6 +1272,14 @@ class BenchResult:
         tmp.replace(path)
 
 
+def status_counts(rows: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r["status"].split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
 class _progress:
     """A rich progress bar (or nothing) with `describe` and `advance`."""
 
@@ -1287,6 +1308,11 @@ class _progress:
     def advance(self) -> None:
         if self.bar is not None:
             self.bar.advance(self.task)
+
+    def log(self, text: str) -> None:
+        """A line above the bar (and the only progress a log file gets when output is not a terminal)."""
+        if self.bar is not None:
+            self.bar.console.print(text, highlight=False)
 
 
 # -- tables -----------------------------------------------------------------------------------
