@@ -37,6 +37,19 @@ and decode; quadratic mixers run every shorter length until they run out of memo
 failure stops the bench: out of memory is a row with status "oom", a length past the
 mixer's `max_length` is "n/a: max_length", any other exception is "error: ...", and points
 predicted to exceed `max_call_s` or the bench's `budget_s` are "skipped: ..." with the reason.
+With a budget, each mixer (with its peers) gets a share of the time left, so a run cut short
+still covers every mixer; what it loses are the longest lengths.
+
+Rows (store kind "bench", one per target x mode x length; None where not measured):
+    run_id, target ("mixer" | "peer" | "model"), name, mixer (the registry mixer the row is
+    about), peer_of (peers only), mode, seq_len, batch, tokens (per call), d_model, dtype,
+    device, cost, backend (what actually ran), status ("ok" | "oom" | "n/a: ..." |
+    "skipped: ..." | "error: ..."), time_ms (median per call), time_ms_min, reps,
+    tokens_per_s, flops_per_token (forward; decode: the marginal token), flop_factor (3 for
+    fwdbwd), tflops, peak_mem_bytes, params, decode only: fill_ms, fill_peak_mem_bytes,
+    cache_bytes (measured at L), state_bytes (the mixer's declared state_bytes(L)), decode_gbps
+    ((cache + weights) bytes per step / step time: a floor on the bandwidth a step needs).
+Ceilings (store kind "ceiling"): name ("matmul" | "copy"), what, value, unit, time_ms, device.
 """
 
 from __future__ import annotations
@@ -1230,7 +1243,7 @@ class Bench:
                 for L, t, mode in self.plan(group):
                     bar.describe(f"{t.name} {mode} L={human_size(L)}")
                     row = self.point(t, mode, L)
-                    row["bench_id"] = run_id
+                    row["run_id"] = run_id
                     rows.append(row)
                     bar.advance()
                 result.rows += rows
