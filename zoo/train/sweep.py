@@ -20,7 +20,7 @@ from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, plan
 from zoo.store import Store, config_id
 from zoo.train.checkpoint import load_model
-from zoo.train.trainer import RunBusy, RunFailed, resolve_device, train
+from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, resolve_device, train
 
 
 @dataclass
@@ -156,7 +156,9 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
                 if store.get_run(p.run_id)["status"] != "failed":
                     store.set_status(p.run_id, "failed", out.reason)
         if out.status in ("done", "skipped"):
-            out.evals = run_evals(spec, p, store, resolve_device(p.run.train.device), console)
+            dev = resolve_device(p.run.train.device)
+            with cpu_threads(p.run.train.threads if dev.type == "cpu" else None):
+                out.evals = run_evals(spec, p, store, dev, console)
         if console is not None and out.status == "failed":
             console.print(f"[red]failed:[/] {out.reason}")
         out.seconds = time.time() - t0

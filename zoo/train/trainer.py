@@ -253,6 +253,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 @contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run with `n` torch CPU threads, then restore the previous count."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Exclusive per-run lock: two processes never train the same run at once. The kernel drops
     it when the holder dies (kill -9 included)."""
@@ -287,7 +301,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def fit(self) -> TrainResult:
-        with run_lock(self.run_dir):
+        with run_lock(self.run_dir), cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
             return self._fit()
 
     # the loop ----------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Experiment specs: precise errors for malformed files, sweep expansion, parameter matching, dry run."""
+
+import pytest
+
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.spec import load_spec, parse_spec, plan
+
+BASE = """
+name = "t"
+mixers = ["nope", "sinusoidal"]
+[model]
+d_model = 32
+n_layers = 2
+mixer_config = { nope = { n_heads = 2 }, sinusoidal = { n_heads = 2 } }
+[task]
+name = "hashhop"
+config = { hops = [1], hash_len = 4 }
+[train]
+steps = 10
+seq_len = 64
+"""
+
+
+def _write(tmp_path, text, name="spec.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("edit, message, hint", [
+    (("steps = 10", "steps = 10\nlrr = 0.1"), "unknown key 'train.lrr'", "did you mean 'lr'?"),
+    (("steps = 10", "steps = 10\nlr = -1"), "key 'train.lr' = -1 is invalid", "greater than 0"),
+    (("steps = 10", "steps = 10\nlr_schedule = 'linear'"), "key 'train.lr_schedule' = 'linear'", "'cosine'"),
+    (("n_layers = 2", "n_layers = 2\ndepth = 3"), "unknown key 'model.depth'", "allowed: d_model"),
+    (('"sinusoidal"]', '"sinusoidall"]'), "key 'mixers.sinusoidall' = 'sinusoidall' is not a registered mixer",
+     "did you mean sinusoidal"),
+    (("d_model = 32", "d_model = 'wide'"), "key 'model.d_model' = 'wide' is invalid", "valid integer"),
+    (("hash_len = 4", "hash_len = 0"), "task: task 'hashhop': bad setting 'hash_len' = 0", "fields:"),
+    (("steps = 10", "steps = 10\nschedules = { 'mixer.nope' = { points = [[0, 1]] } }"),
+     "key 'train.schedules'", "task.NAME or mixer.MIXER.ATTR"),
+    (("steps = 10", "steps = 10\n[sweep]\nmatch_by = 'heads'"), "key 'sweep.match_by' = 'heads'", "'d_model'"),
+    (("name = \"t\"", "name = \"t\"\nmixers2 = []"), "unknown key 'mixers2'", "did you mean 'mixers'?"),
+])
+def test_malformed_spec_names_file_key_value_and_allowed(tmp_path, edit, message, hint):
+    old, new = edit
+    assert old in BASE
+    p = _write(tmp_path, BASE.replace(old, new, 1))
+    with pytest.raises(ZooError) as e:
+        load_spec(p)
+    text = str(e.value)
+    assert text.startswith(f"{p}: "), text
+    assert message in text and hint in text, text
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path):
+    p = _write(tmp_path, "name = \n")
+    with pytest.raises(ZooError, match=f"{p}: not valid TOML"):
+        load_spec(p)
+    with pytest.raises(ZooError, match="no experiment file"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_sweep_expands_and_dedupes():
+    spec = parse_spec({"name": "s", "mixers": ["nope"],
+                       "model": {"d_model": 32, "mixer_config": {"nope": {"n_heads": 2}}},
+                       "task": {"name": "hashhop", "config": {"hash_len": 4}},
+                       "train": {"steps": 5, "seq_len": 64},
+                       "sweep": {"lr": [1e-3, 3e-3], "seed": [0, 1], "axes": {"train.batch_size": [4, 4]}}})
+    runs = plan(spec)
+    assert len(runs) == 4  # the repeated batch size is one run, not two
+    assert len({r.run_id for r in runs}) == 4
+    assert {(r.run.train.lr, r.run.train.seed) for r in runs} == {(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)}
+    assert all(r.flops > 0 and r.steps == 5 for r in runs)
+
+
+@pytest.mark.parametrize("by", ["d_model", "mlp_hidden"])
+def test_parameter_matching(by):
+    spec = parse_spec({"name": "m", "mixers": {"nope": {"config": {"n_heads": 2}},
+                                               "wide": {"mixer": "sinusoidal", "config": {"n_heads": 2},
+                                                        "model": {"d_model": 48}}},
+                       "model": {"d_model": 64, "n_layers": 2},
+                       "task": {"name": "hashhop"}, "train": {"steps": 5, "seq_len": 64},
+                       "sweep": {"match_params": True, "match_by": by, "multiple": 8}})
+    ref, other = plan(spec)
+    assert ref.label == "nope" and ref.matched is None
+    assert other.matched is not None and "params" in other.matched
+    assert abs(other.params - ref.params) / ref.params < 0.05
+    if by == "d_model":
+        assert other.run.model.d_model == 64  # same mixer family at the same layout: the same width
+    else:
+        assert other.run.model.d_model == 48 and other.run.model.mlp_hidden % 8 == 0
+
+
+def test_per_mixer_overrides_and_hybrid_layers():
+    spec = parse_spec({"name": "h", "mixers": {"hybrid": {"mixer": "hsa", "layers": ["swa", "hsa"],
+                                                          "config": {"window": 16},
+                                                          "train": {"schedules": {"mixer.hsa.window": {
+                                                              "points": [[0, 8], [5, 16]]}}}}},
+                       "model": {"d_model": 32, "n_layers": 2, "mixer_config": {"swa": {"n_heads": 2, "window": 8}}},
+                       "task": {"name": "hashhop"}, "train": {"steps": 10, "seq_len": 64}})
+    (r,) = plan(spec)
+    assert r.run.model.layers == ["swa", "hsa"]
+    assert r.run.model.mixer_config["hsa"]["window"] == 16 and r.run.model.mixer_config["swa"]["window"] == 8
+    assert r.run.train.schedules["mixer.hsa.window"](7) == 16
+
+
+def test_compare_dry_run_prints_plan(tmp_path, capsys):
+    p = _write(tmp_path, BASE)
+    assert main(["compare", str(p), "--dry-run", "--root", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "plan of t: 2 runs" in out and "total estimated training FLOPs" in out
+
+
+def test_cli_reports_spec_errors_in_one_line(tmp_path, capsys):
+    p = _write(tmp_path, BASE.replace("steps = 10", "steps = 0"))
+    assert main(["compare", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'train.steps' = 0 is invalid" in err and "Traceback" not in err
