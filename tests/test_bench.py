@@ -265,3 +265,10 @@ def test_time_calls_spends_little_on_slow_calls():
     slow_times = bench.time_calls(clock, slow, warmup=2, reps=5, budget_s=0.01)
     assert len(slow_times) == 1 and len(calls) == 2  # one warm-up, one timed call
     assert slow_times[0] >= 0.03
+
+
+def test_kernel_that_refuses_a_shape_is_na_not_error():
+    _, peer = _peer_pair(None, kernel="efficient")  # no memory-efficient SDPA kernel on CPU
+    with pytest.raises(RuntimeError) as info:
+        peer(torch.randn(1, 8, 32))
+    assert bench.is_unsupported(info.value) and not bench.is_oom(info.value)

@@ -924,6 +924,11 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+def is_unsupported(e: BaseException) -> bool:
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("No available kernel" in msg or "No viable backend" in msg)
+
+
 def _short(e: BaseException, limit: int = 300) -> str:
     msg = " ".join(str(e).split())
     return f"{type(e).__name__}: {msg[:limit]}" if msg else type(e).__name__
@@ -1115,6 +1120,8 @@ class Bench:
             if is_oom(e):
                 row["status"] = "oom"
                 tr.oom_at = L
+            elif is_unsupported(e):  # e.g. an SDPA kernel that does not take this shape
+                row["status"] = f"n/a: {_short(e)}"
             else:
                 row["status"] = f"error: {_short(e)}"
         finally:
