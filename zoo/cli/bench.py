@@ -83,7 +83,10 @@ def register(app: typer.Typer) -> None:
             raise ZooError(f"bad bench setting '{key}' = {err.get('input')!r}: {err['msg']}",
                            "see `zoo bench --help`") from None
         store = Store(root)
-        result = run_bench(cfg, store=store, json_path=json_out, console=console, progress=progress)
+        try:
+            result = run_bench(cfg, store=store, json_path=json_out, console=console, progress=progress)
+        finally:
+            store.close()  # checkpoints the WAL, so zoo.db alone holds every row (it gets copied off GPU machines)
         for t in tables(result):
             console.print(t)
         console.print(f"bench run [bold]{result.run_id}[/]: {len(result.rows)} rows ({status_counts(result.rows)}) "
