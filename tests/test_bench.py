@@ -143,6 +143,10 @@ def test_skip_prediction_and_long_lengths():
     assert b.point(t, "fwd", 2**20)["status"].startswith("skipped: O(L^2) mixer")
     b.trackers[(t.name, "fwd")] = bench.Tracker(last=(64, 4, 0.9))
     assert b.point(t, "fwd", 128)["status"].startswith("skipped: predicted 2 s per call")
+    linear = bench.Bench(cfg.model_copy(update={"mixers": ["s4d"]}), progress=False).targets[0]
+    assert not linear.quadratic
+    assert b.point(linear, "fwdbwd", 2**20)["status"] == "skipped: lengths >= 1M run fwd and decode only"
+    assert bench.predicted_seconds(linear, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.1)
 
 
 def _peer_pair(variant: str | None, kernel: str = "math", **flex):
