@@ -14,6 +14,15 @@ from zoo.registry import build_mixer
 D = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors on a shared CPU: more intra-op threads only add contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def mixer(name: str, **overrides) -> Attention:
     torch.manual_seed(0)
     m = build_mixer(name, D, {"n_heads": 2, **overrides})
