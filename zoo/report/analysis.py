@@ -42,8 +42,12 @@ def pool(cells: list[HashHopCell], length: int) -> Point:
     stored accuracy and interval exactly."""
     ok = [c for c in cells if c.status == "ok" and c.accuracy is not None]
     if not ok:
-        reasons = sorted({c.reason or c.status for c in cells})
-        return Point(length, reason="; ".join(reasons) if reasons else "not evaluated", cells=cells)
+        reasons = list(dict.fromkeys(c.reason or c.status for c in cells))
+        if not reasons:
+            return Point(length, reason="not evaluated", cells=cells)
+        # cells differ in detail (e.g. tokens needed per hop count): quote the first, count the rest
+        more = f" (and {len(cells) - 1} more cells n/a)" if len(reasons) > 1 else ""
+        return Point(length, reason=reasons[0] + more, cells=cells)
     if len(ok) == 1:
         c = ok[0]
         lo, hi = (c.low, c.high) if c.low is not None and c.high is not None else wilson(c.correct, c.n)
@@ -147,9 +151,11 @@ def entry(data: ReportData, label: str) -> Entry:
         if run.tokens_per_s is not None else na("not recorded", run_id=rid)
     if run.mfu is not None:
         mfu = Val(run.mfu, fmt.pct(run.mfu), run_id=rid, source="run summary: MFU"
-                  + (f" of {fmt.sig(run.peak_flops / 1e12, 3)} TFLOP/s peak" if run.peak_flops else ""))
+                  + (f" of {run.peak_source or fmt.sig(run.peak_flops / 1e12, 3) + ' TFLOP/s'}" if run.peak_flops
+                     else ""))
     else:
-        mfu = na(f"no peak FLOP/s known for {run.device}" if run.device else "not recorded", run_id=rid)
+        why = run.peak_source if run.peak_source and run.peak_flops is None else None
+        mfu = na(why or (f"no peak FLOP/s known for {run.device}" if run.device else "not recorded"), run_id=rid)
 
     curve = hashhop_curve(data, rid)
     by_len = {p.length: p for p in curve}
@@ -208,7 +214,7 @@ def leaderboard(data: ReportData, es: list[Entry]) -> Table:
     L = common_train_len(es)
     mult = [f"{k}x ({fmt.length(k * L)})" if L else f"{k}x train" for k in MULTIPLES]
     cols = ["mixer", "params", "state 8K", "state 1M", "tokens/s", "MFU", *mult,
-            "largest", "effective context", *[f"{k}x" + (f" ({fmt.length(k * L)})" if L else "")
+            "largest", "effective context", *[f"ppl {k}x" + (f" ({fmt.length(k * L)})" if L else "")
                                               for k in PPL_MULTIPLES], "backend"]
     rows = []
     for e in es:
@@ -375,11 +381,11 @@ def scaling_side(fits: list[ScalingFit]) -> Table:
                 sizes = len({p[0] for p in f.points}) if f else 0
                 row.append(na(f"{sizes} size{'s' if sizes != 1 else ''}"))
             else:
-                se = f" ± {f.fit.exponent_se:.3f}" if f.fit.exponent_se is not None else ""
-                row.append(Val(f.fit.exponent, f"{f.fit.exponent:.3f}", sub=f"{se.strip()} R² {f.fit.r2:.2f}".strip(),
-                               source="least squares in log-log space"))
+                se = f"±{f.fit.exponent_se:.3f}, " if f.fit.exponent_se is not None else ""
+                row.append(Val(f.fit.exponent, f"{f.fit.exponent:.3f}", sub=f"{se}R² {f.fit.r2:.2f}",
+                               source=f"least squares in log-log space over {f.fit.n} runs"))
         rows.append(row)
-    return Table("scaling-side", "Fitted exponents", ["mixer", "loss~N", "loss~C", "(1-acc)~N", "(1-acc)~C"], rows,
+    return Table("scaling-side", "Fitted exponents", ["mixer", "loss ~ N", "loss ~ C", "error ~ N", "error ~ C"], rows,
                  note="A fit needs 3 or more model sizes; n/a gives how many there are.")
 
 

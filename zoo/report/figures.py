@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure as MplFigure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from zoo.report import analysis as A
 from zoo.report import fmt
@@ -78,7 +78,8 @@ def to_svg(fig: MplFigure, fig_id: str) -> str:
     """Serialize to an inline <svg>: no XML prolog, ids unique per figure, scalable width."""
     buf = io.StringIO()
     with rc_context({"svg.hashsalt": fig_id, "svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+        # no bbox_inches="tight": constrained layout already fits, and tight would draw twice
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     s = buf.getvalue()
     s = s[s.index("<svg"):]
     # matplotlib names clip paths and glyphs with short ids; prefix them so several inline
@@ -310,14 +311,22 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     with rc_context(RC):
         fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
         ax = fig.subplots()
-        lengths, train = [], set()
+        lengths, train, vals_extra = [], set(), []
         for e, ok in series:
             ax.plot([p.length for p in ok], [p.ppl for p in ok], **pal[e.label].line_kw(), label=e.label)
             lengths += [p.length for p in ok]
             if e.run.train_len:
                 train.add(e.run.train_len)
+            for name in dict.fromkeys(v for v, _ in data.ppl_variants):
+                pts = sorted((p for v, p in data.ppl_variants if v == name and p.run_id == e.run.run_id
+                              and p.ppl is not None), key=lambda p: p.length)
+                if pts:  # evaluation-time RoPE scalings of the same trained model: same colour, hollow, thin
+                    kw = pal[e.label].line_kw()
+                    kw.update(markerfacecolor="white", linewidth=0.9, alpha=0.85)
+                    ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=f"{e.label} ({name})")
+                    vals_extra.extend(p.ppl for p in pts)
         _log2_axis(ax, lengths)
-        vals = [p.ppl for _, ok in series for p in ok]
+        vals = [p.ppl for _, ok in series for p in ok] + vals_extra
         if max(vals) / max(min(vals), 1e-9) > 8:
             ax.set_yscale("log")
         _train_lines(ax, train)
@@ -471,16 +480,20 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
                 if f.fit is not None:
                     grid = np.geomspace(min(xs), max(xs), 50)
                     fy = f.fit(grid) if y == "loss" else 1 - f.fit(grid)
-                    ax.plot(grid, fy, color=look.color, linestyle=look.linestyle, linewidth=1.2)
                     sym = "N" if x == "params" else "C"
-                    what = "L" if y == "loss" else "1-acc"
-                    ax.annotate(f"{what} ∝ {sym}^{f.fit.exponent:.3f}", (grid[-1], fy[-1]), xytext=(-4, 6),
-                                textcoords="offset points", fontsize=6.5, color=look.color, ha="right")
+                    ax.plot(grid, fy, color=look.color, linestyle=look.linestyle, linewidth=1.2,
+                            label=f"{f.label}: {sym}^{f.fit.exponent:.3f}")
             ax.set_xscale("log")
             if y == "loss":
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
             else:
                 ax.set_ylim(-0.03, 1.05)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            if ax.get_legend_handles_labels()[0]:  # the fitted exponents, where there are fits
+                ax.legend(frameon=False, fontsize=6.5, handlelength=2.4, loc="best",
+                          title="fit: " + ("loss" if y == "loss" else "error 1 - acc") + " ∝", title_fontsize=6.5)
             ax.set_xlabel("parameters" if x == "params" else "training FLOPs")
             ax.set_ylabel("final training loss" if y == "loss" else "HashHop acc. at train length")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))

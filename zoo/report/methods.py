@@ -114,9 +114,8 @@ def _hashhop(data: ReportData) -> Method | None:
         f"{_list(sorted({'on' if c else 'off' for _, c in settings}))}; {extra}",
         "Score: teacher-forced exact match per query: a query counts as right when every answer token (the "
         "target's characters and the closing quote) is the argmax given the gold prefix, so one forward pass "
-        "scores all queries of a sample. A subset is also decoded greedily from the cache and compared; the "
-        "agreement is reported per cell in data/hashhop.csv. With chain of thought, per-hop accuracy and the depth "
-        "reached are recorded too.",
+        "scores all queries of a sample. A subset is also decoded greedily from the cache and compared"
+        + greedy_agreement(data) + " With chain of thought, per-hop accuracy and the depth reached are recorded too.",
         f"Depth: the mean relative position in the prompt of a queried chain's lines, in {grid_bins(data)} equal "
         "bins (0% = start of the prompt). Intervals: Wilson score intervals at 95% (Wilson 1927) on every "
         "accuracy; where a leaderboard number pools several cells (hop counts, chain-of-thought modes) it is total "
@@ -129,12 +128,29 @@ def _hashhop(data: ReportData) -> Method | None:
 
 def grid_info(data: ReportData) -> str:
     parts = []
+    grid = ((data.spec or {}).get("eval") or {}).get("hashhop") or {}
     for key, what in (("queries", "queries per sample"), ("samples", "samples per cell"),
                       ("hash_len", "characters per hash"), ("greedy_samples", "greedy-decoded samples per cell")):
         vals = sorted({v for v in (c.meta.get(key) for c in data.hashhop) if v is not None})
+        if not vals and grid.get(key) is not None:
+            vals = [grid[key]]
         if vals:
             parts.append(f"{_list(vals)} {what}")
-    return ("; ".join(parts) + ".") if parts else "sample counts per cell are in data/hashhop.csv."
+    return ("; ".join(parts) + ".") if parts else "sample counts per cell are in data/hashhop_cells.csv."
+
+
+def greedy_agreement(data: ReportData) -> str:
+    """How often greedy decoding agreed with the teacher-forced verdict, over every greedy-decoded query."""
+    n = agree = 0.0
+    for c in data.hashhop:
+        a, g = c.meta.get("greedy_agreement"), c.greedy_n
+        if a is not None and g:
+            n += g
+            agree += a * g
+    if not n:
+        return "; per-cell agreement is in data/hashhop_cells.csv."
+    return (f": the two verdicts agree on {100 * agree / n:.1f}% of the {int(n)} greedy-decoded queries "
+            "(per cell in data/hashhop_cells.csv).")
 
 
 def grid_bins(data: ReportData) -> int:
@@ -145,17 +161,24 @@ def _ppl(data: ReportData) -> Method | None:
     if not data.ppl:
         return Method("methods-ppl", "5.4 Perplexity", ["n/a (no perplexity results for these runs)."])
     lengths = sorted({p.length for p in data.ppl})
-    strides = sorted({p.stride for p in data.ppl if p.stride})
-    metas = [p.meta for p in data.ppl]
-    corpus = sorted({str(m.get("corpus")) for m in metas if m.get("corpus")})
+    strides = sorted({(p.length, p.stride) for p in data.ppl if p.stride})
+    disjoint = all(s == L for L, s in strides)
+    windows = sorted({p.meta.get("windows") for p in data.ppl if p.meta.get("windows")})
     ps = [
-        f"Byte-level perplexity exp(mean NLL per byte) of held-out text at evaluation lengths "
-        f"{_list(fmt.length(L) for L in lengths)}. Windows of the evaluation length slide over the text"
-        + (f" with stride {_list(strides)}" if strides else "")
-        + "; only the tokens past the overlap are scored after the first window, so every scored token sees at "
-          "least (length - stride) tokens of context."
-        + (f" Corpus: {_list(corpus)}." if corpus else ""),
+        f"Byte-level perplexity exp(mean NLL per byte) of the held-out split of the lm task at evaluation lengths "
+        f"{_list(fmt.length(L) for L in lengths)}. For each length L, windows of L + 1 tokens are cut from the "
+        "held-out text at offsets 0, s, 2s, ... with stride s "
+        + ("equal to L (disjoint windows)" if disjoint else
+           "; ".join(f"{fmt.length(s)} at L = {fmt.length(L)}" for L, s in strides))
+        + (f", {_list(windows)} windows per length" if windows else "")
+        + ". Each window is scored from its first token, so position p sees exactly p tokens of context, and the "
+          "reported perplexity averages every position of the window (per-position buckets and the positions past "
+          "the training length are in data/ppl.csv when stored).",
     ]
+    if data.ppl_variants:
+        ps.append("Evaluation-time RoPE scalings of the trained models ("
+                  + _list(dict.fromkeys(v for v, _ in data.ppl_variants))
+                  + ") are drawn beside them with hollow markers; the leaderboard quotes the models as trained.")
     return Method("methods-ppl", "5.4 Perplexity", ps)
 
 

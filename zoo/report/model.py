@@ -29,6 +29,7 @@ class Run:
     tokens_per_s: float | None = None
     mfu: float | None = None         # model FLOPs utilisation, fraction of the stated peak
     peak_flops: float | None = None  # the peak the MFU divides by
+    peak_source: str | None = None   # where that peak comes from, or why there is none
     peak_mem: float | None = None    # bytes
     final_loss: float | None = None
     wall_s: float | None = None
@@ -124,6 +125,7 @@ class ReportData:
     ppl: list[PplPoint] = field(default_factory=list)
     bench: list[BenchPoint] = field(default_factory=list)
     ceilings: list[Ceiling] = field(default_factory=list)
+    ppl_variants: list[tuple[str, PplPoint]] = field(default_factory=list)  # (e.g. "yarn x4", point)
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)

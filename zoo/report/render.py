@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html as htmllib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,13 +290,23 @@ def render_html(data: ReportData) -> tuple[str, dict]:
     }
 
 
-def _no_network_fetcher(url: str, *args: Any, **kw: Any):
-    """WeasyPrint resource fetcher that refuses the network: a report is self-contained."""
-    if url.startswith(("http://", "https://", "ftp://")):
-        raise ValueError(f"report tried to fetch {url}; reports never touch the network")
-    from weasyprint import default_url_fetcher
+LOCAL_SCHEMES = ("file", "data")
 
-    return default_url_fetcher(url, *args, **kw)
+
+def no_network_fetcher():
+    """A WeasyPrint URL fetcher that refuses the network: a report is self-contained."""
+    try:
+        from weasyprint.urls import URLFetcher  # newer WeasyPrint: a fetcher object
+    except ImportError:
+        from weasyprint import default_url_fetcher
+
+        def fetch(url: str, *args: Any, **kw: Any):
+            if url.split(":", 1)[0].lower() not in LOCAL_SCHEMES:
+                raise ValueError(f"report tried to fetch {url}; reports never touch the network")
+            return default_url_fetcher(url, *args, **kw)
+
+        return fetch
+    return URLFetcher(allowed_protocols=set(LOCAL_SCHEMES))
 
 
 def write_pdf(html: str, path: Path, base: Path) -> int:
@@ -305,9 +317,34 @@ def write_pdf(html: str, path: Path, base: Path) -> int:
         raise ZooError(f"cannot write the PDF: WeasyPrint is not usable ({type(e).__name__}: {e})",
                        "pip install 'mixer-zoo[report]' (Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0), "
                        "or pass --no-pdf") from None
-    doc = weasyprint.HTML(string=html, base_url=str(base), url_fetcher=_no_network_fetcher).render()
-    doc.metadata.title = re.search(r"<title>(.*?)</title>", html, re.S).group(1) if "<title>" in html else None
-    doc.write_pdf(str(path))
+    errors: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                msg += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            errors.append(msg)
+
+    # WeasyPrint warns about every SVG presentation attribute it reads through its CSS parser
+    # (matplotlib writes many); those are harmless. Errors (a figure it could not draw) are not.
+    log = logging.getLogger("weasyprint")
+    handler, level, propagate = Collect(logging.ERROR), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.ERROR)
+    log.propagate = False
+    try:
+        doc = weasyprint.HTML(string=html, base_url=str(base), url_fetcher=no_network_fetcher()).render()
+        title = re.search(r"<title>(.*?)</title>", html, re.S)
+        doc.metadata.title = htmllib.unescape(title.group(1)) if title else None
+        doc.write_pdf(str(path))
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+    if errors:
+        raise ZooError(f"WeasyPrint could not render part of {path.name}: {errors[0]}",
+                       "the HTML report is complete; please report this with the store")
     return len(doc.pages)
 
 

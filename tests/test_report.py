@@ -1,0 +1,393 @@
+"""The report built from a real store: runs trained here on CPU by the real trainer, HashHop
+evaluated by the real evaluator, then `zoo report` writes HTML, PDF and data files.
+
+Every check reads the store directly and compares it with what the report shows, so a
+number on the page that does not come from the store fails a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("jinja2")
+
+import torch  # noqa: E402
+
+from zoo.store import Store  # noqa: E402
+
+WEIRD = "learned <i>&</i>"  # a user-chosen label that must come out escaped
+
+SPEC = f"""
+name = "report-test"
+description = "tiny CPU comparison for the report tests"
+
+[mixers.nope]
+[mixers.s4d]
+[mixers."{WEIRD}"]
+mixer = "learned"
+config = {{ max_length = 256 }}
+
+[model]
+d_model = 16
+n_layers = 1
+
+[task]
+name = "hashhop"
+config = {{ hops = [1, 2], hash_len = 4 }}
+
+[train]
+steps = 3
+seq_len = 128
+batch_size = 2
+log_every = 1
+
+[sweep]
+d_model = [16, 24, 32]
+
+[eval.hashhop]
+n_chars = [128, 512]
+hops = [1, 2]
+cot = [false, true]
+samples = 1
+queries = 2
+hash_len = 4
+greedy_samples = 1
+"""
+LABELS = ["nope", "s4d", WEIRD]
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need_tool(name: str) -> str:
+    """A system tool the report tests use (poppler, chromium): CI installs them and must have
+    them; elsewhere a missing one skips with the install line."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is missing in CI (apt-get install -y chromium poppler-utils)")
+        pytest.skip(f"{name} not installed (apt-get install -y chromium poppler-utils)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from zoo.cli import main
+    from zoo.spec import load_spec
+    from zoo.train.sweep import run_experiment
+
+    tmp = tmp_path_factory.mktemp("report")
+    spec_path = tmp / "spec.toml"
+    spec_path.write_text(SPEC)
+    root, out = tmp / "store", tmp / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
+    try:
+        outcomes = run_experiment(load_spec(spec_path), Store(root))
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(["report", str(spec_path), "--root", str(root), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert [o.status for o in outcomes] == ["done"] * 9, [(o.status, o.reason) for o in outcomes]
+    assert all(o.evals.get("hashhop") == "ok" for o in outcomes), [o.evals for o in outcomes]
+    assert code == 0, buf.getvalue()
+    return {"store": Store(root), "out": out, "stdout": buf.getvalue(), "spec": spec_path, "root": root,
+            "html": (out / "index.html").read_text(encoding="utf-8")}
+
+
+# -- a small HTML reader: well-formedness, ids, tables -------------------------------------------
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+SVG_SELF = {"path", "use", "rect", "circle", "line", "polygon", "polyline", "stop", "ellipse", "image"}
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: list[str] = []
+        self.hrefs: list[str] = []
+        self.srcs: list[str] = []
+        self.tags: set[str] = set()
+        self.tables: dict[str, list[list[dict]]] = {}
+        self._table: str | None = None
+        self._row: list[dict] | None = None
+        self._cell: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if "href" in a and tag == "a":
+            self.hrefs.append(a["href"])
+        for k in ("src", "xlink:href") if tag != "use" else ():
+            if k in a:
+                self.srcs.append(a[k])
+        if tag == "table":
+            self._table = a.get("id")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = {"tag": tag, "text": "", **a}
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.add(tag)
+        if "id" in a:
+            self.ids.append(a["id"])
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            if tag in self.stack:
+                while self.stack and self.stack.pop() != tag:
+                    pass
+            return
+        self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+
+
+def parse(html: str) -> Page:
+    p = Page()
+    p.feed(html)
+    p.close()
+    return p
+
+
+def test_html_parses_and_is_self_contained(built):
+    html = built["html"]
+    page = parse(html)
+    assert page.errors == [] and page.stack == [], (page.errors[:5], page.stack)
+    assert html.startswith("<!DOCTYPE html>")
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids (figures' SVG ids must be prefixed per figure)"
+    # a table of contents whose every entry lands somewhere
+    assert "contents" in page.ids
+    internal = [h[1:] for h in page.hrefs if h.startswith("#")]
+    assert len(internal) > 20 and set(internal) <= set(page.ids), set(internal) - set(page.ids)
+    # no scripts, no stylesheets or images from anywhere: opens from disk without a network
+    assert "script" not in page.tags and "link" not in page.tags and "img" not in page.tags
+    assert not [s for s in page.srcs if not s.startswith(("#", "data:"))], page.srcs
+    assert not re.search(r"url\((?!#)", html), "CSS or SVG fetches a resource"
+    assert html.count("<svg") >= 6 and "<style>" in html
+    for h in page.hrefs:
+        if h.startswith("data/"):
+            assert (built["out"] / h).is_file(), h
+
+
+def test_every_mixer_and_escaping(built):
+    html = built["html"]
+    page = parse(html)
+    board = page.tables["table-leaderboard"]
+    labels = [row[0].get("data-value") for row in board if row[0]["tag"] == "td"]
+    assert labels == LABELS
+    for label in LABELS:
+        assert html.count(escape(label)) >= 5, label  # leaderboard, cards, runs, figures, findings
+    assert WEIRD not in html, "a run label went into the page unescaped"
+    assert "&lt;i&gt;&amp;&lt;/i&gt;" in html
+
+
+def escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- every leaderboard number is the store's number ----------------------------------------------
+def headline(store: Store, label: str) -> dict:
+    runs = [r for r in store.runs(kind="train") if r["config"]["label"] == label and r["status"] == "done"]
+    return max(runs, key=lambda r: r["summary"]["params"])
+
+
+def pooled(rows: list[dict], n_chars: int) -> tuple[float | None, list[dict]]:
+    at = [r for r in rows if r["n_chars"] == n_chars]
+    ok = [r for r in at if r["status"] == "ok"]
+    if not ok:
+        return None, at
+    return sum(r["correct"] for r in ok) / sum(r["n"] for r in ok), at
+
+
+def state_bytes(model_cfg: dict, L: int) -> int:
+    from zoo.model import ModelConfig, ZooLM
+
+    with torch.device("meta"):
+        m = ZooLM(ModelConfig(**model_cfg))
+    return sum(x.state_bytes(L, 1, torch.bfloat16) for x in m.mixers)
+
+
+def test_leaderboard_equals_store(built):
+    store = built["store"]
+    page = parse(built["html"])
+    rows = page.tables["table-leaderboard"]
+    head = [c["text"].strip() for c in rows[1]]
+    body = [r for r in rows if r[0]["tag"] == "td"]
+    col = {name: i for i, name in enumerate(head)}
+    csv_rows = list(csv.DictReader((built["out"] / "data" / "leaderboard.csv").open()))
+    for row, crow in zip(body, csv_rows):
+        label = row[0]["data-value"]
+        run = headline(store, label)
+        s, cfg = run["summary"], run["config"]
+        hh = store.results(run["id"], "hashhop")
+        cells = {name: row[i] for name, i in col.items()}
+
+        def value(name, cells=cells, label=label):
+            c = cells[name]
+            assert "data-value" in c, (label, name, c)
+            return float(c["data-value"])
+
+        assert value("params") == s["params"]
+        assert float(crow["params"]) == s["params"]
+        assert value("tokens/s") == pytest.approx(s["tokens_per_s"], rel=1e-12)
+        assert s["mfu"] is None and cells["MFU"]["class"].startswith("na")
+        assert s["peak_source"] in cells["MFU"]["data-na"]
+        if label == WEIRD:  # learned positions end at 256 tokens: no state at 8K or 1M, and the page says why
+            assert cells["state 8K"]["data-na"] == cells["state 1M"]["data-na"] == "max length 256"
+        else:
+            assert value("state 8K") == state_bytes(cfg["model"], 8192)
+            assert value("state 1M") == state_bytes(cfg["model"], 2**20)
+        acc1, _ = pooled(hh, 128)
+        assert value("1x (128)") == pytest.approx(acc1, abs=1e-12)
+        assert cells["1x (128)"]["text"].startswith(f"{acc1:.3f}")
+        acc4, at4 = pooled(hh, 512)
+        if label == WEIRD:  # max_length 256: the store says n/a, and so must the page, with the reason
+            assert acc4 is None and {r["status"] for r in at4} == {"n/a"}
+            assert cells["4x (512)"]["data-na"].startswith(at4[0]["reason"])
+            assert "data-value" not in cells["4x (512)"]
+            assert value("largest") == pytest.approx(acc1, abs=1e-12)
+        else:
+            assert value("4x (512)") == pytest.approx(acc4, abs=1e-12)
+            assert value("largest") == pytest.approx(acc4, abs=1e-12)
+        for name in ("16x (2K)", "64x (8K)"):
+            assert cells[name]["data-na"] == "not evaluated"
+        assert cells["backend"]["data-value"] == ", ".join(sorted(set(run["provenance"]["backends"].values())))
+        for c in row[1:]:  # never a blank, never a bare zero standing in for a missing value
+            assert c["text"].strip(), (label, c)
+            assert ("data-value" in c) != ("data-na" in c)
+
+
+def test_data_files(built):
+    data = built["out"] / "data"
+    for name in ("leaderboard", "hashhop_cells", "hashhop_depth", "hashhop_curves", "loss_curves", "runs",
+                 "scaling_fits", "scaling_points"):
+        assert (data / f"{name}.csv").is_file(), name
+    store = built["store"]
+    cells = list(csv.DictReader((data / "hashhop_cells.csv").open()))
+    n_rows = sum(len(store.results(r["id"], "hashhop")) for r in store.runs(kind="train"))
+    assert len(cells) == n_rows == 9 * 8
+    losses = list(csv.DictReader((data / "loss_curves.csv").open()))
+    some = losses[0]
+    stored = {m["step"]: m["value"] for m in store.metrics(some["run_id"], "loss")}
+    assert float(some["loss"]) == stored[int(some["step"])]
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        assert not list(data.glob("*.parquet"))
+        return
+    t = pq.read_table(data / "hashhop_cells.parquet")
+    assert t.num_rows == len(cells)
+    assert t.column("accuracy").to_pylist() == [float(c["accuracy"]) if c["accuracy"] else None for c in cells]
+
+
+def test_findings_and_scaling_come_from_the_numbers(built):
+    page = parse(built["html"])
+    html = built["html"]
+    fits = list(csv.DictReader((built["out"] / "data" / "scaling_fits.csv").open()))
+    loss_n = {f["label"]: float(f["exponent"]) for f in fits if f["y"] == "loss" and f["x"] == "params"}
+    assert set(loss_n) == set(LABELS)  # three model sizes per mixer: every mixer gets a fit
+    for label, b in loss_n.items():
+        assert f"{escape(label)} b = {b:.3f}" in html  # quoted in the findings paragraph
+    side = page.tables["table-scaling-side"]
+    assert [float(r[1]["data-value"]) for r in side if r[0]["tag"] == "td"] == [loss_n[x] for x in LABELS]
+    # the methods section quotes the settings the runs were trained and evaluated with
+    assert "Training length (tokens per sequence): 128" in html
+    assert "hops 1, 2" in html and "2 queries per sample" in html
+
+
+def test_cli_prints_the_path(built):
+    last = built["stdout"].strip().splitlines()[-1]
+    assert Path(last) == built["out"] / "index.html"
+
+
+def pdf_pages_text(pdf: Path) -> list[str]:
+    need_tool("pdftotext")
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return text.split("\f")[:-1]
+
+
+def test_pdf_pages_and_numbers(built):
+    pdf = built["out"] / "report.pdf"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    pages = pdf_pages_text(pdf)
+    figures = ["3.1 HashHop accuracy", "3.2 Accuracy by context length", "3.3 Perplexity", "3.4 Training loss",
+               "3.5 Throughput", "3.6 Scaling"]
+
+    def page_of(text: str) -> int:
+        """First page after the contents (page 1) where a line starts with `text`."""
+        hits = [i for i, p in enumerate(pages, 1) if i > 1 and text in p]
+        assert hits, text
+        return hits[0]
+
+    # page 1: title, contents and what was compared; 2: figure and findings; 3: leaderboard;
+    # one page per figure; the mixer cards; methods on two pages; runs and data
+    assert re.search(r"^\s*1 Summary", pages[0].split("What was compared")[0].split("6 Runs and data")[-1], re.M)
+    assert page_of("Findings") == 2 and page_of("2 Leaderboard") == 3
+    assert [page_of(f) for f in figures] == list(range(4, 4 + len(figures)))
+    assert page_of("4 Mixers") == 10 and page_of("5 Methods") == 11 and page_of("6 Runs and data") == 13
+    assert len(pages) == 13
+    # the leaderboard's numbers, as printed
+    board = [r for r in parse(built["html"]).tables["table-leaderboard"] if r[0]["tag"] == "td"]
+    text = re.sub(r"\s+", " ", pages[2])
+    for row in board:
+        for c in row[1:]:
+            if "data-value" in c:
+                main_text = c["text"].split("[")[0].split("at ")[0].strip()
+                assert main_text in text, main_text
+
+
+def test_screenshot_in_headless_chromium(built, tmp_path):
+    chromium = need_tool("chromium")
+    shot = tmp_path / "report.png"
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2400", f"--screenshot={shot}",
+           (built["out"] / "index.html").resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), res.stderr[-2000:]
+    keep = os.environ.get("ZOO_REPORT_SHOTS")
+    if keep:  # where a person (or CI artifact upload) can look at it
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report.png")
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = mpimg.imread(shot)[..., :3]
+    assert img.shape[:2] == (2400, 1400)
+    # the figures rendered: the first two mixers' colours (Okabe-Ito blue and vermillion) are on screen
+    for rgb in ((0x00, 0x72, 0xB2), (0xD5, 0x5E, 0x00)):
+        close = np.abs(img - np.array(rgb) / 255).max(-1) < 0.04
+        assert close.sum() > 200, rgb
+    assert img.std() > 0.1  # not a blank page
