@@ -249,6 +249,7 @@ class Target:
     state holding L tokens) and `step` (one token through that state)."""
 
     kind = "mixer"
+    d_model: int
 
     def __init__(self, name: str, mixer: str, cost: str, description: str, peer_of: str | None = None):
         self.name, self.mixer, self.cost, self.description, self.peer_of = name, mixer, cost, description, peer_of
@@ -291,8 +292,8 @@ class Target:
         return self.description
 
     def inputs(self, B: int, L: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        d = self.d_model
-        return torch.randn(B, L, d, device=device, dtype=dtype)
+        """x `[B, L, D]` for a layer (token ids `[B, L]` for a whole model)."""
+        return torch.randn(B, L, self.d_model, device=device, dtype=dtype)
 
     def grad_output(self, x: torch.Tensor) -> torch.Tensor:
         """What the backward starts from, made before timing: dL/dy for a layer (y has x's shape)."""
