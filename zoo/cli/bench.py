@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
         point_budget: float = typer.Option(0.5, "--point-budget", help="seconds of timing per point (>= 3 calls)"),
         max_call_s: float = typer.Option(10.0, "--max-call-s",
                                          help="skip longer lengths predicted slower than this per call"),
-        budget_s: float = typer.Option(None, "--budget-s", help="wall-clock budget; later points are skipped"),
+        budget_s: float = typer.Option(None, "--budget-s",
+                                       help="wall-clock budget: each mixer and its peers get a share; "
+                                            "points past it are rows marked skipped"),
         fill_chunk: str = typer.Option("8k", "--fill-chunk", help="tokens per chunk when filling decode caches"),
         json_out: Path = typer.Option(None, "--json", help="also write every row and the ceilings to this file"),
         root: Path = typer.Option(None, "--root", help="results store root (default $ZOO_ROOT or ./zoo-runs)"),
