@@ -123,6 +123,12 @@ def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
 
 @functools.cache
 def _compiled():
+    # one compiled entry per (score function, mask, dtype, grad mode, return_lse) and later one
+    # dynamic-shape entry each: a hybrid model evaluated at several lengths passes torch's default
+    # of 8, after which it would silently run the unfused eager path
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), 64))
     return torch.compile(flex_attention)
 
 

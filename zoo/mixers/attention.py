@@ -89,10 +89,15 @@ Position = Literal["nope", "sinusoidal", "learned", "t5-bias", "alibi", "rope", 
 
 # -- backends ------------------------------------------------------------------------------
 
+@functools.cache
+def _flash_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def _flash_unavailable(device: torch.device) -> str | None:
     if torch.device(device).type != "cuda":
         return "flash-attn runs on CUDA only"
-    if importlib.util.find_spec("flash_attn") is None:
+    if not _flash_installed():
         return "flash-attn is not installed (pip install 'mixer-zoo[flash]')"
     return None
 
@@ -414,15 +419,18 @@ class Rotary(NoPositions):
 
     def rotate(self, q, k, pos_q, pos_k, inv_freq):
         """q at (possibly fractional) positions pos_q, k at pos_k."""
-        (cq, sq), (ck, sk) = rope_cos_sin(pos_q, inv_freq), rope_cos_sin(pos_k, inv_freq)
-        m = yarn_attention_factor(self.factor) if self.method == "yarn" else 1.0
-        gq = gk = m
+        cq, sq = rope_cos_sin(pos_q, inv_freq)
+        ck, sk = (cq, sq) if pos_k is pos_q else rope_cos_sin(pos_k, inv_freq)
+        if self.method == "yarn":  # attention temperature on both q and k
+            m = yarn_attention_factor(self.factor)
+            cq, sq, ck, sk = cq * m, sq * m, ck * m, sk * m
         if self.scale_base is not None:  # queries up-scaled, keys down-scaled around a common centre
             c = pos_q[len(pos_q) // 2]
-            gq = m * xpos_scale(pos_q - c, self.head_dim, self.scale_base)
-            gk = m * xpos_scale(c - pos_k, self.head_dim, self.scale_base)
+            gq = xpos_scale(pos_q - c, self.head_dim, self.scale_base)
+            gk = xpos_scale(c - pos_k, self.head_dim, self.scale_base)
+            cq, sq, ck, sk = cq * gq, sq * gq, ck * gk, sk * gk
         rotate = _fused_rotate_pair() if q.is_cuda else _rotate_pair
-        return rotate(q, k, cq * gq, sq * gq, ck * gk, sk * gk)
+        return rotate(q, k, cq, sq, ck, sk)
 
     def groups(self, pos_q) -> list[tuple[slice, torch.Tensor]]:
         """Query rows sharing one set of inverse frequencies (several only for dynamic NTK)."""
@@ -443,7 +451,10 @@ class Rotary(NoPositions):
         out = []
         for rows, inv_freq in self.groups(pos_q):
             n = Lk - (Lq - rows.stop)  # the keys up to this group's last query
-            qg, kg, pq, pk = q[:, :, rows], k[:, :, :n], pos_q[rows], pos_k[:n]
+            if rows.start == 0 and n == Lk:  # one group: no slicing (and pos_k may be pos_q itself)
+                qg, kg, pq, pk = q, k, pos_q, pos_k
+            else:
+                qg, kg, pq, pk = q[:, :, rows], k[:, :, :n], pos_q[rows], pos_k[:n]
             part = Part(*self.rotate(qg, kg, pq, pk, inv_freq), rows, n)
             if self.kind == "two-score":
                 # past the window, a score at distance d reads as at distance w (or w + (d - w) / k):
@@ -497,6 +508,7 @@ class Attention(Mixer):
         self.wv = nn.Linear(d_model, inner, bias=False)
         self.wo = nn.Linear(inner, d_model, bias=False)
         self.pe = make_positions(getattr(c, "position", self.position), d_model, self.n_heads, self.head_dim, c)
+        self._choices: dict[tuple, BackendChoice] = {}  # (device, dtype) -> choice, until reconfigured
 
     @property
     def max_length(self) -> int | None:
@@ -519,6 +531,7 @@ class Attention(Mixer):
         which stays the record of what the layer does."""
         self.config = self.spec.make_config({**self.config.model_dump(), **changes})
         self.window = self.config.window
+        self._choices.clear()
         if isinstance(self.pe, Rotary):
             self.pe.configure(self.config)
         elif isinstance(self.pe, SinusoidalPositions):
@@ -566,7 +579,10 @@ class Attention(Mixer):
         return self._choose(torch.device(device), None)
 
     def select_backend(self, x: torch.Tensor) -> str:
-        self.last_backend = self._choose(x.device, x.dtype).chosen
+        key = (x.device, x.dtype)
+        if key not in self._choices:
+            self._choices[key] = self._choose(x.device, x.dtype)
+        self.last_backend = self._choices[key].chosen
         return self.last_backend
 
     # -- forward ------------------------------------------------------------------------------------
@@ -587,7 +603,7 @@ class Attention(Mixer):
             keep = k.shape[2] if self.window is None else min(k.shape[2], self.window)
             cache.k, cache.v = k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous()
             cache.pos = start + L
-        pos_k = torch.arange(start + L - k.shape[2], start + L, device=x.device)
+        pos_k = pos if k.shape[2] == L else torch.arange(start + L - k.shape[2], start + L, device=x.device)
         o = self.attend(q, k, v, pos, pos_k)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
 
