@@ -190,23 +190,30 @@ class RetNet(Mixer):
         H, Dk, Dv = self.n_heads, self.key_dim, self.value_dim
         start = cache.pos if cache is not None else 0
         pos = torch.arange(start, start + L, device=x.device)
-        cos, sin = rope_cos_sin(pos, self.inv_freq)                  # [L, Dk]
-        cos, sin = cos[:, None], sin[:, None]                        # broadcast over heads
-        q = apply_rotary(self.wq(x).view(B, L, H, Dk), cos, sin)
-        k = apply_rotary(self.wk(x).view(B, L, H, Dk), cos, sin) * Dk ** -0.5
-        v = self.wv(x).view(B, L, H, Dv)
+        cos, sin = rope_cos_sin(pos, self.inv_freq)                  # [L, Dk], halves repeated
+        q, k, v = self.wq(x).view(B, L, H, Dk), self.wk(x).view(B, L, H, Dk), self.wv(x).view(B, L, H, Dv)
         state = cache.state if cache is not None else x.new_zeros(B, H, Dk, Dv, dtype=torch.float32)
         if self.select_backend(x) == "fla":
+            from fla.modules.rotary import rotary_embedding  # fused rotation; k's tables carry its 1/sqrt(Dk)
+
+            cos, sin = cos[:, :Dk // 2].to(x.dtype), sin[:, :Dk // 2].to(x.dtype)
+            q = rotary_embedding(q, cos, sin)
+            k = rotary_embedding(k, cos * Dk ** -0.5, sin * Dk ** -0.5)
             o, state = retention_fla(q, k, v, state)
-        elif cache is not None and L < self.config.chunk_size:
-            o, state = retention_recurrent(q, k, v, self.log_gamma, state)
+            o = F.group_norm(o.reshape(B * L, H * Dv), H, self.group_norm.weight, self.group_norm.bias,
+                             self.config.norm_eps)
         else:
-            o, state = retention_chunkwise(q, k, v, self.log_gamma, state, self.config.chunk_size)
+            q = apply_rotary(q, cos[:, None], sin[:, None])          # broadcast over heads
+            k = apply_rotary(k, cos[:, None], sin[:, None]) * Dk ** -0.5
+            if cache is not None and L < self.config.chunk_size:
+                o, state = retention_recurrent(q, k, v, self.log_gamma, state)
+            else:
+                o, state = retention_chunkwise(q, k, v, self.log_gamma, state, self.config.chunk_size)
+            o = F.group_norm(o.float().reshape(B * L, H * Dv), H, self.group_norm.weight.float(),
+                             self.group_norm.bias.float(), self.config.norm_eps).to(x.dtype)
         if cache is not None:
             cache.state, cache.pos = state.detach(), start + L
-        o = F.group_norm(o.float().reshape(B * L, H * Dv), H, self.group_norm.weight.float(),
-                         self.group_norm.bias.float(), self.config.norm_eps)
-        return self.wo(F.silu(self.wg(x)) * o.view(B, L, H * Dv).to(x.dtype))
+        return self.wo(F.silu(self.wg(x)) * o.view(B, L, H * Dv))
 
     def new_cache(self, batch, device, dtype) -> Cache:
         return Cache(state=torch.zeros(batch, self.n_heads, self.key_dim, self.value_dim, device=device,

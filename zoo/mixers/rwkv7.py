@@ -141,7 +141,8 @@ def wkv7_chunked(r, log_w, k, v, a, b, state, chunk_size: int = 16):
 
 
 def wkv7_fla(r, log_w, k, v, a, b, state):
-    """flash-linear-attention's chunk kernel; fla keeps the state as `[B, H, N_k, N_v]`."""
+    """flash-linear-attention's chunk kernel, called as fla's RWKV7Attention calls it (chunks of
+    64, tensor cores licensed by the decay floor); fla keeps the state as `[B, H, N_k, N_v]`."""
     from fla.ops.rwkv7 import chunk_rwkv7
 
     o, S = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=state.transpose(-1, -2).contiguous(),
@@ -167,6 +168,11 @@ def _depth_ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
     ratio_0_to_1 = layer_idx / (n - 1) if n > 1 else 0.0
     ratio_1_to_almost0 = 1.0 - layer_idx / n
     return ratio_0_to_1, ratio_1_to_almost0
+
+
+def _lora(h: torch.Tensor, up: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """bias + h @ up, with the bias added inside the matmul."""
+    return F.linear(h, up.t(), bias)
 
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
@@ -268,20 +274,29 @@ class RWKV7(Mixer):
     def forward(self, x: torch.Tensor, cache: Cache | None = None, shared: dict | None = None) -> torch.Tensor:
         B, L, C = x.shape
         H, N = self.n_heads, self.head_dim
+        fla = self.select_backend(x) == "fla"
+        if fla:  # fla's fused kernels for the elementwise steps, as fla's own RWKV7Attention uses them
+            from fla.ops.rwkv7.fused_addcmul import fused_addcmul_rwkv7
+            from fla.ops.rwkv7.fused_k_update import fused_k_rwkv7
+            from fla.ops.rwkv7.gate_output_correction import gate_output_correction
+        mus = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
         xx = token_shift(x, cache.x_prev if cache is not None else None) - x
-        xr, xw, xk, xv, xa, xg = (x + xx * mu for mu in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        if fla:  # fla's backward writes the input gradient into its first argument: hand it a copy
+            xr, xw, xk, xv, xa, xg = fused_addcmul_rwkv7(x.clone(), xx, *mus)
+        else:
+            xr, xw, xk, xv, xa, xg = (x + xx * mu for mu in mus)
 
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        z = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
-        log_w = LOG_DECAY_FLOOR * torch.sigmoid(z.float())          # = -softplus(-z) - 0.5, then -exp()
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        z = _lora(torch.tanh(xw @ self.w1), self.w2, self.w0)               # w0 + tanh(x_w W1) W2
+        log_w = LOG_DECAY_FLOOR * torch.sigmoid(z if fla else z.float())  # = -softplus(-z) - 0.5, then -exp()
+        a = torch.sigmoid(_lora(xa @ self.a1, self.a2, self.a0))
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).view(B, L, H, N), dim=-1)
-        k = k * (1 + (a - 1) * self.k_a)
-        if shared is not None and V_FIRST in shared and self.layer_idx > 0:
-            v = v + (shared[V_FIRST] - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+        k = fused_k_rwkv7(k, a, self.k_a) if fla else k * (1 + (a - 1) * self.k_a)
+        if shared is not None and V_FIRST in shared and self.layer_idx > 0:  # value residual
+            v = torch.lerp(v, shared[V_FIRST], torch.sigmoid(_lora(xv @ self.v1, self.v2, self.v0)))
         elif shared is not None and V_FIRST not in shared:
             shared[V_FIRST] = v
 
@@ -289,8 +304,8 @@ class RWKV7(Mixer):
         r_, w_, k_, v_, a_ = heads(r), heads(log_w), heads(k), heads(v), heads(a)
         neg_kk, kka = -kk, kk * a_
         state = cache.state if cache is not None else x.new_zeros(B, H, N, N, dtype=torch.float32)
-        if self.select_backend(x) == "fla":
-            o, state = wkv7_fla(r_, w_.to(r.dtype), k_, v_, neg_kk, kka, state)
+        if fla:
+            o, state = wkv7_fla(r_, w_, k_, v_, neg_kk, kka, state)
         elif cache is not None and L < self.config.chunk_size:
             o, state = wkv7_recurrent(r_, w_, k_, v_, neg_kk, kka, state)
         else:
@@ -298,6 +313,9 @@ class RWKV7(Mixer):
         if cache is not None:
             cache.x_prev, cache.state, cache.pos = x[:, -1].detach().clone(), state.detach(), cache.pos + L
 
+        if fla:  # group norm in the input dtype (fp32 statistics inside), fused bonus + gate
+            o = F.group_norm(o.reshape(B * L, C), H, self.ln_x.weight, self.ln_x.bias, GROUP_NORM_EPS)
+            return self.output(gate_output_correction(o.view(B, L, C), r_, k_, self.r_k, v_, g))
         o = F.group_norm(o.float().reshape(B * L, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(),
                          GROUP_NORM_EPS).view(B, L, H, N)
         bonus = (r_.float() * k_.float() * self.r_k.float()).sum(-1, keepdim=True) * v_.float()
