@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from zoo.errors import ZooError
 from zoo.kernels import flex
 from zoo.kernels.hsa_naive import hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
@@ -150,7 +151,7 @@ def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # automatic dynamic shapes: chunked inference varies the lengths
 
 
 def window_attention_fast(q, k, v, window: int) -> torch.Tensor:
@@ -204,9 +205,12 @@ class HSA(Mixer):
         self.ret_norm, self.lmk_norm = RMSNorm(Dr), RMSNorm(Dr)
         # chunk encoder: depth 0 = mean pooling of the normed chunk
         self.enc_heads = c.encoder_heads or max(1, d // 64)
+        if Dh % 2:
+            raise ZooError(f"hsa: head_dim {Dh} is odd", "RoPE of the window branch rotates pairs: use an even width")
         if c.encoder_layers:
             if d % self.enc_heads or (d // self.enc_heads) % 2:
-                raise ValueError(f"d_model={d} does not split into {self.enc_heads} even-width encoder heads")
+                raise ZooError(f"hsa: d_model {d} does not split into {self.enc_heads} even-width encoder heads",
+                               "set encoder_heads to a divisor of d_model with an even quotient")
             self.cls = nn.Parameter(0.02 * torch.randn(d))
             self.encoder = nn.ModuleList(ChunkEncoderLayer(d, self.enc_heads) for _ in range(c.encoder_layers))
         else:
