@@ -365,7 +365,10 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                     mc, params = _match(mc, target, spec.sweep.match_by, spec.sweep.multiple)
                     what = (f"d_model {d0} -> {mc['d_model']}" if spec.sweep.match_by == "d_model"
                             else f"mlp_hidden {h0} -> {mc['mlp_hidden']}")
-                    matched = f"{what} ({params:,} vs {target:,} params, {100 * (params - target) / target:+.1f}%)"
+                    dev = (params - target) / target
+                    matched = f"{what} ({params:,} vs {target:,} params, {100 * dev:+.1f}%)"
+                    if abs(dev) > 0.05:
+                        matched += " [not matched within 5%]"
             run = RunConfig(model=ModelConfig(**mc),
                             task=TaskRef(name=spec.task.name, config={**doc["task"]["config"], **entry.task}),
                             train=TrainConfig(**doc["train"]), label=label, experiment=spec.name)
