@@ -391,3 +391,81 @@ def test_screenshot_in_headless_chromium(built, tmp_path):
         close = np.abs(img - np.array(rgb) / 255).max(-1) < 0.04
         assert close.sum() > 200, rgb
     assert img.std() > 0.1  # not a blank page
+
+
+# -- perplexity and speed: an lm comparison and a bench run in one store --------------------------
+LM_SPEC = """
+name = "lm-report-test"
+mixers = ["nope", "s4d"]
+[model]
+d_model = 16
+n_layers = 1
+[task]
+name = "lm"
+[train]
+steps = 2
+seq_len = 32
+batch_size = 2
+[eval.ppl]
+multipliers = [1, 2, 4, 8]
+windows = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def built_lm(tmp_path_factory):
+    from zoo.eval import bench
+    from zoo.report import build_report
+    from zoo.spec import load_spec
+    from zoo.train.sweep import run_experiment
+
+    tmp = tmp_path_factory.mktemp("report_lm")
+    spec_path = tmp / "lm.toml"
+    spec_path.write_text(LM_SPEC)
+    store = Store(tmp / "store")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outcomes = run_experiment(load_spec(spec_path), store)
+        cfg = bench.BenchConfig(mixers=["nope", "s4d"], seq_lens=[32, 64, 128], tokens_per_batch=128, d_model=16,
+                                modes=["fwd"], reps=1, warmup=0, dtype="fp32", device="cpu")
+        bench.Bench(cfg, progress=False).run(store)
+        built = build_report(spec=spec_path, root=store.root, out=tmp / "out", pdf=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(o.status, o.evals) for o in outcomes] == [("done", {"ppl": "ok"})] * 2
+    return {"store": store, "built": built, "html": built.html.read_text(encoding="utf-8")}
+
+
+def test_perplexity_columns_equal_store(built_lm):
+    store, page = built_lm["store"], parse(built_lm["html"])
+    rows = page.tables["table-leaderboard"]
+    col = {c["text"].strip(): i for i, c in enumerate(rows[1])}
+    assert built_lm["built"].pdf is None and not (built_lm["built"].out / "report.pdf").exists()
+    for row in (r for r in rows if r[0]["tag"] == "td"):
+        run = headline(store, row[0]["data-value"])
+        ppl = {r["length"]: r["ppl"] for r in store.results(run["id"], "ppl")
+               if r["scope"] == "all" and r["status"] == "ok" and r["rope_scaling"] is None}
+        assert float(row[col["ppl 1x (32)"]]["data-value"]) == ppl[32]
+        assert float(row[col["ppl 8x (256)"]]["data-value"]) == ppl[256]
+        assert row[col["1x (32)"]]["data-na"] == "not evaluated"  # an lm run has no HashHop cells
+    assert "fig-ppl" in page.ids and "Lowest perplexity at 8x the training length" in built_lm["html"]
+
+
+def test_speed_figure_equals_bench_rows(built_lm):
+    store, page = built_lm["store"], parse(built_lm["html"])
+    (bench_run,) = store.runs(kind="bench")
+    rows = {(r["name"], r["seq_len"]): r for r in store.results(bench_run["id"], "bench") if r["mode"] == "fwd"}
+    side = [r for r in page.tables["table-bench-side-fwd"] if r[0]["tag"] == "td"]
+    assert {r[0]["data-value"] for r in side} == {name for name, _ in rows}
+    for r in side:
+        stored = rows[(r[0]["data-value"], 128)]
+        if stored["status"] == "ok":
+            assert float(r[1]["data-value"]) == stored["tokens_per_s"]
+            assert r[2]["data-na"] == "not measured on CPU"
+        else:  # a peer that could not run here: n/a with the bench's own reason
+            assert r[1]["data-na"] == r[2]["data-na"] == stored["status"].partition(":")[2].strip()
+    nope, s4d = rows[("nope", 128)]["tokens_per_s"], rows[("s4d", 128)]["tokens_per_s"]
+    fast, slow = ("nope", "s4d") if nope >= s4d else ("s4d", "nope")
+    assert f"Fastest at 128 tokens (fwd): {fast}" in built_lm["html"] and f"the slowest ({slow}" in built_lm["html"]
+    assert "fig-speed-fwd" in page.ids and "O(L²)" in built_lm["html"]

@@ -309,8 +309,9 @@ def bench_side(data: ReportData, mode: str) -> Table:
             continue
         src = f"bench {mode} seq_len={L}"
         tps = Val(b.tokens_per_s, fmt.count(b.tokens_per_s), run_id=b.run_id, source=src)
+        no_mem = "not measured on CPU" if (b.device or "").startswith("cpu") else "not measured"
         mem = Val(b.peak_mem, fmt.nbytes(b.peak_mem), run_id=b.run_id, source=src) if b.peak_mem is not None \
-            else na("not measured")
+            else na(no_mem)
         rows.append([label, tps, mem])
     return Table(f"bench-side-{mode}", f"At {fmt.length(L)} tokens ({mode})" if L else mode,
                  ["kernel", "tokens/s", "peak memory"], rows, label_col=None).add_footnotes(16)

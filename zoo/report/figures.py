@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure as MplFigure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from zoo.report import analysis as A
 from zoo.report import fmt
@@ -393,6 +393,14 @@ def _guides(ax, xs: list[int], y0: float, slopes: dict[str, float]) -> None:
                     va="center")
 
 
+def _log_y(ax) -> None:
+    """Log y axis labelled 20K, 50K, 100K... rather than 2 x 10^4."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+
+
 def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
     fid = f"fig-speed-{mode}"
     title = f"Throughput and peak memory vs sequence length ({mode})"
@@ -432,12 +440,16 @@ def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
         if xs_all:
             _log2_axis(ax_t, xs_all)
             _log2_axis(ax_m, xs_all)
-            ax_t.set_yscale("log")
-            ax_m.set_yscale("log")
+            _log_y(ax_t)
             if t0:
                 _guides(ax_t, xs_all, float(np.exp(np.mean(np.log(t0)))), {"O(L)": 0.0, "O(L²)": -1.0})
             if m0:
+                _log_y(ax_m)
                 _guides(ax_m, xs_all, float(np.exp(np.mean(np.log(m0)))), {"O(L)": 1.0, "O(L²)": 2.0})
+            else:  # CPU runs have no allocator peak: say so instead of drawing empty axes
+                ax_m.text(0.5, 0.5, "n/a (no peak memory measured:\nCPU has no allocator counter)", ha="center",
+                          va="center", transform=ax_m.transAxes, fontsize=7.5, color="#7a4b00")
+                ax_m.set_yticks([])
         ax_t.set_xlabel("sequence length (tokens)")
         ax_m.set_xlabel("sequence length (tokens)")
         ax_t.set_ylabel("tokens / s")
