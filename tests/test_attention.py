@@ -121,13 +121,13 @@ def test_backend_choice_says_why():
     cpu = torch.device("cpu")
     nope, alibi, swa = mixer("nope"), mixer("alibi"), mixer("swa")
     assert nope.backend_choice(cpu).chosen == "sdpa"
-    assert "SDPA's fused kernels are faster" in nope.refuses("flex")
+    assert nope.refuses("flex") is None and "SDPA's fused kernels are faster" in nope.passes_over("flex")
     c = alibi.backend_choice(cpu)
     assert c.chosen == "torch"
     assert "bias" in c.reasons["sdpa"] and "CUDA" in c.reasons["flex"]
     assert "ReRoPE" in mixer("rerope").refuses("sdpa")
     assert mixer("t5-bias").refuses("flash") is not None
-    assert swa.refuses("flex") is None and swa.backend_choice(cpu).chosen == "sdpa"
+    assert swa.passes_over("flex") is None and swa.backend_choice(cpu).chosen == "sdpa"
     with pytest.raises(ZooError, match="cannot run"):
         build_mixer("alibi", D, {"n_heads": 2, "backend": "sdpa"})(x_of(4))
     with pytest.raises(ZooError, match="cannot run on cpu"):

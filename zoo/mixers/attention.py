@@ -23,7 +23,8 @@ One `Attention` module; the positional scheme is a small module `self.pe` with t
 The RoPE scalings are also evaluation-time overrides of a RoPE model trained without them:
 `override_rope_scaling(model, "yarn", 16, original_length=2048)`.
 
-Backends, first usable wins (`Attention.refuses` says why one cannot run a configuration):
+Backends, first usable wins (`Attention.refuses` says why one cannot run a configuration,
+`Attention.passes_over` why `auto` prefers another; a forced backend only has to be able):
 
 - `flex`: FlexAttention (CUDA) for schemes that change the scores (bias, window, ReRoPE);
   ReRoPE runs as two banded calls (inside / past the window) merged by their log-sum-exp,
@@ -102,18 +103,24 @@ def _flash_unavailable(device: torch.device) -> str | None:
     return None
 
 
-def _scores_changed(device: torch.device) -> str:
-    return "the scheme changes the scores, which SDPA takes only as a dense [L, L] bias: use flex"
+def _refused(backend: Backend, reason: str) -> Backend:
+    """`backend` as listed by a scheme it can never run, saying why."""
+    return Backend(backend.name, backend.description, lambda device: reason)
 
 
 SDPA_BACKEND = Backend("sdpa", "torch scaled_dot_product_attention (cuDNN, flash or efficient kernel)")
-SDPA_REFUSED = Backend("sdpa", "torch scaled_dot_product_attention", _scores_changed)
 FLEX_BACKEND = Backend("flex", "FlexAttention: compiled kernel with score modifications and block masks",
                        flex.unavailable)
 FLASH_BACKEND = Backend("flash", "flash-attn 2 (ALiBi slopes, sliding window)", _flash_unavailable)
 
-QK_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_BACKEND, TORCH_BACKEND]  # flex/flash only for windows
-SCORE_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_REFUSED, TORCH_BACKEND]
+_NO_DENSE_BIAS = "the scheme adds a bias to the scores, which SDPA takes only as a dense [L, L] tensor: use flex"
+QK_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_BACKEND, TORCH_BACKEND]  # auto takes flex/flash for windows only
+ALIBI_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, _refused(SDPA_BACKEND, _NO_DENSE_BIAS), TORCH_BACKEND]
+T5_BACKENDS = [FLEX_BACKEND, _refused(FLASH_BACKEND, "flash-attn has no learned relative bias"),
+               _refused(SDPA_BACKEND, _NO_DENSE_BIAS), TORCH_BACKEND]
+REROPE_BACKENDS = [FLEX_BACKEND, _refused(FLASH_BACKEND, "flash-attn has no two-score form"),
+                   _refused(SDPA_BACKEND, "ReRoPE mixes two score matrices (inside and past its window)"),
+                   TORCH_BACKEND]
 
 
 @functools.cache
@@ -546,15 +553,17 @@ class Attention(Mixer):
                 return f"{name} adds a bias to the scores, which SDPA takes only as a dense [L, L] tensor"
             if kind == "two-score":
                 return "ReRoPE mixes two score matrices (inside and past its window)"
-        if backend == "flex" and kind == "qk" and self.window is None:
-            return "plain causal attention with q/k-only positions: SDPA's fused kernels are faster"
         if backend == "flash":
             if kind == "two-score" or name == "t5-bias":
                 return f"flash-attn has no form of {name}"
-            if name != "alibi" and self.window is None:
-                return "plain causal attention: SDPA runs the same flash kernel"
             if dtype is not None and dtype not in (torch.float16, torch.bfloat16):
                 return "flash-attn runs fp16 and bf16 only"
+        return None
+
+    def passes_over(self, backend: str) -> str | None:
+        """Why `auto` skips a backend that could run this configuration (None: it does not)."""
+        if backend in ("flex", "flash") and self.pe.kind == "qk" and self.window is None:
+            return "plain causal attention with q/k-only positions: SDPA's fused kernels are faster"
         return None
 
     def _choose(self, device: torch.device, dtype: torch.dtype | None) -> BackendChoice:
@@ -568,7 +577,7 @@ class Attention(Mixer):
             return device_choice
         chosen = None
         for b in self.spec.backends:
-            why = reasons.get(b.name) or self.refuses(b.name, dtype)
+            why = reasons.get(b.name) or self.refuses(b.name, dtype) or self.passes_over(b.name)
             if why is None:
                 chosen = chosen or b.name
             else:
@@ -726,7 +735,7 @@ class Learned(Attention):
 
 @_attention("t5-bias", "attention with T5's learned relative bias (32 buckets, max distance 128)",
             "Raffel et al. 2020, Exploring the Limits of Transfer Learning with a Unified Text-to-Text "
-            "Transformer, arXiv:1910.10683", SCORE_BACKENDS, tiny={"num_buckets": 8, "max_distance": 12})
+            "Transformer, arXiv:1910.10683", T5_BACKENDS, tiny={"num_buckets": 8, "max_distance": 12})
 class T5RelativeBias(Attention):
     Config = T5Config
     position = "t5-bias"
@@ -734,7 +743,7 @@ class T5RelativeBias(Attention):
 
 @_attention("alibi", "attention with linear biases -m_h (i - j), slopes 2^(-8h/n)",
             "Press et al. 2022, Train Short, Test Long: Attention with Linear Biases, arXiv:2108.12409",
-            SCORE_BACKENDS)
+            ALIBI_BACKENDS)
 class Alibi(Attention):
     position = "alibi"
 
@@ -783,14 +792,14 @@ class RopeYaRN(Rope):
 
 
 @_attention("rerope", "RoPE with relative positions clipped at the window w (two-score form)",
-            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", SCORE_BACKENDS,
+            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", REROPE_BACKENDS,
             tiny={"rerope_window": 6})
 class ReRoPE(Rope):
     Config = ReRoPEConfig
 
 
 @_attention("leaky-rerope", "RoPE with relative positions w + (d - w)/k past the window w (k = 16)",
-            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", SCORE_BACKENDS,
+            f"Su 2023, Rectified Rotary Position Embeddings, github.com/bojone/rerope; {ROPE}", REROPE_BACKENDS,
             tiny={"rerope_window": 6, "factor": 4.0})
 class LeakyReRoPE(Rope):
     Config = LeakyReRoPEConfig
