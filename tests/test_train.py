@@ -127,7 +127,8 @@ def test_train_with_curriculum_accum_and_target_then_load_and_ppl(tmp_path):
                     task=TaskRef(name="lm", config={"paths": [str(corpus)], "extensions": [".txt"],
                                                     "eval_fraction": 0.3}),
                     train=TrainConfig(steps=40, batch_size=2, grad_accum=2, seq_len=32, lr=3e-3, eval_every=10,
-                                      log_every=5, target={"metric": "eval_acc", "value": 0.0, "mode": "max"},
+                                      log_every=5, threads=1,
+                                      target={"metric": "eval_acc", "value": 0.0, "mode": "max"},
                                       schedules={"seq_len": {"points": [[0, 16], [5, 32]]},
                                                  "long_fraction": {"points": [[0, 0.5]]},
                                                  "mixer.swa.window": {"points": [[0, 4], [8, 16]]}}))

@@ -44,7 +44,7 @@ def _spec(mixers, corpus):
         "mixers": mixers,
         "model": {"d_model": 32, "n_layers": 2, "mixer_config": {m: {"n_heads": 2} for m in mixers}},
         "task": {"name": "lm", "config": {"paths": [str(corpus)], "extensions": [".txt"], "eval_fraction": 0.5}},
-        "train": {"steps": 6, "batch_size": 2, "seq_len": 16, "lr": 1e-3},
+        "train": {"steps": 6, "batch_size": 2, "seq_len": 16, "lr": 1e-3, "threads": 1},
     }, "failures.toml")
 
 
