@@ -189,6 +189,10 @@ def test_matches_fla_naive_dplr():
                                          initial_state=S0.transpose(-1, -2).contiguous())
     assert (ours - hf(want)).abs().max() < 1e-4 * ours.abs().max()
     assert (S - want_S.transpose(-1, -2)).abs().max() < 1e-4 * S.abs().max()
+    want_c, want_cS = naive.dplr_chunkwise(hf(r) * math.sqrt(N), hf(k), hf(v), hf(a), hf(b), hf(lw),
+                                           initial_state=S0.transpose(-1, -2).contiguous(), chunk_size=8)
+    assert (ours - hf(want_c)).abs().max() < 1e-4 * ours.abs().max()
+    assert (S - want_cS.transpose(-1, -2)).abs().max() < 1e-4 * S.abs().max()
 
 
 # -- inside ZooLM --------------------------------------------------------------------------------
