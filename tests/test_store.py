@@ -93,3 +93,27 @@ def test_export_parquet(tmp_path):
     write_parquet(flat_rows(s, "results", "ppl"), tmp_path / "x.parquet")
     t = pq.read_table(tmp_path / "x.parquet").to_pylist()
     assert [r["length"] for r in t] == [64, 128] and t[0]["ppl"] == 3.5
+
+
+def test_runs_cli(tmp_path, capsys):
+    from zoo.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = Store(a)
+    s.upsert_run("abc123", {"model": {"d_model": 8, "layers": ["nope"]}, "label": "nope", "experiment": "e"},
+                 status="done", summary={"final_loss": 2.0, "params": 10, "steps": 3})
+    s.log_metrics("abc123", 3, {"loss": 2.0})
+    s.add_results("abc123", "hashhop", [{"length": 10, "accuracy": 0.5}])
+    assert main(["runs", "list", "--root", str(a)]) == 0
+    assert "abc123" in capsys.readouterr().out
+    assert main(["runs", "show", "abc", "--root", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "final_loss" in out and "hashhop: 1 rows" in out
+    assert main(["runs", "export", "--format", "json", "--out", str(tmp_path / "r.json"), "--root", str(a)]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())[0]["accuracy"] == 0.5
+    assert main(["runs", "import", str(a / "zoo.db"), "--root", str(b)]) == 0
+    assert main(["runs", "import", str(a / "zoo.db"), "--root", str(b)]) == 0
+    assert "0 result rows" in capsys.readouterr().out.splitlines()[-1]
+    assert len(Store(b).results()) == 1
+    assert main(["runs", "show", "zzz", "--root", str(b)]) == 2
+    assert main(["runs", "export", "--format", "xml", "--root", str(b)]) == 2

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         t = Table(title=f"runs in {store.path} ({len(runs)})")
         for c in ("run", "experiment", "mixer", "status", "layers", "d_model", "params", "steps", "loss",
                   "eval acc", "updated"):
-            t.add_column(c)
+            t.add_column(c, no_wrap=c == "run", min_width=12 if c == "run" else None)
         for r in runs:
             c, s = r["config"], r["summary"]
             m = c.get("model") or {}

@@ -48,7 +48,7 @@ def plan_table(runs, store, title: str) -> Table:
     for c in ("mixer", "run", "layers", "d_model", "mlp", "params", "steps", "tokens", "est. FLOPs", "matching",
               "status"):
         t.add_column(c, justify="right" if c in ("d_model", "mlp", "params", "steps", "tokens", "est. FLOPs")
-                     else "left")
+                     else "left", no_wrap=c == "run", min_width=12 if c == "run" else None)
     for p in runs:
         m = p.run.model
         prior = store.get_run(p.run_id) if store is not None else None
@@ -87,8 +87,20 @@ def register(app: typer.Typer) -> None:
         root: Path = typer.Option(None, "--root", help=ROOT_HELP),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
+        config: Path = typer.Option(None, "--config", help="a run config as JSON (e.g. a run's config.json) "
+                                    "instead of the flags above; --set still applies"),
+        nproc: int = typer.Option(1, "--nproc", min=1, help="processes (GPUs) for this one run: starts torchrun "
+                                  "on this machine; train.batch_size is the global batch"),
+        parallel: str = typer.Option("ddp", "--parallel", help="how several processes share the run: ddp "
+                                     "(replicas) or fsdp (FSDP2, sharded parameters and optimizer state)"),
     ) -> None:
-        """Train one run from flags (resumes it if it was interrupted)."""
+        """Train one run from flags (resumes it if it was interrupted).
+
+        Across GPUs: `zoo train --nproc N ...`, or `torchrun --nproc-per-node N -m zoo train ...`
+        (several machines: torchrun's --nnodes and --rdzv-endpoint)."""
+        import json
+        import os
+
         from pydantic import ValidationError
 
         from zoo.spec import PlannedRun, count_params
@@ -105,6 +117,13 @@ def register(app: typer.Typer) -> None:
                       "tensorboard": tensorboard, "wandb": wandb},
             "label": label,
         }
+        if config is not None:
+            try:
+                doc = json.loads(Path(config).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ZooError(f"cannot read run config {config}: {e}",
+                               "give a JSON file like a run's config.json") from None
+            doc.pop("run_id", None)
         apply_sets(doc, sets)
         try:
             run = RunConfig(**doc)
@@ -115,6 +134,10 @@ def register(app: typer.Typer) -> None:
                            "see `zoo train --help`") from None
         store = Store(root)
         rid = run.run_id()
+        if nproc > 1 and not dry_run:
+            from zoo.train.launch import torchrun_train
+
+            raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
             model = build_model(run.normalized().model, run.train.seed)
             n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
@@ -122,7 +145,14 @@ def register(app: typer.Typer) -> None:
                            flops)
             console.print(plan_table([p], store, "plan (dry run)"))
             return
-        res = train(run, store, progress=progress, console=console)
+        from zoo.train.distributed import teardown
+
+        try:
+            res = train(run, store, progress=progress, console=console, parallel=parallel)
+        finally:
+            teardown()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # rank 0 reports
         s = res.summary
         console.print(f"run [bold]{rid}[/] done: {s['steps']} steps, loss {s['final_loss']:.4f}"
                       + (f", eval loss {s['eval_loss']:.4f}, eval acc {s['eval_acc']:.3f}" if "eval_loss" in s else "")
@@ -138,12 +168,30 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="override the spec's device"),
         only: list[str] = typer.Option([], "--only", help="only these mixers (repeatable)"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
+        gpus: str = typer.Option(None, "--gpus", help="run in parallel, one worker process per GPU: 0,1,2,3 or all "
+                                 "(a GPU listed twice takes two runs at once)"),
+        workers: int = typer.Option(None, "--workers", min=1, help="run in parallel on N CPU worker processes"),
+        launcher: str = typer.Option("local", "--launcher", help="local, or ray: one Ray task per run"),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (default: start Ray here)"),
     ) -> None:
         """Train and evaluate every run of an experiment, then print the comparison table."""
+        import os
+
         from zoo.spec import load_spec, plan
         from zoo.store import Store
         from zoo.train.sweep import run_experiment, select_shard, summary_table
 
+        if launcher not in ("local", "ray"):
+            raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
+        if gpus is not None and workers is not None:
+            raise ZooError("--gpus and --workers exclude each other", "GPU workers: --gpus; CPU workers: --workers")
+        if launcher == "ray" and (gpus is not None or workers is not None):
+            raise ZooError("--gpus and --workers are for --launcher local", "Ray places runs on its own resources")
+        if address is not None and launcher != "ray":
+            raise ZooError("--address is for --launcher ray")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ZooError("zoo compare runs under torchrun", "spread a sweep with --gpus; one run over GPUs with "
+                           "`zoo train --nproc N` or `torchrun ... -m zoo train`")
         spec = load_spec(spec_path)
         store = Store(root)
         if dry_run:
@@ -152,8 +200,20 @@ def register(app: typer.Typer) -> None:
             total = sum(r.flops for r in runs)
             console.print(f"total estimated training FLOPs: {total:.3g}")
             return
-        outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
-                                  shard=shard, device=device, only=only or None)
+        if launcher == "ray":
+            from zoo.train.launch import run_ray
+
+            outcomes = run_ray(spec, store, address=address, console=console, retry_failed=retry_failed,
+                               device=device, shard=shard, only=only or None)
+        elif gpus is not None or workers is not None:
+            from zoo.train.launch import parse_gpus, run_local
+
+            slots = parse_gpus(gpus) if gpus is not None else [None] * workers
+            outcomes = run_local(spec, store, slots, console=console, retry_failed=retry_failed, device=device,
+                                 shard=shard, only=only or None)
+        else:
+            outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
+                                      shard=shard, device=device, only=only or None)
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
         failed = [o for o in outcomes if o.status == "failed"]
         if failed:

@@ -77,13 +77,24 @@ def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     return out
 
 
+def eval_id(kind: str, settings: Any) -> str:
+    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats."""
+    dumped = settings if isinstance(settings, dict) else settings.model_dump()
+    return config_id({"kind": kind, "settings": dumped})
+
+
+def evals_done(spec: ExperimentSpec, store: Store, run_id: str) -> bool:
+    """Whether every evaluation the spec names is stored for this run."""
+    return all(any(r.get("eval_id") == eval_id(kind, settings) for r in store.results(run_id, kind))
+               for kind, settings in eval_settings(spec).items())
+
+
 def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console=None) -> dict[str, str]:
     status: dict[str, str] = {}
     todo = eval_settings(spec)
     model = run_config = None
     for kind, settings in todo.items():
-        dumped = settings if isinstance(settings, dict) else settings.model_dump()
-        eid = config_id({"kind": kind, "settings": dumped})
+        eid = eval_id(kind, settings)
         if any(r.get("eval_id") == eid for r in store.results(p.run_id, kind)):
             status[kind] = "cached"
             continue
@@ -117,9 +128,9 @@ def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
     return runs[i::n]
 
 
-def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: bool = False,
-                   retry_failed: bool = False, shard: str | None = None, device: str | None = None,
-                   only: list[str] | None = None) -> list[Outcome]:
+def select_runs(spec: ExperimentSpec, shard: str | None = None, only: list[str] | None = None,
+                run_ids: list[str] | None = None) -> list[PlannedRun]:
+    """The planned runs a process takes: its shard, the mixers in `only`, the ids in `run_ids`."""
     runs = select_shard(plan(spec), shard)
     if only:
         unknown = set(only) - {r.label for r in runs}
@@ -127,6 +138,19 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
             raise ZooError(f"--only names unknown mixers: {', '.join(sorted(unknown))}",
                            f"allowed: {', '.join(dict.fromkeys(r.label for r in runs))}")
         runs = [r for r in runs if r.label in only]
+    if run_ids is not None:
+        missing = set(run_ids) - {r.run_id for r in runs}
+        if missing:
+            raise ZooError(f"runs {', '.join(sorted(missing))} are not in the plan of {spec.name}",
+                           "was the experiment file changed while it ran?")
+        runs = [r for r in runs if r.run_id in run_ids]
+    return runs
+
+
+def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: bool = False,
+                   retry_failed: bool = False, shard: str | None = None, device: str | None = None,
+                   only: list[str] | None = None, run_ids: list[str] | None = None) -> list[Outcome]:
+    runs = select_runs(spec, shard, only, run_ids)
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
         if device:
@@ -197,7 +221,8 @@ def summary_table(outcomes: list[Outcome], store: Store, title: str):
     cols = ["mixer", "run"] + (["sweep"] if multi else []) + ["params", "steps", "loss", "eval loss", "eval acc"]
     cols += [f"hashhop@{L}" for L in hh_lengths] + [f"ppl@{L}" for L in pp_lengths] + ["status"]
     for c in cols:
-        t.add_column(c, justify="right" if c not in ("mixer", "run", "sweep", "status") else "left")
+        t.add_column(c, justify="right" if c not in ("mixer", "run", "sweep", "status") else "left",
+                     no_wrap=c == "run", min_width=12 if c == "run" else None)
     for o in outcomes:
         s = o.summary or {}
         status = {"done": "[green]trained[/]", "skipped": "[green]done[/]", "failed": "[red]failed[/]",
