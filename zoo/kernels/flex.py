@@ -49,8 +49,7 @@ def unavailable(device: torch.device) -> str | None:
     if flex_attention is None:
         return "this torch has no torch.nn.attention.flex_attention (needs torch >= 2.5)"
     if torch.device(device).type != "cuda":
-        return ("FlexAttention needs CUDA: on CPU torch runs it forward-only (no backward) "
-                "through an unfused O(L^2)-memory path")
+        return "needs CUDA (on CPU torch runs FlexAttention unfused and forward-only)"
     return None
 
 

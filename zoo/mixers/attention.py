@@ -23,8 +23,9 @@ One `Attention` module; the positional scheme is a small module `self.pe` with t
 The RoPE scalings are also evaluation-time overrides of a RoPE model trained without them:
 `override_rope_scaling(model, "yarn", 16, original_length=2048)`.
 
-Backends, first usable wins (`Attention.refuses` says why one cannot run a configuration,
-`Attention.passes_over` why `auto` prefers another; a forced backend only has to be able):
+Backends, first usable in the entry's order wins (`Attention.refuses` says why one cannot
+run a configuration, `Attention.passes_over` why `auto` puts it behind the others; a forced
+backend only has to be able to run it):
 
 - `flex`: FlexAttention (CUDA) for schemes that change the scores (bias, window, ReRoPE);
   ReRoPE runs as two banded calls (inside / past the window) merged by their log-sum-exp,
@@ -114,7 +115,8 @@ FLEX_BACKEND = Backend("flex", "FlexAttention: compiled kernel with score modifi
 FLASH_BACKEND = Backend("flash", "flash-attn 2 (ALiBi slopes, sliding window)", _flash_unavailable)
 
 _NO_DENSE_BIAS = "the scheme adds a bias to the scores, which SDPA takes only as a dense [L, L] tensor: use flex"
-QK_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_BACKEND, TORCH_BACKEND]  # auto takes flex/flash for windows only
+QK_BACKENDS = [SDPA_BACKEND, FLEX_BACKEND, FLASH_BACKEND, TORCH_BACKEND]
+WINDOW_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, SDPA_BACKEND, TORCH_BACKEND]
 ALIBI_BACKENDS = [FLEX_BACKEND, FLASH_BACKEND, _refused(SDPA_BACKEND, _NO_DENSE_BIAS), TORCH_BACKEND]
 T5_BACKENDS = [FLEX_BACKEND, _refused(FLASH_BACKEND, "flash-attn has no learned relative bias"),
                _refused(SDPA_BACKEND, _NO_DENSE_BIAS), TORCH_BACKEND]
@@ -561,9 +563,12 @@ class Attention(Mixer):
         return None
 
     def passes_over(self, backend: str) -> str | None:
-        """Why `auto` skips a backend that could run this configuration (None: it does not)."""
+        """Why `auto` puts a backend that could run this configuration behind the others
+        (None: it does not)."""
         if backend in ("flex", "flash") and self.pe.kind == "qk" and self.window is None:
             return "plain causal attention with q/k-only positions: SDPA's fused kernels are faster"
+        if backend == "sdpa" and self.window is not None:
+            return "a window reaches SDPA only as a dense [L, L] mask: FlexAttention skips the blocks outside it"
         return None
 
     def _choose(self, device: torch.device, dtype: torch.dtype | None) -> BackendChoice:
@@ -575,14 +580,19 @@ class Attention(Mixer):
                 raise ZooError(f"backend '{device_choice.chosen}' cannot run mixer '{self.spec.name}' "
                                f"as configured: {why}", "use backend = 'auto'")
             return device_choice
-        chosen = None
-        for b in self.spec.backends:
-            why = reasons.get(b.name) or self.refuses(b.name, dtype) or self.passes_over(b.name)
+        # usable backends in spec order, those `passes_over` names behind the rest, torch last
+        rank = {}
+        for i, b in enumerate(self.spec.backends):
+            if b.name in reasons:  # not on this device
+                continue
+            why = self.refuses(b.name, dtype)
             if why is None:
-                chosen = chosen or b.name
+                rank[b.name] = (b.name == "torch", self.passes_over(b.name) is not None, i)
             else:
                 reasons[b.name] = why
-        return BackendChoice(chosen or "torch", reasons)
+        chosen = min(rank, key=rank.get, default="torch")
+        reasons.update({n: why for n in rank if n != chosen and (why := self.passes_over(n)) is not None})
+        return BackendChoice(chosen, reasons)
 
     def backend_choice(self, device: torch.device) -> BackendChoice:
         return self._choose(torch.device(device), None)
@@ -807,6 +817,6 @@ class LeakyReRoPE(Rope):
 
 @_attention("swa", "sliding-window causal attention (window W, RoPE by default, any positional scheme)",
             "Beltagy et al. 2020, Longformer: The Long-Document Transformer, arXiv:2004.05150",
-            QK_BACKENDS, tiny={"window": 8, "max_length": 64, "num_buckets": 8, "max_distance": 12})
+            WINDOW_BACKENDS, tiny={"window": 8, "max_length": 64, "num_buckets": 8, "max_distance": 12})
 class SlidingWindow(Attention):
     Config = SwaConfig
