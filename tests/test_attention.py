@@ -273,6 +273,8 @@ def test_runtime_knobs():
         mixer("alibi").set_knob("base", 10.0)
     with pytest.raises(ZooError, match="bad config"):
         m.set_knob("window", 0)
+    with pytest.raises(ZooError, match="cannot change after construction"):
+        m.reconfigure(n_heads=4)
 
 
 def test_learned_refuses_past_its_table():

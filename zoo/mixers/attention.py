@@ -536,8 +536,12 @@ class Attention(Mixer):
         self.reconfigure(**{name: value})
 
     def reconfigure(self, **changes) -> None:
-        """Change settings that leave the parameters as they are; validated like the config,
-        which stays the record of what the layer does."""
+        """Change settings that leave the parameters as they are (the runtime settings and the
+        backend); validated like the config, which stays the record of what the layer does."""
+        fixed = sorted(set(changes) - {*self.RUNTIME, "backend"})
+        if fixed:
+            raise ZooError(f"mixer '{self.spec.name}': {', '.join(fixed)} cannot change after construction",
+                           "build a new mixer with that config")
         self.config = self.spec.make_config({**self.config.model_dump(), **changes})
         self.window = self.config.window
         self._choices.clear()
