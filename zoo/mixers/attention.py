@@ -343,10 +343,11 @@ class T5Bias(NoPositions):
         return self.table(buckets).permute(2, 0, 1)  # [H, Lq, Lk]
 
     def score_mod(self, offset, device):
-        # distances 0 .. max_distance cover every bucket; longer ones share the last
+        # distances 0 .. max_distance cover every bucket; longer ones share the last. float32:
+        # the kernel's backward accumulates the bias gradient with atomic adds
         by_distance = self.table(t5_bucket(torch.arange(self.max_distance + 1, device=device),
                                            self.num_buckets, self.max_distance))
-        return flex.distance_bias_score_mod(by_distance.t().contiguous(), offset)
+        return flex.distance_bias_score_mod(by_distance.t().float().contiguous(), offset)
 
 
 class AlibiBias(NoPositions):
