@@ -95,9 +95,15 @@ def band_block_mask(q_len: int, kv_len: int, lo: int = 0, hi: int | None = None,
 
 # -- score modifications --------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def _offset(value: int, device: torch.device) -> torch.Tensor:
+    # made once: a host-to-device copy per call would stall the host behind the queued GPU work
+    return torch.tensor(value, device=device)
+
+
 def alibi_score_mod(slopes: torch.Tensor, offset: int) -> ScoreMod:
     """ALiBi: score - m_h * d (Press et al. 2022). `slopes` `[H]` float32."""
-    off = torch.tensor(offset, device=slopes.device)
+    off = _offset(offset, slopes.device)
 
     def mod(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx + off - kv_idx)
@@ -109,7 +115,7 @@ def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
     """score + bias[h, min(d, n - 1)] for a per-head bias by distance `[H, n]` (T5's buckets,
     unrolled over distances 0 .. n - 1; the last column holds every longer distance).
     Gradients reach `bias` (FlexAttention differentiates captured buffers)."""
-    off = torch.tensor(offset, device=bias.device)
+    off = _offset(offset, bias.device)
     last = bias.shape[1] - 1
 
     def mod(score, b, h, q_idx, kv_idx):

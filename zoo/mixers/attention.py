@@ -359,9 +359,15 @@ class AlibiBias(NoPositions):
     def __init__(self, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
+        self._slopes: dict[torch.device, torch.Tensor] = {}
 
     def slopes(self, device) -> torch.Tensor:
-        return alibi_slopes(self.n_heads).to(device)  # float32 whatever the model dtype
+        """`[H]` float32 whatever the model dtype; copied to a device once (a copy per call
+        would stall the host behind the queued GPU work)."""
+        device = torch.device(device)
+        if device not in self._slopes:
+            self._slopes[device] = alibi_slopes(self.n_heads).to(device)
+        return self._slopes[device]
 
     def score_bias(self, pos_q, pos_k):
         d = (pos_q[:, None] - pos_k[None, :]).float()
