@@ -35,6 +35,7 @@ from zoo.model import ModelConfig, ZooLM
 from zoo.store import Store, provenance
 from zoo.tasks.base import IGNORE, Batch, Task, get_task
 from zoo.train import checkpoint as ckpt
+from zoo.train import distributed as zdist
 from zoo.train.config import RunConfig, TrainConfig
 from zoo.train.perf import device_peak_flops, micro_seq_len
 from zoo.train.schedule import apply_mixer_knobs, task_knobs, values_at
@@ -282,15 +283,21 @@ def run_lock(run_dir: Path):
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, store: Store | None = None, progress: bool = False, console=None):
+    def __init__(self, run: RunConfig, store: Store | None = None, progress: bool = False, console=None,
+                 parallel: str = "ddp"):
         self.run = run.normalized()
         self.cfg = self.run.train
+        # under torchrun: one process per GPU, `parallel` (ddp or fsdp) spreads the run, rank 0 writes
+        self.dist = zdist.setup(self.cfg.device, parallel)
+        self.dist.check_batch(self.cfg.batch_size)
         self.store = store if store is not None else Store()
+        if not self.dist.main:
+            self.store = zdist.FollowerStore(self.store)
         self.run_id = run.run_id()
         self.run_dir = self.store.run_dir(self.run_id)
-        self.progress = progress
+        self.progress = progress and self.dist.main
         self.console = console
-        self.device = resolve_device(self.cfg.device)
+        self.device = self.dist.device if self.dist.active else resolve_device(self.cfg.device)
         self.precision = self.cfg.precision if self.cfg.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
         self.config_dict = self.run.model_dump()
@@ -301,13 +308,15 @@ class Trainer:
         return contextlib.nullcontext()
 
     def fit(self) -> TrainResult:
-        with run_lock(self.run_dir), cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
+        lock = run_lock(self.run_dir) if self.dist.main else contextlib.nullcontext()
+        with self.dist.together(lock), cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
             return self._fit()
 
     # the loop ----------------------------------------------------------------------------------
     def _fit(self) -> TrainResult:
         store, rid = self.store, self.run_id
-        ckpt.write_json_atomic(self.run_dir / "config.json", {"run_id": rid, **self.config_dict})
+        if self.dist.main:
+            ckpt.write_json_atomic(self.run_dir / "config.json", {"run_id": rid, **self.config_dict})
         started = time.time()
         store.upsert_run(rid, self.config_dict, kind="train", status="running",
                          provenance=provenance(device=self.device, started=started))
@@ -339,24 +348,29 @@ class Trainer:
         model = build_model(self.run.model, cfg.seed).to(self.device)
         self.n_params = model.num_params()
         task = get_task(self.run.task.name, self.run.task.config)
-        fused = self.device.type == "cuda"
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if last is not None:  # full weights, before any sharding: a checkpoint fits any number of GPUs
+            ckpt.load_weights(model, last, self.device)
+        wrapped = self.dist.wrap(model, sample_len=cfg.seq_len)  # DDP, FSDP2 (in place) or the model
+        fused = self.device.type == "cuda" and self.dist.strategy != "fsdp"
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 eps=cfg.eps, fused=fused or None)
         total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
         start, resumed = 0, None
-        last = ckpt.latest_checkpoint(self.run_dir)
         if last is not None:
             meta = ckpt.load_meta(last)
-            ckpt.load_weights(model, last, self.device)
             state = ckpt.load_state(last, map_location=self.device)
-            opt.load_state_dict(state["optimizer"])
+            self.dist.load_optimizer_state(model, opt, state["optimizer"])
             ckpt.set_rng_state(state["rng"])
             start = resumed = meta["step"]
         else:
             torch.manual_seed(cfg.seed + 1)  # the same RNG stream after init whether or not we resumed
-        fwd = torch.compile(model) if cfg.compile else model
+        fwd = torch.compile(wrapped) if cfg.compile else wrapped
         peak, peak_src = device_peak_flops(self.device, self.precision, cfg.peak_tflops)
-        sinks = Sinks(cfg, store, rid, self.run_dir, self.config_dict)
+        if peak and self.dist.active:  # MFU of the whole run: all its devices
+            peak, peak_src = peak * self.dist.world, f"{self.dist.world} x {peak_src}"
+        sinks = Sinks(cfg if self.dist.main else cfg.model_copy(update={"tensorboard": False, "wandb": False}),
+                      store, rid, self.run_dir, self.config_dict)
         store.update_summary(rid, params=self.n_params, total_steps=total, peak_flops=peak, peak_source=peak_src,
                              device=str(self.device), precision=self.precision)
         knob_values: dict[str, Any] = {}
@@ -386,20 +400,27 @@ class Trainer:
                     self.cur_len = L
                     batch = task.batch(step * cfg.grad_accum + micro, cfg.batch_size, L, split="train",
                                        seed=cfg.seed, knobs=task_knobs(values))
-                    tokens, targets = batch.tokens.to(self.device), batch.targets.to(self.device)
-                    with self.autocast():
-                        logits = fwd(tokens)
-                    loss = _loss(logits, targets)
-                    lv = loss.item()
-                    if not math.isfinite(lv):
-                        raise NonFiniteError(diagnose(model, f"loss ({lv})", step, tokens, self.autocast),
-                                             "lower train.lr, add warm-up, or check the mixer's numerics")
-                    (loss / cfg.grad_accum).backward()
+                    # several processes: each keeps its rows of the global batch, and its loss is its
+                    # share of the global mean (see zoo.train.distributed)
+                    n_loss = batch.n_loss_tokens if self.dist.active else None
+                    tokens = self.dist.rows(batch.tokens).to(self.device)
+                    targets = self.dist.rows(batch.targets).to(self.device)
+                    with self.dist.no_sync(wrapped, micro == cfg.grad_accum - 1):
+                        with self.autocast():
+                            logits = fwd(tokens)
+                        loss = _loss(logits, targets, n_loss)
+                        if self.dist.active:
+                            loss = loss * self.dist.loss_scale()
+                        lv = self.dist.average(loss)
+                        if not math.isfinite(lv):
+                            raise NonFiniteError(diagnose(model, f"loss ({lv})", step, tokens, self.autocast),
+                                                 "lower train.lr, add warm-up, or check the mixer's numerics")
+                        (loss / cfg.grad_accum).backward()
                     loss_sum += lv / cfg.grad_accum
-                    step_tokens += tokens.numel()
-                    step_flops += tokens.numel() * model.flops_per_token(L, training=True)
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                                       else float("inf"))
+                    step_tokens += batch.tokens.numel()
+                    step_flops += batch.tokens.numel() * model.flops_per_token(L, training=True)
+                gnorm = self.dist.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                  else float("inf"))
                 gn = float(gnorm)
                 if not math.isfinite(gn):
                     raise NonFiniteError(diagnose(model, f"gradient norm ({gn})", step, None, self.autocast),
@@ -433,14 +454,15 @@ class Trainer:
                 done = step == total or (cfg.target is not None and cfg.target.reached(eval_metrics))
                 if done or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                     sinks.flush()
-                    ckpt.save_checkpoint(self.run_dir, step, model, opt, self.config_dict, knobs=knob_values,
-                                         keep=cfg.keep_checkpoints)
+                    self.dist.save_checkpoint(self.run_dir, step, model, opt, self.config_dict, knobs=knob_values,
+                                              keep=cfg.keep_checkpoints)
                 if done:
                     break
         finally:
             bar.close()
             sinks.close()
-        sinks.write_jsonl()
+        if self.dist.main:
+            sinks.write_jsonl()
         if start >= total:  # killed after the final checkpoint, before the store said done
             last_loss, eval_metrics = self._logged_at(start)
         finished = time.time()
@@ -501,11 +523,12 @@ class Trainer:
         return {"eval_loss": loss_sum / n, "eval_acc": correct / n}
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions that carry a loss (0 when a batch has none)."""
+def _loss(logits: torch.Tensor, targets: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the positions that carry a loss (0 when a batch has none);
+    `n`: divide by this count instead (the loss positions of a global batch split over ranks)."""
     flat = logits.reshape(-1, logits.shape[-1]).float()
     tgt = targets.reshape(-1)
-    n = (tgt != IGNORE).sum().clamp(min=1)
+    n = (tgt != IGNORE).sum().clamp(min=1) if n is None else max(1, n)
     return F.cross_entropy(flat, tgt, ignore_index=IGNORE, reduction="sum") / n
 
 
@@ -538,5 +561,7 @@ class _Progress:
             self.p.stop()
 
 
-def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None) -> TrainResult:
-    return Trainer(run, store, progress=progress, console=console).fit()
+def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None,
+          parallel: str = "ddp") -> TrainResult:
+    """Train (or resume) one run; under torchrun, across its processes with `parallel` = ddp or fsdp."""
+    return Trainer(run, store, progress=progress, console=console, parallel=parallel).fit()
