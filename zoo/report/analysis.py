@@ -6,6 +6,7 @@ Nothing here draws or renders; every value is a `Val` that remembers its run.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ PPL_MULTIPLES = (1, 8)
 STATE_LENGTHS = (8192, 2**20)
 THRESHOLD = 0.9
 FAST_AT = 32768  # "which is fastest at 32K"
+LENGTH_TOLERANCE = 0.25  # a point counts as "k x the training length" within a factor 2^0.25 (19%)
 
 
 # -- HashHop curves -------------------------------------------------------------------------
@@ -36,10 +38,12 @@ class Point:
     cells: list[HashHopCell] = field(default_factory=list)
 
 
-def pool(cells: list[HashHopCell], length: int) -> Point:
-    """One accuracy from several cells (hop counts, chain-of-thought modes) at one length:
+def pool(cells: list[HashHopCell]) -> Point:
+    """One accuracy from the cells of one grid point (hop counts, chain-of-thought modes):
     total correct over total queries, with its Wilson interval. A single cell keeps the
-    stored accuracy and interval exactly."""
+    stored accuracy and interval exactly. Its length is the longest context among the cells
+    (they differ by their completions), so "holds up to L tokens" never overstates."""
+    length = max(c.length for c in cells)
     ok = [c for c in cells if c.status == "ok" and c.accuracy is not None]
     if not ok:
         reasons = list(dict.fromkeys(c.reason or c.status for c in cells))
@@ -59,11 +63,20 @@ def pool(cells: list[HashHopCell], length: int) -> Point:
 
 
 def hashhop_curve(data: ReportData, run_id: str, hops: int | None = None, cot: bool | None = None) -> list[Point]:
-    by_len: dict[int, list[HashHopCell]] = defaultdict(list)
+    by_point: dict[int, list[HashHopCell]] = defaultdict(list)
     for c in data.hashhop:
         if c.run_id == run_id and (hops is None or c.hops == hops) and (cot is None or c.cot == cot):
-            by_len[c.length].append(c)
-    return [pool(cells, L) for L, cells in sorted(by_len.items())]
+            by_point[c.point].append(c)
+    return sorted((pool(cells) for cells in by_point.values()), key=lambda p: p.length)
+
+
+def near(curve: list[Point], target: int, tolerance: float = LENGTH_TOLERANCE) -> Point | None:
+    """The evaluated point closest to `target` tokens on a log scale, if within `tolerance`
+    (in log2 units): grids are set in characters, so 4x the training length is rarely hit exactly."""
+    if not curve:
+        return None
+    best = min(curve, key=lambda p: abs(math.log2(p.length / target)))
+    return best if abs(math.log2(best.length / target)) <= tolerance else None
 
 
 def hashhop_settings(data: ReportData) -> list[tuple[int, bool]]:
@@ -117,13 +130,13 @@ class Entry:
     curve: list[Point]
 
 
-def _point_val(p: Point | None, run_id: str, what: str) -> Val:
+def _point_val(p: Point | None, run_id: str, what: str, target: int | None = None) -> Val:
     if p is None:
-        return na("not evaluated", run_id=run_id)
+        return na(f"not evaluated near {fmt.length(target)}" if target else "not evaluated", run_id=run_id)
     if p.accuracy is None:
         return na(p.reason or "not evaluated", run_id=run_id)
-    return Val(p.accuracy, fmt.acc(p.accuracy), sub=fmt.interval(p.low, p.high), run_id=run_id,
-               source=f"hashhop {what} length={p.length}, {p.n} queries")
+    return Val(p.accuracy, fmt.acc(p.accuracy), sub=f"at {fmt.length(p.length)} {fmt.interval(p.low, p.high)}",
+               run_id=run_id, source=f"hashhop {what}: {p.length} tokens, {p.n} queries")
 
 
 def entry(data: ReportData, label: str) -> Entry:
@@ -158,18 +171,15 @@ def entry(data: ReportData, label: str) -> Entry:
         mfu = na(why or (f"no peak FLOP/s known for {run.device}" if run.device else "not recorded"), run_id=rid)
 
     curve = hashhop_curve(data, rid)
-    by_len = {p.length: p for p in curve}
     acc = {}
     for k in MULTIPLES:
         if run.train_len is None:
             acc[k] = na("training length unknown", run_id=rid)
         else:
-            acc[k] = _point_val(by_len.get(k * run.train_len), rid, f"{k}x")
+            acc[k] = _point_val(near(curve, k * run.train_len), rid, f"{k}x", k * run.train_len if curve else None)
     ok = [p for p in curve if p.accuracy is not None]
     if ok:
-        top = ok[-1]
-        acc_max = _point_val(top, rid, "largest")
-        acc_max.sub = f"at {fmt.length(top.length)} " + (acc_max.sub or "")
+        acc_max = _point_val(ok[-1], rid, "largest")
     else:
         acc_max = na(curve[-1].reason if curve else "not evaluated", run_id=rid)
     e = effective_context([(p.length, p.accuracy, p.low, p.high) for p in ok], THRESHOLD)
@@ -346,7 +356,7 @@ def scaling_points(data: ReportData, label: str, y: str, x: str) -> list[tuple[f
         if y == "loss":
             yv = r.final_loss
         else:
-            p = next((p for p in hashhop_curve(data, r.run_id) if p.length == r.train_len), None)
+            p = near(hashhop_curve(data, r.run_id), r.train_len) if r.train_len else None
             yv = None if p is None or p.accuracy is None else p.accuracy
         if xv is not None and yv is not None:
             pts.append((float(xv), float(yv), r.run_id))

@@ -119,9 +119,9 @@ def _train_lines(ax, lengths: set[int], label: bool = True) -> None:
 
 
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol or min(len(labels), 5), frameon=False,
-                   bbox_to_anchor=(0.5, -0.01), handlelength=3.2)
+    if handles:  # "outside": constrained layout makes room for it below the axes
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5), frameon=False,
+                   handlelength=3.2)
 
 
 # -- HashHop accuracy vs context length ------------------------------------------------------
@@ -173,7 +173,6 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
         for j in range(len(settings), nrows * ncols):
             axes[j // ncols][j % ncols].set_visible(False)
         _legend(fig, list(handles.values()), list(handles.keys()))
-        fig.get_layout_engine().set(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1 - (0 if nrows == 1 else 0)))
         svg = to_svg(fig, "fig-hashhop")
     caption = ("Teacher-forced exact match per query; bands are Wilson 95% intervals; the dashed vertical line marks "
                f"the training length and the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
@@ -221,14 +220,15 @@ def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         if e.run is None:
             continue
         cells = [c for c in data.hashhop if c.run_id == e.run.run_id]
-        lengths = sorted({c.length for c in cells})
+        points = sorted({c.point for c in cells}, key=lambda pt: max(c.length for c in cells if c.point == pt))
+        lengths = [max(c.length for c in cells if c.point == pt) for pt in points]  # as in the pooled curves
         nbins = max((len(c.depth) for c in cells), default=0)
         if not lengths or nbins == 0:
             continue
         grid = np.full((nbins, len(lengths)), np.nan)
         na_cols = {}
-        for j, L in enumerate(lengths):
-            at = [c for c in cells if c.length == L]
+        for j, pt in enumerate(points):
+            at = [c for c in cells if c.point == pt]
             ok = [c for c in at if c.status == "ok" and c.depth]
             if not ok:
                 na_cols[j] = next((c.reason for c in at if c.reason), "not evaluated")
@@ -457,7 +457,6 @@ def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
         ax_t.set_title("throughput")
         ax_m.set_title("peak memory")
         _legend(fig, list(handles.values()), list(handles.keys()), ncol=min(len(handles), 4))
-        fig.get_layout_engine().set(rect=(0, 0.1 + 0.05 * (len(handles) > 4), 1, 0.9))
         svg = to_svg(fig, fid)
     devices = sorted({b.device for b in data.bench if b.mode == mode and b.device})
     caption = (f"Median over timed repetitions on {', '.join(devices) or 'the recorded device'}; log-log axes. Grey "
@@ -510,7 +509,6 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
             ax.set_ylabel("final training loss" if y == "loss" else "HashHop acc. at train length")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
         _legend(fig, list(handles.values()), list(handles.keys()))
-        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
         svg = to_svg(fig, "fig-scaling")
     caption = ("One point per finished run. Lines: power laws fitted by least squares in log-log space (loss, and "
                "the error rate 1 - accuracy), drawn only for mixers with at least 3 model sizes.")

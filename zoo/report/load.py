@@ -214,8 +214,9 @@ def _finite(x: Any) -> float | None:
 
 def to_cell(r: dict) -> HashHopCell:
     """One evaluator cell (`zoo.eval.hashhop.summarize`: flat accuracy/low/high over n queries,
-    greedy_*, char_*, nll, hop_*, depth as [accuracy, n] per bin). Its length is the problem size
-    `n_chars`; the fed token count (`length` in the row) stays in `meta` as `tokens`."""
+    greedy_*, char_*, nll, hop_*, depth as [accuracy, n] per bin). Its length is the tokens fed
+    (`length`: prompt and completion), the context the model really saw; `n_chars` is the grid
+    point it belongs to."""
     status = "ok" if r.get("status", "ok") == "ok" else "n/a"
     reason = r.get("reason") or (None if status == "ok" else str(r.get("status")))
     acc = r.get("accuracy")
@@ -227,10 +228,9 @@ def to_cell(r: dict) -> HashHopCell:
     used = {"n_chars", "length", "hops", "cot", "status", "reason", "accuracy", "n", "correct", "low", "high",
             "greedy_accuracy", "greedy_n", "char_accuracy", "nll", "depth", "hop_accuracy", "run_id", "kind"}
     meta = {k2: v for k2, v in r.items() if k2 not in used}
-    if "n_chars" in r and r.get("length") is not None:
-        meta["tokens"] = r["length"]
     return HashHopCell(
-        run_id=r["run_id"], length=int(r.get("n_chars", r.get("length"))), hops=int(r.get("hops", 1)),
+        run_id=r["run_id"], length=int(r.get("length") or r["n_chars"]), n_chars=r.get("n_chars"),
+        hops=int(r.get("hops", 1)),
         cot=bool(r.get("cot", False)), n=int(n or 0), correct=float(k or 0),
         accuracy=acc if status == "ok" else None, low=r.get("low"), high=r.get("high"),
         greedy_accuracy=r.get("greedy_accuracy"), greedy_n=r.get("greedy_n"), char_accuracy=r.get("char_accuracy"),
@@ -316,8 +316,8 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
     hh_rows = [r for rid in ids for r in store.results(rid, "hashhop")]
     hh_rows = _dedupe(hh_rows, lambda r: (r["run_id"], r.get("n_chars", r.get("length")), r.get("hops"),
                                           r.get("cot"), r.get("hash_len")))
-    hashhop = sorted((to_cell(r) for r in hh_rows if r.get("n_chars", r.get("length")) is not None),
-                     key=lambda c: (c.run_id, c.length, c.hops, c.cot))
+    hashhop = sorted((to_cell(r) for r in hh_rows if (r.get("length") or r.get("n_chars")) is not None),
+                     key=lambda c: (c.run_id, c.point, c.hops, c.cot))
     ppl_rows = [r for rid in ids for r in store.results(rid, "ppl") if r.get("scope", "all") == "all"]
     ppl_rows = _dedupe(ppl_rows, lambda r: (r["run_id"], r.get("length"), ppl_variant(r)))
     ppl = sorted((to_ppl(r) for r in ppl_rows if ppl_variant(r) is None), key=lambda p: (p.run_id, p.length))

@@ -101,6 +101,7 @@ def _hashhop(data: ReportData) -> Method | None:
     if not data.hashhop:
         return Method("methods-hashhop", "5.3 HashHop evaluation",
                       ["n/a (no HashHop results for these runs)."])
+    sizes = sorted({c.n_chars for c in data.hashhop if c.n_chars is not None})
     lengths = sorted({c.length for c in data.hashhop})
     settings = A.hashhop_settings(data)
     extra = grid_info(data)
@@ -109,9 +110,13 @@ def _hashhop(data: ReportData) -> Method | None:
         "H1 -> ... -> H(hops+1) written as `k = v` lines, shuffled; the model must answer each queried chain's last "
         "hash (or, with chain of thought, every hash along it). Hashes are incompressible, so the only way to "
         "answer is to store and retrieve what was read.",
-        f"Grid: problem sizes {_list(fmt.length(L) for L in lengths)} characters (one character is one token; the "
-        f"fed sequence adds the completion), hops {_list(sorted({h for h, _ in settings}))}, chain of thought "
-        f"{_list(sorted({'on' if c else 'off' for _, c in settings}))}; {extra}",
+        f"Grid: problem sizes {_list(sizes) if sizes else 'n/a'} characters (the original's n_chars), hops "
+        f"{_list(sorted({h for h, _ in settings}))}, chain of thought "
+        f"{_list(sorted({'on' if c else 'off' for _, c in settings}))}; {extra} Lengths in this report are the "
+        f"tokens the model reads, prompt and completion (one character is one token): "
+        f"{_list(fmt.length(L) for L in lengths)}. The cells of one problem size (hop counts, modes) differ by their "
+        "completions; pooled, they are placed at the longest. A leaderboard column k x the training length takes the "
+        f"evaluated length nearest to it within a factor {2 ** A.LENGTH_TOLERANCE:.2f}, and says which.",
         "Score: teacher-forced exact match per query: a query counts as right when every answer token (the "
         "target's characters and the closing quote) is the argmax given the gold prefix, so one forward pass "
         "scores all queries of a sample. A subset is also decoded greedily from the cache and compared"

@@ -53,7 +53,7 @@ class HashHopCell:
     """HashHop exact match of one run at one (length, hops, chain-of-thought) cell."""
 
     run_id: str
-    length: int
+    length: int                      # tokens fed (prompt and completion): the context the model saw
     hops: int
     cot: bool
     n: int = 0                       # scored queries
@@ -70,6 +70,12 @@ class HashHopCell:
     status: str = "ok"               # ok | n/a
     reason: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # the rest of the store row (grid settings, timings)
+    n_chars: int | None = None       # the grid point (problem size in characters) the cell belongs to
+
+    @property
+    def point(self) -> int:
+        """Cells of one grid point (all hop counts and CoT modes) pool together."""
+        return self.n_chars if self.n_chars is not None else self.length
 
 
 @dataclass

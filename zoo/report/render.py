@@ -184,17 +184,19 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
     for row, e in zip(lb_rows, es):
         row["run_id"] = e.run.run_id if e.run else None
     t["leaderboard"] = lb_rows
-    t["hashhop_cells"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "length": c.length, "hops": c.hops,
+    t["hashhop_cells"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "n_chars": c.n_chars,
+                           "tokens": c.length, "hops": c.hops,
                            "cot": c.cot, "status": c.status, "reason": c.reason, "n": c.n, "correct": c.correct,
                            "accuracy": c.accuracy, "low": c.low, "high": c.high,
                            "greedy_accuracy": c.greedy_accuracy, "greedy_n": c.greedy_n,
                            "char_accuracy": c.char_accuracy, "nll": c.nll,
                            "hop_accuracy": c.hop_accuracy or None, **{f"row.{k}": v for k, v in c.meta.items()}}
                           for c in data.hashhop]
-    t["hashhop_depth"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "length": c.length, "hops": c.hops,
+    t["hashhop_depth"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "n_chars": c.n_chars,
+                           "tokens": c.length, "hops": c.hops,
                            "cot": c.cot, "bin": i, "accuracy": a, "n": n}
                           for c in data.hashhop for i, (a, n) in enumerate(c.depth)]
-    t["hashhop_curves"] = [{"label": e.label, "run_id": e.run.run_id, "length": p.length, "n": p.n,
+    t["hashhop_curves"] = [{"label": e.label, "run_id": e.run.run_id, "tokens": p.length, "n": p.n,
                             "correct": p.correct, "accuracy": p.accuracy, "low": p.low, "high": p.high,
                             "reason": p.reason} for e in es if e.run for p in e.curve]
     t["ppl"] = [{"label": labels.get(p.run_id), "run_id": p.run_id, "length": p.length, "ppl": p.ppl, "loss": p.loss,
