@@ -50,7 +50,8 @@ def _fla_check(device: torch.device) -> str | None:
     return None
 
 
-FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_retention Triton kernel", _fla_check)
+FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_retention Triton kernel (TF32 dots on fp32 inputs)",
+                      _fla_check)
 
 
 def retention_log_gamma(n_heads: int, device=None) -> torch.Tensor:

@@ -59,7 +59,8 @@ def _fla_check(device: torch.device) -> str | None:
     return None
 
 
-FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_rwkv7 Triton kernel", _fla_check)
+FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_rwkv7 Triton kernel (TF32 dots on fp32 inputs)",
+                      _fla_check)
 
 
 # -- the state recurrence: step form and chunked form ------------------------------------------
