@@ -197,7 +197,7 @@ class RetNet(Mixer):
         if self.select_backend(x) == "fla":
             from fla.modules.rotary import rotary_embedding  # fused rotation; k's tables carry its 1/sqrt(Dk)
 
-            cos, sin = cos[:, :Dk // 2].to(x.dtype), sin[:, :Dk // 2].to(x.dtype)
+            cos, sin = cos[:, :Dk // 2].to(q.dtype), sin[:, :Dk // 2].to(q.dtype)  # q is bf16 under autocast
             q = rotary_embedding(q, cos, sin)
             k = rotary_embedding(k, cos * Dk ** -0.5, sin * Dk ** -0.5)
             o, state = retention_fla(q, k, v, state)
