@@ -468,6 +468,9 @@ def test_speed_figure_equals_bench_rows(built_lm):
         if stored["status"] == "ok":
             assert float(r[1]["data-value"]) == stored["tokens_per_s"]
             assert r[2]["data-na"] == "not measured on CPU"
+            if stored["target"] == "peer":  # ours / theirs, at the same shapes
+                ours = rows[(stored["peer_of"], 128)]["tokens_per_s"]
+                assert float(r[3]["data-value"]) == pytest.approx(ours / stored["tokens_per_s"], rel=1e-12)
         else:  # a peer that could not run here: n/a with the bench's own reason
             assert r[1]["data-na"] == r[2]["data-na"] == stored["status"].partition(":")[2].strip()
     nope, s4d = rows[("nope", 128)]["tokens_per_s"], rows[("s4d", 128)]["tokens_per_s"]

@@ -301,30 +301,44 @@ def fastest_length(data: ReportData, mode: str) -> int | None:
 
 
 def bench_side(data: ReportData, mode: str) -> Table:
+    """Tokens/s and peak memory at the comparison length, and each of our mixers against its
+    peer kernels as a ratio (ours / theirs: above 1 means ours is faster)."""
     L = fastest_length(data, mode)
+    at = {(b.name, b.peer): b for b in data.bench if b.mode == mode and b.seq_len == L}
     rows = []
-    names = sorted({b.name for b in data.bench if b.mode == mode},
-                   key=lambda n: (_bench_order(data, n), n))
+    names = sorted({b.name for b in data.bench if b.mode == mode}, key=lambda n: (_bench_order(data, n), n))
     for name in names:
-        pts = {b.seq_len: b for b in data.bench if b.name == name and b.mode == mode}
-        b = pts.get(L)
-        peer = any(p.peer for p in pts.values())
+        peer = any(b.peer for b in data.bench if b.name == name and b.mode == mode)
+        b = at.get((name, peer))
         label = Val(name, name + (" (peer)" if peer else ""))
         if b is None:
-            rows.append([label, na("not measured"), na("not measured")])
+            rows.append([label, na("not measured"), na("not measured"), na("not measured")])
             continue
         if b.tokens_per_s is None:
             why = b.reason or b.status
-            rows.append([label, na(why), na(why)])
+            rows.append([label, na(why), na(why), na(why)])
             continue
         src = f"bench {mode} seq_len={L}"
         tps = Val(b.tokens_per_s, fmt.count(b.tokens_per_s), run_id=b.run_id, source=src)
         no_mem = "not measured on CPU" if (b.device or "").startswith("cpu") else "not measured"
         mem = Val(b.peak_mem, fmt.nbytes(b.peak_mem), run_id=b.run_id, source=src) if b.peak_mem is not None \
             else na(no_mem)
-        rows.append([label, tps, mem])
+        if peer:
+            ours = at.get((b.peer_of, False))
+            ratio = (Val(ours.tokens_per_s / b.tokens_per_s, f"{ours.tokens_per_s / b.tokens_per_s:.2f}x",
+                         sub=f"{b.peer_of} / {name}", source=src)
+                     if ours is not None and ours.tokens_per_s else na(f"{b.peer_of} did not run here"))
+        else:
+            peers = [p for (n, is_peer), p in at.items() if is_peer and p.peer_of == name and p.tokens_per_s]
+            if peers:
+                best = max(peers, key=lambda p: p.tokens_per_s)
+                ratio = Val(b.tokens_per_s / best.tokens_per_s, f"{b.tokens_per_s / best.tokens_per_s:.2f}x",
+                            sub=f"vs fastest peer {best.name}", source=src)
+            else:
+                ratio = na("no peer ran")
+        rows.append([label, tps, mem, ratio])
     return Table(f"bench-side-{mode}", f"At {fmt.length(L)} tokens ({mode})" if L else mode,
-                 ["kernel", "tokens/s", "peak memory"], rows, label_col=None).add_footnotes(16)
+                 ["kernel", "tokens/s", "peak memory", "ours / peer"], rows, label_col=None).add_footnotes(16)
 
 
 def _bench_order(data: ReportData, name: str) -> int:
