@@ -117,3 +117,37 @@ def test_cli_reports_spec_errors_in_one_line(tmp_path, capsys):
     assert main(["compare", str(p), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "key 'train.steps' = 0 is invalid" in err and "Traceback" not in err
+
+
+def test_sweep_runs_named_evaluations_once(tmp_path):
+    from zoo.store import Store
+    from zoo.train.sweep import run_experiment, summary_table
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(10):
+        (corpus / f"{i}.txt").write_text(f"line {i} of the corpus. " * 30)
+    spec = parse_spec({"name": "evals", "mixers": ["nope", "rope"],
+                       "model": {"d_model": 32, "n_layers": 1,
+                                 "mixer_config": {"nope": {"n_heads": 2}, "rope": {"n_heads": 2}}},
+                       "task": {"name": "lm", "config": {"paths": [str(corpus)], "extensions": [".txt"],
+                                                         "eval_fraction": 0.3}},
+                       "train": {"steps": 3, "batch_size": 2, "seq_len": 16, "threads": 1},
+                       "eval": {"ppl": {"multipliers": [1, 2], "windows": 1, "buckets": 2,
+                                        "rope_scaling": [{"method": "pi", "factor": 2.0}]},
+                                "bench": {"lengths": [16], "modes": ["fwd"], "peers": False,
+                                          "tokens_per_batch": 32}}}, "evals.toml")
+    store = Store(tmp_path / "store")
+    outcomes = run_experiment(spec, store)
+    assert [o.evals for o in outcomes] == [{"ppl": "ok"}, {"ppl": "ok"}]
+    nope, rope = (store.results(o.planned.run_id, "ppl") for o in outcomes)
+    assert {r["length"] for r in nope if r["scope"] == "all" and r["rope_scaling"] is None} == {16, 32}
+    assert [r["status"] for r in nope if r["rope_scaling"] == "pi"] == ["n/a"]  # no RoPE layers to rescale
+    assert {r["length"] for r in rope if r["rope_scaling"] == "pi" and r["scope"] == "all"} == {16, 32}
+    bench = store.results(kind="bench")
+    assert {r["mixer"] for r in bench} == {"nope", "rope"} and all(r["status"] == "ok" for r in bench)
+    again = run_experiment(spec, store)
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    assert [o.evals for o in again] == [{"ppl": "cached"}, {"ppl": "cached"}]
+    table = summary_table(again, store, "t")
+    assert [c.header for c in table.columns][-3:] == ["ppl@16", "ppl@32", "status"]

@@ -114,11 +114,19 @@ class SweepSpec(BaseModel):
 
 
 class BenchEval(BaseModel):
+    """Speed and memory of the experiment's mixers at its width (one `zoo bench` run per experiment;
+    speed does not depend on the trained weights)."""
+
     model_config = ConfigDict(extra="forbid")
 
     lengths: list[int] = Field(default_factory=lambda: [1024, 4096], min_length=1,
                                description="sequence lengths to time")
-    batch_size: int = Field(1, ge=1)
+    modes: list[Literal["fwd", "fwdbwd", "decode"]] = Field(default_factory=lambda: ["fwd", "fwdbwd", "decode"],
+                                                           min_length=1)
+    tokens_per_batch: int = Field(2**17, ge=1, description="batch = max(1, tokens_per_batch // length)")
+    model: bool = Field(False, description="also time whole models (n_layers of each mixer)")
+    peers: bool = Field(True, description="time the peer kernels beside each mixer")
+    budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the bench")
 
 
 class EvalSpec(BaseModel):

@@ -50,20 +50,25 @@ def ppl_rows(model, run_config: dict, ppl_spec, device) -> list[dict]:
         try:
             rows += evaluate_run(fresh, run_config, ppl_spec, rope)
         except ZooError as e:
-            rows.append({"scope": "all", "status": "n/a", "rope_scaling": rope.method, "rope_factor": rope.factor,
-                         "reason": e.message})
+            rows.append({"length": None, "scope": "all", "status": "n/a", "rope_scaling": rope.method,
+                         "rope_factor": rope.factor, "reason": e.message})
     return rows
 
 
-def bench_rows(model, run_config: dict, bench_spec, device) -> list[dict]:
-    try:
-        from zoo.eval.bench import bench_model
-    except ImportError:
-        raise ZooError("this build has no benchmark evaluator (zoo.eval.bench.bench_model)") from None
-    return bench_model(model, lengths=bench_spec.lengths, batch_size=bench_spec.batch_size, device=device)
+EVALUATORS = {"hashhop": hashhop_rows, "ppl": ppl_rows}
 
 
-EVALUATORS = {"hashhop": hashhop_rows, "ppl": ppl_rows, "bench": bench_rows}
+def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store, device: str | None = None,
+                     console=None) -> str:
+    """One `zoo bench` run over the experiment's mixers at its width; returns its bench run id."""
+    from zoo.eval.bench import BenchConfig, run_bench
+
+    b = spec.eval.bench
+    mixers = sorted({name for r in runs for name in r.run.model.layers})
+    cfg = BenchConfig(mixers=mixers, seq_lens=b.lengths, modes=b.modes, tokens_per_batch=b.tokens_per_batch,
+                      d_model=spec.model.d_model, model=b.model, n_layers=spec.model.n_layers,
+                      peers=None if b.peers else [], budget_s=b.budget_s, device=device or "auto")
+    return run_bench(cfg, store=store, console=console, progress=console is not None).run_id
 
 
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
@@ -72,8 +77,6 @@ def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
         out["hashhop"] = spec.eval.hashhop
     if spec.eval.ppl is not None:
         out["ppl"] = spec.eval.ppl
-    if spec.eval.bench is not None:
-        out["bench"] = spec.eval.bench
     return out
 
 
@@ -187,6 +190,14 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
             console.print(f"[red]failed:[/] {out.reason}")
         out.seconds = time.time() - t0
         outcomes.append(out)
+    if spec.eval.bench is not None and runs:
+        try:
+            rid = bench_experiment(spec, runs, store, device, console)
+            if console is not None:
+                console.print(f"bench stored as run [bold]{rid}[/] (`zoo runs show {rid}`)")
+        except ZooError as e:
+            if console is not None:
+                console.print(f"[yellow]bench failed:[/] {e}")
     return outcomes
 
 
