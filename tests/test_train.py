@@ -180,3 +180,19 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
         load_model(tmp_path / "elsewhere")
     state = torch.load(tmp_path / "checkpoints" / "step_00000003" / "state.pt", weights_only=True)
     assert state["step"] == 3
+
+
+def test_tensorboard_logging(tmp_path):
+    pytest.importorskip("tensorboard")  # optional logger (the dev extra installs it, so CI runs this)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    corpus = _corpus(tmp_path)
+    run = RunConfig(model=ModelConfig(d_model=32, n_layers=1, mixer_config={"nope": {"n_heads": 2}}),
+                    task=TaskRef(name="lm", config={"paths": [str(corpus)], "extensions": [".txt"],
+                                                    "eval_fraction": 0.3}),
+                    train=TrainConfig(steps=4, batch_size=2, seq_len=16, log_every=2, threads=1, tensorboard=True))
+    res = train(run, Store(tmp_path / "store"))
+    ev = EventAccumulator(str(res.run_dir / "tensorboard"))
+    ev.Reload()
+    assert [s.step for s in ev.Scalars("loss")] == [1, 2, 3, 4]
+    assert "tokens_per_s" in ev.Tags()["scalars"] and "eval_loss" in ev.Tags()["scalars"]
