@@ -10,8 +10,8 @@ Lq <= Lk, the keys include the cache):
 
 `band_block_mask` builds the `BlockMask` straight from that block structure (O(blocks),
 never a dense L x L mask: an 8K chunk over a 1M-token cache takes megabytes, not gigabytes)
-and is cached by shape:
-all layers of a model, and every training step at the same length, reuse one mask.
+and is cached by shape: all layers of a model, and every training step at the same length,
+reuse one mask.
 Offsets are captured as tensors, so chunks of new lengths do not force recompiles of the
 score and mask functions (torch.compile's automatic dynamic shapes take the lengths).
 
