@@ -221,6 +221,9 @@ def test_cli_eval_baseline_and_trained_run(tmp_path, capsys):
     (["--untrained", "{bad"], "not JSON"),
     (["--untrained", "{}", "--n-chars", "train..1M"], "needs a trained run"),
     (["--n-chars", "1000"], "either a run"),
+    (["--untrained", "{}", "--rope-scaling", "yarn"], "go together"),
+    (["--untrained", "{}", "--rope-scaling", "linear", "--rope-factor", "4"], "bad RoPE scaling method"),
+    (["--untrained", "{}", "--rope-scaling", "yarn", "--rope-factor", "4"], "RoPE"),
     (["/nonexistent/run"], "no checkpoint"),
 ])
 def test_cli_eval_errors(capsys, argv, match):
@@ -240,3 +243,18 @@ def test_cli_eval_grid_from_experiment_file(tmp_path, capsys):
     spec.write_text("[model]\nd_model = 64\n")
     assert main(["hashhop", "eval", "--untrained", "{}", "--spec", str(spec)]) == 2
     assert "has no HashHop grid" in capsys.readouterr().err
+
+
+def test_cli_eval_with_rope_scaling_override(tmp_path):
+    """`--rope-scaling yarn --rope-factor 4` rescales a RoPE model at evaluation time; its rows are its own."""
+    from zoo.store import Store
+
+    cfg = '{"d_model": 32, "n_layers": 2, "layers": ["rope"], "mixer_config": {"rope": {"n_heads": 2}}}'
+    base = ["hashhop", "eval", "--untrained", cfg, "--n-chars", "200", "--hops", "1", "--samples", "1",
+            "--queries", "2", "--greedy", "0", "--root", str(tmp_path / "store")]
+    assert main([*base, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b.json"), "--rope-scaling", "yarn", "--rope-factor", "4"]) == 0
+    plain, scaled = (json.loads((tmp_path / f).read_text())["cells"][0] for f in ("a.json", "b.json"))
+    assert plain["nll"] != scaled["nll"]  # the override changed the model's positions
+    rows = Store(tmp_path / "store").results(kind="hashhop")
+    assert sorted(str(r.get("rope_scaling")) for r in rows) == ["None", "yarn"]

@@ -69,6 +69,24 @@ def parse_cot(text: str) -> list[bool]:
     return list(dict.fromkeys(out))
 
 
+def parse_rope(method: str | None, factor: float | None):
+    """`--rope-scaling M --rope-factor S` -> RopeScaling, or None when neither is given."""
+    from pydantic import ValidationError
+
+    from zoo.eval.ppl import RopeScaling
+
+    if method is None and factor is None:
+        return None
+    if method is None or factor is None:
+        raise ZooError("--rope-scaling and --rope-factor go together", "e.g. --rope-scaling yarn --rope-factor 16")
+    try:
+        return RopeScaling(method=method, factor=factor)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ZooError(f"bad RoPE scaling {err['loc'][0]} = {err.get('input')!r}: {err['msg']}",
+                       "methods: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope; factor >= 1") from None
+
+
 def spec_grid(path: Path) -> dict[str, Any]:
     """The HashHop grid table of an experiment file (`[eval.hashhop]` or `[hashhop]`)."""
     try:
@@ -186,6 +204,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
         root: Path = typer.Option(None, "--root", help="results store (default: the one holding RUN, if any)"),
         out: Path = typer.Option(None, "--out", help="results JSON (default: RUN/hashhop_eval.json or ./)"),
+        rope_scaling: str = typer.Option(None, "--rope-scaling",
+                                         help="evaluation-time RoPE scaling: pi, ntk, dynamic-ntk, yarn, rerope, "
+                                              "leaky-rerope (RoPE models only)"),
+        rope_factor: float = typer.Option(None, "--rope-factor", help="scale factor s of --rope-scaling"),
     ) -> None:
         """Evaluate a trained run (or a fresh baseline) over a HashHop grid.
 
@@ -228,6 +250,11 @@ def register(app: typer.Typer) -> None:
         if task.get("name") == "hashhop" and (task.get("config") or {}).get("hash_len"):
             grid_dict["hash_len"] = task["config"]["hash_len"]
         train_len = (trained.get("train") or {}).get("seq_len")
+        rope = parse_rope(rope_scaling, rope_factor)
+        if rope is not None:
+            from zoo.eval.ppl import apply_rope_scaling
+
+            apply_rope_scaling(model, rope.method, rope.factor, train_len)
         grid_dict.update(spec_grid(spec) if spec is not None else {})
         flags = {"n_chars": n_chars and parse_sizes(n_chars, train_len), "hops": hops and parse_ints(hops, "--hops"),
                  "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
@@ -273,7 +300,10 @@ def register(app: typer.Typer) -> None:
             if run_config is not None:  # a baseline becomes a run of its own
                 store.upsert_run(run_id, run_config, kind="baseline", status="done",
                                  provenance=provenance(model, dev))
-            new = store.add_results(run_id, "hashhop", results["cells"])
+            rows = results["cells"]
+            if rope is not None:  # scaled evaluations are rows of their own, never merged with unscaled ones
+                rows = [{**c, "rope_scaling": rope.method, "rope_factor": rope.factor} for c in rows]
+            new = store.add_results(run_id, "hashhop", rows)
             console.print(f"{new} new result rows for run {run_id} in [bold]{store.path}[/]")
         if out is None:
             out = (run_dir / "hashhop_eval.json") if run_dir is not None else Path("hashhop_eval.json")

@@ -31,7 +31,7 @@ class RopeScaling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["pi", "ntk", "dynamic-ntk", "yarn", "rerope", "leaky-rerope"]
-    factor: float = Field(..., gt=0, description="scale factor (evaluation length / training length, typically)")
+    factor: float = Field(..., ge=1, description="scale factor (evaluation length / training length, typically)")
 
 
 class PplEval(BaseModel):
@@ -61,10 +61,8 @@ class PplEval(BaseModel):
 
 def apply_rope_scaling(model, method: str, factor: float, original_length: int | None = None) -> None:
     """Switch every RoPE-family layer of `model` to an evaluation-time scaling."""
-    try:
-        from zoo.mixers.attention import override_rope_scaling
-    except ImportError:
-        raise ZooError("this build has no RoPE scaling overrides", "update mixer-zoo") from None
+    from zoo.mixers.attention import override_rope_scaling
+
     override_rope_scaling(model, method, factor, original_length)
 
 
