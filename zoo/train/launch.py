@@ -6,13 +6,14 @@
     zoo compare SPEC --launcher ray [--address ADDR]   Ray tasks, one GPU each (or one CPU)
     zoo train --nproc N ...                  one run over N processes (torchrun, DDP or FSDP2)
 
-Each run is trained and evaluated by `run_experiment` in a process of its own, so a run that
-fails, runs out of memory or is killed takes no other run with it. Local workers write the
-shared store directly (SQLite transactions queue, see zoo.store); a killed worker leaves its
-run `running` with its last checkpoint, and the next `zoo compare` resumes exactly the runs
-that are unfinished. Ray tasks may run on other machines: each trains into a store of its
-own on its node, seeded with the run's rows and latest checkpoint, and sends the run back
-(its database rows and run directory) to the driver, which merges it into the store.
+Each run is trained and evaluated by `run_experiment` in a worker process (one per slot,
+fed one run at a time), so a run that fails, runs out of memory or is killed takes no other
+run with it; a dead worker is replaced. Local workers write the shared store directly (SQLite
+transactions queue, see zoo.store); a killed worker leaves its run `running` with its last
+checkpoint, and the next `zoo compare` resumes exactly the runs that are unfinished. Ray tasks
+may run on other machines: each trains into a store of its own on its node, seeded with the
+run's rows and latest checkpoint, and sends the run back (its database rows and run
+directory) to the driver, which merges it into the store.
 
 Ray is optional (`pip install 'mixer-zoo[dist]'`) and imported only when asked for.
 """
@@ -33,7 +34,6 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
 
 from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, parse_spec
@@ -115,11 +115,13 @@ def _log_tail(path: Path, n: int = 1) -> str:
 def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], console=None, retry_failed: bool = False,
               device: str | None = None, shard: str | None = None, only: list[str] | None = None
               ) -> list[Outcome]:
-    """Train and evaluate the plan with one worker process per slot at a time.
+    """Train and evaluate the plan with one worker process per slot.
 
     A slot is a CUDA_VISIBLE_DEVICES value (a GPU index) or None for a CPU process that sees no
-    GPU. Each run gets a fresh process (`python -m zoo.train.launch`); its output goes to
-    `<run_dir>/worker.log`. Returns outcomes in plan order."""
+    GPU. A worker (`python -m zoo.train.launch --serve`) takes runs one at a time from this
+    process, so it pays its start-up (imports, CUDA, data) once; each run's output goes to
+    `<run_dir>/worker.log`. A worker that dies costs only its current run (left resumable) and
+    is replaced. Returns outcomes in plan order."""
     runs = select_runs(spec, shard, only)
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -130,64 +132,110 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
     spec_file.write_text(spec.model_dump_json())
     cpu_threads = str(max(1, (os.cpu_count() or 1) // max(1, sum(s is None for s in slots))))
     pending = deque(todo)
-    free = list(slots)
-    running: dict[subprocess.Popen, tuple[str | None, PlannedRun, float, Path, Any]] = {}
+    workers = [_Worker(i, slot) for i, slot in enumerate(slots)]
     try:
-        while pending or running:
-            while pending and free:
-                slot, p = free.pop(0), pending.popleft()
+        while pending or any(w.job for w in workers):
+            for w in workers:
+                if w.job is None and pending:
+                    p = pending.popleft()
+                    for attempt in range(2):  # a worker that died while idle is replaced
+                        if w.proc is None or w.proc.poll() is not None:
+                            w.start(spec_file, store.root, tmp, device, retry_failed, cpu_threads)
+                        try:
+                            w.give(p)
+                            break
+                        except (BrokenPipeError, OSError):
+                            w.proc.wait()
+                            if attempt:
+                                raise
+                    say(f"[dim]start[/] {w.job[0].label} [dim]{w.job[0].run_id}[/] on {w.where} "
+                        f"[dim](worker pid {w.proc.pid})[/]")
+            time.sleep(0.05)
+            for w in workers:
+                if w.job is None:
+                    continue
+                p, t0 = w.job
                 out_file = tmp / f"{p.run_id}.json"
-                cmd = [sys.executable, "-m", "zoo.train.launch", "--spec", str(spec_file), "--run", p.run_id,
-                       "--root", str(store.root), "--outcome", str(out_file)]
-                cmd += (["--device", device] if device else []) + (["--retry-failed"] if retry_failed else [])
-                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-                if slot is None:
-                    env["CUDA_VISIBLE_DEVICES"] = ""
-                    env.setdefault("OMP_NUM_THREADS", cpu_threads)
+                if out_file.is_file():
+                    o = _collect(p, 0, out_file, store, time.time() - t0)
+                elif w.proc.poll() is not None:  # died during the run: its checkpoints stay
+                    o = _collect(p, w.proc.returncode, out_file, store, time.time() - t0, w.log)
+                    w.proc = None
                 else:
-                    env["CUDA_VISIBLE_DEVICES"] = slot
-                log_path = store.run_dir(p.run_id) / "worker.log"
-                log = open(log_path, "a")
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-                log.write(f"== worker pid {proc.pid} on {'GPU ' + slot if slot is not None else 'CPU'} "
-                          f"at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-                log.flush()
-                running[proc] = (slot, p, time.time(), out_file, log)
-                say(f"[dim]start[/] {p.label} [dim]{p.run_id}[/] on {'GPU ' + slot if slot is not None else 'CPU'}"
-                    f" [dim](pid {proc.pid})[/]")
-            time.sleep(0.1)
-            for proc in [q for q in running if q.poll() is not None]:
-                slot, p, t0, out_file, log = running.pop(proc)
-                log.close()
-                free.append(slot)
-                outcomes[p.run_id] = o = _collect(p, proc.returncode, out_file, store, time.time() - t0)
-                where = "GPU " + slot if slot is not None else "CPU"
+                    continue
+                w.job = None
+                outcomes[p.run_id] = o
                 if o.status == "failed":
-                    say(f"[red]failed[/] {p.label} [dim]{p.run_id}[/] on {where}: {o.reason}")
+                    say(f"[red]failed[/] {p.label} [dim]{p.run_id}[/] on {w.where}: {o.reason}")
                 else:
                     loss = o.summary.get("final_loss")
                     say(f"[green]{'done' if o.status == 'done' else o.status}[/] {p.label} [dim]{p.run_id}[/] on "
-                        f"{where} in {o.seconds:.1f}s" + (f", loss {loss:.4f}" if loss is not None else ""))
+                        f"{w.where} in {o.seconds:.1f}s" + (f", loss {loss:.4f}" if loss is not None else ""))
+        for w in workers:
+            w.finish()
     except BaseException:  # Ctrl-C or an error here: stop the workers; their runs stay resumable
-        for proc in running:
-            proc.terminate()
-        for proc in running:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for w in workers:
+            w.stop()
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [outcomes[p.run_id] for p in runs]
 
 
-def _collect(p: PlannedRun, rc: int, out_file: Path, store: Store, seconds: float) -> Outcome:
+class _Worker:
+    """One worker process on one slot, fed run ids through its stdin."""
+
+    def __init__(self, index: int, slot: str | None):
+        self.index, self.slot = index, slot
+        self.where = f"GPU {slot}" if slot is not None else f"CPU worker {index}"
+        self.proc: subprocess.Popen | None = None
+        self.job: tuple[PlannedRun, float] | None = None
+        self.log: Path | None = None
+
+    def start(self, spec_file: Path, root: Path, tmp: Path, device, retry_failed: bool, cpu_threads: str) -> None:
+        cmd = [sys.executable, "-m", "zoo.train.launch", "--serve", "--spec", str(spec_file), "--root", str(root),
+               "--outcomes", str(tmp)]
+        cmd += (["--device", device] if device else []) + (["--retry-failed"] if retry_failed else [])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.slot is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env.setdefault("OMP_NUM_THREADS", cpu_threads)
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = self.slot
+        self.log = tmp / f"worker-{self.index}-{time.time_ns()}.log"  # output outside any run
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                         text=True)
+
+    def give(self, p: PlannedRun) -> None:
+        self.job = (p, time.time())
+        self.proc.stdin.write(p.run_id + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()  # end of input: the worker exits
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _collect(p: PlannedRun, rc: int, out_file: Path, store: Store, seconds: float,
+             worker_log: Path | None = None) -> Outcome:
     if out_file.is_file():
         d = json.loads(out_file.read_text())
         return Outcome(p, d["status"], d["reason"], d["summary"] or {}, d["evals"] or {}, seconds)
     # the worker died without a word (killed, crashed): the store keeps the run resumable
-    tail = _log_tail(store.run_dir(p.run_id) / "worker.log")
+    tail = _log_tail(store.run_dir(p.run_id) / "worker.log") or (_log_tail(worker_log) if worker_log else "")
     prior = store.get_run(p.run_id)
     state = f"run left {prior['status']}" if prior else "run not started"
     return Outcome(p, "failed", f"worker {_death(rc)} ({state}; `zoo compare` again resumes it)"
@@ -195,24 +243,53 @@ def _collect(p: PlannedRun, rc: int, out_file: Path, store: Store, seconds: floa
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """One run of an experiment in this process (what local workers execute)."""
+    """A sweep worker: reads run ids (one per line) on stdin, trains and evaluates each in this
+    process, writes `<outcomes>/<run_id>.json` after each; exits at the end of input."""
     ap = argparse.ArgumentParser(prog="python -m zoo.train.launch", description=worker_main.__doc__)
+    ap.add_argument("--serve", action="store_true", help="take run ids from stdin")
     ap.add_argument("--spec", required=True, help="experiment as JSON (ExperimentSpec)")
-    ap.add_argument("--run", required=True, help="run id in the plan")
     ap.add_argument("--root", required=True, help="results root")
-    ap.add_argument("--outcome", required=True, help="write the outcome here as JSON")
+    ap.add_argument("--outcomes", required=True, help="directory for the outcome files")
     ap.add_argument("--device", default=None)
     ap.add_argument("--retry-failed", action="store_true")
     a = ap.parse_args(argv)
     _die_with_parent()
+    import gc
+
+    import torch
     from rich.console import Console
 
     spec = parse_spec(json.loads(Path(a.spec).read_text()), a.spec)
-    (o,) = run_experiment(spec, Store(a.root), console=Console(), progress=False, retry_failed=a.retry_failed,
-                          device=a.device, run_ids=[a.run])
-    tmp = Path(a.outcome).with_suffix(".tmp")
-    tmp.write_text(json.dumps(_outcome_json(o), default=str))
-    tmp.replace(a.outcome)
+    store = Store(a.root)
+    for line in sys.stdin:
+        rid = line.strip()
+        if not rid:
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(store.run_dir(rid) / "worker.log", "a") as log:  # this run's output goes to its directory
+            saved = os.dup(1), os.dup(2)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                print(f"== worker pid {os.getpid()} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
+                      f" at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+                (o,) = run_experiment(spec, store, console=Console(), progress=False, retry_failed=a.retry_failed,
+                                      device=a.device, run_ids=[rid])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+        gc.collect()  # the next run starts with the memory of an empty process
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        out = Path(a.outcomes) / f"{rid}.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_outcome_json(o), default=str))
+        tmp.replace(out)
     return 0
 
 
