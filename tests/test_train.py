@@ -31,6 +31,10 @@ def test_schedules_step_and_linear():
     assert frac(25) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="increase strictly"):
         Schedule(points=[(5, 1), (5, 2)])
+    hops = Schedule(points=[(0, [1]), (10, [1, 2])])  # a mixture: HashHop draws hop counts from the list
+    assert hops(3) == [1] and hops(10) == [1, 2]
+    with pytest.raises(ValueError, match="cannot be linear"):
+        Schedule(points=[(0, [1]), (10, [1, 2])], interp="linear")
 
 
 def test_mixer_knobs_reach_the_layers():

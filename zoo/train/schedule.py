@@ -6,6 +6,10 @@ flat outside the points). Integer points give integer values (rounded when linea
 
     Schedule(points=[(0, 256), (500, 512), (1000, 1024)])              # length curriculum
     Schedule(points=[(0, 64), (2000, 512)], interp="linear")           # HSA window warm-up
+    Schedule(points=[(0, [1]), (1000, [1, 2]), (3000, [1, 2, 3, 4])])  # HashHop hop mixture
+
+A point's value may be a list of integers (a mixture, such as the hop counts a HashHop
+batch draws from); such schedules are piecewise constant.
 
 Knob names say what a schedule drives:
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from zoo.errors import ZooError
 
@@ -41,13 +45,13 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    points: list[tuple[int, int | float]] = Field(..., min_length=1,
-                                                  description="(step, value) pairs, steps increasing")
+    points: list[tuple[int, int | float | list[int]]] = Field(
+        ..., min_length=1, description="(step, value) pairs, steps increasing; a value may be a list of ints")
     interp: Literal["step", "linear"] = Field("step", description="piecewise constant or linear between points")
 
     @field_validator("points")
     @classmethod
-    def _increasing(cls, v: list[tuple[int, int | float]]) -> list[tuple[int, int | float]]:
+    def _increasing(cls, v: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         steps = [s for s, _ in v]
         if any(s < 0 for s in steps):
             raise ValueError("steps must be >= 0")
@@ -55,22 +59,26 @@ class Schedule(BaseModel):
             raise ValueError(f"steps must increase strictly, got {steps}")
         return v
 
+    @model_validator(mode="after")
+    def _lists_are_steps(self) -> Schedule:
+        if self.interp == "linear" and any(isinstance(val, list) for _, val in self.points):
+            raise ValueError("a schedule of lists (a mixture) cannot be linear; use interp = 'step'")
+        return self
+
     def integral(self) -> bool:
         """Integer points (as written, e.g. in TOML) give integer values."""
         return all(isinstance(val, int) for _, val in self.points)
 
-    def __call__(self, step: int) -> float | int:
+    def __call__(self, step: int) -> float | int | list[int]:
         steps = [s for s, _ in self.points]
-        vals = [v for _, v in self.points]
-        i = bisect.bisect_right(steps, step) - 1
-        if i < 0:
-            out = vals[0]
-        elif self.interp == "step" or i == len(steps) - 1:
-            out = vals[i]
-        else:
-            t = (step - steps[i]) / (steps[i + 1] - steps[i])
-            out = vals[i] + t * (vals[i + 1] - vals[i])
-        return int(round(out)) if self.integral() else float(out)
+        i = max(0, bisect.bisect_right(steps, step) - 1)
+        here = self.points[i][1]
+        if isinstance(here, list):
+            return list(here)
+        if self.interp == "linear" and i + 1 < len(steps) and step > steps[i]:
+            (s0, v0), (s1, v1) = self.points[i], self.points[i + 1]
+            here = v0 + (step - s0) / (s1 - s0) * (v1 - v0)
+        return int(round(here)) if self.integral() else float(here)
 
 
 def check_knob_name(name: str) -> str:

@@ -290,9 +290,11 @@ class Trainer:
         # under torchrun: one process per GPU, `parallel` (ddp or fsdp) spreads the run, rank 0 writes
         self.dist = zdist.setup(self.cfg.device, parallel)
         self.dist.check_batch(self.cfg.batch_size)
-        self.store = store if store is not None else Store()
-        if not self.dist.main:
-            self.store = zdist.FollowerStore(self.store)
+        if self.dist.main:
+            self.store = store if store is not None else Store()
+        else:  # rank 0 writes; the others never open the database
+            self.store = store if isinstance(store, zdist.FollowerStore) else zdist.FollowerStore(
+                store.root if store is not None else None)
         self.run_id = run.run_id()
         self.run_dir = self.store.run_dir(self.run_id)
         self.progress = progress and self.dist.main
@@ -434,7 +436,7 @@ class Trainer:
                 step += 1
                 row: dict[str, float | None] = {"loss": loss_sum, "lr": lr, "grad_norm": gn, "tokens": tokens_seen,
                                                 "seq_len": seq_len}
-                row.update({f"knob/{k}": float(v) for k, v in values.items()})
+                row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
                 if step % cfg.log_every == 0 or step == total:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
