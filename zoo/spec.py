@@ -169,7 +169,7 @@ def _allowed_fields(root: type[BaseModel], loc: tuple) -> list[str] | None:
             continue
         f = getattr(cls, "model_fields", {}).get(part)
         if f is None:
-            return None if cls is root else None
+            return None
         ann = f.annotation
         nxt = None
         for cand in (ann, *getattr(ann, "__args__", ())):
