@@ -117,3 +117,11 @@ def test_mqar_errors():
         get_task("mqar", {"num_kv_pairs": 8}).batch(0, 1, 16)
     with pytest.raises(ZooError, match="distinct keys"):
         get_task("mqar", {"vocab_size": 16, "num_kv_pairs": 8}).batch(0, 1, 64)
+
+
+def test_short_hashes_that_merge_chains_do_not_stop_training():
+    """2-character hashes repeat within a few hundred characters; the stream asks fewer queries."""
+    task = get_task("hashhop", {"hash_len": 2})
+    for step in range(40):
+        b = task.batch(step, 4, 128)
+        assert b.n_loss_tokens > 0

@@ -109,11 +109,13 @@ def make_levels(chains: int, hops: int, hash_len: int, np_rng: np.random.RandomS
 
 
 def make_one(n_chars: int, num_queries: int, hops: int, hash_len: int, cot: bool,
-             rng: random.Random, np_rng: np.random.RandomState) -> HashHopSample:
+             rng: random.Random, np_rng: np.random.RandomState, cap_queries: bool = False) -> HashHopSample:
     """Magic's `MultiHopEval.make_one` with explicit random streams.
 
     `np_rng` draws the hashes, `rng` shuffles the lines and then shuffles the target items
     once more, a shuffle whose result the original discards; it only advances the stream.
+    `cap_queries` (training) asks fewer queries when short hashes repeated and merged chains,
+    instead of the generator's error.
     """
     check_params(n_chars, num_queries, hops, hash_len)
     levels = make_levels(n_chains(n_chars, hops, hash_len), hops, hash_len, np_rng)
@@ -132,6 +134,8 @@ def make_one(n_chars: int, num_queries: int, hops: int, hash_len: int, cot: bool
 
     rng.shuffle(lines)
     rng.shuffle(list(targets.items()))  # discarded: keeps the stream in step with the original
+    if cap_queries:
+        num_queries = min(num_queries, len(targets))
     if num_queries > len(targets):  # only when repeated hashes merged chains
         raise ZooError(f"only {len(targets)} distinct chains for {num_queries} queries (hashes repeated)",
                        "use a longer hash length or fewer queries")
@@ -337,7 +341,7 @@ class HashHopTask(Task):
             lo = min(n_chains(s["min_chars"], hops, L), full)
             chains = int(meta.integers(lo, full + 1))
         q = chains if s["queries"] is None else min(s["queries"], chains)
-        out = make_one(chains * (2 * L + 3) * hops, q, hops, L, cot, *rngs(key))
+        out = make_one(chains * (2 * L + 3) * hops, q, hops, L, cot, *rngs(key), cap_queries=True)
         out.seed = key
         return out
 
