@@ -158,15 +158,18 @@ def test_rank_shares_add_up_to_the_global_mean():
         Dist(rank=0, world=3).check_batch(4)
 
 
-def test_follower_ranks_read_but_never_write_the_store(tmp_path):
-    store = Store(tmp_path)
+def test_follower_ranks_never_open_the_store(tmp_path):
+    store = Store(tmp_path / "shared")
     store.upsert_run("r1", {"a": 1}, status="running")
-    f = FollowerStore(store)
+    f = FollowerStore(tmp_path / "shared")
     f.upsert_run("r1", {"a": 2}, status="done")
     f.set_status("r1", "failed", "x")
     f.log_metrics_many("r1", [(1, {"loss": 1.0})])
     f.update_summary("r1", steps=3)
     f.add_results("r1", "bench", [{"x": 1}])
-    assert f.get_run("r1")["status"] == "running" and f.get_run("r1")["config"] == {"a": 1}
+    assert store.get_run("r1")["status"] == "running" and store.get_run("r1")["config"] == {"a": 1}
     assert store.metrics("r1") == [] and store.results("r1") == [] and store.get_run("r1")["summary"] == {}
-    assert f.run_dir("r1") == store.run_dir("r1")
+    assert f.run_dir("r1") == store.run_dir("r1")  # checkpoints are shared
+    fresh = FollowerStore(tmp_path / "elsewhere")
+    fresh.run_dir("r2")
+    assert not (tmp_path / "elsewhere" / "zoo.db").exists()  # no SQLite file opened by a follower

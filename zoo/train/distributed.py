@@ -288,16 +288,24 @@ def teardown() -> None:
 
 
 class FollowerStore:
-    """The results store as ranks other than 0 see it: reads pass through, writes are dropped,
-    so that one process (rank 0) writes each run's rows."""
+    """The results store as ranks other than 0 see it: writes are dropped and the database is
+    never opened (rank 0 writes each run's rows; SQLite must not be shared over a network
+    filesystem by processes on several nodes). Run directories (checkpoints) are shared."""
 
-    WRITES = frozenset({"upsert_run", "set_status", "update_summary", "log_metrics", "log_metrics_many",
-                        "add_results", "import_db"})
+    def __init__(self, root: str | os.PathLike | None = None):
+        from zoo.store import default_root
 
-    def __init__(self, store):
-        self._store = store
+        self.root = Path(root) if root is not None else default_root()
 
-    def __getattr__(self, name: str):
-        if name in self.WRITES:
-            return lambda *args, **kwargs: None
-        return getattr(self._store, name)
+    def run_dir(self, run_id: str) -> Path:
+        d = self.root / "runs" / run_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def metrics(self, run_id: str, name: str | None = None) -> list[dict]:
+        return []  # summaries are rank 0's business
+
+    def _drop(self, *args, **kwargs) -> None:
+        return None
+
+    upsert_run = set_status = update_summary = log_metrics = log_metrics_many = add_results = _drop
