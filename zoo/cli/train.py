@@ -132,7 +132,10 @@ def register(app: typer.Typer) -> None:
             key = ".".join(str(p) for p in err["loc"])
             raise ZooError(f"bad setting '{key}' = {err.get('input')!r}: {err['msg']}",
                            "see `zoo train --help`") from None
-        store = Store(root)
+        from zoo.train.distributed import FollowerStore
+
+        # under torchrun only rank 0 opens the store
+        store = Store(root) if int(os.environ.get("RANK", "0")) == 0 else FollowerStore(root)
         rid = run.run_id()
         if nproc > 1 and not dry_run:
             from zoo.train.launch import torchrun_train
