@@ -237,7 +237,7 @@ def leaderboard(data: ReportData, es: list[Entry]) -> Table:
     note = (f"Accuracy with its Wilson 95% interval below. Effective context: the largest length with accuracy "
             f">= {THRESHOLD}. State: cache or recurrent state of the whole model after that many tokens "
             "(batch 1, bf16). Each row is one run: the largest finished model of that mixer.")
-    return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes()
+    return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes(14)
 
 
 # -- side tables beside the figures -------------------------------------------------------------

@@ -120,8 +120,14 @@ def _train_lines(ax, lengths: set[int], label: bool = True) -> None:
 
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
     if handles:  # "outside": constrained layout makes room for it below the axes
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(len(labels), 5), frameon=False,
-                   handlelength=3.2)
+        fits = max(2, int(fig.get_figwidth() / 1.45))  # entries per row that fit the figure's width
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), ncol or 6, fits),
+                   frameon=False, handlelength=3.2)
+
+
+def band_alpha(n: int) -> float:
+    """Wilson bands stay readable when many overlap: fainter the more curves share an axis."""
+    return max(0.05, min(0.15, 0.6 / max(n, 1)))
 
 
 # -- HashHop accuracy vs context length ------------------------------------------------------
@@ -134,7 +140,8 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
     nrows = math.ceil(len(settings) / ncols)
     missing: list[tuple[str, int, str, str]] = []
     with rc_context(RC):
-        fig = MplFigure(figsize=(3.4 * ncols + 0.4, 2.7 * nrows + 0.55), layout="constrained")
+        size = (5.6, 3.9) if len(settings) == 1 else (3.4 * ncols + 0.4, 2.7 * nrows + 0.55)
+        fig = MplFigure(figsize=size, layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
         handles = {}
         all_lengths: list[int] = []
@@ -155,8 +162,8 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                 look = pal[e.label]
                 x = [p.length for p in ok]
                 all_lengths += [p.length for p in curve]
-                ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color, alpha=0.13,
-                                linewidth=0, zorder=2)
+                ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
+                                alpha=band_alpha(len(es)), linewidth=0, zorder=2)
                 (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=e.label)
                 handles.setdefault(e.label, h)
                 if e.run.train_len:
@@ -195,7 +202,8 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             look = pal[e.label]
             x = [p.length for p in ok]
             lengths += [p.length for p in e.curve]
-            ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color, alpha=0.13, linewidth=0)
+            ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
+                            alpha=band_alpha(len(curves)), linewidth=0)
             ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=e.label)
             if e.run.train_len:
                 train.add(e.run.train_len)
@@ -512,6 +520,11 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
         svg = to_svg(fig, "fig-scaling")
     caption = ("One point per finished run. Lines: power laws fitted by least squares in log-log space (loss, and "
                "the error rate 1 - accuracy), drawn only for mixers with at least 3 model sizes.")
+    if not any(f.fit for f in fits):  # one or two sizes per mixer: say so once instead of a table of n/a
+        sizes = max(len({p[0] for p in f.points}) for f in fits)
+        return Figure("fig-scaling", title, svg, caption, None,
+                      [f"power-law fits: n/a (at most {sizes} model size{'s' if sizes != 1 else ''} per mixer; "
+                       "a fit needs 3)"])
     return Figure("fig-scaling", title, svg, caption, A.scaling_side(fits))
 
 

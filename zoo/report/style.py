@@ -1,7 +1,8 @@
 """One look per mixer for the whole report: colour, marker and line style.
 
 Colours come from the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"),
-which stays distinguishable under the common colour-vision deficiencies. Greyscale
+which stays distinguishable under the common colour-vision deficiencies; its yellow is too
+light for thin lines on white, so Paul Tol's wine takes its place. Greyscale
 printing loses hue, so every entry also has its own marker and line style: two mixers
 never share all three. Peer kernels in the speed figures reuse the palette with hollow
 markers and a thin dotted line, so ours and theirs read apart at a glance.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#882255"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 LINESTYLES: list = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2, 2, 2))]
 # HTML/CSS dash patterns matching LINESTYLES, for the legend swatches in tables
