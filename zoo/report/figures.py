@@ -101,7 +101,10 @@ def to_svg(fig: MplFigure, fig_id: str) -> str:
 
 def _log2_axis(ax, lengths: list[int]) -> None:
     ax.set_xscale("log", base=2)
-    ticks = sorted(set(lengths))
+    ticks: list[int] = []
+    for L in sorted(set(lengths)):  # lengths within 25% of the previous tick would print on top of it
+        if not ticks or L / ticks[-1] > 1.25:
+            ticks.append(L)
     if len(ticks) > 9:  # thin out so labels never collide
         step = math.ceil(len(ticks) / 9)
         ticks = ticks[::step] + ([ticks[-1]] if ticks[-1] not in ticks[::step] else [])
@@ -144,10 +147,10 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
         fig = MplFigure(figsize=size, layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
         handles = {}
-        all_lengths: list[int] = []
         for i, (hops, cot) in enumerate(settings):
             ax = axes[i // ncols][i % ncols]
             train = set()
+            all_lengths: list[int] = []  # this panel's lengths: hop counts and modes differ in their completions
             for e in es:
                 if e.run is None:
                     continue
