@@ -12,8 +12,19 @@ Lq <= Lk, the keys include the cache):
 never a dense L x L mask: an 8K chunk over a 1M-token cache takes megabytes, not gigabytes)
 and is cached by shape: all layers of a model, and every training step at the same length,
 reuse one mask.
-Offsets are captured as tensors, so chunks of new lengths do not force recompiles of the
-score and mask functions (torch.compile's automatic dynamic shapes take the lengths).
+
+The score and mask functions run on every score of the fused kernel, where head_dim 64 leaves
+the elementwise work a large share of the time, so they are written as a user would write them:
+int32 index arithmetic (the kernel's own index type; an int64 offset would make every score pay
+64-bit arithmetic and conversion) and no offset at all for training shapes (queries and keys
+aligned, the common case: exactly the plain causal mask and the plain ALiBi / T5 functions).
+Nonzero offsets (chunked inference) are captured as int32 tensors, so chunks of new lengths do
+not force recompiles (torch.compile's automatic dynamic shapes take the lengths).
+
+A score function that reads a table per score (T5's bias by distance) makes the fused kernel
+stage a [BLOCK_M, BLOCK_N] float32 tile of it per pipeline stage; with the default tiles on the
+H100 (128 x 128, 3 stages at head_dim 64) that needs 240 KB of shared memory, past the 227 KB
+the hardware has. `TABLE_KERNEL_OPTIONS` are smaller tiles for such functions.
 
 FlexAttention is compiled on CUDA (a fused FlashAttention-2 style Triton kernel). On CPU,
 torch runs it eagerly through an unfused path with O(L^2) memory and has no backward, so
@@ -63,11 +74,42 @@ def _pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sel.sum(1).int()[None, None], order.int()[None, None]
 
 
-@functools.lru_cache(maxsize=64)
+def causal(b, h, q_idx, kv_idx):
+    """Plain causal mask (queries and keys aligned)."""
+    return q_idx >= kv_idx
+
+
+def band_mask_mod(off: int, lo: int, hi: int | None, device) -> Callable:
+    """Mask function keeping lo <= q_idx + off - kv_idx < hi (hi None: no bound), int32 throughout."""
+    if off == 0 and lo == 0 and hi is None:
+        return causal
+    off_t, lo_t = _int32(off, device), _int32(lo, device)
+    if hi is None:
+        def above(b, h, q_idx, kv_idx):
+            return q_idx + off_t - kv_idx >= lo_t
+
+        return above
+    hi_t = _int32(hi, device)
+
+    def in_band(b, h, q_idx, kv_idx):
+        d = q_idx + off_t - kv_idx
+        return (d >= lo_t) & (d < hi_t)
+
+    return in_band
+
+
 def band_block_mask(q_len: int, kv_len: int, lo: int = 0, hi: int | None = None,
                     device: torch.device | str = "cpu") -> BlockMask:
-    """The `BlockMask` keeping lo <= (q_idx + kv_len - q_len) - kv_idx < hi (hi None: no bound)."""
-    device = torch.device(device)
+    """The `BlockMask` keeping lo <= (q_idx + kv_len - q_len) - kv_idx < hi (hi None: no bound).
+
+    Made once per shape and device; masks made in inference mode are kept apart (FlexAttention
+    saves the mask's tensors for the backward, which inference tensors cannot be)."""
+    return _band_block_mask(q_len, kv_len, lo, hi, torch.device(device), torch.is_inference_mode_enabled())
+
+
+@functools.lru_cache(maxsize=64)
+def _band_block_mask(q_len: int, kv_len: int, lo: int, hi: int | None, device: torch.device,
+                     inference: bool) -> BlockMask:
     off = kv_len - q_len
     top = hi if hi is not None else q_len + kv_len + 1  # beyond any distance
 
@@ -84,45 +126,62 @@ def band_block_mask(q_len: int, kv_len: int, lo: int = 0, hi: int | None = None,
     num, idx = _pack(touches & ~full)
     full_num, full_idx = _pack(full)
 
-    off_t, lo_t, hi_t = (torch.tensor(v, device=device) for v in (off, lo, top))
-
-    def in_band(b, h, q_idx, kv_idx):
-        d = q_idx + off_t - kv_idx
-        return (d >= lo_t) & (d < hi_t)
-
-    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=in_band,
-                                    seq_lengths=(q_len, kv_len))
+    return BlockMask.from_kv_blocks(num, idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
+                                    mask_mod=band_mask_mod(off, lo, hi, device), seq_lengths=(q_len, kv_len))
 
 
 # -- score modifications --------------------------------------------------------------------
 
+def _int32(value: int, device) -> torch.Tensor:
+    return _int32_cached(value, torch.device(device), torch.is_inference_mode_enabled())
+
+
 @functools.lru_cache(maxsize=256)
-def _offset(value: int, device: torch.device) -> torch.Tensor:
+def _int32_cached(value: int, device: torch.device, inference: bool) -> torch.Tensor:
     # made once: a host-to-device copy per call would stall the host behind the queued GPU work
-    return torch.tensor(value, device=device)
+    return torch.tensor(value, dtype=torch.int32, device=device)
 
 
 def alibi_score_mod(slopes: torch.Tensor, offset: int) -> ScoreMod:
-    """ALiBi: score - m_h * d (Press et al. 2022). `slopes` `[H]` float32."""
-    off = _offset(offset, slopes.device)
+    """ALiBi: score - m_h * d (Press et al. 2022). `slopes` `[H]` float32; d = q_idx + offset - kv_idx."""
+    if offset == 0:
+        def aligned(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx)
 
-    def mod(score, b, h, q_idx, kv_idx):
+        return aligned
+    off = _int32(offset, slopes.device)
+
+    def shifted(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx + off - kv_idx)
 
-    return mod
+    return shifted
 
 
 def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
     """score + bias[h, min(d, n - 1)] for a per-head bias by distance `[H, n]` (T5's buckets,
-    unrolled over distances 0 .. n - 1; the last column holds every longer distance).
-    Gradients reach `bias` (FlexAttention differentiates captured buffers)."""
-    off = _offset(offset, bias.device)
+    unrolled over distances 0 .. n - 1; the last column holds every longer distance), with
+    d = q_idx + offset - kv_idx. Gradients reach `bias` (FlexAttention differentiates captured
+    buffers). Run it with `TABLE_KERNEL_OPTIONS`."""
     last = bias.shape[1] - 1
+    if offset == 0:
+        def aligned(score, b, h, q_idx, kv_idx):
+            return score + bias[h, torch.clamp(q_idx - kv_idx, 0, last)]
 
-    def mod(score, b, h, q_idx, kv_idx):
-        return score + bias[h, (q_idx + off - kv_idx).clamp(0, last)]
+        return aligned
+    off = _int32(offset, bias.device)
 
-    return mod
+    def shifted(score, b, h, q_idx, kv_idx):
+        return score + bias[h, torch.clamp(q_idx + off - kv_idx, 0, last)]
+
+    return shifted
+
+
+# Tiles for score functions that read a table per score: forward 128 x 64 (BLOCK_M x BLOCK_N),
+# backward 64 x 64 in both of its loops (BLOCK_M1/N1: dK and dV, BLOCK_M2/N2: dQ), 3 stages, 4 warps.
+# At head_dim 64 that is about half the H100's shared memory (and within an A100's). Keys without
+# a fwd_/bwd_ prefix apply to both passes in every torch that has FlexAttention.
+TABLE_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
+                        "BLOCK_N2": 64, "num_stages": 3, "num_warps": 4}
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -139,13 +198,16 @@ def _compiled():
 
 
 def flex_attend(q, k, v, *, lo: int = 0, hi: int | None = None, score_mod: ScoreMod | None = None,
-                return_lse: bool = False):
-    """FlexAttention over the distance band [lo, hi) with an optional score modification.
+                return_lse: bool = False, kernel_options: dict | None = None):
+    """FlexAttention over the distance band [lo, hi) with an optional score modification and
+    kernel options (e.g. `TABLE_KERNEL_OPTIONS`).
 
     Returns o `[B, H, Lq, Dh]`, and lse `[B, H, Lq]` (float32, -inf for rows with no keys)
     when `return_lse`."""
     mask = band_block_mask(q.shape[2], k.shape[2], lo, hi, q.device)
     kwargs = {"score_mod": score_mod, "block_mask": mask}
+    if kernel_options is not None:
+        kwargs["kernel_options"] = dict(kernel_options)
     if return_lse:
         kwargs.update({"return_aux": AuxRequest(lse=True)} if AuxRequest is not None else {"return_lse": True})
     if q.is_cuda:
