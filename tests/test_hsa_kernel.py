@@ -32,6 +32,70 @@ def test_chunk_query_index_lists_every_selection_once():
                 assert got == want, (b, h, c)
 
 
+def test_flash_window_plumbing_against_a_model_of_the_kernel(monkeypatch):
+    """`_FlashWindow` hands torch's flash kernel the [B, L, H, D] layout, window W as
+    (left W - 1, right 0) and its saved outputs back to the backward. Here the two private
+    ops are replaced by a plain model of FlashAttention-2's local mask (key j seen by query i
+    iff i + Lk - Lq - left <= j <= i + Lk - Lq + right); the real kernel is checked against
+    the reference on the GPU (`_flash_window_probe`, benchmarks/hsa_bench.py)."""
+    import zoo.mixers.hsa as hsa_mod
+
+    def model(q, k, v, left, right, scale):
+        Lq, Lk, G = q.shape[1], k.shape[1], q.shape[2] // k.shape[2]
+        i = torch.arange(Lq)[:, None] + Lk - Lq
+        j = torch.arange(Lk)[None, :]
+        keep = (j >= i - left) & (j <= i + right)
+        k, v = k.repeat_interleave(G, 2), v.repeat_interleave(G, 2)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+        s = s.masked_fill(~keep, float("-inf"))
+        return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v), torch.logsumexp(s, -1)
+
+    calls = []
+
+    def fake_fwd(q, k, v, window, scale):
+        calls.append(("fwd", q.shape, k.shape, window))
+        assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        with torch.no_grad():
+            o, lse = model(q, k, v, window - 1, 0, scale)
+        return o, lse, torch.zeros(2, dtype=torch.int64), torch.zeros((), dtype=torch.int64)
+
+    def fake_bwd(do, q, k, v, o, lse, rng_state, unused, window, scale):
+        calls.append(("bwd", do.shape))
+        assert do.stride(-1) == 1 and rng_state.shape == (2,)
+        ins = [t.detach().requires_grad_() for t in (q, k, v)]
+        with torch.enable_grad():
+            out, _ = model(*ins, window - 1, 0, scale)
+            return torch.autograd.grad(out, ins, do)
+
+    monkeypatch.setattr(hsa_mod, "_flash_fwd", fake_fwd)
+    monkeypatch.setattr(hsa_mod, "_flash_bwd", fake_bwd)
+    g = torch.Generator().manual_seed(0)
+    for lq, lk, window in ((40, 40, 7), (24, 50, 9), (30, 30, 100)):
+        q = torch.randn(2, 4, lq, 16, generator=g, requires_grad=True)
+        k = torch.randn(2, 2, lk, 16, generator=g, requires_grad=True)
+        v = torch.randn(2, 2, lk, 16, generator=g, requires_grad=True)
+        do = torch.randn(2, 4, lq, 16, generator=g)
+        got = hsa_mod._FlashWindow.apply(q, k, v, window)
+        want = hsa_mod.window_attention_reference(q, k, v, window)
+        assert torch.allclose(got, want, atol=1e-5)
+        for a, b in zip(torch.autograd.grad(got, (q, k, v), do), torch.autograd.grad(want, (q, k, v), do)):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert [c[0] for c in calls] == ["fwd", "bwd"] * 3
+    # the GPU probe's own comparison passes this model, and fails one that reads the window one key wider
+    assert hsa_mod._flash_window_check(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0)) is None
+    monkeypatch.setattr(hsa_mod, "_flash_fwd", lambda q, k, v, window, scale: fake_fwd(q, k, v, window + 1, scale))
+    why = hsa_mod._flash_window_check(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0))
+    assert why is not None and "disagrees" in why
+
+
+def test_window_kernel_choice_on_cpu():
+    from zoo.mixers.hsa import window_kernel
+
+    assert window_kernel(torch.device("cpu"), torch.bfloat16, 64, 64) == ("sdpa", "short query chunk")
+    kernel, why = window_kernel(torch.device("cpu"), torch.bfloat16, 64, 4096)
+    assert kernel == "sdpa" and "CUDA" in why
+
+
 def test_triton_kernel_matches_reference_under_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -61,7 +61,8 @@ def _triton_check(device: torch.device) -> str | None:
 
 
 TRITON_BACKEND = Backend(
-    "triton", "own Triton retrieval kernel (fwd+bwd) and FlexAttention for the window (CUDA)", _triton_check
+    "triton", "own Triton retrieval kernel (fwd+bwd); the window through torch's flash kernel with a window, "
+    "else FlexAttention (CUDA)", _triton_check
 )
 
 
@@ -154,13 +155,121 @@ def _compiled_flex():
     return torch.compile(flex_attention)  # automatic dynamic shapes: chunked inference varies the lengths
 
 
-def window_attention_fast(q, k, v, window: int) -> torch.Tensor:
-    """The same on CUDA: FlexAttention over the distance band [0, W) (only the blocks near the
-    diagonal are computed; `zoo.kernels.flex` builds and caches the block mask), SDPA with the
-    band mask for short query chunks."""
+# -- the window on CUDA: torch's FlashAttention-2 kernel has a sliding window ------------------------
+# Dao 2023 (FlashAttention-2, arXiv:2307.08691), local attention: key j is seen by query i (at key
+# position i + Lk - Lq) iff i + Lk - Lq - left <= j <= i + Lk - Lq + right; left = W - 1, right = 0
+# is the band [0, W) of `band_mask`. Grouped heads run inside the kernel (no repeated keys).
+
+def _flash_fwd(q, k, v, window: int, scale: float):
+    """q `[B, Lq, H, D]`, k/v `[B, Lk, Hkv, D]` -> out, lse, rng_state, unused (what the backward needs)."""
+    return torch.ops.aten._flash_attention_forward(
+        q, k, v, None, None, q.shape[1], k.shape[1], 0.0, True, False,
+        scale=scale, window_size_left=window - 1, window_size_right=0)[:4]
+
+
+def _flash_bwd(do, q, k, v, o, lse, rng_state, unused, window: int, scale: float):
+    return torch.ops.aten._flash_attention_backward(
+        do, q, k, v, o, lse, None, None, q.shape[1], k.shape[1], 0.0, True, rng_state, unused,
+        scale=scale, window_size_left=window - 1, window_size_right=0)
+
+
+def _last_dim_dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _FlashWindow(torch.autograd.Function):
+    """Causal sliding-window attention, q `[B, H, Lq, D]`, k/v `[B, Hkv, Lk, D]` -> `[B, H, Lq, D]`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window: int):
+        qt, kt, vt = (_last_dim_dense(t.transpose(1, 2)) for t in (q, k, v))  # the kernel's [B, L, H, D] views
+        scale = q.shape[-1] ** -0.5
+        o, lse, rng_state, unused = _flash_fwd(qt, kt, vt, window, scale)
+        ctx.save_for_backward(qt, kt, vt, o, lse, rng_state, unused)
+        ctx.window, ctx.scale = window, scale
+        return o.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, do):
+        qt, kt, vt, o, lse, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = _flash_bwd(_last_dim_dense(do.transpose(1, 2)), qt, kt, vt, o, lse, rng_state, unused,
+                                ctx.window, ctx.scale)
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None
+
+
+@functools.cache
+def _flash_window_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why torch's flash kernel cannot run this window (None: it can, pending the probe)."""
+    if device.type != "cuda":
+        return "needs CUDA"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"flash runs fp16/bf16, not {dtype}"
+    if head_dim % 8 or head_dim > 256:
+        return f"flash needs a head width that is a multiple of 8 up to 256, not {head_dim}"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "flash needs sm80 or newer"
+    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    if op is None or "window_size_left" not in {a.name for a in op.default._schema.arguments}:
+        return "this torch's flash kernel takes no window"
+    return _flash_window_probe(device.index if device.index is not None else torch.cuda.current_device(), dtype)
+
+
+@functools.cache
+@torch.compiler.disable
+def _flash_window_probe(device_index: int, dtype: torch.dtype) -> str | None:
+    """Once per GPU and dtype: the private flash op against `window_attention_reference`, forward
+    and gradients, with grouped heads and with queries after cached keys. A torch whose build
+    lacks the windowed kernels (or reads the window differently) falls back to FlexAttention."""
+    dev = torch.device("cuda", device_index)
+    g = torch.Generator(device=dev).manual_seed(0)
+    try:  # gradients on, autocast off, whatever mode the first caller runs in (evaluation: no_grad)
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            return _flash_window_check(dev, dtype, g)
+    except Exception as e:  # a build without the windowed kernels, or an older signature
+        return f"torch's flash window kernel failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def _flash_window_check(dev: torch.device, dtype: torch.dtype, g: torch.Generator) -> str | None:
+    for lq, lk, window in ((192, 192, 37), (130, 300, 64)):
+        q, do = (torch.randn(1, 4, lq, 64, device=dev, generator=g).to(dtype) for _ in range(2))
+        k, v = (torch.randn(1, 2, lk, 64, device=dev, generator=g).to(dtype) for _ in range(2))
+        ins = [t.requires_grad_() for t in (q.clone(), k.clone(), v.clone())]
+        got = _FlashWindow.apply(*ins, window)
+        got_g = torch.autograd.grad(got, ins, do)
+        ref_ins = [t.float().requires_grad_() for t in (q, k, v)]
+        want = window_attention_reference(*ref_ins, window)
+        want_g = torch.autograd.grad(want, ref_ins, do.float())
+        for name, a, b in zip(("out", "dq", "dk", "dv"), (got, *got_g), (want, *want_g)):
+            err = ((a.float() - b).norm() / b.norm().clamp_min(1e-12)).item()
+            if not err < 2e-2:
+                return f"torch's flash window kernel disagrees with the reference ({name} rel err {err:.2g})"
+    return None
+
+
+def window_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, q_len: int) -> tuple[str, str]:
+    """(kernel, why) for the CUDA window: 'flash' (torch's FlashAttention-2 with a window),
+    'flex' (FlexAttention band) or 'sdpa' (band mask; short query chunks and fallbacks)."""
+    if q_len < 128:
+        return "sdpa", "short query chunk"
+    why = _flash_window_reason(torch.device(device), dtype, head_dim)
+    if why is None:
+        return "flash", "torch's FlashAttention-2 kernel, sliding window"
+    if flex.unavailable(torch.device(device)) is None:
+        return "flex", why
+    return "sdpa", why
+
+
+def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> torch.Tensor:
+    """The same on CUDA, only the band computed: torch's FlashAttention-2 kernel with a window
+    when this torch has it, else FlexAttention over the distance band [0, W) (`zoo.kernels.flex`
+    builds and caches the block mask); SDPA with the band mask for short query chunks.
+    `kernel` forces one of 'flash', 'flex', 'sdpa' (benchmarks)."""
     Lq, Lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if flex.unavailable(q.device) is None and Lq >= 128:
+    kernel = kernel or window_kernel(q.device, q.dtype, q.shape[-1], Lq)[0]
+    if kernel == "flash":
+        return _FlashWindow.apply(q, k, v, window)
+    if kernel == "flex":
         mask = flex.band_block_mask(Lq, Lk, 0, window, q.device)
         return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(Lq, Lk, window, q.device), enable_gqa=gqa)
