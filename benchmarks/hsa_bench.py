@@ -6,16 +6,22 @@ speed and memory of hierarchical sparse attention against causal cuDNN attention
     python benchmarks/hsa_bench.py --skip accuracy --lengths 32768,131072
 
 1. accuracy, bf16 (16 query heads x 64, 1 KV head, S 64, top-K 8, W 512):
-   a. the kernel alone, B 2, L 4096, chunks chosen by `HSA.select` from random retrieval
-      queries and landmarks: output and dQ, dK, dV, dW against the reference computed in fp32
-      on the same bf16 values;
-   b. the whole `hsa` layer (d_model 1024) on backend triton against backend torch with
+   a. the kernel alone, B 2, L 4096, chunks chosen by the Triton selection from random
+      retrieval queries and landmarks: output and dQ, dK, dV, dW of both forward layouts
+      (chunk-major, token-major) against the reference computed in fp32 on the same bf16
+      values;
+   b. the Triton selection against the torch one (`HSA.select`), B 2, L 8192: chosen chunks,
+      fusion weights, gradients to the retrieval queries and the landmarks;
+   c. the window on CUDA (torch's flash kernel with a window when this torch has it, else
+      FlexAttention) against the explicit reference, with queries after cached keys too;
+   d. the whole `hsa` layer (d_model 1024) on backend triton against backend torch with
       identical weights, B 1, L 4096: output and every parameter gradient (w_lmk and lmk_norm
       show the kernel's weight gradient reaching the landmarks through the retrieval scores).
 2. timing, bf16, fwd+bwd, B x L = 128K tokens, at each L (CUDA events after warm-up, median):
-   - core: HSA attention = landmark scoring + top-K + fusion weights, the Triton retrieval
-     kernel and the FlexAttention window, against causal SDPA forced to cuDNN on q, k, v of
-     [B, 16, L, 64]; the core's three parts also alone;
+   - core: HSA attention = landmark scoring + top-K + fusion weights (Triton selection), the
+     Triton retrieval kernel and the window, against causal SDPA forced to cuDNN on q, k, v
+     of [B, 16, L, 64]; the core's three parts also alone, the kernel's forward alone, and
+     for comparison the token-major forward and the FlexAttention window;
    - layer: the whole `hsa` mixer (projections, chunk encoder) against the `nope` attention
      layer (same d_model and heads, SDPA forced to cuDNN);
    - peak memory of one step beyond its inputs.
@@ -42,7 +48,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from zoo.kernels.hsa_naive import hsa_attention_naive  # noqa: E402
 from zoo.kernels.hsa_triton import hsa_attention  # noqa: E402
-from zoo.mixers.hsa import window_attention_fast  # noqa: E402
+from zoo.mixers.hsa import window_attention_fast, window_attention_reference, window_kernel  # noqa: E402
 from zoo.registry import build_mixer  # noqa: E402
 
 CUDA = torch.device("cuda")
@@ -79,22 +85,64 @@ def accuracy_kernel(kv_heads: int, B: int = 2, L: int = 4096) -> dict:
     g = torch.Generator(device=CUDA).manual_seed(0)
     r = lambda *s: torch.randn(*s, device=CUDA, generator=g)  # noqa: E731
     qr, lmk = r(B, L, kv_heads, DH), r(B, L // S, kv_heads, DH)
-    ids, w = sel.select(qr, lmk, torch.arange(L, device=CUDA))
+    ids, w, index = sel.select(qr, lmk, 0, "triton")
     q, k, v = r(B, L, H, DH).to(BF16), r(B, L, kv_heads, DH).to(BF16), r(B, L, kv_heads, DH).to(BF16)
     w = w.detach()
     dout = r(B, L, H, DH).to(BF16)
-    ins = [t.clone().requires_grad_() for t in (q, k, v, w)]
-    out = hsa_attention(ins[0], ins[1], ins[2], ins[3], ids, S)
-    grads = torch.autograd.grad(out, ins, dout)
     ref_ins = [t.float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = hsa_attention_naive(ref_ins[0], ref_ins[1], ref_ins[2], ref_ins[3], ids, S)
     ref_grads = torch.autograd.grad(ref, ref_ins, dout.float())
-    res = {"output": rel_errors(out, ref)}
-    for name, a, b in zip(("dq", "dk", "dv", "dweights"), grads, ref_grads):
-        res[name] = rel_errors(a, b)
+    res = {}
+    for layout in ("chunk", "token"):
+        ins = [t.clone().requires_grad_() for t in (q, k, v, w)]
+        out = hsa_attention(ins[0], ins[1], ins[2], ins[3], ids, S, index=index, layout=layout)
+        grads = torch.autograd.grad(out, ins, dout)
+        res[f"output {layout}"] = rel_errors(out, ref)
+        for name, a, b in zip(("dq", "dk", "dv", "dweights"), grads, ref_grads):
+            res[f"{name} {layout}"] = rel_errors(a, b)
     res["bf16_floor_output"] = rel_errors(ref.to(BF16), ref)  # rounding the exact output to bf16
     res["empty_slots"] = int((ids < 0).sum())
-    res["ok"] = all(passes(e) for k_, e in res.items() if k_ in ("output", "dq", "dk", "dv", "dweights"))
+    res["ok"] = all(passes(e) for k_, e in res.items() if isinstance(e, dict) and k_ != "bf16_floor_output")
+    return res
+
+
+def accuracy_select(kv_heads: int, B: int = 2, L: int = 8192) -> dict:
+    sel = hsa_layer(kv_heads, "torch").to(CUDA)
+    g = torch.Generator(device=CUDA).manual_seed(1)
+    qr = torch.randn(B, L, kv_heads, DH, device=CUDA, generator=g).to(BF16).requires_grad_()
+    lmk = torch.randn(B, L // S, kv_heads, DH, device=CUDA, generator=g).to(BF16).requires_grad_()
+    outs = {}
+    for backend in ("torch", "triton"):
+        ids, w, _ = sel.select(qr, lmk, 0, backend)
+        gw = torch.randn(w.shape, device=CUDA, generator=torch.Generator(device=CUDA).manual_seed(2))
+        outs[backend] = (ids, w, torch.autograd.grad((w * gw).sum(), (qr, lmk)))
+    (ids_t, w_t, g_t), (ids_k, w_k, g_k) = outs["torch"], outs["triton"]
+    same = (ids_t == ids_k).all(-1)  # near-ties may rank differently (summation order of the scores)
+    res = {"tokens_with_other_chunks": int((~same).sum()), "tokens": int(same.numel()),
+           "weights": rel_errors(w_k[same], w_t[same]), "dqr": rel_errors(g_k[0], g_t[0]),
+           "dlmk": rel_errors(g_k[1], g_t[1])}
+    res["ok"] = res["tokens_with_other_chunks"] <= 1e-3 * res["tokens"] and all(
+        passes(res[k_]) for k_ in ("weights", "dqr", "dlmk"))
+    return res
+
+
+def accuracy_window(kv_heads: int) -> dict:
+    kernel, why = window_kernel(CUDA, BF16, DH, 4096)
+    res = {"kernel": kernel, "why": why}
+    g = torch.Generator(device=CUDA).manual_seed(3)
+    for lq, lk in ((4096, 4096), (1000, 1511)):  # the second: queries after W - 1 cached keys
+        q = torch.randn(2, H, lq, DH, device=CUDA, generator=g).to(BF16)
+        k, v = (torch.randn(2, kv_heads, lk, DH, device=CUDA, generator=g).to(BF16) for _ in range(2))
+        do = torch.randn(2, H, lq, DH, device=CUDA, generator=g).to(BF16)
+        ins = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = window_attention_fast(*ins, W)
+        grads = torch.autograd.grad(out, ins, do)
+        ref_ins = [t.float().requires_grad_() for t in (q, k, v)]
+        ref = window_attention_reference(*ref_ins, W)
+        ref_grads = torch.autograd.grad(ref, ref_ins, do.float())
+        for name, a, b in zip(("output", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads)):
+            res[f"{name} {lq}x{lk}"] = rel_errors(a, b)
+    res["ok"] = all(passes(e) for e in res.values() if isinstance(e, dict))
     return res
 
 
@@ -162,31 +210,34 @@ def core_case(B: int, L: int, kv_heads: int) -> dict:
          "qr": rand(g, B, L, kv_heads, DH), "lmk": rand(g, B, L // S, kv_heads, DH)}
     go1 = torch.randn(B, H, L, DH, device=CUDA, dtype=BF16, generator=g)
     go2 = torch.randn(B, L, H, DH, device=CUDA, dtype=BF16, generator=g)
-    pos = torch.arange(L, device=CUDA)
     sel = hsa_layer(kv_heads, "triton")  # only its select(); no parameters involved
     ins = list(t.values())
 
     def core():
         o1 = window_attention_fast(t["q_swa"], t["k_swa"], t["v_swa"], W)
-        ids, w = sel.select(t["qr"], t["lmk"], pos)
-        o2 = hsa_attention(t["q"], t["k"], t["v"], w, ids, S)
+        ids, w, index = sel.select(t["qr"], t["lmk"], 0, "triton")
+        o2 = hsa_attention(t["q"], t["k"], t["v"], w, ids, S, index=index)
         torch.autograd.grad([o1, o2], ins, [go1, go2])
 
     with torch.no_grad():
-        ids0, w0 = sel.select(t["qr"], t["lmk"], pos)
+        ids0, w0, index0 = sel.select(t["qr"], t["lmk"], 0, "triton")
     gw = torch.randn_like(w0)
     w_leaf = w0.clone().requires_grad_()
 
     def part_select():
-        _, w = sel.select(t["qr"], t["lmk"], pos)
+        _, w, _ = sel.select(t["qr"], t["lmk"], 0, "triton")
         torch.autograd.grad(w, [t["qr"], t["lmk"]], gw)
 
-    def part_kernel():
-        o = hsa_attention(t["q"], t["k"], t["v"], w_leaf, ids0, S)
+    def part_kernel(layout="chunk"):
+        o = hsa_attention(t["q"], t["k"], t["v"], w_leaf, ids0, S, index=index0, layout=layout)
         torch.autograd.grad(o, [t["q"], t["k"], t["v"], w_leaf], go2)
 
-    def part_window():
-        o = window_attention_fast(t["q_swa"], t["k_swa"], t["v_swa"], W)
+    def part_kernel_fwd(layout="chunk"):
+        with torch.no_grad():
+            hsa_attention(t["q"], t["k"], t["v"], w_leaf, ids0, S, index=index0, layout=layout)
+
+    def part_window(kernel=None):
+        o = window_attention_fast(t["q_swa"], t["k_swa"], t["v_swa"], W, kernel=kernel)
         torch.autograd.grad(o, [t["q_swa"], t["k_swa"], t["v_swa"]], go1)
 
     reps = 10 if L <= 32768 else 6
@@ -194,6 +245,12 @@ def core_case(B: int, L: int, kv_heads: int) -> dict:
     row["part_select_ms"] = cuda_ms(part_select, 2, reps)
     row["part_kernel_ms"] = cuda_ms(part_kernel, 2, reps)
     row["part_window_ms"] = cuda_ms(part_window, 2, reps)
+    row["window_kernel"] = window_kernel(CUDA, BF16, DH, L)[0]
+    # for comparison: the forward alone, the token-major forward, the FlexAttention window
+    row["part_kernel_fwd_ms"] = cuda_ms(part_kernel_fwd, 2, reps)
+    row["part_kernel_token_ms"] = cuda_ms(lambda: part_kernel("token"), 2, reps)
+    row["part_kernel_token_fwd_ms"] = cuda_ms(lambda: part_kernel_fwd("token"), 2, reps)
+    row["part_window_flex_ms"] = cuda_ms(lambda: part_window("flex"), 2, reps)
     return row
 
 
@@ -260,7 +317,8 @@ def main() -> None:
                               "chunk": S, "top_k": TOPK, "window": W, "d_model": D_MODEL},
                     "tolerance": TOL, "targets": TARGETS, "errors": []}
     if "accuracy" not in skip:
-        for name, fn in (("accuracy_kernel", accuracy_kernel), ("accuracy_layer", accuracy_layer)):
+        for name, fn in (("accuracy_kernel", accuracy_kernel), ("accuracy_select", accuracy_select),
+                         ("accuracy_window", accuracy_window), ("accuracy_layer", accuracy_layer)):
             try:
                 report[name] = fn(args.kv_heads)
             except Exception:
@@ -312,7 +370,7 @@ def main() -> None:
     # -- the short table, last ---------------------------------------------------------------------
     for err in report["errors"]:
         print("ERROR", err.strip().splitlines()[-1])
-    for name in ("accuracy_kernel", "accuracy_layer"):
+    for name in ("accuracy_kernel", "accuracy_select", "accuracy_window", "accuracy_layer"):
         if name in report:
             a = report[name]
             worst = max((v["rel_norm"], k) for k, v in a.items() if isinstance(v, dict))
@@ -325,6 +383,11 @@ def main() -> None:
               f"{f('part_window_ms', 7)} {f('sdpa_ms')} {f('speedup_core', 7, 2)} {f('hsa_layer_ms')} "
               f"{f('attn_layer_ms')} {f('speedup_layer', 7, 2)} {f('hsa_core_peak_mib', 8, 0)} "
               f"{f('sdpa_peak_mib', 8, 0)}")
+    print(f"{'L':>7} {'window kernel':>13} {'kern fwd':>8} {'token-major kern':>16} {'its fwd':>7} {'flex window':>11}")
+    for r in rows:
+        f = lambda k, w=8, p=1, r=r: f"{r[k]:{w}.{p}f}" if k in r else f"{'-':>{w}}"  # noqa: E731
+        print(f"{r['L']:>7} {r.get('window_kernel', '-'):>13} {f('part_kernel_fwd_ms')} "
+              f"{f('part_kernel_token_ms', 16)} {f('part_kernel_token_fwd_ms', 7)} {f('part_window_flex_ms', 11)}")
     print("targets:", json.dumps(verdict), f"wall {report['wall_s']:.0f} s")
 
 

@@ -1,4 +1,4 @@
-"""The Triton HSA kernel against the torch reference, on CPU under the Triton interpreter.
+"""The Triton HSA kernels against the torch references, on CPU under the Triton interpreter.
 
 `TRITON_INTERPRET=1` must be set before triton is imported, so the pytest test runs this
 same file as a script in a fresh interpreter with the variable set. The full-size bf16
@@ -15,21 +15,32 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_chunk_query_index_lists_every_selection_once():
+def test_chunk_query_index_cuts_every_chunk_list_into_items():
     from zoo.kernels.hsa_triton import chunk_query_index
 
     g = torch.Generator().manual_seed(0)
     B, L, H, K, C = 2, 30, 3, 4, 5
     idx = torch.randint(-1, C, (B, L, H, K), generator=g)
-    offsets, entries = chunk_query_index(idx, C)
-    assert offsets.shape == (B * H * C + 1,) and int(offsets[-1]) == int((idx >= 0).sum()) == entries.numel()
-    for b in range(B):
-        for h in range(H):
-            for c in range(C):
-                key = (b * H + h) * C + c
-                got = entries[offsets[key]:offsets[key + 1]].tolist()
-                want = [t * K + j for t in range(L) for j in range(K) if idx[b, t, h, j] == c]
-                assert got == want, (b, h, c)
+    idx[0, :, 0, :] = torch.where(idx[0, :, 0, :] >= 0, 2, -1)  # one hot chunk: many items
+    for item_pairs in (1, 4, 1000):
+        ix = chunk_query_index(idx, C, item_pairs)
+        n_key = B * H * C
+        assert ix.offsets.shape == (n_key + 1,) and int(ix.offsets[-1]) == int((idx >= 0).sum())
+        assert ix.item_start.numel() == n_key + B * L * H * K // item_pairs  # the upper bound, no host sync
+        flat = idx.reshape(-1)
+        for b in range(B):
+            for h in range(H):
+                for c in range(C):
+                    key = (b * H + h) * C + c
+                    want = [((b * L + t) * H + h) * K + j for t in range(L) for j in range(K) if idx[b, t, h, j] == c]
+                    assert ix.entries[ix.offsets[key]:ix.offsets[key + 1]].tolist() == want, (b, h, c)
+                    items = range(int(ix.key_items[key]), int(ix.key_items[key + 1]))
+                    got = [p for i in items for p in ix.entries[ix.item_start[i]:ix.item_end[i]].tolist()]
+                    assert got == want and all(ix.item_key[i] == key for i in items), (item_pairs, key)
+                    assert all(0 < ix.item_end[i] - ix.item_start[i] <= item_pairs for i in items)
+                    assert all(flat[p] == c for p in got)
+        unused = torch.arange(ix.item_start.numel()) >= ix.key_items[-1]
+        assert (ix.item_start[unused] == ix.item_end[unused]).all()
 
 
 def test_flash_window_plumbing_against_a_model_of_the_kernel(monkeypatch):
@@ -97,7 +108,7 @@ def test_window_kernel_choice_on_cpu():
 
 
 def test_triton_kernel_matches_reference_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"interpreted kernel check failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "all kernel checks passed" in r.stdout
@@ -116,32 +127,38 @@ def _close(a, b, what, atol=1e-4):
 
 
 def _check_op():
+    import zoo.kernels.hsa_triton as ht
     from zoo.kernels.hsa_naive import hsa_attention_naive
-    from zoo.kernels.hsa_triton import hsa_attention
 
-    # (B, L, Hq, Hkv, Dh, S, C, K): GQA; S and Dh not powers of two; more slots than chunks; no chunk
-    for B, L, Hq, Hkv, Dh, S, C, K in [(2, 40, 4, 2, 16, 16, 3, 2), (1, 20, 3, 1, 24, 48, 2, 3),
-                                       (1, 17, 2, 2, 8, 32, 2, 1), (2, 5, 2, 1, 16, 16, 0, 2)]:
-        print(f"op B={B} L={L} Hq={Hq} Hkv={Hkv} Dh={Dh} S={S} C={C} K={K}")
+    # (B, L, Hq, Hkv, Dh, S, C, K, pairs per item): GQA; S and Dh not powers of two; more slots
+    # than chunks; no chunk; items of 3 pairs split every chunk's list (hot chunks)
+    for B, L, Hq, Hkv, Dh, S, C, K, item in [(2, 40, 4, 2, 16, 16, 3, 2, 3), (1, 20, 3, 1, 24, 48, 2, 3, 256),
+                                             (1, 17, 2, 2, 8, 32, 2, 1, 2), (2, 5, 2, 1, 16, 16, 0, 2, 256)]:
+        ht.ITEM_PAIRS = item
         g = torch.Generator().manual_seed(0)
         q = torch.randn(B, L, Hq, Dh, generator=g, requires_grad=True)
         k = torch.randn(B, C * S, Hkv, Dh, generator=g, requires_grad=True)
         v = torch.randn(B, C * S, Hkv, Dh, generator=g, requires_grad=True)
         idx = torch.randint(-1, C, (B, L, Hkv, K), generator=g) if C else torch.full((B, L, Hkv, K), -1)
+        if C:
+            idx[0, : L // 2, 0, 0] = C - 1  # a chunk many tokens pick
         w = torch.rand(B, L, Hkv, K, generator=g, requires_grad=True)
         dout = torch.randn(B, L, Hq, Dh, generator=g)
-        got = hsa_attention(q, k, v, w, idx, S)
         want = hsa_attention_naive(q, k, v, w, idx, S)
-        _close(got, want, "forward")
-        gg = torch.autograd.grad(got, (q, k, v, w), dout)
         gw = torch.autograd.grad(want, (q, k, v, w), dout, allow_unused=True)
-        for name, a, b in zip(("dq", "dk", "dv", "dweights"), gg, gw):
-            _close(a, b if b is not None else torch.zeros_like(a), name)
+        for layout in ("chunk", "token"):
+            print(f"op {layout} B={B} L={L} Hq={Hq} Hkv={Hkv} Dh={Dh} S={S} C={C} K={K} item={item}")
+            got = ht.hsa_attention(q, k, v, w, idx, S, layout=layout)
+            _close(got, want, "forward")
+            gg = torch.autograd.grad(got, (q, k, v, w), dout)
+            for name, a, b in zip(("dq", "dk", "dv", "dweights"), gg, gw):
+                _close(a, b if b is not None else torch.zeros_like(a), name)
+    ht.ITEM_PAIRS = 256
 
 
 def _check_op_half():
-    """The 16-bit path (the casts before each tl.dot) in fp16: the interpreter's tl.dot does
-    not support bf16, which the GPU benchmark checks at full size."""
+    """The 16-bit path (the casts before each tl.dot, 16-bit partial sums) in fp16: the
+    interpreter's tl.dot does not support bf16, which the GPU benchmark checks at full size."""
     from zoo.kernels.hsa_naive import hsa_attention_naive
     from zoo.kernels.hsa_triton import hsa_attention
 
@@ -161,6 +178,43 @@ def _check_op_half():
     for name, a, b in zip(("dq", "dk", "dv", "dweights"), torch.autograd.grad(got, half, dout.half()),
                           torch.autograd.grad(want, full, dout)):
         _close(a, b, name, atol=2e-2)
+
+
+def _check_select():
+    """`hsa_select` against `HSA.select` on the torch backend: the same chunks in the same
+    slots, the same fusion weights, the same gradients to the retrieval queries and the
+    landmarks; queries after a cache (start > 0), more slots than visible chunks, landmark
+    tiles smaller than the chunk count (several tiles merged into the running top-K)."""
+    import zoo.kernels.hsa_triton as ht
+    from zoo.registry import get_spec
+
+    spec = get_spec("hsa")
+    ht.SELECT_BLOCK_C = 16
+    # (B, L, Hkv, Dr, S, C, top_k, start, fusion)
+    for B, L, Hkv, Dr, S, C, top_k, start, fusion in [(2, 70, 2, 16, 16, 4, 2, 0, "softmax"),
+                                                      (1, 40, 1, 24, 16, 37, 5, 560, "stick-breaking"),
+                                                      (1, 9, 1, 16, 16, 3, 4, 41, "softmax"),
+                                                      (2, 20, 2, 16, 16, 0, 2, 0, "softmax")]:
+        print(f"select B={B} L={L} Hkv={Hkv} Dr={Dr} S={S} C={C} top_k={top_k} start={start} {fusion}")
+        m = spec.cls(32, spec.make_config({"n_heads": 2 * Hkv, "n_kv_heads": Hkv, "head_dim": 16, "chunk_size": S,
+                                            "top_k": top_k, "retrieval_dim": Dr, "fusion": fusion}))
+        g = torch.Generator().manual_seed(1)
+        qr = torch.randn(B, L, Hkv, Dr, generator=g, requires_grad=True)
+        lmk = torch.randn(B, C, Hkv, Dr, generator=g, requires_grad=True)
+        dw = torch.randn(B, L, Hkv, min(top_k, C), generator=g)
+        outs = {}
+        for backend in ("torch", "triton"):
+            ids, w, index = m.select(qr, lmk, start, backend)
+            assert (index is None) == (backend == "torch" or C == 0)
+            grads = torch.autograd.grad((w * dw).sum(), (qr, lmk), allow_unused=True) if C else (None, None)
+            outs[backend] = (ids, w, grads)
+        (ids_t, w_t, g_t), (ids_k, w_k, g_k) = outs["torch"], outs["triton"]
+        assert ids_k.dtype == torch.long and torch.equal(ids_k, ids_t), "different chunks chosen"
+        _close(w_k, w_t, "fusion weights", atol=1e-5)
+        for name, a, b in zip(("dqr", "dlmk"), g_k, g_t):
+            if a is not None or b is not None:
+                _close(a, b if b is not None else torch.zeros_like(a), name, atol=1e-5)
+    ht.SELECT_BLOCK_C = 64
 
 
 def _check_mixer():
@@ -200,7 +254,9 @@ def _check_mixer():
 
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1", "run under TRITON_INTERPRET=1"
+    torch.set_num_threads(1)
     _check_op()
     _check_op_half()
+    _check_select()
     _check_mixer()
     print("all kernel checks passed")

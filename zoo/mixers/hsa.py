@@ -61,8 +61,8 @@ def _triton_check(device: torch.device) -> str | None:
 
 
 TRITON_BACKEND = Backend(
-    "triton", "own Triton retrieval kernel (fwd+bwd); the window through torch's flash kernel with a window, "
-    "else FlexAttention (CUDA)", _triton_check
+    "triton", "own Triton selection and retrieval kernels (fwd+bwd); the window through torch's flash kernel "
+    "with a window, else FlexAttention (CUDA)", _triton_check
 )
 
 
@@ -368,20 +368,32 @@ class HSA(Mixer):
         return k, v, lmk
 
     # -- retrieval ------------------------------------------------------------------------------
-    def select(self, qr: torch.Tensor, lmk: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, qr: torch.Tensor, lmk: torch.Tensor, start: int, backend: str = "torch"):
         """Top-K chunks per token and KV head, and their fusion weights.
 
-        qr `[B, L, Hkv, Dr]`, lmk `[B, C, Hkv, Dr]`, pos `[L]` -> indices `[B, L, Hkv, K]`
-        (int64, most recent chunk first, -1 = empty slot) and weights `[B, L, Hkv, K]` (float32,
-        0 on empty slots). The top-K search runs without gradient, block by block over the
-        queries; the scores of the chosen chunks are recomputed with gradient, so retrieval
-        learns through the fusion weights.
+        qr `[B, L, Hkv, Dr]` (token t at position start + t), lmk `[B, C, Hkv, Dr]` -> indices
+        `[B, L, Hkv, K]` (int64, most recent chunk first, -1 = empty slot), weights
+        `[B, L, Hkv, K]` (float32, 0 on empty slots) and, on the triton backend, the chunk ->
+        pairs index the retrieval kernel's backward reuses (None on torch). The top-K search
+        runs without gradient; the scores of the chosen chunks carry gradient to qr and lmk,
+        so retrieval learns through the fusion weights.
+
+        torch: block by block over the queries, [block, C] scores, masked, top-k'd, then the
+        chosen scores recomputed from gathered landmarks. triton: `hsa_triton.hsa_select`, one
+        fused pass with a running top-K (same choice, no [L, C] tensor).
         """
+        if backend == "triton":
+            from zoo.kernels.hsa_triton import hsa_select
+
+            ids, s, index = hsa_select(qr, lmk, start, self.chunk_size, self.top_k)
+            return ids, self.fuse(s, ids >= 0), index
         B, L, Hkv, Dr = qr.shape
         C = lmk.shape[1]
         K = min(self.top_k, C)
+        pos = torch.arange(start, start + L, device=qr.device)
         if K == 0:
-            return qr.new_full((B, L, Hkv, 0), -1, dtype=torch.long), qr.new_zeros((B, L, Hkv, 0), dtype=torch.float32)
+            empty = qr.new_full((B, L, Hkv, 0), -1, dtype=torch.long)
+            return empty, qr.new_zeros((B, L, Hkv, 0), dtype=torch.float32), None
         ids = torch.empty(B, L, Hkv, K, dtype=torch.long, device=qr.device)
         block = max(1, SCORE_BUDGET // max(1, B * Hkv * C))
         with torch.no_grad():
@@ -397,7 +409,7 @@ class HSA(Mixer):
         hi = torch.arange(Hkv, device=qr.device)[None, None, :, None]
         chosen = lmk[bi, ids.clamp_min(0), hi]  # [B, L, Hkv, K, Dr]
         s = (qr.unsqueeze(3).float() * chosen.float()).sum(-1) * Dr**-0.5
-        return ids, self.fuse(s, valid)
+        return ids, self.fuse(s, valid), None
 
     def fuse(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Fusion weights from retrieval scores `[..., K]`; empty slots get 0."""
@@ -409,7 +421,7 @@ class HSA(Mixer):
         s = s.masked_fill(~valid, 0.0)
         return torch.exp(s - (F.softplus(s) * valid).cumsum(-1)) * valid
 
-    def _hsa(self, x: torch.Tensor, pos: torch.Tensor, cache: Cache | None, backend: str) -> torch.Tensor:
+    def _hsa(self, x: torch.Tensor, start: int, cache: Cache | None, backend: str) -> torch.Tensor:
         B, L, _ = x.shape
         S, H, Hkv, Dh, Dr = self.chunk_size, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
         # chunks completed inside this call are encoded first; the mask keeps earlier tokens of
@@ -426,12 +438,12 @@ class HSA(Mixer):
             lmk = torch.cat([cache.lmk, lmk], 1)
             cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
         qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
-        idx, w = self.select(qr, lmk, pos)
+        idx, w, index = self.select(qr, lmk, start, backend)
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
         if backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
 
-            o = hsa_attention(q, k, v, w, idx, S)
+            o = hsa_attention(q, k, v, w, idx, S, index=index)
         else:
             o = hsa_attention_naive(q, k, v, w, idx, S)
         return o.reshape(B, L, H * Dh)
@@ -444,7 +456,7 @@ class HSA(Mixer):
         pos = torch.arange(start, start + L, device=x.device)
         backend = self.select_backend(x)
         o_swa = self._swa(x, pos, cache, fast=backend == "triton")
-        o_hsa = self._hsa(x, pos, cache, backend)
+        o_hsa = self._hsa(x, start, cache, backend)
         if cache is not None:
             cache.pos = start + L
         return self.wo(torch.cat([o_swa, o_hsa], -1))
