@@ -52,6 +52,7 @@ except ImportError:  # torch < 2.9 returns the lse through return_lse
     AuxRequest = None
 
 BLOCK = 128  # FlexAttention's default sparse block size
+DECODE_BELOW = 128  # fewer queries than this run FlexAttention's decoding kernel (Inductor's rule)
 
 ScoreMod = Callable[..., torch.Tensor]
 
@@ -208,6 +209,10 @@ def flex_attend(q, k, v, *, lo: int = 0, hi: int | None = None, score_mod: Score
     kwargs = {"score_mod": score_mod, "block_mask": mask}
     if kernel_options is not None:
         kwargs["kernel_options"] = dict(kernel_options)
+        if q.shape[2] < DECODE_BELOW and "BLOCK_M" in kernel_options:
+            # few queries run the decoding kernel, whose query tile covers them all: the size it
+            # would choose itself (also valid for the main kernel, should Inductor pick that)
+            kwargs["kernel_options"]["BLOCK_M"] = max(16, 1 << (q.shape[2] - 1).bit_length())
     if return_lse:
         kwargs.update({"return_aux": AuxRequest(lse=True)} if AuxRequest is not None else {"return_lse": True})
     if q.is_cuda:
