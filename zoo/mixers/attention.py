@@ -33,10 +33,16 @@ backend only has to be able to run it):
 - `flash`: flash-attn, when installed (ALiBi slopes, sliding window). It could not be
   measured against FlexAttention on our GPU machine (it does not install there), so
   FlexAttention keeps the first place; `backend = "flash"` forces it.
-- `sdpa`: torch scaled_dot_product_attention for schemes that change q and k only, rotary
-  applied outside the kernel (fused by torch.compile on CUDA); on Hopper the cuDNN kernel is
-  preferred, then flash, then efficient.
+- `sdpa`: torch scaled_dot_product_attention for schemes that change q and k only, with
+  torch's own kernel choice (on the H100 with torch 2.11 it measured faster than forcing even
+  the fastest kernel, cuDNN); rotary is applied outside the kernel, on CUDA by one fused
+  Triton pass over q and k each way (`zoo.kernels.rotary`).
 - `torch`: the reference: explicit scores, bias, mask and softmax (any scheme, any device).
+
+Per-call host work is done once: positions, inverse frequencies and cos/sin tables are shared
+by every layer and step that uses the same ones, ALiBi slopes and T5 buckets reach the device
+once, FlexAttention block masks are cached by shape. No call synchronises with the device,
+except Dynamic NTK, which groups queries by their length on the host.
 
 Cache: keys are cached as projected, before any positional transform, and every chunk
 re-derives the positional transform of the whole key set. This is what keeps Dynamic NTK
@@ -51,8 +57,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import inspect
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -125,29 +131,63 @@ REROPE_BACKENDS = [FLEX_BACKEND, _refused(FLASH_BACKEND, "flash-attn has no two-
                    TORCH_BACKEND]
 
 
-@functools.cache
-def _sdpa_priority(device_index: int) -> list | None:
-    """SDPA kernels in order of preference on this GPU. cuDNN's attention is fastest on
-    Hopper (sm90+) by NVIDIA's and PyTorch's published numbers, which
-    `benchmarks/attention_bench.py` checks; elsewhere torch's own order stands."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if "set_priority" not in inspect.signature(sdpa_kernel).parameters:  # torch < 2.6
-        return None
-    if torch.cuda.get_device_capability(device_index) < (9, 0):
-        return None
-    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH]
+def _sdpa(q, k, v, **kwargs):
+    """torch's own SDPA dispatch, no kernel forced: on the H100 (torch 2.11, fwd + bwd at 32K
+    tokens) it measured 4.50 ms against 4.68 ms for cuDNN forced through `sdpa_kernel`, the
+    fastest forced kernel; `benchmarks/attention_bench.py` times both."""
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
-def _sdpa(q, k, v, *args, **kwargs):
-    order = _sdpa_priority(q.device.index or 0) if q.is_cuda else None
-    if order is None:
-        return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
-    from torch.nn.attention import sdpa_kernel
+# -- per-call host work, done once ------------------------------------------------------------------
 
-    with sdpa_kernel(order, set_priority=True):
-        return F.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+@functools.lru_cache(maxsize=32)
+def _arange(start: int, stop: int, device: torch.device, inference: bool) -> torch.Tensor:
+    return torch.arange(start, stop, device=device)
+
+
+def positions(start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Token positions `[stop - start]`, the same tensor for the same range (every layer and step
+    of a training run shares one, and the rotary tables keyed by it). Tensors made in inference
+    mode are kept apart: they cannot be saved for a later backward. Long ranges are not kept."""
+    if torch.compiler.is_compiling() or stop - start > 1 << 16:
+        return torch.arange(start, stop, device=device)
+    return _arange(start, stop, torch.device(device), torch.is_inference_mode_enabled())
+
+
+class _DerivedTensors:
+    """A few tensors derived from other tensors (RoPE's cos/sin tables from positions and inverse
+    frequencies), reused while those inputs are the very same objects, unmodified (same version).
+
+    Keyed by identity, held with strong references to the inputs so an id is never reused while
+    its entry lives; bounded in entries and in elements per entry; bypassed under torch.compile
+    (Inductor fuses the work) and in inference mode (its tensors have no version counter)."""
+
+    def __init__(self, entries: int = 8, max_numel: int = 1 << 21):
+        self.entries, self.max_numel = entries, max_numel
+        self._store: OrderedDict = OrderedDict()
+
+    def get(self, key: tuple, inputs: tuple[torch.Tensor, ...], make):
+        if (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+                or any(t.is_inference() for t in inputs)):
+            return make()
+        versions = tuple(t._version for t in inputs)
+        hit = self._store.get(key)
+        if hit is not None and hit[1] == versions and all(a is b for a, b in zip(hit[0], inputs, strict=True)):
+            self._store.move_to_end(key)
+            return hit[2]
+        out = make()
+        if sum(t.numel() for t in out) <= self.max_numel and not any(t.requires_grad for t in out):
+            self._store[key] = (inputs, versions, out)
+            self._store.move_to_end(key)
+            while len(self._store) > self.entries:
+                self._store.popitem(last=False)
+        return out
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+_ROPE_TABLES = _DerivedTensors()
 
 
 # -- configs -----------------------------------------------------------------------------------
@@ -296,6 +336,8 @@ class NoPositions(nn.Module):
     def score_mod(self, offset: int, device) -> flex.ScoreMod | None:
         return None
 
+    kernel_options: dict | None = None  # FlexAttention kernel options the score function needs
+
 
 class SinusoidalPositions(NoPositions):
     """Fixed sin/cos features (Vaswani et al. 2017) added to the q/k input (values stay content-only)."""
@@ -335,6 +377,7 @@ class T5Bias(NoPositions):
     def __init__(self, n_heads: int, num_buckets: int, max_distance: int):
         super().__init__()
         self.num_buckets, self.max_distance = num_buckets, max_distance
+        self._by_distance: dict[tuple, torch.Tensor] = {}
         self.table = nn.Embedding(num_buckets, n_heads)
         nn.init.normal_(self.table.weight, std=0.02)
 
@@ -342,12 +385,23 @@ class T5Bias(NoPositions):
         buckets = t5_bucket(pos_q[:, None] - pos_k[None, :], self.num_buckets, self.max_distance)
         return self.table(buckets).permute(2, 0, 1)  # [H, Lq, Lk]
 
+    # the bias table read per score tile does not fit the default tiles' shared memory
+    kernel_options = flex.TABLE_KERNEL_OPTIONS
+
+    def _buckets(self, device) -> torch.Tensor:
+        """The bucket of each distance 0 .. max_distance `[max_distance + 1]`, made once per device."""
+        key = (torch.device(device), torch.is_inference_mode_enabled())  # see `positions`
+        if key not in self._by_distance:
+            d = torch.arange(self.max_distance + 1, device=key[0])
+            self._by_distance[key] = t5_bucket(d, self.num_buckets, self.max_distance)
+        return self._by_distance[key]
+
     def score_mod(self, offset, device):
         # distances 0 .. max_distance cover every bucket; longer ones share the last. float32:
         # the kernel's backward accumulates the bias gradient with atomic adds
-        by_distance = self.table(t5_bucket(torch.arange(self.max_distance + 1, device=device),
-                                           self.num_buckets, self.max_distance))
-        return flex.distance_bias_score_mod(by_distance.t().float().contiguous(), offset)
+        by_distance = F.embedding(self._buckets(device), self.table.weight)  # [max_distance + 1, H]
+        return flex.distance_bias_score_mod(by_distance.t().to(torch.float32, memory_format=torch.contiguous_format),
+                                            offset)
 
 
 class AlibiBias(NoPositions):
@@ -359,15 +413,16 @@ class AlibiBias(NoPositions):
     def __init__(self, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
-        self._slopes: dict[torch.device, torch.Tensor] = {}
+        self._slopes: dict[tuple, torch.Tensor] = {}
 
     def slopes(self, device) -> torch.Tensor:
         """`[H]` float32 whatever the model dtype; copied to a device once (a copy per call
-        would stall the host behind the queued GPU work)."""
-        device = torch.device(device)
-        if device not in self._slopes:
-            self._slopes[device] = alibi_slopes(self.n_heads).to(device)
-        return self._slopes[device]
+        would stall the host behind the queued GPU work); kept apart for inference mode, whose
+        tensors FlexAttention could not save for a later backward."""
+        key = (torch.device(device), torch.is_inference_mode_enabled())
+        if key not in self._slopes:
+            self._slopes[key] = alibi_slopes(self.n_heads).to(key[0])
+        return self._slopes[key]
 
     def score_bias(self, pos_q, pos_k):
         d = (pos_q[:, None] - pos_k[None, :]).float()
@@ -377,13 +432,39 @@ class AlibiBias(NoPositions):
         return flex.alibi_score_mod(self.slopes(device), offset)
 
 
+@functools.cache
+def _fused_rotary():
+    """`zoo.kernels.rotary.rotate_pair` where Triton is installed, else None."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        from zoo.kernels.rotary import rotate_pair
+    except ImportError:  # a triton that does not match this torch
+        return None
+    return rotate_pair
+
+
 def _rotate_pair(q, k, cos_q, sin_q, cos_k, sin_k):
+    """q and k rotated by their `[L, Dh]` tables: on CUDA one fused Triton pass each way
+    (`zoo.kernels.rotary`), elsewhere and under torch.compile the reference `apply_rotary`."""
+    if q.is_cuda and not torch.compiler.is_compiling() and (fused := _fused_rotary()) is not None:
+        return fused(q, k, cos_q, sin_q, cos_k, sin_k)
     return apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos_k, sin_k)
 
 
-@functools.cache
-def _fused_rotate_pair():
-    return torch.compile(_rotate_pair)  # one read and one write of q and k, in and out of fp32
+@functools.lru_cache(maxsize=256)
+def _inv_freq(head_dim: int, method: str, base: float, factor: float, original_length: int, length: int | None,
+              device: torch.device, inference: bool) -> torch.Tensor:
+    D, b, s = head_dim, base, factor
+    if method == "pi":
+        return pi_inv_freq(D, b, s, device)
+    if method == "ntk":
+        return rope_inv_freq(D, ntk_base(b, D, s), device)
+    if method == "yarn":
+        return yarn_inv_freq(D, b, s, original_length, device=device)
+    if method == "dynamic-ntk":
+        return rope_inv_freq(D, dynamic_ntk_base(b, D, s, length, original_length), device)
+    return rope_inv_freq(D, b, device)
 
 
 class Rotary(NoPositions):
@@ -422,31 +503,36 @@ class Rotary(NoPositions):
         self.kind = "two-score" if method in ("rerope", "leaky-rerope") else "qk"
 
     def inv_freq(self, device, length: int | None = None) -> torch.Tensor:
-        D, b, s = self.head_dim, self.base, self.factor
-        if self.method == "pi":
-            return pi_inv_freq(D, b, s, device)
-        if self.method == "ntk":
-            return rope_inv_freq(D, ntk_base(b, D, s), device)
-        if self.method == "yarn":
-            return yarn_inv_freq(D, b, s, self.original_length, device=device)
-        if self.method == "dynamic-ntk":
-            return rope_inv_freq(D, dynamic_ntk_base(b, D, s, length, self.original_length), device)
-        return rope_inv_freq(D, b, device)
+        """`[head_dim / 2]`, made once per setting and device (layers with equal settings share it)."""
+        length = length if self.method == "dynamic-ntk" else None
+        args = (self.head_dim, self.method, self.base, self.factor, self.original_length, length)
+        if torch.compiler.is_compiling():
+            return _inv_freq.__wrapped__(*args, torch.device(device), False)
+        return _inv_freq(*args, torch.device(device), torch.is_inference_mode_enabled())
 
-    def rotate(self, q, k, pos_q, pos_k, inv_freq):
-        """q at (possibly fractional) positions pos_q, k at pos_k."""
+    def tables(self, pos_q, pos_k, inv_freq) -> tuple[torch.Tensor, ...]:
+        """cos, sin for q `[Lq, Dh]` and for k `[Lk, Dh]`, YaRN's temperature and xPos's scales folded
+        in. Reused across layers and steps while positions and frequencies are the same tensors."""
+        m = yarn_attention_factor(self.factor) if self.method == "yarn" else None
+        key = (id(pos_q), id(pos_k), id(inv_freq), m, self.scale_base)
+        return _ROPE_TABLES.get(key, (pos_q, pos_k, inv_freq), lambda: self._tables(pos_q, pos_k, inv_freq, m))
+
+    def _tables(self, pos_q, pos_k, inv_freq, m: float | None) -> tuple[torch.Tensor, ...]:
         cq, sq = rope_cos_sin(pos_q, inv_freq)
         ck, sk = (cq, sq) if pos_k is pos_q else rope_cos_sin(pos_k, inv_freq)
-        if self.method == "yarn":  # attention temperature on both q and k
-            m = yarn_attention_factor(self.factor)
-            cq, sq, ck, sk = cq * m, sq * m, ck * m, sk * m
+        if m is not None:  # YaRN's attention temperature on both q and k
+            cq, sq = cq * m, sq * m
+            ck, sk = (cq, sq) if pos_k is pos_q else (ck * m, sk * m)
         if self.scale_base is not None:  # queries up-scaled, keys down-scaled around a common centre
             c = pos_q[len(pos_q) // 2]
             gq = xpos_scale(pos_q - c, self.head_dim, self.scale_base)
             gk = xpos_scale(c - pos_k, self.head_dim, self.scale_base)
             cq, sq, ck, sk = cq * gq, sq * gq, ck * gk, sk * gk
-        rotate = _fused_rotate_pair() if q.is_cuda else _rotate_pair
-        return rotate(q, k, cq, sq, ck, sk)
+        return cq, sq, ck, sk
+
+    def rotate(self, q, k, pos_q, pos_k, inv_freq):
+        """q at (possibly fractional) positions pos_q, k at pos_k."""
+        return _rotate_pair(q, k, *self.tables(pos_q, pos_k, inv_freq))
 
     def groups(self, pos_q) -> list[tuple[slice, torch.Tensor]]:
         """Query rows sharing one set of inverse frequencies (several only for dynamic NTK)."""
@@ -624,7 +710,7 @@ class Attention(Mixer):
         B, L, _ = x.shape
         start = cache.pos if cache is not None else 0
         self.check_length(start + L)
-        pos = torch.arange(start, start + L, device=x.device)
+        pos = positions(start, start + L, x.device)
         xqk = self.pe.qk_input(x, pos)
         q, k, v = self._heads(self.wq(xqk)), self._heads(self.wk(xqk)), self._heads(self.wv(x))
         if cache is not None:  # keys as projected: the positional transform is redone per chunk
@@ -633,7 +719,7 @@ class Attention(Mixer):
             keep = k.shape[2] if self.window is None else min(k.shape[2], self.window)
             cache.k, cache.v = k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous()
             cache.pos = start + L
-        pos_k = pos if k.shape[2] == L else torch.arange(start + L - k.shape[2], start + L, device=x.device)
+        pos_k = pos if k.shape[2] == L else positions(start + L - k.shape[2], start + L, x.device)
         o = self.attend(q, k, v, pos, pos_k)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
 
@@ -642,8 +728,12 @@ class Attention(Mixer):
         ending at the last query; applies the positional scheme and runs `backend` (default:
         the one `select_backend` picks)."""
         backend = backend or self.select_backend(q)
-        outs = [self._kernel(backend, p, v[:, :, :p.keys], pos_q[p.rows], pos_k[:p.keys])
-                for p in self.pe.parts(q, k, pos_q, pos_k)]
+        Lq, Lk = q.shape[2], k.shape[2]
+        outs = []
+        for p in self.pe.parts(q, k, pos_q, pos_k):  # usually one part covering everything: no slicing
+            all_keys, all_rows = p.keys == Lk, p.rows.start == 0 and p.rows.stop == Lq
+            outs.append(self._kernel(backend, p, v if all_keys else v[:, :, :p.keys],
+                                     pos_q if all_rows else pos_q[p.rows], pos_k if all_keys else pos_k[:p.keys]))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _kernel(self, backend: str, p: Part, v, pos_q, pos_k) -> torch.Tensor:
@@ -658,16 +748,16 @@ class Attention(Mixer):
             # flash and efficient kernels usable
             return _sdpa(p.q, p.k, v, attn_mask=causal_lower_right(Lq, Lk))
         if backend == "flex":
-            score_mod = self.pe.score_mod(Lk - Lq, p.q.device)
+            score_mod, opts = self.pe.score_mod(Lk - Lq, p.q.device), self.pe.kernel_options
             if p.q_far is None:
-                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod)
+                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod, kernel_options=opts)
             w = p.far_from
             if w >= Lk or (window is not None and window <= w):  # no visible key is past ReRoPE's window
-                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod)
+                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod, kernel_options=opts)
             near, lse_near = flex.flex_attend(p.q, p.k, v, hi=w if window is None else min(w, window),
-                                              score_mod=score_mod, return_lse=True)
+                                              score_mod=score_mod, return_lse=True, kernel_options=opts)
             far, lse_far = flex.flex_attend(p.q_far, p.k_far, v, lo=w, hi=window, score_mod=score_mod,
-                                            return_lse=True)
+                                            return_lse=True, kernel_options=opts)
             return flex.merge_partials(near, lse_near, far, lse_far)
         if backend == "flash":
             from flash_attn import flash_attn_func
