@@ -57,6 +57,12 @@ DECODE_BELOW = 128  # fewer queries than this run FlexAttention's decoding kerne
 ScoreMod = Callable[..., torch.Tensor]
 
 
+def inference_mode() -> bool:
+    """Whether tensors made now would be inference tensors (never under torch.compile, which
+    traces no such check: caches keyed by it keep one entry there)."""
+    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+
+
 def unavailable(device: torch.device) -> str | None:
     """Why FlexAttention cannot back a mixer on `device` (None: it can)."""
     if flex_attention is None:
@@ -105,7 +111,7 @@ def band_block_mask(q_len: int, kv_len: int, lo: int = 0, hi: int | None = None,
 
     Made once per shape and device; masks made in inference mode are kept apart (FlexAttention
     saves the mask's tensors for the backward, which inference tensors cannot be)."""
-    return _band_block_mask(q_len, kv_len, lo, hi, torch.device(device), torch.is_inference_mode_enabled())
+    return _band_block_mask(q_len, kv_len, lo, hi, torch.device(device), inference_mode())
 
 
 @functools.lru_cache(maxsize=64)
@@ -134,7 +140,7 @@ def _band_block_mask(q_len: int, kv_len: int, lo: int, hi: int | None, device: t
 # -- score modifications --------------------------------------------------------------------
 
 def _int32(value: int, device) -> torch.Tensor:
-    return _int32_cached(value, torch.device(device), torch.is_inference_mode_enabled())
+    return _int32_cached(value, torch.device(device), inference_mode())
 
 
 @functools.lru_cache(maxsize=256)

@@ -162,7 +162,7 @@ class _DerivedTensors:
     its entry lives; bounded in entries and in elements per entry; bypassed under torch.compile
     (Inductor fuses the work) and in inference mode (its tensors have no version counter)."""
 
-    def __init__(self, entries: int = 8, max_numel: int = 1 << 21):
+    def __init__(self, entries: int = 8, max_numel: int = 1 << 22):
         self.entries, self.max_numel = entries, max_numel
         self._store: OrderedDict = OrderedDict()
 
@@ -176,7 +176,8 @@ class _DerivedTensors:
             self._store.move_to_end(key)
             return hit[2]
         out = make()
-        if sum(t.numel() for t in out) <= self.max_numel and not any(t.requires_grad for t in out):
+        distinct = {id(t): t for t in out}.values()  # q and k at the same positions share their tables
+        if sum(t.numel() for t in distinct) <= self.max_numel and not any(t.requires_grad for t in distinct):
             self._store[key] = (inputs, versions, out)
             self._store.move_to_end(key)
             while len(self._store) > self.entries:
@@ -390,7 +391,9 @@ class T5Bias(NoPositions):
 
     def _buckets(self, device) -> torch.Tensor:
         """The bucket of each distance 0 .. max_distance `[max_distance + 1]`, made once per device."""
-        key = (torch.device(device), torch.is_inference_mode_enabled())  # see `positions`
+        if torch.compiler.is_compiling():
+            return t5_bucket(torch.arange(self.max_distance + 1, device=device), self.num_buckets, self.max_distance)
+        key = (torch.device(device), flex.inference_mode())  # see `positions`
         if key not in self._by_distance:
             d = torch.arange(self.max_distance + 1, device=key[0])
             self._by_distance[key] = t5_bucket(d, self.num_buckets, self.max_distance)
@@ -419,7 +422,7 @@ class AlibiBias(NoPositions):
         """`[H]` float32 whatever the model dtype; copied to a device once (a copy per call
         would stall the host behind the queued GPU work); kept apart for inference mode, whose
         tensors FlexAttention could not save for a later backward."""
-        key = (torch.device(device), torch.is_inference_mode_enabled())
+        key = (torch.device(device), flex.inference_mode())
         if key not in self._slopes:
             self._slopes[key] = alibi_slopes(self.n_heads).to(key[0])
         return self._slopes[key]
