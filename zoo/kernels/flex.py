@@ -21,10 +21,11 @@ aligned, the common case: exactly the plain causal mask and the plain ALiBi / T5
 Nonzero offsets (chunked inference) are captured as int32 tensors, so chunks of new lengths do
 not force recompiles (torch.compile's automatic dynamic shapes take the lengths).
 
-A score function that reads a table per score (T5's bias by distance) makes the fused kernel
-stage a [BLOCK_M, BLOCK_N] float32 tile of it per pipeline stage; with the default tiles on the
-H100 (128 x 128, 3 stages at head_dim 64) that needs 240 KB of shared memory, past the 227 KB
-the hardware has. `TABLE_KERNEL_OPTIONS` are smaller tiles for such functions.
+A score function that reads a table per score (T5's bias by distance) adds a [BLOCK_M, BLOCK_N]
+float32 gather to every tile, which the compiler pipelines through shared memory like the K and
+V tiles: with the default tiles on the H100 (128 x 128, 3 stages at head_dim 64) the kernel
+asked for 240 KB, past the 227 KB the hardware has, and did not compile. `TABLE_KERNEL_OPTIONS`
+are smaller tiles for such functions (half the gather per stage, forward and backward).
 
 FlexAttention is compiled on CUDA (a fused FlashAttention-2 style Triton kernel). On CPU,
 torch runs it eagerly through an unfused path with O(L^2) memory and has no backward, so
@@ -185,7 +186,7 @@ def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
 
 # Tiles for score functions that read a table per score: forward 128 x 64 (BLOCK_M x BLOCK_N),
 # backward 64 x 64 in both of its loops (BLOCK_M1/N1: dK and dV, BLOCK_M2/N2: dQ), 3 stages, 4 warps.
-# At head_dim 64 that is about half the H100's shared memory (and within an A100's). Keys without
+# At head_dim 64 that is, by our count of the tiles, about half the H100's shared memory. Keys without
 # a fwd_/bwd_ prefix apply to both passes in every torch that has FlexAttention.
 TABLE_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
                         "BLOCK_N2": 64, "num_stages": 3, "num_warps": 4}
