@@ -158,7 +158,7 @@ class Mamba2Config(MixerConfig):
     citation=MAMBA2,
     capabilities=Capabilities(cost="O(L)", state="fixed"),
     backends=[MAMBA_SSM_SSD_BACKEND, TORCH_BACKEND],
-    tiny={"d_state": 8, "headdim": 16, "ngroups": 2, "chunk_size": 8, "torch_chunk_size": 8},
+    tiny={"d_state": 16, "headdim": 16, "ngroups": 2, "torch_chunk_size": 8},
 )
 class Mamba2(Mixer):
     """Mamba-2 block mixer. Parameter names follow `mamba_ssm.Mamba2`, so weights load across."""

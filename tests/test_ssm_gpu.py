@@ -1,0 +1,109 @@
+"""mamba_ssm's kernels against our torch references on identical weights (CUDA only).
+
+Runs where CUDA and mamba_ssm are present (the GPU machine: see benchmarks/ssm_bench.py,
+which repeats these comparisons at d_model 1024 and reports the errors); skipped elsewhere.
+"""
+
+import pytest
+import torch
+
+from zoo.mixers.mamba import causal_conv1d_fn, check_mamba_ssm
+from zoo.registry import build_mixer
+
+CUDA = torch.device("cuda")
+why = check_mamba_ssm(CUDA) if torch.cuda.is_available() else "needs CUDA"
+pytestmark = pytest.mark.skipif(why is not None, reason=str(why))
+
+CONFIGS = {
+    "mamba": {"d_state": 16},
+    "mamba2": {"d_state": 64, "headdim": 32, "ngroups": 2, "chunk_size": 64},
+}
+D, B, L = 128, 2, 300  # L is not a multiple of the kernels' chunk sizes
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    # fp32 comparisons: keep cuDNN convs and matmuls out of TF32
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def pair(name, dtype=torch.float32):
+    torch.manual_seed(0)
+    ref = build_mixer(name, D, {**CONFIGS[name], "backend": "torch"}).to(CUDA, dtype)
+    fast = build_mixer(name, D, {**CONFIGS[name], "backend": "mamba_ssm"}).to(CUDA, dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def chunked(m, x, sizes):
+    cache = m.new_cache(x.shape[0], x.device, x.dtype)
+    out, i = [], 0
+    for s in sizes:
+        out.append(m(x[:, i:i + s], cache))
+        i += s
+    return torch.cat(out, 1), cache
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kernel_forward_and_backward_match_the_reference(name):
+    ref, fast = pair(name)
+    x = torch.randn(B, L, D, device=CUDA)
+    g = torch.randn(B, L, D, device=CUDA)
+    xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_ref, y_fast = ref(xr), fast(xf)
+    assert fast.last_backend == "mamba_ssm"
+    assert rel(y_fast, y_ref) < 3e-3
+    y_ref.backward(g)
+    y_fast.backward(g)
+    assert rel(xf.grad, xr.grad) < 3e-3
+    for (n, p), q in zip(ref.named_parameters(), fast.parameters()):
+        assert rel(q.grad, p.grad) < 1e-2, n
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kernel_chunked_with_cache_matches_full(name):
+    ref, fast = pair(name)
+    x = torch.randn(B, L, D, device=CUDA)
+    with torch.no_grad():
+        want = ref(x)
+        got, cache = chunked(fast, x, [97, 1, 1, 64, 137])  # fresh start, steps, carried state
+        _, ref_cache = chunked(ref, x, [L])
+    assert rel(got, want) < 3e-3
+    assert rel(cache.ssm, ref_cache.ssm) < 3e-3
+    assert rel(cache.conv, ref_cache.conv) < 1e-4  # the same inputs, up to matmul tiling
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kernel_bf16_close_to_fp32_reference(name):
+    ref, _ = pair(name)
+    _, fast16 = pair(name, torch.bfloat16)
+    x = torch.randn(B, L, D, device=CUDA)
+    with torch.no_grad():
+        rel_l2 = ((fast16(x.bfloat16()).float() - ref(x)).norm() / ref(x).norm()).item()
+    assert rel_l2 < 2e-2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_same_as_the_mamba_ssm_module_on_identical_weights(name):
+    import mamba_ssm
+
+    ref, _ = pair(name)
+    c = CONFIGS[name]
+    if name == "mamba":
+        peer = mamba_ssm.Mamba(D, d_state=c["d_state"], layer_idx=0)
+    else:
+        peer = mamba_ssm.Mamba2(D, d_state=c["d_state"], headdim=c["headdim"], ngroups=c["ngroups"],
+                                chunk_size=c["chunk_size"], use_mem_eff_path=causal_conv1d_fn() is not None,
+                                layer_idx=0)
+    peer = peer.to(CUDA)
+    peer.load_state_dict(ref.state_dict())  # parameter names and shapes are the same
+    x = torch.randn(B, L, D, device=CUDA)
+    with torch.no_grad():
+        assert rel(peer(x), ref(x)) < 3e-3
