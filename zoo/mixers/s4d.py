@@ -49,12 +49,13 @@ def block_powers(dtA: torch.Tensor, length: int, offset: int = 0):
 
 
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """y_t = sum_{s<=t} k_{t-s} u_s along dim 1. u `[B, L, H]` fp32, k `[H, L]` fp32."""
+    """y_t = sum_{s<=t} k_{t-s} u_s along dim 1. u `[B, L, H]` fp32, k `[H, L]` fp32 -> `[B, L, H]`.
+    The transforms run along the last dim of a `[B, H, L]` view (the layout cuFFT batches best)."""
     L = u.shape[1]
     n = 1 << (2 * L - 1).bit_length()  # zero padding to >= 2L - 1 makes the circular conv linear
-    uf = torch.fft.rfft(u, n=n, dim=1)
-    kf = torch.fft.rfft(k.t(), n=n, dim=0)
-    return torch.fft.irfft(uf * kf, n=n, dim=1)[:, :L]
+    uf = torch.fft.rfft(u.transpose(1, 2), n=n)  # [B, H, n/2 + 1]
+    kf = torch.fft.rfft(k, n=n)
+    return torch.fft.irfft(uf * kf, n=n)[..., :L].transpose(1, 2)
 
 
 class S4DConfig(MixerConfig):
