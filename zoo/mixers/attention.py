@@ -921,6 +921,7 @@ class LeakyReRoPE(Rope):
 
 @_attention("swa", "sliding-window causal attention (window W, RoPE by default, any positional scheme)",
             "Beltagy et al. 2020, Longformer: The Long-Document Transformer, arXiv:2004.05150",
-            WINDOW_BACKENDS, tiny={"window": 8, "max_length": 64, "num_buckets": 8, "max_distance": 12})
+            WINDOW_BACKENDS, tiny={"window": 8, "max_length": 64, "num_buckets": 8, "max_distance": 12},
+            capabilities=Capabilities(cost="O(L)", state="fixed"))  # O(L W); the cache keeps W keys
 class SlidingWindow(Attention):
     Config = SwaConfig
