@@ -54,3 +54,22 @@ def test_import_zoo_imports_no_optional_kernel():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--device", "foo", "--steps", "1"], "unknown device 'foo'"),
+    (["train", "--mixer", "rope,,swa", "--steps", "1"], "empty mixer name"),
+    (["bench", "--mixers", ",", "--seq-lens", "64", "--device", "cpu"], "names no mixer"),
+    (["report", "--where", "params>abc"], "is not a number"),
+    (["compare", "experiments/smoke.toml", "--gpus", "7"], "not visible"),
+])
+def test_bad_input_is_one_line(argv, match, tmp_path):
+    from zoo.store import Store
+
+    Store(tmp_path)  # an empty store, so the checks of the arguments themselves are reached
+    r = run(*argv, "--root", str(tmp_path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert match in r.stderr and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from zoo.errors import ZooError
 from zoo.spec import parse_spec
@@ -145,8 +146,11 @@ def test_export_pack_merge_round_trip(tmp_path):
     assert model.num_params() == o.planned.params
 
 
-def test_gpu_lists():
+def test_gpu_lists(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert parse_gpus("0,1, 3") == ["0", "1", "3"]
     assert parse_gpus("0,0,1") == ["0", "0", "1"]  # two workers on GPU 0
-    with pytest.raises(ZooError):
+    with pytest.raises(ZooError, match="bad --gpus"):
         parse_gpus("a,b")
+    with pytest.raises(ZooError, match="GPU 7 not visible"):
+        parse_gpus("0,7")

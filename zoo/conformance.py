@@ -70,11 +70,11 @@ def check_causal(spec: MixerSpec) -> None:
     x = inputs(length)
     with torch.no_grad():
         y = m(x)
-        for t in sorted({0, 1, length // 2, length - 1}):
+        for t in sorted({1, length // 2, length - 2, length - 1}):
             x2 = x.clone()
             x2[:, t:] += 3.0 * torch.randn_like(x2[:, t:])  # change token t and everything after
             y2 = m(x2)
-            leak = (y2[:, :t] - y[:, :t]).abs().max().item() if t else 0.0
+            leak = (y2[:, :t] - y[:, :t]).abs().max().item()
             assert leak <= 1e-5, f"changing tokens from {t} on changed outputs before {t} (max {leak:.3g}): not causal"
 
 
@@ -113,6 +113,7 @@ def check_determinism(spec: MixerSpec) -> None:
         assert torch.equal(p, q), f"parameter {n} differs between two builds with the same seed"
     x = inputs(base_length(spec))
     with torch.no_grad():
+        assert torch.equal(a(x), b(x)), "two builds with the same seed give different outputs"
         assert torch.equal(a(x), a(x)), "two forwards of the same input differ"
 
 

@@ -57,3 +57,23 @@ def cuda_capability(device: torch.device) -> tuple[int, int] | None:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_capability(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' -> a device this machine has, else a ZooError."""
+    from zoo.errors import ZooError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ZooError(f"unknown device '{name}'", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"device '{name}' asked for, but no GPU is visible", "use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ZooError(f"device '{name}' asked for, but this machine has {torch.cuda.device_count()} GPUs",
+                       f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if dev.type not in ("cpu", "cuda"):
+        raise ZooError(f"device '{name}' is not supported", "use auto, cpu, cuda or cuda:N")
+    return dev

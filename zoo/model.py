@@ -44,6 +44,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _pattern_fits(self) -> ModelConfig:
+        if any(not name.strip() for name in self.layers):
+            raise ValueError(f"the layer pattern {self.layers} has an empty mixer name")
         if self.n_layers % len(self.layers):
             raise ValueError(f"n_layers={self.n_layers} is not a multiple of the pattern length {len(self.layers)}")
         return self

@@ -12,7 +12,10 @@ from zoo.errors import ZooError
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    return [n.strip() for n in text.split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ZooError(f"--mixers '{text}' names no mixer", "e.g. --mixers nope,mamba2, or leave it out for all")
+    return names
 
 
 def register(app: typer.Typer) -> None:

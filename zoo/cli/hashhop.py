@@ -216,6 +216,7 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from zoo.env import resolve_device
         from zoo.eval.hashhop import HashHopGrid, evaluate, evaluate_file, read_samples
         from zoo.model import ModelConfig, ZooLM
         from zoo.store import config_id, provenance
@@ -223,8 +224,7 @@ def register(app: typer.Typer) -> None:
 
         if (run is None) == (untrained is None):
             raise ZooError("give either a run directory / checkpoint or --untrained MODEL_JSON")
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           "cpu" if device == "auto" else device)
+        dev = resolve_device(device)
         if run is not None:
             model, trained = load_model(run, dev)
             run_dir = resolve_checkpoint(run).parent.parent

@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
             raise ZooError(f"no experiment file {spec}", "pass a TOML spec, or use --runs / --where over the store")
         name = spec.stem if spec is not None else "report"
         out_dir = out if out is not None else Path("reports") / name
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ZooError(f"--out {out_dir} is a file", "give a directory for index.html, report.pdf and data/")
         with console.status("building the report"):
             built = build_report(spec=spec, run_ids=_split(runs) or None, where=where or None, out=out_dir,
                                  root=root, title=title, bench_ids=_split(bench) or None, pdf=pdf)

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import re
 import statistics
 import time
@@ -71,7 +70,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from zoo import env, registry
+from zoo.env import resolve_device
 from zoo.errors import LengthError, ZooError
+from zoo.positional import alibi_slopes, t5_bucket
 
 Mode = Literal["fwd", "fwdbwd", "decode"]
 MODES: tuple[str, ...] = ("fwd", "fwdbwd", "decode")
@@ -165,12 +166,7 @@ class BenchConfig(BaseModel):
         return sorted(set(v))
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ZooError("--device cuda asked for, but no GPU is visible", "drop --device or use cpu")
-        return dev
+        return resolve_device(self.device)
 
     def lengths(self) -> list[int]:
         use_long = self.long if self.long is not None else any(n >= LONG_MIN for n in self.seq_lens)
@@ -582,30 +578,6 @@ class SdpaPeer(AttentionPeer):
 
         with sdpa_kernel(self._backend()):
             return F.scaled_dot_product_attention(q, k[:, :, :pos + 1], v[:, :, :pos + 1])
-
-
-def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """ALiBi head slopes (Press et al. 2022, Train Short, Test Long, arXiv:2108.12409): the
-    geometric sequence 2^(-8h/n); for n not a power of two, the slopes of the nearest lower
-    power of two m, then every other slope of 2m."""
-
-    def powers(n: int) -> list[float]:
-        return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
-
-    m = 2 ** int(math.floor(math.log2(n_heads)))
-    slopes = powers(m) + powers(2 * m)[0::2][: n_heads - m]
-    return torch.tensor(slopes, dtype=torch.float32)
-
-
-def t5_bucket(n: torch.Tensor, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
-    """Causal T5 relative-position bucket of distance n = q - k >= 0 (Raffel et al. 2020,
-    Exploring the Limits of Transfer Learning, arXiv:1910.10683): exact below num_buckets/2,
-    then log-spaced up to max_distance, the last bucket beyond."""
-    exact = num_buckets // 2
-    n = n.clamp(min=0)
-    log_part = torch.log(n.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
-    large = (exact + log_part.to(torch.int64)).clamp(max=num_buckets - 1)
-    return torch.where(n < exact, n, large)
 
 
 FLEX_BLOCK = 128  # FlexAttention's default sparse block size

@@ -26,14 +26,13 @@ Shapes: x `[B, L, D]`; q, k `[B, L, H, Dk]`; v `[B, L, H, Dv]`; state `[B, H, Dk
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.kernels.fla import accumulate, fla_unavailable
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
 from zoo.positional import apply_rotary, rope_cos_sin
 from zoo.registry import register_mixer
@@ -42,16 +41,8 @@ RETNET_PAPER = ("Sun et al. 2023, Retentive Network: A Successor to Transformer 
                 "arXiv:2307.08621")
 
 
-def _fla_check(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return f"needs a CUDA device (got {device.type})"
-    if importlib.util.find_spec("fla") is None:
-        return "flash-linear-attention is not installed (pip install 'mixer-zoo[gpu]')"
-    return None
-
-
 FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_retention Triton kernel (TF32 dots on fp32 inputs)",
-                      _fla_check)
+                      fla_unavailable)
 
 
 def retention_log_gamma(n_heads: int, device=None) -> torch.Tensor:
@@ -66,17 +57,12 @@ def retnet_inv_freq(head_dim: int, base: float = 10000.0, device=None) -> torch.
 
 
 # -- the three forms ------------------------------------------------------------------------------
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    """Accumulate in float32 at least (float64 stays float64, for gradient checks)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
 # q, k: [B, L, H, Dk] (k already scaled), v: [B, L, H, Dv], log_gamma: [H], state: [B, H, Dk, Dv].
 # Each returns o [B, L, H, Dv] (float32) and the state after the last token.
 
 def retention_recurrent(q, k, v, log_gamma, state):
     """S_n = gamma S_{n-1} + k_n^T v_n;  o_n = q_n S_n. One step per token."""
-    q, k, v = _acc(q), _acc(k), _acc(v)
+    q, k, v = accumulate(q), accumulate(k), accumulate(v)
     gamma = log_gamma.to(q.dtype).exp()[None, :, None, None]
     S = state.to(q.dtype)
     out = []
@@ -89,7 +75,7 @@ def retention_recurrent(q, k, v, log_gamma, state):
 
 def retention_parallel(q, k, v, log_gamma, state):
     """O = (Q K^T * D) V + (Q S0) gamma^(n+1): quadratic in L, the training form of the paper."""
-    q, k, v = (_acc(t).transpose(1, 2) for t in (q, k, v))      # [B, H, L, D]
+    q, k, v = (accumulate(t).transpose(1, 2) for t in (q, k, v))      # [B, H, L, D]
     L, log_gamma, state = q.shape[2], log_gamma.to(q.dtype), state.to(q.dtype)
     n = torch.arange(L, device=q.device, dtype=q.dtype)
     diff = n[:, None] - n[None, :]
@@ -111,7 +97,7 @@ def retention_chunkwise(q, k, v, log_gamma, state, chunk_size: int = 64):
     pad = n * C - L
 
     def chunks(t):  # [B, L, H, D] -> [B, H, n, C, D], float32 at least
-        t = F.pad(_acc(t), (0, 0, 0, 0, 0, pad))
+        t = F.pad(accumulate(t), (0, 0, 0, 0, 0, pad))
         return t.view(B, n, C, H, -1).permute(0, 3, 1, 2, 4)
 
     q, k, v = chunks(q), chunks(k), chunks(v)

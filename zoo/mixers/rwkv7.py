@@ -33,7 +33,6 @@ the layout of the official code: `o = S r`).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -42,6 +41,7 @@ from pydantic import Field
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.kernels.fla import accumulate, fla_unavailable
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig, param_bytes
 from zoo.registry import register_mixer
 
@@ -51,24 +51,11 @@ GROUP_NORM_EPS = 64e-5  # fixed in the official code, whatever the head size
 V_FIRST = "rwkv7.v_first"  # key of the first layer's values in the model's shared dict
 
 
-def _fla_check(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return f"needs a CUDA device (got {device.type})"
-    if importlib.util.find_spec("fla") is None:
-        return "flash-linear-attention is not installed (pip install 'mixer-zoo[gpu]')"
-    return None
-
-
 FLA_BACKEND = Backend("fla", "flash-linear-attention chunk_rwkv7 Triton kernel (TF32 dots on fp32 inputs)",
-                      _fla_check)
+                      fla_unavailable)
 
 
 # -- the state recurrence: step form and chunked form ------------------------------------------
-
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    """Accumulate in float32 at least (float64 stays float64, for gradient checks)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
 
 def wkv7_recurrent(r, log_w, k, v, a, b, state):
     """Token-by-token RWKV-7 state update, in float32.
@@ -77,7 +64,7 @@ def wkv7_recurrent(r, log_w, k, v, a, b, state):
     S_t = S_{t-1} (diag(exp(log_w_t)) + a_t b_t^T) + v_t k_t^T;  o_t = S_t r_t.
     Returns o `[B, L, H, N]` (float32) and the final state.
     """
-    r, w, k, v, a, b = (_acc(t) for t in (r, _acc(log_w).exp(), k, v, a, b))
+    r, w, k, v, a, b = (accumulate(t) for t in (r, accumulate(log_w).exp(), k, v, a, b))
     S = state.to(r.dtype)
     out = []
     for t in range(r.shape[1]):
@@ -105,7 +92,7 @@ def wkv7_chunked(r, log_w, k, v, a, b, state, chunk_size: int = 16):
     pad = n * C - L
 
     def chunks(t):  # [B, L, H, N] -> [B, H, n, C, N] float32 at least, zero padded (log w = 0: no decay)
-        t = F.pad(_acc(t), (0, 0, 0, 0, 0, pad))
+        t = F.pad(accumulate(t), (0, 0, 0, 0, 0, pad))
         return t.view(B, n, C, H, -1).permute(0, 3, 1, 2, 4)
 
     r, lw, k, v, a, b = (chunks(t) for t in (r, log_w, k, v, a, b))

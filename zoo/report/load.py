@@ -75,6 +75,11 @@ def parse_where(expr: str):
     key, op_s, value = m.groups()
     op = dict(OPS)[op_s]
     path = SHORTHANDS.get(key, key)
+    if op_s in (">", "<", ">=", "<="):
+        try:
+            float(value)
+        except ValueError:
+            raise ZooError(f"bad --where '{expr}': '{value}' is not a number", f"{op_s} compares numbers") from None
 
     def test(run: dict) -> bool:
         if key == "mixer":

@@ -71,6 +71,13 @@ def parse_gpus(text: str) -> list[str]:
     slots = [g.strip() for g in text.split(",") if g.strip()]
     if not slots or not all(g.isdigit() for g in slots):
         raise ZooError(f"bad --gpus '{text}'", "give GPU indices, e.g. --gpus 0,1,2,3, or --gpus all")
+    import torch
+
+    n = torch.cuda.device_count()
+    missing = [g for g in slots if int(g) >= n]
+    if missing:
+        raise ZooError(f"--gpus {text}: GPU {', '.join(missing)} not visible (this machine has {n})",
+                       "use --gpus all, or --workers N for CPU processes")
     return slots
 
 

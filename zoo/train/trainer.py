@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
 from zoo.errors import ZooError
 from zoo.model import ModelConfig, ZooLM
 from zoo.store import Store, provenance
@@ -231,15 +232,6 @@ class TrainResult:
     summary: dict[str, Any]
     model: ZooLM = field(repr=False)
     resumed_from: int | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"device '{name}' asked for, but no GPU is visible", "use device = 'auto' or 'cpu'")
-    return dev
 
 
 def build_model(model_config: ModelConfig, seed: int) -> ZooLM:
