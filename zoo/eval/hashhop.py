@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zoo.errors import LengthError, ZooError
+from zoo.stats import Z95
+from zoo.stats import wilson as wilson_interval
 from zoo.tasks.hashhop import (
     HashHopSample,
     answers,
@@ -55,7 +56,6 @@ from zoo.tasks.hashhop import (
 
 QUOTE = ord("'")
 DEPTH_BINS = 10
-Z95 = 1.959963984540054
 
 
 class HashHopGrid(BaseModel):
@@ -105,14 +105,11 @@ class HashHopGrid(BaseModel):
 
 
 def wilson(k: int, n: int, z: float = Z95) -> dict[str, float | int | None]:
-    """Accuracy k/n with its Wilson score interval (Wilson 1927, JASA 22:209)."""
+    """Accuracy k/n with its Wilson score interval (`zoo.stats.wilson`)."""
     if n == 0:
         return {"k": 0, "n": 0, "acc": None, "lo": None, "hi": None}
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return {"k": k, "n": n, "acc": p, "lo": max(0.0, center - half), "hi": min(1.0, center + half)}
+    lo, hi = wilson_interval(k, n, z)
+    return {"k": k, "n": n, "acc": k / n, "lo": lo, "hi": hi}
 
 
 # -- scoring one batch of samples ----------------------------------------------------------------
