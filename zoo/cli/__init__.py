@@ -8,6 +8,7 @@ with a hint and exit non-zero; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -18,6 +19,8 @@ import zoo
 from zoo.errors import ZooError
 
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160  # logs and pipes: wide enough that result tables are not cut to "…"
 err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
