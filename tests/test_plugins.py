@@ -24,8 +24,11 @@ EXAMPLE = ROOT / "plugins" / "zoo-example-mixer"
 
 
 def pip_install(src: Path, target: Path) -> None:
+    """Install a copy of `src`, so setuptools' in-tree build/ never lands in the repository."""
+    copy = target.parent / f"{src.name}-src"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(src)], check=True, capture_output=True)
+                    "--no-index", "--target", str(target), str(copy)], check=True, capture_output=True)
 
 
 def zoo_cli(*args: str, site: Path | None = None) -> subprocess.CompletedProcess:
