@@ -295,3 +295,22 @@ def test_zoolm_runs_chunked_like_full_with_every_ssm():
     assert torch.allclose(chunked, full, atol=2e-4)
     assert isinstance(model.mixers[0], Mamba) and isinstance(model.mixers[2], S4DMixer)
     assert isinstance(model.mixers[3], Hyena)
+
+
+@pytest.mark.parametrize("chunk,length", [(2, 140), (3, 200)])
+def test_ssd_state_passing_across_several_blocks(chunk, length):
+    """Enough chunks for several blocks of the two-level state scan (and a ragged last one)."""
+    from zoo.mixers.mamba2 import BLOCK
+
+    assert length // chunk > 2 * BLOCK
+    g = torch.Generator().manual_seed(5)
+    b, h, p, n, groups = 2, 4, 3, 5, 2
+    x = torch.randn(b, length, h, p, generator=g)
+    dt = torch.rand(b, length, h, generator=g) * 0.3
+    A = -torch.rand(h, generator=g) - 0.1
+    B, C = torch.randn(b, length, groups, n, generator=g), torch.randn(b, length, groups, n, generator=g)
+    h0 = torch.randn(b, h, p, n, generator=g)
+    y_ref, s_ref = ssd_naive(x, dt, A, B, C, h0)
+    y, s = ssd_chunked(x, dt, A, B, C, chunk, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)

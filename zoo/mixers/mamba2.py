@@ -62,6 +62,9 @@ def ssd_naive(x, dt, A, B, C, h0=None):
     return torch.stack(ys, dim=1), state
 
 
+BLOCK = 32  # chunks per block of the state-passing scan
+
+
 def ssd_chunked(x, dt, A, B, C, chunk: int, h0=None):
     """The chunked SSD algorithm; shapes as `ssd_naive`, fp32. Heads are grouped as
     [G, R] (R = H / G heads share one B and C); the sequence is zero-padded to whole chunks
@@ -90,14 +93,30 @@ def ssd_chunked(x, dt, A, B, C, chunk: int, h0=None):
     w = torch.exp(acs[:, :, -1:] - acs) * dt  # [b, c, s, g, r]
     states = torch.einsum("bcsgn,bcsgrp->bcgrpn", B, x * w[..., None])
 
-    # 3. pass states across chunks: S_{k+1} = exp(sum of chunk k's log decay) S_k + states_k
+    # 3. pass states across chunks: S_{k+1} = exp(sum of chunk k's log decay) S_k + states_k.
+    # Two levels, so the sequential loop runs over blocks of BLOCK chunks (a loop over every
+    # chunk is launch-bound at long L): closed form inside a block, the recurrence across blocks.
     S = h0.reshape(b, g, r, p, n) if h0 is not None else x.new_zeros(b, g, r, p, n)
-    chunk_decay = torch.exp(acs[:, :, -1])  # [b, c, g, r]
-    entering = []
-    for k in range(c):
-        entering.append(S)
-        S = chunk_decay[:, k, ..., None, None] * S + states[:, k]
-    entering = torch.stack(entering, dim=1)  # [b, c, g, r, p, n]: the state before each chunk
+    m = min(BLOCK, c)
+    cpad = (-c) % m
+    log_d = F.pad(acs[:, :, -1], (0, 0, 0, 0, 0, cpad))  # [b, c', g, r]; padded chunks: no decay
+    st = F.pad(states, (0, 0, 0, 0, 0, 0, 0, 0, 0, cpad))  # [b, c', g, r, p, n]; ... and no input
+    nb = (c + cpad) // m
+    log_d, st = log_d.reshape(b, nb, m, g, r), st.reshape(b, nb, m, g, r, p, n)
+    cum = log_d.cumsum(2)  # log decay from the block start through chunk k
+    before = cum - log_d  # ... through chunk k - 1
+    strict = torch.ones(m, m, dtype=torch.bool, device=x.device).tril(-1)
+    seg = (before[:, :, :, None] - cum[:, :, None, :]).masked_fill(~strict[:, :, None, None], float("-inf"))
+    within = torch.einsum("bnkjgr,bnjgrpq->bnkgrpq", seg.exp(), st)  # from earlier chunks of the block
+    block_end = torch.einsum("bnjgr,bnjgrpq->bngrpq", (cum[:, :, -1:] - cum).exp(), st)
+    block_decay = cum[:, :, -1].exp()  # [b, nb, g, r]
+    starts = []
+    for kb in range(nb):
+        starts.append(S)
+        S = block_decay[:, kb, ..., None, None] * S + block_end[:, kb]
+    starts = torch.stack(starts, dim=1)  # [b, nb, g, r, p, n]: the state entering each block
+    entering = within + before.exp()[..., None, None] * starts[:, :, None]
+    entering = entering.reshape(b, nb * m, g, r, p, n)[:, :c]  # [b, c, g, r, p, n]: the state before each chunk
 
     # 4. the carried state's part of each output: C_t . (exp(acs_t) S_chunk)
     y = y + torch.einsum("bctgn,bcgrpn->bctgrp", C, entering) * torch.exp(acs)[..., None]
