@@ -1,12 +1,11 @@
 """RetNet: the parallel, recurrent and chunkwise forms agree; fla's naive references agree;
 the decays, rotation and init are the paper's."""
 
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
+from fla_refs import fla_naive
 
 from zoo.mixers.retnet import (
     RetNet,
@@ -74,21 +73,10 @@ def test_chunkwise_gradients_match_parallel():
         assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-4)
 
 
-def _fla_naive(relpath):
-    """One of fla's plain-torch naive references, loaded by file so fla's package import
-    (Triton, transformers) is not needed."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None:
-        pytest.skip("flash-linear-attention is not installed (pip install 'mixer-zoo[gpu]')")
-    path = os.path.join(spec.submodule_search_locations[0], relpath)
-    mod_spec = importlib.util.spec_from_file_location("fla_naive_" + relpath.replace("/", "_")[:-3], path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
 
 
 def test_matches_fla_naive_retention():
-    naive = _fla_naive("ops/retention/naive.py")
+    naive = fla_naive("ops/retention/naive.py")
     q, k, v, lg, S0 = _qkv(L=29, H=4, Dk=16, Dv=8)
     hf = lambda t: t.transpose(1, 2)  # noqa: E731  fla's naive is head-first and scales q by Dk^-1/2
     want = naive.naive_retention(hf(q), hf(k) * math.sqrt(16), hf(v)).transpose(1, 2)
@@ -99,7 +87,7 @@ def test_matches_fla_naive_retention():
 
 
 def test_matches_fla_naive_simple_gla_with_state():
-    naive = _fla_naive("ops/simple_gla/naive.py")
+    naive = fla_naive("ops/simple_gla/naive.py")
     q, k, v, lg, S0 = _qkv(L=21, H=2, Dk=8, Dv=8)
     g = lg[None, None, :].expand(q.shape[0], q.shape[1], -1).contiguous()  # a scalar log decay per head and step
     want, want_S = naive.naive_recurrent_simple_gla(q, k, v, g, scale=1.0, initial_state=S0, output_final_state=True)

@@ -1,13 +1,13 @@
 """RWKV-7: both state-update forms, the official `rwkv` package as oracle, fla's naive DPLR
 reference, the value residual and channel-mix inside ZooLM, chunked inference of the model."""
 
-import importlib.util
 import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fla_refs import fla_naive
 
 from zoo.mixers.rwkv7 import (
     LOG_DECAY_FLOOR,
@@ -164,19 +164,6 @@ def test_channel_mix_matches_official_package():
 
 
 # -- flash-linear-attention's naive DPLR reference (plain torch) ------------------------------------
-
-def fla_naive(relpath: str):
-    """Load one of fla's plain-torch naive references by file, without importing fla (whose
-    package import pulls in Triton and transformers)."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None:
-        pytest.skip("flash-linear-attention is not installed (pip install 'mixer-zoo[gpu]')")
-    path = os.path.join(spec.submodule_search_locations[0], relpath)
-    mod_spec = importlib.util.spec_from_file_location("fla_naive_" + relpath.replace("/", "_")[:-3], path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
-
 
 def test_matches_fla_naive_dplr():
     naive = fla_naive("ops/generalized_delta_rule/dplr/naive.py")
