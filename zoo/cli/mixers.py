@@ -10,25 +10,9 @@ from rich.table import Table
 
 from zoo import registry
 from zoo.errors import ZooError
+from zoo.report import fmt
 
 REF_D_MODEL = 1024
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def human_count(n: float) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(int(n))
 
 
 def reference_mixer(spec: registry.MixerSpec, d_model: int = REF_D_MODEL):
@@ -61,8 +45,8 @@ def register(app: typer.Typer) -> None:
             choice = spec.choose_backend(device)
             unavailable = ", ".join(f"{b}: {r}" for b, r in choice.reasons.items())
             t.add_row(
-                spec.name, spec.family, human_count(sum(p.numel() for p in m.parameters())),
-                spec.capabilities.cost, human_bytes(m.state_bytes(8192)), human_bytes(m.state_bytes(2**20)),
+                spec.name, spec.family, fmt.count(sum(p.numel() for p in m.parameters())),
+                spec.capabilities.cost, fmt.nbytes(m.state_bytes(8192)), fmt.nbytes(m.state_bytes(2**20)),
                 "unbounded" if m.max_length is None else str(m.max_length),
                 choice.chosen + (f" [dim](no {unavailable})[/]" if unavailable else ""), spec.source,
             )

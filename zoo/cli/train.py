@@ -42,7 +42,7 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
 
 
 def plan_table(runs, store, title: str) -> Table:
-    from zoo.cli.mixers import human_count
+    from zoo.report.fmt import count
 
     t = Table(title=title)
     for c in ("mixer", "run", "layers", "d_model", "mlp", "params", "steps", "tokens", "est. FLOPs", "matching",
@@ -53,7 +53,7 @@ def plan_table(runs, store, title: str) -> Table:
         m = p.run.model
         prior = store.get_run(p.run_id) if store is not None else None
         t.add_row(p.label, p.run_id, "+".join(m.layers), str(m.d_model), str(m.hidden()), f"{p.params:,}",
-                  f"{p.steps:,}", human_count(p.tokens), f"{p.flops:.3g}", p.matched or "",
+                  f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", p.matched or "",
                   prior["status"] if prior else "new")
     return t
 
