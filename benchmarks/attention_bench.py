@@ -79,16 +79,18 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- timing ------------------------------------------------------------------------------------------
 
 def time_ms(step, reps: int = 10) -> float:
+    """ms per step over `reps` steps run back to back between two CUDA events, as a training loop
+    runs them: the host queues the next step while the GPU works, so launch latency of the
+    Python around a kernel is not counted as GPU time (with a sync per step it would be, and
+    more for a mixer's Python than for a bare kernel call)."""
     torch.cuda.synchronize()
-    ts = []
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
     for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
         step()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps
 
 
 def error_text(e: BaseException) -> str:
@@ -105,7 +107,7 @@ def settle() -> None:
     torch.cuda.empty_cache()
 
 
-def race(builders: dict, rounds: int = 5, warmup: int = 3, steps: dict | None = None) -> dict:
+def race(builders: dict, rounds: int = 7, warmup: int = 3, steps: dict | None = None) -> dict:
     """Median ms per step of each entry (`name -> () -> step`), warmed up (compiles included),
     rounds interleaved. An entry that fails to build, compile or run is recorded with its error;
     the others go on. Built steps are added to `steps` when given."""
