@@ -2,6 +2,7 @@
 
     python benchmarks/multi_gpu.py          # a machine with >= 2 GPUs; results under $OUT (or ./multi_gpu_out)
     python benchmarks/multi_gpu.py --smoke  # the same steps at toy size on CPU processes (checks the script)
+    python benchmarks/multi_gpu.py --part sweep   # one part only (--part train: part 1)
 
 Part 1, one run across GPUs (`zoo train --nproc 2`): the same run (a compute-bound ~400M
 parameter attention LM, global batch 16 x 2048 bytes, bf16 autocast) trained on one GPU, with
@@ -11,8 +12,9 @@ second half of its log intervals, all GPUs together); the curves are compared st
 tolerance; the exact check is tests/test_distributed.py in fp32 on CPU).
 
 Part 2, a parallel sweep (`zoo compare --gpus`): eight equal runs (seeds) of a ~100M model,
-through the same launcher with one GPU and with two; throughput ratio = wall time of the whole
-command on one GPU / on two, start-up included.
+400 steps each (about half a minute: start-up and compilation are paid once per worker, as in
+a sweep of real runs, which last far longer), through the same launcher with one GPU and with
+two; throughput ratio = wall time of the whole command on one GPU / on two, start-up included.
 
 Targets: >= 1.7x for DDP, >= 1.8x for the sweep. NCCL_NVLS_ENABLE=0 and
 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 are set for every process (NVLink multicast stays off).
@@ -31,12 +33,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 OUT = Path(os.environ.get("OUT") or "multi_gpu_out")
 os.environ["NCCL_NVLS_ENABLE"] = "0"
 os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
        "PYTHONUNBUFFERED": "1"}
 SMOKE = "--smoke" in sys.argv
+PART = sys.argv[sys.argv.index("--part") + 1] if "--part" in sys.argv else "all"
 N_SWEEP = 8
 CORPUS = ["--set", "task.config.max_bytes=8388608"]  # 8 MB of the standard library's sources: quick to load
 
@@ -68,7 +72,7 @@ name = "lm"
 config = { max_bytes = 8388608 }
 
 [train]
-steps = 250
+steps = 400
 batch_size = 16
 seq_len = 2048
 lr = 3e-4
@@ -81,7 +85,7 @@ seed = [0, 1, 2, 3, 4, 5, 6, 7]
 """
 if SMOKE:
     SWEEP = (SWEEP.replace("d_model = 1024", "d_model = 32").replace("n_heads = 8", "n_heads = 2")
-             .replace("steps = 250", "steps = 4").replace("seq_len = 2048", "seq_len = 64")
+             .replace("steps = 400", "steps = 4").replace("seq_len = 2048", "seq_len = 64")
              .replace("batch_size = 16", "batch_size = 2").replace("max_bytes = 8388608", "max_bytes = 1048576")
              .replace("eval_batches = 2", "eval_batches = 1\nthreads = 1"))
 
@@ -104,7 +108,6 @@ def sh(name: str, cmd: list[str], timeout: float) -> tuple[int, float]:
 
 
 def one_run(root: Path) -> dict:
-    sys.path.insert(0, str(REPO))
     from zoo.store import Store
 
     store = Store(root)
@@ -161,36 +164,41 @@ def main() -> int:
     res: dict = {"info": info}
     zoo = [sys.executable, "-m", "zoo"]
 
-    # part 1: one run, one GPU vs DDP vs FSDP2 on two
-    ENV["CUDA_VISIBLE_DEVICES"] = "0"
-    rc1, w1 = sh("train_1gpu", zoo + ["train", *RUN, "--root", str(stores / "train_1gpu")], 240)
-    ENV["CUDA_VISIBLE_DEVICES"] = "0,1"
-    rc2, w2 = sh("train_ddp_2gpu", zoo + ["train", *RUN, "--nproc", "2", "--parallel", "ddp",
-                                           "--root", str(stores / "train_ddp_2gpu")], 240)
-    rc3, w3 = sh("train_fsdp_2gpu", zoo + ["train", *RUN, "--nproc", "2", "--parallel", "fsdp",
-                                            "--root", str(stores / "train_fsdp_2gpu")], 240)
-    r1, r2, r3 = (one_run(stores / k) for k in ("train_1gpu", "train_ddp_2gpu", "train_fsdp_2gpu"))
-    res["train"] = {"one_gpu": r1, "ddp_2gpu": r2, "fsdp_2gpu": r3, "walls": [w1, w2, w3], "exit": [rc1, rc2, rc3]}
-    for k, r in (("ddp", r2), ("fsdp", r3)):
-        if r1["ok"] and r["ok"]:
-            res["train"][f"{k}_speedup"] = r["tokens_per_s"] / r1["tokens_per_s"]
-            res["train"][f"{k}_vs_one_gpu"] = compare_curves(r1, r)
-            res["train"][f"{k}_same_run_id"] = r["run_id"] == r1["run_id"]
+    r1 = r2 = r3 = {}
+    rc1 = rc2 = rc3 = rc4 = rc5 = 0
+    w4 = w5 = None
+    if PART in ("all", "train"):
+        # part 1: one run, one GPU vs DDP vs FSDP2 on two
+        ENV["CUDA_VISIBLE_DEVICES"] = "0"
+        rc1, w1 = sh("train_1gpu", zoo + ["train", *RUN, "--root", str(stores / "train_1gpu")], 240)
+        ENV["CUDA_VISIBLE_DEVICES"] = "0,1"
+        rc2, w2 = sh("train_ddp_2gpu", zoo + ["train", *RUN, "--nproc", "2", "--parallel", "ddp",
+                                               "--root", str(stores / "train_ddp_2gpu")], 240)
+        rc3, w3 = sh("train_fsdp_2gpu", zoo + ["train", *RUN, "--nproc", "2", "--parallel", "fsdp",
+                                                "--root", str(stores / "train_fsdp_2gpu")], 240)
+        r1, r2, r3 = (one_run(stores / k) for k in ("train_1gpu", "train_ddp_2gpu", "train_fsdp_2gpu"))
+        res["train"] = {"one_gpu": r1, "ddp_2gpu": r2, "fsdp_2gpu": r3, "walls": [w1, w2, w3], "exit": [rc1, rc2, rc3]}
+        for k, r in (("ddp", r2), ("fsdp", r3)):
+            if r1["ok"] and r["ok"]:
+                res["train"][f"{k}_speedup"] = r["tokens_per_s"] / r1["tokens_per_s"]
+                res["train"][f"{k}_vs_one_gpu"] = compare_curves(r1, r)
+                res["train"][f"{k}_same_run_id"] = r["run_id"] == r1["run_id"]
 
-    # part 2: the same sweep through the launcher on one GPU, then on two
-    spec = OUT / "sweep.toml"
-    spec.write_text(SWEEP)
-    slots = (["--workers", "1"], ["--workers", "2"]) if SMOKE else (["--gpus", "0"], ["--gpus", "0,1"])
-    rc4, w4 = sh("sweep_1gpu", zoo + ["compare", str(spec), *slots[0], "--no-progress",
-                                       "--root", str(stores / "sweep_1gpu")], 300)
-    rc5, w5 = sh("sweep_2gpu", zoo + ["compare", str(spec), *slots[1], "--no-progress",
-                                       "--root", str(stores / "sweep_2gpu")], 300)
-    s1, s2 = sweep_stats(stores / "sweep_1gpu"), sweep_stats(stores / "sweep_2gpu")
-    common = set(s1["final_loss"]) & set(s2["final_loss"])
-    res["sweep"] = {"one_gpu": {**s1, "wall_s": w4, "exit": rc4}, "two_gpu": {**s2, "wall_s": w5, "exit": rc5},
-                    "speedup": w4 / w5 if s1["done"] == s2["done"] == s1["runs"] == N_SWEEP else None,
-                    "max_final_loss_diff": max((abs(s1["final_loss"][k] - s2["final_loss"][k]) for k in common),
-                                               default=None)}
+    if PART in ("all", "sweep"):
+        # part 2: the same sweep through the launcher on one GPU, then on two
+        spec = OUT / "sweep.toml"
+        spec.write_text(SWEEP)
+        slots = (["--workers", "1"], ["--workers", "2"]) if SMOKE else (["--gpus", "0"], ["--gpus", "0,1"])
+        rc4, w4 = sh("sweep_1gpu", zoo + ["compare", str(spec), *slots[0], "--no-progress",
+                                           "--root", str(stores / "sweep_1gpu")], 600)
+        rc5, w5 = sh("sweep_2gpu", zoo + ["compare", str(spec), *slots[1], "--no-progress",
+                                           "--root", str(stores / "sweep_2gpu")], 600)
+        s1, s2 = sweep_stats(stores / "sweep_1gpu"), sweep_stats(stores / "sweep_2gpu")
+        common = set(s1["final_loss"]) & set(s2["final_loss"])
+        res["sweep"] = {"one_gpu": {**s1, "wall_s": w4, "exit": rc4}, "two_gpu": {**s2, "wall_s": w5, "exit": rc5},
+                        "speedup": w4 / w5 if s1["done"] == s2["done"] == s1["runs"] == N_SWEEP else None,
+                        "max_final_loss_diff": max((abs(s1["final_loss"][k] - s2["final_loss"][k]) for k in common),
+                                                   default=None)}
     res["total_s"] = time.perf_counter() - t_start
     for r in (r1, r2, r3):  # keep the JSON short: curves are in the stores
         r.pop("loss", None)
@@ -200,7 +208,7 @@ def main() -> int:
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
-    t = res["train"]
+    t = res.get("train", {})
     print(f"\n{info['device']} x {n}, torch {info['torch']}, total {res['total_s']:.0f}s; "
           f"JSON: {OUT / 'multi_gpu.json'}")
     print(f"{'what':34} {'tokens/s':>12} {'MFU':>6} {'ratio':>7} {'target':>7} {'curve vs 1 GPU':>28}")
@@ -211,7 +219,7 @@ def main() -> int:
                  f"{'ok' if c.get('match') else 'MISMATCH'}") if c else "-"
         print(f"{'one run, 2 GPUs ' + k.upper() + ' (2 x 8)':34} {f(r.get('tokens_per_s'), 0):>12} "
               f"{f(r.get('mfu'), 3):>6} {f(t.get(k + '_speedup')):>7} {'1.70' if k == 'ddp' else '-':>7} {curve:>28}")
-    sw = res["sweep"]
+    sw = res.get("sweep", {"speedup": None, "max_final_loss_diff": None})
     print(f"{f'sweep of {N_SWEEP} runs, 1 GPU (wall s)':34} {f(w4, 1):>12}")
     print(f"{f'sweep of {N_SWEEP} runs, 2 GPUs (wall s)':34} {f(w5, 1):>12} {'':>6} {f(sw['speedup']):>7} {'1.80':>7} "
           f"{'final-loss diff ' + f(sw['max_final_loss_diff'], 4):>28}")

@@ -137,7 +137,8 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
     tmp = Path(tempfile.mkdtemp(prefix="zoo-launch-"))
     spec_file = tmp / "spec.json"
     spec_file.write_text(spec.model_dump_json())
-    cpu_threads = str(max(1, (os.cpu_count() or 1) // max(1, sum(s is None for s in slots))))
+    # the host's cores shared out: workers that each take all of them slow each other down
+    cpu_threads = str(max(1, (os.cpu_count() or 1) // max(1, len(slots))))
     pending = deque(todo)
     workers = [_Worker(i, slot) for i, slot in enumerate(slots)]
     try:
@@ -204,11 +205,8 @@ class _Worker:
                "--outcomes", str(tmp)]
         cmd += (["--device", device] if device else []) + (["--retry-failed"] if retry_failed else [])
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.slot is None:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            env.setdefault("OMP_NUM_THREADS", cpu_threads)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = self.slot
+        env.setdefault("OMP_NUM_THREADS", cpu_threads)
+        env["CUDA_VISIBLE_DEVICES"] = "" if self.slot is None else self.slot
         self.log = tmp / f"worker-{self.index}-{time.time_ns()}.log"  # output outside any run
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
