@@ -27,10 +27,17 @@ V tiles: with the default tiles on the H100 (128 x 128, 3 stages at head_dim 64)
 asked for 240 KB, past the 227 KB the hardware has, and did not compile. `TABLE_KERNEL_OPTIONS`
 are smaller tiles for such functions (half the gather per stage, forward and backward).
 
+FlexAttention differentiates a captured table by atomic adds from every score of the L x L
+matrix into its few entries (T5: 129 per head), which made t5-bias fwd + bwd 36 to 70 times
+slower than ALiBi on the H100. `distance_bias_attend` runs the kernel with the table detached
+(the kernel's own backward still gives dq, dk, dv) and computes the table's gradient outside it,
+exactly, from a band of n - 1 diagonals (`distance_bias_grad`: O(L n) work, matmuls by blocks).
+
 FlexAttention is compiled on CUDA (a fused FlashAttention-2 style Triton kernel). On CPU,
 torch runs it eagerly through an unfused path with O(L^2) memory and has no backward, so
 the mixers never choose it there; tests call `flex_attend` on CPU without gradients to pin
-the score functions and masks against the reference.
+the score functions and masks against the reference, and give `distance_bias_attend` a
+differentiable reference core to pin the table's gradient.
 
 Shapes: q `[B, H, Lq, Dh]`, k/v `[B, H, Lk, Dh]`, lse `[B, H, Lq]` (natural log).
 """
@@ -42,6 +49,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -168,8 +176,9 @@ def alibi_score_mod(slopes: torch.Tensor, offset: int) -> ScoreMod:
 def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
     """score + bias[h, min(d, n - 1)] for a per-head bias by distance `[H, n]` (T5's buckets,
     unrolled over distances 0 .. n - 1; the last column holds every longer distance), with
-    d = q_idx + offset - kv_idx. Gradients reach `bias` (FlexAttention differentiates captured
-    buffers). Run it with `TABLE_KERNEL_OPTIONS`."""
+    d = q_idx + offset - kv_idx. Run it with `TABLE_KERNEL_OPTIONS`, and through
+    `distance_bias_attend` when `bias` needs a gradient (FlexAttention would differentiate it
+    with atomic adds from every score)."""
     last = bias.shape[1] - 1
     if offset == 0:
         def aligned(score, b, h, q_idx, kv_idx):
@@ -187,7 +196,9 @@ def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
 # Tiles for score functions that read a table per score: forward 128 x 64 (BLOCK_M x BLOCK_N),
 # backward 64 x 64 in both of its loops (BLOCK_M1/N1: dK and dV, BLOCK_M2/N2: dQ), 3 stages, 4 warps.
 # At head_dim 64 that is, by our count of the tiles, about half the H100's shared memory. Keys without
-# a fwd_/bwd_ prefix apply to both passes in every torch that has FlexAttention.
+# a fwd_/bwd_ prefix apply to both passes in every torch that has FlexAttention. A detached table
+# (`distance_bias_attend`) has no gradient buffer, but both passes still gather it per tile: whether
+# the default tiles would fit now is unmeasured, so these stay.
 TABLE_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
                         "BLOCK_N2": 64, "num_stages": 3, "num_warps": 4}
 
@@ -240,3 +251,103 @@ def merge_partials(o1, lse1, o2, lse2):
     m = torch.maximum(lse1, lse2)
     w1, w2 = torch.exp(lse1 - m)[..., None], torch.exp(lse2 - m)[..., None]
     return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(o1.dtype)
+
+
+# -- a table by distance, differentiated outside the kernel ----------------------------------------
+
+def _rows(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """x[:, :, start:stop] with zero rows where the range leaves x (start <= x.shape[2])."""
+    n = x.shape[2]
+    return F.pad(x[:, :, max(start, 0):min(stop, n)], (0, 0, max(-start, 0), max(stop - n, 0)))
+
+
+def distance_bias_grad(q, k, v, o, lse, do, bias, hi: int | None = None, scale: float | None = None,
+                       block: int = BLOCK, budget: int = 1 << 23) -> torch.Tensor:
+    """The gradient of `bias` `[H, n]` as `distance_bias_score_mod` reads it, given the attention's
+    inputs, its output o, lse `[B, H, Lq]` and the output's gradient do (queries at the end of the
+    keys, band [0, hi)).
+
+    With P the probabilities, the scaled scores' gradient is dS = P * (do v^T - rowsum(do * o)), and
+    d bias[h, d] = sum over (b, i) of dS[b, h, i, i + off - d]: a band of n - 1 diagonals for
+    d < n - 1, computed by blocks of `block` queries against the keys up to n - 2 before them (P
+    recomputed from q, k, bias and lse). Each row of dS sums to zero over the keys it sees, so the
+    last entry, shared by every longer distance, gets minus the sum of the others. O(L n) work;
+    transients of about `budget` elements each. Returns `[H, n]` in bias's dtype."""
+    B, H, Lq, Dh = q.shape
+    Lk, off = k.shape[2], k.shape[2] - q.shape[2]
+    scale = scale if scale is not None else Dh ** -0.5
+    acc = torch.promote_types(q.dtype, torch.float32)
+    last = bias.shape[1] - 1  # distances 0 .. last - 1 have their own entry
+    near = last if hi is None else min(last, hi)  # distances past a window are never seen
+    T = min(block, Lq)
+    W = T + near - 1  # keys within `near` of a block of T queries
+    nb = -(-Lq // T)
+    grad = torch.zeros(H, last + 1, dtype=acc, device=q.device)
+    # row r of a block's key window: column r + near - 1 - d holds distance d
+    r, d = torch.arange(T, device=q.device)[:, None], torch.arange(near, device=q.device)
+    cols = r + near - 1 - d  # [T, near]
+    table = bias.detach()[:, :near].to(acc)[:, None, None, :]  # [H, 1, 1, near]
+
+    per_block = H * T * W
+    step = max(1, min(nb, budget // per_block))  # query blocks per step ...
+    bstep = max(1, budget // (per_block * nb)) if step == nb else 1  # ... and batch rows
+    for b0 in range(0, B, bstep):
+        bs = slice(b0, b0 + bstep)
+        for n0 in range(0, nb, step):
+            m = min(nb - n0, step)
+            i0, i1 = n0 * T, (n0 + m) * T
+            # query rows i0 .. i1 - 1 as blocks [b, H, m, T, ...]; keys i0 + off - near + 1 .. i1 + off - 1
+            # as overlapping windows of W per block [b, H, m, Dh, W]
+            qb, ob, dob, lse_b = (_rows(x[bs], i0, i1).to(acc).unflatten(2, (m, T)) for x in (q, o, do, lse[..., None]))
+            kw, vw = (_rows(x[bs], i0 + off - near + 1, i1 + off).to(acc).unfold(2, W, T) for x in (k, v))
+            idx = cols.expand(*qb.shape[:3], T, near)
+            s = (qb @ kw).gather(-1, idx) * scale + table  # [b, H, m, T, near]
+            dp = (dob @ vw).gather(-1, idx)
+            ds = torch.exp(s - lse_b) * (dp - (dob * ob).sum(-1, keepdim=True))
+            i = torch.arange(i0, i1, device=q.device).view(m, T, 1)
+            seen = (i < Lq) & (i + off - d >= 0)  # [m, T, near]: a real query and a real key
+            grad[:, :near] += torch.where(seen, ds, 0).sum((0, 2, 3))
+    if (hi is None or hi > last) and Lk > last:  # some row sees a distance >= last
+        grad[:, last] = -grad[:, :last].sum(1)
+    return grad.to(bias.dtype)
+
+
+class _DistanceBiasGrad(torch.autograd.Function):
+    """Identity on the attention output o; its backward adds the table's gradient
+    (`distance_bias_grad`) and passes the output's gradient on to the kernel's own backward."""
+
+    @staticmethod
+    def forward(ctx, o, bias, q, k, v, lse, hi):
+        ctx.save_for_backward(q, k, v, o, lse, bias)
+        ctx.hi = hi
+        return o.view_as(o)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, bias = ctx.saved_tensors
+        dbias = distance_bias_grad(q, k, v, o, lse, do, bias, ctx.hi) if ctx.needs_input_grad[1] else None
+        return do, dbias, None, None, None, None, None
+
+
+def flex_distance_bias(q, k, v, bias, hi: int | None = None, kernel_options: dict | None = None):
+    """FlexAttention over [0, hi) with `distance_bias_score_mod(bias)`: o and lse."""
+    score_mod = distance_bias_score_mod(bias, k.shape[2] - q.shape[2])
+    return flex_attend(q, k, v, hi=hi, score_mod=score_mod, return_lse=True, kernel_options=kernel_options)
+
+
+def distance_bias_attend(q, k, v, bias, *, hi: int | None = None, kernel_options: dict | None = None,
+                         core: Callable | None = None) -> torch.Tensor:
+    """Attention over the band [0, hi) with score + bias[h, min(d, n - 1)] (`distance_bias_score_mod`),
+    bias `[H, n]` float32. Returns o `[B, H, Lq, Dh]`.
+
+    Without a gradient for `bias`, one plain FlexAttention call. With one, `core(q, k, v, bias, hi)`
+    -> (o, lse) runs with the table detached (default `flex_distance_bias`; on CPU, where
+    FlexAttention has no backward, tests pass a differentiable reference) and the table's gradient
+    comes from `distance_bias_grad` instead of the kernel's atomic adds."""
+    if not (torch.is_grad_enabled() and bias.requires_grad):
+        return flex_attend(q, k, v, hi=hi, score_mod=distance_bias_score_mod(bias, k.shape[2] - q.shape[2]),
+                           kernel_options=kernel_options)
+    if core is None:
+        core = functools.partial(flex_distance_bias, kernel_options=kernel_options)
+    o, lse = core(q, k, v, bias.detach(), hi)
+    return _DistanceBiasGrad.apply(o, bias, q.detach(), k.detach(), v.detach(), lse.detach(), hi)

@@ -29,7 +29,9 @@ backend only has to be able to run it):
 
 - `flex`: FlexAttention (CUDA) for schemes that change the scores (bias, window, ReRoPE);
   ReRoPE runs as two banded calls (inside / past the window) merged by their log-sum-exp,
-  which computes each score once instead of both scores everywhere.
+  which computes each score once instead of both scores everywhere. T5's table reaches the
+  kernel detached and is differentiated outside it (`flex.distance_bias_attend`: the kernel's
+  own gradient of a captured table is atomic adds from every score into a few entries).
 - `flash`: flash-attn, when installed (ALiBi slopes, sliding window). It could not be
   measured against FlexAttention on our GPU machine (it does not install there), so
   FlexAttention keeps the first place; `backend = "flash"` forces it.
@@ -399,12 +401,16 @@ class T5Bias(NoPositions):
             self._by_distance[key] = t5_bucket(d, self.num_buckets, self.max_distance)
         return self._by_distance[key]
 
-    def score_mod(self, offset, device):
-        # distances 0 .. max_distance cover every bucket; longer ones share the last. float32:
-        # the kernel's backward accumulates the bias gradient with atomic adds
+    def by_distance(self, device) -> torch.Tensor:
+        """The bias of each distance 0 .. max_distance `[H, max_distance + 1]` float32 (longer
+        distances share the last), differentiable into `table`."""
         by_distance = F.embedding(self._buckets(device), self.table.weight)  # [max_distance + 1, H]
-        return flex.distance_bias_score_mod(by_distance.t().to(torch.float32, memory_format=torch.contiguous_format),
-                                            offset)
+        return by_distance.t().to(torch.float32, memory_format=torch.contiguous_format)
+
+    def score_mod(self, offset, device):
+        # the flex backend calls `flex.distance_bias_attend` instead, which differentiates the table
+        # outside the kernel
+        return flex.distance_bias_score_mod(self.by_distance(device), offset)
 
 
 class AlibiBias(NoPositions):
@@ -751,6 +757,9 @@ class Attention(Mixer):
             # flash and efficient kernels usable
             return _sdpa(p.q, p.k, v, attn_mask=causal_lower_right(Lq, Lk))
         if backend == "flex":
+            if isinstance(self.pe, T5Bias):  # its table's gradient is computed outside the kernel
+                return flex.distance_bias_attend(p.q, p.k, v, self.pe.by_distance(p.q.device), hi=window,
+                                                 kernel_options=self.pe.kernel_options)
             score_mod, opts = self.pe.score_mod(Lk - Lq, p.q.device), self.pe.kernel_options
             if p.q_far is None:
                 return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod, kernel_options=opts)
