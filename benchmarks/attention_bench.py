@@ -112,8 +112,9 @@ def settle() -> None:
 
 def race(builders: dict, rounds: int = 7, warmup: int = 3, steps: dict | None = None, reps: int = 10) -> dict:
     """Median ms per step of each entry (`name -> () -> step`), warmed up (compiles included),
-    rounds interleaved. An entry that fails to build, compile or run is recorded with its error;
-    the others go on. Built steps are added to `steps` when given."""
+    rounds interleaved in rotating order, each measurement after a 0.2 s pause. An entry that
+    fails to build, compile or run is recorded with its error; the others go on. Built steps
+    are added to `steps` when given."""
     out, ok = {}, {}
     for name, build in builders.items():
         try:
@@ -127,8 +128,14 @@ def race(builders: dict, rounds: int = 7, warmup: int = 3, steps: dict | None = 
             log(f"  {name}: {out[name]['error']}")
             settle()
     times = {name: [] for name in ok}
-    for _ in range(rounds):
-        for name in list(ok):
+    for r in range(rounds):
+        # each round starts at another entry, and each entry after a short pause: sustained
+        # attention lowers the H100's clocks, which would favour whatever follows a slow entry
+        names = list(ok)
+        for name in names[r % len(names):] + names[:r % len(names)] if names else []:
+            if name not in ok:
+                continue
+            time.sleep(0.2)
             try:
                 times[name].append(time_ms(ok[name], reps))
             except Exception as e:
@@ -333,7 +340,7 @@ def timing() -> dict:
         log("RoPE rotation of q and k alone (for the record)")
         from zoo.kernels.rotary import rotate_pair
 
-        cos, sin = rope_cos_sin(pos, rope_inv_freq(DH))
+        cos, sin = rope_cos_sin(pos, rope_inv_freq(DH, device=CUDA))
 
         def both(rotate):
             def step():

@@ -262,7 +262,7 @@ def _rows(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
 
 
 def distance_bias_grad(q, k, v, o, lse, do, bias, hi: int | None = None, scale: float | None = None,
-                       block: int = BLOCK, budget: int = 1 << 23) -> torch.Tensor:
+                       block: int = BLOCK, budget: int = 1 << 24) -> torch.Tensor:
     """The gradient of `bias` `[H, n]` as `distance_bias_score_mod` reads it, given the attention's
     inputs, its output o, lse `[B, H, Lq]` and the output's gradient do (queries at the end of the
     keys, band [0, hi)).
@@ -272,7 +272,20 @@ def distance_bias_grad(q, k, v, o, lse, do, bias, hi: int | None = None, scale: 
     d < n - 1, computed by blocks of `block` queries against the keys up to n - 2 before them (P
     recomputed from q, k, bias and lse). Each row of dS sums to zero over the keys it sees, so the
     last entry, shared by every longer distance, gets minus the sum of the others. O(L n) work;
-    transients of about `budget` elements each. Returns `[H, n]` in bias's dtype."""
+    transients of about `budget` elements each. Returns `[H, n]` in bias's dtype.
+
+    The products run in float32; for bf16/fp16 inputs through TF32 tensor cores, which hold
+    those values exactly (10 mantissa bits), accumulating in float32 as before."""
+    exact_in_tf32 = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = prev or exact_in_tf32
+    try:
+        return _distance_bias_grad(q, k, v, o, lse, do, bias, hi, scale, block, budget)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def _distance_bias_grad(q, k, v, o, lse, do, bias, hi, scale, block, budget) -> torch.Tensor:
     B, H, Lq, Dh = q.shape
     Lk, off = k.shape[2], k.shape[2] - q.shape[2]
     scale = scale if scale is not None else Dh ** -0.5
