@@ -311,18 +311,33 @@ def _distance_bias_grad(q, k, v, o, lse, do, bias, hi, scale, block, budget) -> 
             i0, i1 = n0 * T, (n0 + m) * T
             # query rows i0 .. i1 - 1 as blocks [b, H, m, T, ...]; keys i0 + off - near + 1 .. i1 + off - 1
             # as overlapping windows of W per block [b, H, m, Dh, W]
-            qb, ob, dob, lse_b = (_rows(x[bs], i0, i1).to(acc).unflatten(2, (m, T)) for x in (q, o, do, lse[..., None]))
-            kw, vw = (_rows(x[bs], i0 + off - near + 1, i1 + off).to(acc).unfold(2, W, T) for x in (k, v))
-            idx = cols.expand(*qb.shape[:3], T, near)
-            s = (qb @ kw).gather(-1, idx) * scale + table  # [b, H, m, T, near]
-            dp = (dob @ vw).gather(-1, idx)
-            ds = torch.exp(s - lse_b) * (dp - (dob * ob).sum(-1, keepdim=True))
+            rows = [_rows(x[bs], i0, i1) for x in (q, o, do, lse[..., None])]
+            keys = [_rows(x[bs], i0 + off - near + 1, i1 + off) for x in (k, v)]
             i = torch.arange(i0, i1, device=q.device).view(m, T, 1)
             seen = (i < Lq) & (i + off - d >= 0)  # [m, T, near]: a real query and a real key
-            grad[:, :near] += torch.where(seen, ds, 0).sum((0, 2, 3))
+            grad[:, :near] += _band_step(q.is_cuda)(*rows, *keys, table, cols, seen, scale, m, T, W, acc)
     if (hi is None or hi > last) and Lk > last:  # some row sees a distance >= last
         grad[:, last] = -grad[:, :last].sum(1)
     return grad.to(bias.dtype)
+
+
+def _band(q, o, do, lse, k, v, table, cols, seen, scale: float, m: int, T: int, W: int, acc) -> torch.Tensor:
+    """One step of `distance_bias_grad`: m blocks of T query rows against their key windows of W;
+    the table's gradient summed over them `[H, near]`."""
+    qb, ob, dob, lse_b = (x.to(acc).unflatten(2, (m, T)) for x in (q, o, do, lse))
+    kw, vw = (x.to(acc).unfold(2, W, T) for x in (k, v))
+    idx = cols.expand(*qb.shape[:3], *cols.shape)
+    s = (qb @ kw).gather(-1, idx) * scale + table  # [b, H, m, T, near]
+    dp = (dob @ vw).gather(-1, idx)
+    ds = torch.exp(s - lse_b) * (dp - (dob * ob).sum(-1, keepdim=True))
+    return torch.where(seen, ds, 0).sum((0, 2, 3))
+
+
+@functools.cache
+def _band_step(cuda: bool) -> Callable:
+    """`_band`, compiled on CUDA: fused, the gathers, exponentials and sums after the two products
+    pass over memory once instead of once per eager operation (the step is memory bound)."""
+    return torch.compile(_band, dynamic=False) if cuda else _band
 
 
 class _DistanceBiasGrad(torch.autograd.Function):
