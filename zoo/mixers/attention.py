@@ -6,8 +6,9 @@ One `Attention` module; the positional scheme is a small module `self.pe` with t
 - `parts(q, k, pos_q, pos_k)`: q and k as attention compares them (RoPE and its relatives
   rotate them; Dynamic NTK splits the queries into groups with their own base; ReRoPE adds
   a second q/k pair for distances past its window);
-- `score_bias(pos_q, pos_k)` / `score_mod(offset)`: an additive bias on the scores (ALiBi, T5),
-  as a dense tensor for the reference and as a FlexAttention score function.
+- `score_bias(pos_q, pos_k)` / `flex(q, k, v, hi)`: an additive bias on the scores (ALiBi, T5),
+  as a dense tensor for the reference and as a FlexAttention call (`score_mod(offset)`, or for
+  T5 a call that differentiates its table outside the kernel).
 
 `config.window` turns any scheme into sliding-window attention (`swa` defaults to RoPE).
 
@@ -341,6 +342,11 @@ class NoPositions(nn.Module):
 
     kernel_options: dict | None = None  # FlexAttention kernel options the score function needs
 
+    def flex(self, q, k, v, hi: int | None) -> torch.Tensor:
+        """FlexAttention over the band [0, hi) with this scheme's score function."""
+        return flex.flex_attend(q, k, v, hi=hi, score_mod=self.score_mod(k.shape[2] - q.shape[2], q.device),
+                                kernel_options=self.kernel_options)
+
 
 class SinusoidalPositions(NoPositions):
     """Fixed sin/cos features (Vaswani et al. 2017) added to the q/k input (values stay content-only)."""
@@ -407,10 +413,10 @@ class T5Bias(NoPositions):
         by_distance = F.embedding(self._buckets(device), self.table.weight)  # [max_distance + 1, H]
         return by_distance.t().to(torch.float32, memory_format=torch.contiguous_format)
 
-    def score_mod(self, offset, device):
-        # the flex backend calls `flex.distance_bias_attend` instead, which differentiates the table
-        # outside the kernel
-        return flex.distance_bias_score_mod(self.by_distance(device), offset)
+    def flex(self, q, k, v, hi):
+        # the table's gradient outside the kernel: inside, it is atomic adds from every score
+        return flex.distance_bias_attend(q, k, v, self.by_distance(q.device), hi=hi,
+                                         kernel_options=self.kernel_options)
 
 
 class AlibiBias(NoPositions):
@@ -757,15 +763,10 @@ class Attention(Mixer):
             # flash and efficient kernels usable
             return _sdpa(p.q, p.k, v, attn_mask=causal_lower_right(Lq, Lk))
         if backend == "flex":
-            if isinstance(self.pe, T5Bias):  # its table's gradient is computed outside the kernel
-                return flex.distance_bias_attend(p.q, p.k, v, self.pe.by_distance(p.q.device), hi=window,
-                                                 kernel_options=self.pe.kernel_options)
-            score_mod, opts = self.pe.score_mod(Lk - Lq, p.q.device), self.pe.kernel_options
-            if p.q_far is None:
-                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod, kernel_options=opts)
             w = p.far_from
-            if w >= Lk or (window is not None and window <= w):  # no visible key is past ReRoPE's window
-                return flex.flex_attend(p.q, p.k, v, hi=window, score_mod=score_mod, kernel_options=opts)
+            if p.q_far is None or w >= Lk or (window is not None and window <= w):  # one score everywhere
+                return self.pe.flex(p.q, p.k, v, window)
+            score_mod, opts = self.pe.score_mod(Lk - Lq, p.q.device), self.pe.kernel_options
             near, lse_near = flex.flex_attend(p.q, p.k, v, hi=w if window is None else min(w, window),
                                               score_mod=score_mod, return_lse=True, kernel_options=opts)
             far, lse_far = flex.flex_attend(p.q_far, p.k_far, v, lo=w, hi=window, score_mod=score_mod,
