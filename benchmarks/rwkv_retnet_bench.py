@@ -278,12 +278,14 @@ def main() -> None:
     ap.add_argument("--torch-iters", type=int, default=3, help="timed runs of the (slow) torch fallback")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch fallback timings")
+    ap.add_argument("--skip", choices=["accuracy", "timing"], help="run only the other part")
     args = ap.parse_args()
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference is fp32
     import fla
 
     suffix = "" if set(args.mixers) == {"rwkv7", "retnet"} else "_" + "_".join(args.mixers)
+    suffix += f"_no_{args.skip}" if args.skip else ""
     path = os.path.join(os.environ.get("OUT", "."), f"rwkv_retnet_bench{suffix}.json")
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "fla": getattr(fla, "__version__", "?"),
@@ -299,10 +301,11 @@ def main() -> None:
         why = get_spec(name).choose_backend(device).reasons.get("fla")
         if why:
             raise SystemExit(f"{name}: fla backend unavailable: {why}")
-        result["accuracy"].append(accuracy(name, device, D_MODEL, 2, 1000))
-        save()
-        print(f"[{time.time() - t0:6.0f}s] accuracy {name}: {json.dumps(result['accuracy'][-1])}", flush=True)
-        for L in args.lengths:
+        if args.skip != "accuracy":
+            result["accuracy"].append(accuracy(name, device, D_MODEL, 2, 1000))
+            save()
+            print(f"[{time.time() - t0:6.0f}s] accuracy {name}: {json.dumps(result['accuracy'][-1])}", flush=True)
+        for L in args.lengths if args.skip != "timing" else []:
             rows = time_length(name, L, device, args.iters, args.torch_iters, not args.no_torch, args.warmup)
             result["timing"] += rows
             save()

@@ -1,7 +1,13 @@
 """The `fla` backends of rwkv7 and retnet against our torch references on identical weights
 (CUDA and flash-linear-attention only; benchmarks/rwkv_retnet_bench.py repeats this at
-d_model 1024 and reports the errors). fla's Triton dots run in TF32 for fp32 inputs, hence
-the 5e-3 tolerance in fp32."""
+L 1000 and reports the errors).
+
+bf16 at the bench's width: Triton tunes fla's kernels per (head size, dtype), and a tuning of
+the RWKV-7 kernels costs minutes, so these tests reuse the bench's. The bound is relative to
+what bf16 itself costs: fla in bf16 may differ from the fp32 reference by at most twice as much
+as our own torch path in bf16 does (or `TOL`, whichever is larger), in relative L2 norm, for
+the output and every gradient. Measured errors go to the JUnit XML (`--junitxml`) as properties.
+"""
 
 import pytest
 import torch
@@ -13,49 +19,66 @@ CUDA = torch.device("cuda")
 why = get_spec("rwkv7").choose_backend(CUDA).reasons.get("fla") if torch.cuda.is_available() else "needs CUDA"
 pytestmark = pytest.mark.skipif(why is not None, reason=str(why))
 
-CONFIGS = {"rwkv7": {"head_dim": 64, "n_layers": 4}, "retnet": {"n_heads": 2}}
-D, B, L = 128, 2, 300  # L is not a multiple of the kernels' chunk size (64)
-TOL = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
+CONFIGS = {"rwkv7": {"head_dim": 64, "n_layers": 12}, "retnet": {"n_heads": 4}}
+D, B, L = 1024, 2, 300  # L is not a multiple of the kernels' chunk size (64)
+TOL = 1e-2
 
 
 def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+    """Relative L2 error of a against b."""
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def pair(name, dtype):
+def build(name, backend, dtype, state=None):
     torch.manual_seed(0)
-    layer = 1 if name == "rwkv7" else 0
-    ref = build_mixer(name, D, {**CONFIGS[name], "backend": "torch"}, layer_idx=layer).to(CUDA)
-    with torch.no_grad():  # zero-initialised projections would hide errors
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    fast = build_mixer(name, D, {**CONFIGS[name], "backend": "fla"}, layer_idx=layer).to(CUDA)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast.to(dtype)
+    layer = 1 if name == "rwkv7" else 0  # rwkv7: a layer after the first, so the value residual is used
+    m = build_mixer(name, D, {**CONFIGS[name], "backend": backend}, layer_idx=layer).to(CUDA)
+    if state is None:
+        with torch.no_grad():  # zero-initialised projections would hide errors
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    else:
+        m.load_state_dict(state)
+    return m.to(dtype)
 
 
 def call(name, m, x, vf, cache=None):
     return m(x, cache, shared={V_FIRST: vf}) if name == "rwkv7" else m(x, cache)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def fwd_bwd(name, m, x, vf, dy):
+    x = x.to(next(m.parameters()).dtype).clone().requires_grad_(True)
+    dtype = x.dtype
+    y = call(name, m, x, vf.to(dtype))
+    y.backward(dy.to(dtype))
+    grads = {"x": x.grad, **{n: p.grad for n, p in m.named_parameters() if p.grad is not None}}
+    return y.detach(), grads
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_fla_backend_matches_reference(name, dtype):
-    ref, fast = pair(name, dtype)
+def test_fla_backend_matches_reference(name, record_property):
+    ref = build(name, "torch", torch.float32)
+    state = ref.state_dict()
+    fast, t16 = build(name, "fla", torch.bfloat16, state), build(name, "torch", torch.bfloat16, state)
     x, vf, dy = (torch.randn(B, L, D, device=CUDA) for _ in range(3))
-    xr, xf = x.clone().requires_grad_(True), x.clone().to(dtype).requires_grad_(True)
-    y_ref, y_fast = call(name, ref, xr, vf), call(name, fast, xf, vf.to(dtype))
-    assert fast.last_backend == "fla"
-    y_ref.backward(dy)
-    y_fast.backward(dy.to(dtype))
-    assert rel(y_fast, y_ref) < TOL[dtype]
-    assert rel(xf.grad, xr.grad) < TOL[dtype]
-    for (n, p), q in zip(ref.named_parameters(), fast.parameters()):
-        assert rel(q.grad, p.grad) < 2 * TOL[dtype], n
+    y_ref, g_ref = fwd_bwd(name, ref, x, vf, dy)
+    y_fast, g_fast = fwd_bwd(name, fast, x, vf, dy)
+    y_16, g_16 = fwd_bwd(name, t16, x, vf, dy)
+    assert fast.last_backend == "fla" and t16.last_backend == "torch"
+
+    errs = {"out": (rel(y_fast, y_ref), rel(y_16, y_ref))}
+    errs.update({f"grad {n}": (rel(g_fast[n], g_ref[n]), rel(g_16[n], g_ref[n])) for n in g_ref})
+    for what, (e_fla, e_16) in errs.items():
+        record_property(f"{what}: fla bf16 / torch bf16", f"{e_fla:.3e} / {e_16:.3e}")
+    bad = {w: e for w, e in errs.items() if e[0] > max(TOL, 2 * e[1])}
+    assert not bad, f"fla beyond 2x the bf16 floor: {bad}"
+
     with torch.no_grad():  # chunked inference through the cache, with a 1-token step
-        cache, outs, i = fast.new_cache(B, CUDA, dtype), [], 0
+        cache, outs, i = fast.new_cache(B, CUDA, torch.bfloat16), [], 0
         for s in (100, 1, 199):
-            outs.append(call(name, fast, xf[:, i:i + s].detach(), vf[:, i:i + s].to(dtype), cache))
+            outs.append(call(name, fast, x[:, i:i + s].bfloat16(), vf[:, i:i + s].bfloat16(), cache))
             i += s
-    assert rel(torch.cat(outs, 1), y_ref) < TOL[dtype]
-    assert cache.nbytes() == fast.state_bytes(L, batch=B, dtype=dtype)
+    e_chunk = rel(torch.cat(outs, 1), y_ref)
+    record_property("chunked through the cache: fla bf16", f"{e_chunk:.3e}")
+    assert e_chunk <= max(TOL, 2 * errs["out"][1])
+    assert cache.nbytes() == fast.state_bytes(L, batch=B, dtype=torch.bfloat16)

@@ -14,12 +14,13 @@ CUDA = torch.device("cuda")
 why = check_mamba_ssm(CUDA) if torch.cuda.is_available() else "needs CUDA"
 pytestmark = pytest.mark.skipif(why is not None, reason=str(why))
 
-# the kernels' tile shapes of the default configs (so benchmarks/ssm_bench.py reuses the compiled kernels)
+# the default configs at the bench's width: Triton tunes per (chunk size, heads, dtype), so these
+# tests reuse the tuning of benchmarks/ssm_bench.py instead of tuning again for a narrow layer
 CONFIGS = {
     "mamba": {"d_state": 16},
     "mamba2": {"d_state": 128, "headdim": 64, "ngroups": 2, "chunk_size": 256},
 }
-D, B, L = 128, 2, 300  # L is not a multiple of the kernels' chunk sizes
+D, B, L = 1024, 2, 300  # L is not a multiple of the kernels' chunk sizes
 
 
 @pytest.fixture(autouse=True)
@@ -53,19 +54,22 @@ def chunked(m, x, sizes):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_kernel_forward_and_backward_match_the_reference(name):
+def test_kernel_forward_and_backward_match_the_reference(name, record_property):
     ref, fast = pair(name)
     x = torch.randn(B, L, D, device=CUDA)
     g = torch.randn(B, L, D, device=CUDA)
     xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     y_ref, y_fast = ref(xr), fast(xf)
     assert fast.last_backend == "mamba_ssm"
-    assert rel(y_fast, y_ref) < 3e-3
     y_ref.backward(g)
     y_fast.backward(g)
-    assert rel(xf.grad, xr.grad) < 3e-3
-    for (n, p), q in zip(ref.named_parameters(), fast.parameters()):
-        assert rel(q.grad, p.grad) < 1e-2, n
+    errs = {"out": rel(y_fast, y_ref), "grad x": rel(xf.grad, xr.grad)}
+    errs.update({f"grad {n}": rel(q.grad, p.grad) for (n, p), q in zip(ref.named_parameters(), fast.parameters())})
+    for what, e in errs.items():  # into the JUnit XML (--junitxml), for the notes
+        record_property(f"fp32 {what}", f"{e:.3e}")
+    assert errs["out"] < 3e-3 and errs["grad x"] < 3e-3
+    bad = {w: e for w, e in errs.items() if w.startswith("grad ") and e >= 1e-2}
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -82,12 +86,13 @@ def test_kernel_chunked_with_cache_matches_full(name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_kernel_bf16_close_to_fp32_reference(name):
+def test_kernel_bf16_close_to_fp32_reference(name, record_property):
     ref, _ = pair(name)
     _, fast16 = pair(name, torch.bfloat16)
     x = torch.randn(B, L, D, device=CUDA)
     with torch.no_grad():
         rel_l2 = ((fast16(x.bfloat16()).float() - ref(x)).norm() / ref(x).norm()).item()
+    record_property("bf16 out, relative L2", f"{rel_l2:.3e}")
     assert rel_l2 < 2e-2
 
 

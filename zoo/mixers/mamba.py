@@ -153,8 +153,9 @@ def selective_scan_chunked(u, delta, A, B, C, h0=None, chunk: int = 128, recompu
         recompute = Bsz * min(chunk, L) * E * A.shape[1] > 2**22
     recompute = recompute and torch.is_grad_enabled()
     ys = []
-    for s in range(0, L, chunk):
-        args = (u[:, s:s + chunk], delta[:, s:s + chunk], A, B[:, s:s + chunk], C[:, s:s + chunk], h)
+    # split, not slicing in the loop: a slice's backward writes a full-length gradient per chunk
+    for u_c, d_c, B_c, C_c in zip(*(t.split(chunk, dim=1) for t in (u, delta, B, C)), strict=True):
+        args = (u_c, d_c, A, B_c, C_c, h)
         y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if recompute else _scan_chunk(*args)
         ys.append(y)
     return torch.cat(ys, dim=1), h
@@ -166,9 +167,9 @@ def initial_state_output(h0, delta, A, C, block: int = 512):
     (after softplus), C `[B, N, L]`, kernel layout; done in blocks to bound memory."""
     cum = delta.cumsum(-1)
     parts = []
-    for s in range(0, delta.shape[-1], block):
-        dec = torch.exp(A[None, :, :, None] * cum[:, :, None, s:s + block])
-        parts.append(torch.einsum("benl,ben,bnl->bel", dec, h0, C[..., s:s + block].to(dec.dtype)))
+    for cum_b, C_b in zip(cum.split(block, dim=-1), C.split(block, dim=-1), strict=True):
+        dec = torch.exp(A[None, :, :, None] * cum_b[:, :, None])
+        parts.append(torch.einsum("benl,ben,bnl->bel", dec, h0, C_b.to(dec.dtype)))
     return torch.cat(parts, dim=-1), torch.exp(A[None] * cum[:, :, -1:]) * h0
 
 

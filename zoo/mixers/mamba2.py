@@ -111,9 +111,9 @@ def ssd_chunked(x, dt, A, B, C, chunk: int, h0=None):
     block_end = torch.einsum("bnjgr,bnjgrpq->bngrpq", (cum[:, :, -1:] - cum).exp(), st)
     block_decay = cum[:, :, -1].exp()  # [b, nb, g, r]
     starts = []
-    for kb in range(nb):
+    for dec_b, end_b in zip(block_decay.unbind(1), block_end.unbind(1), strict=True):  # linear backward
         starts.append(S)
-        S = block_decay[:, kb, ..., None, None] * S + block_end[:, kb]
+        S = dec_b[..., None, None] * S + end_b
     starts = torch.stack(starts, dim=1)  # [b, nb, g, r, p, n]: the state entering each block
     entering = within + before.exp()[..., None, None] * starts[:, :, None]
     entering = entering.reshape(b, nb * m, g, r, p, n)[:, :c]  # [b, c, g, r, p, n]: the state before each chunk

@@ -113,9 +113,9 @@ def retention_chunkwise(q, k, v, log_gamma, state, chunk_size: int = 64):
     cross = G[..., -1].exp()                                        # decay over a whole chunk: [H, n]
     S = state.to(q.dtype)
     starts = []
-    for i in range(n):
+    for c_i, kv_i in zip(cross.unbind(1), kv.unbind(2), strict=True):  # unbind, not kv[:, :, i]: linear backward
         starts.append(S)
-        S = cross[None, :, i, None, None] * S + kv[:, :, i]
+        S = c_i[None, :, None, None] * S + kv_i
     S0 = torch.stack(starts, dim=2)                                 # [B, H, n, Dk, Dv]
     o = inner + (q * G.exp()[..., None]) @ S0
     o = o.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, Dv)[:, :L]

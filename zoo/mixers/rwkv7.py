@@ -119,9 +119,9 @@ def wkv7_chunked(r, log_w, k, v, a, b, state, chunk_size: int = 16):
     Y = U0.transpose(-1, -2) @ b_e + v.transpose(-1, -2) @ k_e                # [B, H, n, N_v, N_k]
     S = state.to(r.dtype)
     starts = []
-    for i in range(n):
-        starts.append(S)
-        S = S @ M[:, :, i] + Y[:, :, i]
+    for M_i, Y_i in zip(M.unbind(2), Y.unbind(2), strict=True):  # unbind: its backward is one stack, where
+        starts.append(S)                                           # indexing M[:, :, i] would write a full-size
+        S = S @ M_i + Y_i                                          # gradient per chunk (quadratic in L)
     S0 = torch.stack(starts, dim=2)              # [B, H, n, N_v, N_k]
     o = Q @ S0.transpose(-1, -2) + O0            # [B, H, n, C, N_v]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, N)[:, :L]
