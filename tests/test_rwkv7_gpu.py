@@ -82,3 +82,19 @@ def test_fla_backend_matches_reference(name, record_property):
     record_property("chunked through the cache: fla bf16", f"{e_chunk:.3e}")
     assert e_chunk <= max(TOL, 2 * errs["out"][1])
     assert cache.nbytes() == fast.state_bytes(L, batch=B, dtype=torch.bfloat16)
+
+
+def test_retnet_compiled_norm_gate_matches_eager():
+    from zoo.mixers.retnet import norm_gate, norm_gate_compiled
+
+    B, Lq, H, Dv = 2, 300, 4, 512
+    o = torch.randn(B, Lq, H, Dv, device=CUDA, dtype=torch.bfloat16)
+    g = torch.randn(B, Lq, H * Dv, device=CUDA, dtype=torch.bfloat16, requires_grad=True)
+    w, b = (torch.randn(H * Dv, device=CUDA, requires_grad=True) for _ in range(2))
+    outs = []
+    for fn in (norm_gate, norm_gate_compiled()):
+        y = fn(o, g, w, b, 1e-5)
+        gy = torch.autograd.grad(y.float().square().sum(), (g, w, b))
+        outs.append((y, *gy))
+    for a, e in zip(outs[0], outs[1], strict=True):
+        assert rel(e, a) < 1e-2
