@@ -125,3 +125,14 @@ def test_short_hashes_that_merge_chains_do_not_stop_training():
     for step in range(40):
         b = task.batch(step, 4, 128)
         assert b.n_loss_tokens > 0
+
+
+@pytest.mark.parametrize("config_len, knob_len", [(4, 16), (16, 4)])
+def test_a_scheduled_hash_length_sizes_the_sample(config_len, knob_len):
+    # the chains that fit are counted with the step's hash length, not the config's
+    task = get_task("hashhop", {"hops": [1], "hash_len": config_len})
+    b = task.batch(step=0, batch_size=2, seq_len=512, knobs={"hash_len": knob_len})
+    for text, _ in rows(b):
+        prompt = text.partition("\nCOMPLETION:")[0]
+        assert {len(h) for line in prompt.split("\n") for h in line.strip("'").split(" = '")[0].split(" = ")} == {knob_len}
+        assert len(text) + 1 > 512 - (2 * knob_len + 5) * 2  # filled: no room for another chain and its query

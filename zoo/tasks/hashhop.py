@@ -311,9 +311,9 @@ class HashHopTask(Task):
                 s[k] = [int(v)] if k == "hops" and not isinstance(v, (list, tuple)) else v
         return s
 
-    def max_chains(self, seq_len: int, hops: int, cot: bool, queries: int | None) -> int:
+    def max_chains(self, seq_len: int, hops: int, cot: bool, queries: int | None, hash_len: int) -> int:
         """Most chains whose sequence fits `seq_len` tokens (<bos> + text minus the last token)."""
-        L = self.config.hash_len
+        L = hash_len
         lo, hi = 0, seq_len
         while lo < hi:  # text_len grows with chains: bisect
             mid = (lo + hi + 1) // 2
@@ -328,7 +328,7 @@ class HashHopTask(Task):
         hops = int(meta.choice(s["hops"]))
         cot = bool(meta.random() < s["cot_prob"])
         L = s["hash_len"]
-        fit = self.max_chains(seq_len, hops, cot, s["queries"])
+        fit = self.max_chains(seq_len, hops, cot, s["queries"], L)  # the step's hash length (a knob may set it)
         if fit < 1:
             raise ZooError(f"a {hops}-hop HashHop sample with {L}-character hashes needs more than {seq_len} tokens",
                            "raise seq_len or lower hash_len")
