@@ -134,5 +134,6 @@ def test_a_scheduled_hash_length_sizes_the_sample(config_len, knob_len):
     b = task.batch(step=0, batch_size=2, seq_len=512, knobs={"hash_len": knob_len})
     for text, _ in rows(b):
         prompt = text.partition("\nCOMPLETION:")[0]
-        assert {len(h) for line in prompt.split("\n") for h in line.strip("'").split(" = '")[0].split(" = ")} == {knob_len}
+        keys = [line.partition(" = ")[0] for line in prompt.split("\n")]
+        assert {len(k) for k in keys} == {knob_len}
         assert len(text) + 1 > 512 - (2 * knob_len + 5) * 2  # filled: no room for another chain and its query
