@@ -59,6 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: E402
 
+from zoo.conformance import run_chunks  # noqa: E402
 from zoo.kernels import flex  # noqa: E402
 from zoo.positional import alibi_slopes, apply_rotary, rope_cos_sin, rope_inv_freq  # noqa: E402
 from zoo.registry import build_mixer, get_spec  # noqa: E402
@@ -395,15 +396,6 @@ CASES = [
     ("swa", {"window": 256}), ("swa", {"window": 256, "position": "alibi"}),
     ("swa", {"window": 300, "position": "t5-bias"}), ("rerope", {"rerope_window": 200, "window": 500}),
 ]
-
-
-def run_chunks(m, x, sizes):
-    cache = m.new_cache(x.shape[0], x.device, x.dtype)
-    outs, i = [], 0
-    for s in sizes:
-        outs.append(m(x[:, i:i + s], cache))
-        i += s
-    return torch.cat(outs, 1)
 
 
 def check_case(name: str, cfg: dict) -> list[dict]:

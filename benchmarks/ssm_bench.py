@@ -29,6 +29,7 @@ import traceback
 import torch
 
 from zoo import env
+from zoo.conformance import run_chunks
 from zoo.mixers.mamba import causal_conv1d_fn, check_mamba_ssm
 from zoo.mixers.s4d import fft_causal_conv
 from zoo.registry import build_mixer
@@ -74,15 +75,6 @@ def errors(y, dx, y_ref, dx_ref) -> dict:
     ey, ed = (y - y_ref).abs().max().item(), (dx - dx_ref).abs().max().item()
     return {"out_max_abs": ey, "out_rel": ey / y_ref.abs().max().item(),
             "dx_max_abs": ed, "dx_rel": ed / dx_ref.abs().max().item()}
-
-
-def run_chunks(m, x, sizes):
-    cache = m.new_cache(x.shape[0], x.device, x.dtype)
-    out, i = [], 0
-    for s in sizes:
-        out.append(m(x[:, i:i + s], cache))
-        i += s
-    return torch.cat(out, 1)
 
 
 # -- 1. accuracy --------------------------------------------------------------------------------

@@ -313,12 +313,11 @@ class HashHopTask(Task):
 
     def max_chains(self, seq_len: int, hops: int, cot: bool, queries: int | None, hash_len: int) -> int:
         """Most chains whose sequence fits `seq_len` tokens (<bos> + text minus the last token)."""
-        L = hash_len
         lo, hi = 0, seq_len
         while lo < hi:  # text_len grows with chains: bisect
             mid = (lo + hi + 1) // 2
             q = mid if queries is None else min(queries, mid)
-            lo, hi = (mid, hi) if text_len(mid, q, hops, L, cot) <= seq_len else (lo, mid - 1)
+            lo, hi = (mid, hi) if text_len(mid, q, hops, hash_len, cot) <= seq_len else (lo, mid - 1)
         return lo
 
     def sample(self, key: int, seq_len: int, knobs: dict[str, Any] | None = None) -> HashHopSample:
