@@ -252,9 +252,23 @@ def test_time_calls_spends_little_on_slow_calls():
         calls.append(1)
         time.sleep(0.03)
 
-    slow_times = bench.time_calls(clock, slow, warmup=2, reps=5, budget_s=0.01)
-    assert len(slow_times) == 1 and len(calls) == 2  # one warm-up, one timed call
+    slow_times = bench.time_calls(clock, slow, warmup=4, reps=5, budget_s=0.01)
+    assert len(slow_times) == 1 and len(calls) == 3  # two warm-ups, one timed call
     assert slow_times[0] >= 0.03
+
+
+def test_time_calls_decides_after_the_compiling_call():
+    """A first call that compiles is slow; the time that counts is the second call's."""
+    calls = []
+    clock = bench.Clock(torch.device("cpu"))
+
+    def compiles_once():
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.05)
+
+    times = bench.time_calls(clock, compiles_once, warmup=2, reps=5, budget_s=0.02)
+    assert len(times) == 5 and len(calls) == 7
 
 
 def test_kernel_that_refuses_a_shape_is_na_not_error():

@@ -209,12 +209,14 @@ class Clock:
 
 def time_calls(clock: Clock, fn: Callable[[], Any], warmup: int, reps: int, budget_s: float,
                before: Callable[[], Any] | None = None) -> list[float]:
-    """Per-call seconds of `fn` after up to `warmup` calls (the first one compiles and autotunes).
-    Calls slower than `budget_s` get one warm-up and one timed call; otherwise calls go on until
-    `reps`, or until `budget_s` is spent with at least 3 timed."""
+    """Per-call seconds of `fn` after up to `warmup` calls. The first call compiles and autotunes,
+    and a compiled step may compile once more on its second call (a shape marked dynamic), so
+    only from the second warm-up on does a call's time say how slow `fn` is. Calls slower than
+    `budget_s` then get one timed call; otherwise calls go on until `reps`, or until `budget_s`
+    is spent with at least 3 timed."""
     last = None
-    for _ in range(warmup):
-        if last is not None and last > budget_s:
+    for i in range(warmup):
+        if i >= 2 and last > budget_s:
             break
         if before is not None:
             before()
