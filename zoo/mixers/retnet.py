@@ -11,6 +11,7 @@ Per head h, with decay gamma_h = 1 - 2^(-5-h) and xPos-style rotation Theta_n = 
     O   = (Q K^T * D) V,  D[n, m] = gamma^(n-m) for n >= m, else 0          parallel
     y   = W_O (swish(W_G x) * GroupNorm_h(O))                              gated output
 
+GroupNorm_h normalises each head's output on its own, without an affine, as torchscale does.
 The chunkwise form (paper eq. 7) runs the parallel form inside chunks and carries S between
 them. All three are here (`retention_parallel`, `retention_recurrent`, `retention_chunkwise`)
 and give the same outputs; the mixer trains with the chunkwise form, decodes short chunks
@@ -25,8 +26,6 @@ Shapes: x `[B, L, D]`; q, k `[B, L, H, Dk]`; v `[B, L, H, Dv]`; state `[B, H, Dk
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -124,21 +123,22 @@ def retention_chunkwise(q, k, v, log_gamma, state, chunk_size: int = 64):
     return o, S
 
 
-def norm_gate(o, g, weight, bias, eps: float):
-    """swish(g) * GroupNorm_h(o), in float32, returned in g's dtype. o `[B, L, H, Dv]` (one
-    group per head: a LayerNorm over each head's Dv channels, then the per-channel affine of
-    `nn.GroupNorm(H, H * Dv)`); g `[B, L, H * Dv]` = W_G x; weight, bias `[H * Dv]`."""
+def norm_gate(o, g, eps: float):
+    """swish(g) * GroupNorm_h(o) in float32, returned in g's dtype. o `[B, L, H, Dv]`, g
+    `[B, L, H * Dv]` = W_G x. One group per head, no affine: torchscale's LayerNorm(d_v,
+    elementwise_affine=False) per head, which is `nn.GroupNorm(H, H * Dv, affine=False)`."""
     B, L, H, Dv = o.shape
     on = F.layer_norm(o.float(), (Dv,), eps=eps).reshape(B, L, H * Dv)
-    return (F.silu(g.float()) * (on * weight.float() + bias.float())).to(g.dtype)
+    return (F.silu(g.float()) * on).to(g.dtype)
 
 
-@functools.cache
-def norm_gate_compiled():
-    """`norm_gate` as one fused kernel on CUDA (eager it is six passes over a [B, L, H * Dv]
-    tensor, which at 128K tokens cost more than the retention kernel's own difference to fla's
-    layer, whose norm and gate are fused)."""
-    return torch.compile(norm_gate, dynamic=True)
+def norm_gate_fla(o, g, eps: float):
+    """`norm_gate` as flash-linear-attention's fused Triton kernel (one pass each way, the
+    norm and gate that fla's own retention layer runs)."""
+    from fla.modules.norm.fused_norm_gate import layer_norm_gated
+
+    B, L, H, Dv = o.shape
+    return layer_norm_gated(o, g.view(B, L, H, Dv), None, None, "swish", eps=eps).reshape(B, L, H * Dv)
 
 
 def retention_fla(q, k, v, state):
@@ -184,7 +184,6 @@ class RetNet(Mixer):
         self.wv = nn.Linear(d_model, value_dim, bias=False)
         self.wg = nn.Linear(d_model, value_dim, bias=False)
         self.wo = nn.Linear(value_dim, d_model, bias=False)
-        self.group_norm = nn.GroupNorm(H, value_dim, eps=c.norm_eps)
         for lin in (self.wq, self.wk, self.wv, self.wg):  # torchscale reset_parameters
             nn.init.xavier_uniform_(lin.weight, gain=2 ** -2.5)
         nn.init.xavier_uniform_(self.wo.weight)
@@ -199,7 +198,8 @@ class RetNet(Mixer):
         cos, sin = rope_cos_sin(pos, self.inv_freq)                  # [L, Dk], halves repeated
         q, k, v = self.wq(x).view(B, L, H, Dk), self.wk(x).view(B, L, H, Dk), self.wv(x).view(B, L, H, Dv)
         state = cache.state if cache is not None else x.new_zeros(B, H, Dk, Dv, dtype=torch.float32)
-        if self.select_backend(x) == "fla":
+        fast = self.select_backend(x) == "fla"
+        if fast:
             from fla.modules.rotary import rotary_embedding  # fused rotation; k's tables carry its 1/sqrt(Dk)
 
             cos, sin = cos[:, :Dk // 2].to(q.dtype), sin[:, :Dk // 2].to(q.dtype)  # q is bf16 under autocast
@@ -215,8 +215,8 @@ class RetNet(Mixer):
                 o, state = retention_chunkwise(q, k, v, self.log_gamma, state, self.config.chunk_size)
         if cache is not None:
             cache.state, cache.pos = state.detach(), start + L
-        gate = norm_gate_compiled() if o.is_cuda else norm_gate
-        return self.wo(gate(o, self.wg(x), self.group_norm.weight, self.group_norm.bias, self.config.norm_eps))
+        gate = norm_gate_fla if fast else norm_gate
+        return self.wo(gate(o, self.wg(x), self.config.norm_eps))
 
     def new_cache(self, batch, device, dtype) -> Cache:
         return Cache(state=torch.zeros(batch, self.n_heads, self.key_dim, self.value_dim, device=device,
