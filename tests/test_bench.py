@@ -276,3 +276,22 @@ def test_kernel_that_refuses_a_shape_is_na_not_error():
     with pytest.raises(RuntimeError) as info:
         peer(torch.randn(1, 8, 32))
     assert bench.is_unsupported(info.value) and not bench.is_oom(info.value)
+
+
+def test_killed_bench_keeps_the_points_it_finished(tmp_path, monkeypatch):
+    """A bench killed mid-mixer (a wall-clock limit) keeps every point measured before the kill."""
+    cfg = bench.BenchConfig(mixers=["nope"], seq_lens=[64, 128], tokens_per_batch=256, d_model=32, peers=[],
+                            modes=["fwd"], reps=1)
+    orig, calls = bench.Bench.point, []
+
+    def point(self, t, mode, L):
+        calls.append(L)
+        if L == 128:
+            raise KeyboardInterrupt  # what a SIGINT from `timeout` looks like in Python
+        return orig(self, t, mode, L)
+
+    monkeypatch.setattr(bench.Bench, "point", point)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(cfg, store=Store(tmp_path), progress=False)
+    rows = Store(tmp_path).results(kind="bench")
+    assert calls == [64, 128] and [(r["seq_len"], r["status"]) for r in rows] == [(64, "ok")]

@@ -1233,10 +1233,10 @@ class Bench:
                     row = self.point(t, mode, L)
                     row["run_id"] = run_id
                     rows.append(row)
+                    result.rows.append(row)
+                    pending.append(row)
+                    flush()  # a bench that is killed still leaves every finished point in the store and the JSON
                     bar.advance()
-                result.rows += rows
-                pending += rows
-                flush()  # a bench cut short still leaves every finished group in the store and the JSON
                 for t in group:  # weights and compiled kernels of finished groups leave the device
                     t.module = None
                 self._free(collect=True)
