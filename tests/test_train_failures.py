@@ -89,3 +89,42 @@ def test_nonfinite_gradient_is_named():
     with torch.no_grad():
         m.embed.weight[1, 1] = float("nan")
     assert "first non-finite parameter: embed.weight" in diagnose(m, "loss (nan)", 3, None, None)
+
+
+def test_killed_hashhop_evaluation_resumes_at_the_next_cell(tmp_path, monkeypatch):
+    """Each finished HashHop cell is stored as it ends: an evaluation stopped after its first cell
+    evaluates only the rest when the sweep runs again, and then counts as done."""
+    import zoo.eval.hashhop as hh
+    from zoo.train.sweep import evals_done
+
+    spec = parse_spec({
+        "name": "eval-resume",
+        "mixers": {"nope": {}},
+        "model": {"d_model": 16, "n_layers": 1, "mixer_config": {"nope": {"n_heads": 2}}},
+        "task": {"name": "hashhop", "config": {"hops": [1], "hash_len": 4}},
+        "train": {"steps": 2, "batch_size": 2, "seq_len": 64, "threads": 1},
+        "eval": {"hashhop": {"n_chars": [20, 40, 60], "hops": [1], "samples": 1, "queries": 2, "hash_len": 4,
+                             "greedy_samples": 0}},
+    }, "eval-resume.toml")
+    store = Store(tmp_path)
+    real, seen = hh.evaluate, []
+
+    def dies_at_second_cell(model, grid, *a, **kw):
+        seen.append(grid.n_chars[0])
+        if len(seen) == 2:
+            raise RuntimeError("killed")
+        return real(model, grid, *a, **kw)
+
+    monkeypatch.setattr(hh, "evaluate", dies_at_second_cell)
+    (first,) = run_experiment(spec, store)
+    run_id = first.planned.run_id
+    assert "killed" in first.evals["hashhop"] and not evals_done(spec, store, run_id)
+    assert [r["n_chars"] for r in store.results(run_id, "hashhop")] == [20]
+
+    seen.clear()
+    monkeypatch.setattr(hh, "evaluate", lambda model, grid, *a, **kw: seen.append(grid.n_chars[0]) or real(
+        model, grid, *a, **kw))
+    (again,) = run_experiment(spec, store)
+    assert again.evals["hashhop"] == "ok" and seen == [40, 60] and evals_done(spec, store, run_id)
+    rows = store.results(run_id, "hashhop")
+    assert sorted(r["n_chars"] for r in rows) == [20, 40, 60] and len({r["eval_id"] for r in rows}) == 1

@@ -13,6 +13,7 @@ evaluation settings), so an evaluation is never repeated and a changed one runs 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +36,23 @@ class Outcome:
 
 # -- evaluations (each evaluator is called from exactly one place) -------------------------------
 
-def hashhop_rows(model, run_config: dict, grid: dict, device) -> list[dict]:
+def hashhop_rows(model, run_config: dict, grid: dict, device, done: set | None = None,
+                 on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Cells of the grid not in `done` ((n_chars, hops, cot) keys), each passed to `on_row` as it
+    finishes: a long evaluation that is killed keeps its finished cells and resumes at the next."""
     from zoo.eval.hashhop import HashHopGrid, evaluate
 
-    return evaluate(model, HashHopGrid(**grid), device=device)["cells"]
+    g = HashHopGrid(**grid)
+    rows = []
+    for n_chars, hops, cot in g.cells():  # a cell's samples depend on the cell alone, not on the grid
+        if done and (n_chars, hops, cot) in done:
+            continue
+        one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
+        row = evaluate(model, one, device=device)["cells"][0]
+        if on_row is not None:
+            on_row(row)
+        rows.append(row)
+    return rows
 
 
 def ppl_rows(model, run_config: dict, ppl_spec, device) -> list[dict]:
@@ -86,10 +100,23 @@ def eval_id(kind: str, settings: Any) -> str:
     return config_id({"kind": kind, "settings": dumped})
 
 
+def hashhop_cells_stored(store: Store, run_id: str, eid: str) -> set[tuple[int, int, bool]]:
+    return {(r["n_chars"], r["hops"], r["cot"]) for r in store.results(run_id, "hashhop") if r.get("eval_id") == eid}
+
+
+def eval_done(store: Store, run_id: str, kind: str, settings: Any) -> bool:
+    """Whether this evaluation is stored for the run (HashHop: every cell of its grid)."""
+    eid = eval_id(kind, settings)
+    if kind == "hashhop":
+        from zoo.eval.hashhop import HashHopGrid
+
+        return set(HashHopGrid(**settings).cells()) <= hashhop_cells_stored(store, run_id, eid)
+    return any(r.get("eval_id") == eid for r in store.results(run_id, kind))
+
+
 def evals_done(spec: ExperimentSpec, store: Store, run_id: str) -> bool:
     """Whether every evaluation the spec names is stored for this run."""
-    return all(any(r.get("eval_id") == eval_id(kind, settings) for r in store.results(run_id, kind))
-               for kind, settings in eval_settings(spec).items())
+    return all(eval_done(store, run_id, kind, settings) for kind, settings in eval_settings(spec).items())
 
 
 def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console=None) -> dict[str, str]:
@@ -98,7 +125,7 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
     model = run_config = None
     for kind, settings in todo.items():
         eid = eval_id(kind, settings)
-        if any(r.get("eval_id") == eid for r in store.results(p.run_id, kind)):
+        if eval_done(store, p.run_id, kind, settings):
             status[kind] = "cached"
             continue
         try:
@@ -107,8 +134,23 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
                 run_config = {**run_config, "_run_dir": str(store.run_dir(p.run_id))}
             if console is not None:
                 console.print(f"  [dim]evaluating {kind} on {p.label} ({p.run_id})[/]")
-            rows = EVALUATORS[kind](model, run_config, settings, device)
-            store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows], replace=True)
+            if kind == "hashhop":
+                done = hashhop_cells_stored(store, p.run_id, eid)
+                if not done:  # other settings' rows go; this evaluation's own are kept to resume from
+                    store.add_results(p.run_id, kind, [], replace=True)
+
+                def keep(row: dict, eid: str = eid) -> None:
+                    store.add_results(p.run_id, "hashhop", [{**row, "eval_id": eid, "label": p.label}])
+                    if console is not None:
+                        acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
+                        console.print(f"  [dim]hashhop {p.label}: {row['n_chars']} characters, "
+                                      f"{row['hops']} hops: {acc}[/]")
+
+                hashhop_rows(model, run_config, settings, device, done, keep)
+            else:
+                rows = EVALUATORS[kind](model, run_config, settings, device)
+                store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows],
+                                  replace=True)
             status[kind] = "ok"
         except ZooError as e:
             status[kind] = str(e)
