@@ -67,3 +67,22 @@ def test_kill9_then_resume_gives_identical_final_loss(tmp_path):
     assert s_res["eval_loss"] == s_ref["eval_loss"]
     assert curve_res == curve_ref
     assert Store(root).runs()[0]["provenance"]["resumed_from"] > 0
+
+
+def test_run_killed_after_its_final_checkpoint_finishes_from_the_weights_alone(tmp_path):
+    """The store still says "running" (the kill came before it said done) and only the final
+    weights made it to this machine: the run is marked done without its optimizer state."""
+    corpus = _corpus(tmp_path)
+    cmd = [*_cmd(tmp_path, corpus)]
+    cmd[cmd.index("--steps") + 1] = "8"
+    first = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    store = Store(tmp_path)
+    (run,) = store.runs()
+    store.set_status(run["id"], "running")
+    (final,) = (tmp_path / "runs").glob("*/checkpoints/step_00000008")
+    (final / "state.pt").unlink()
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary, losses = _final(tmp_path)
+    assert summary["steps"] == 8 and losses[-1][0] == 8

@@ -353,9 +353,10 @@ class Trainer:
         start, resumed = 0, None
         if last is not None:
             meta = ckpt.load_meta(last)
-            state = ckpt.load_state(last, map_location=self.device)
-            self.dist.load_optimizer_state(model, opt, state["optimizer"])
-            ckpt.set_rng_state(state["rng"])
+            if meta["step"] < total:  # the final checkpoint needs no optimizer: nothing is left to train
+                state = ckpt.load_state(last, map_location=self.device)
+                self.dist.load_optimizer_state(model, opt, state["optimizer"])
+                ckpt.set_rng_state(state["rng"])
             start = resumed = meta["step"]
         else:
             torch.manual_seed(cfg.seed + 1)  # the same RNG stream after init whether or not we resumed
