@@ -4,19 +4,24 @@ speed and memory of hierarchical sparse attention against causal cuDNN attention
     source .device/on_device.sh
     python benchmarks/hsa_bench.py                    # JSON to $OUT/hsa_bench.json when OUT is set
     python benchmarks/hsa_bench.py --skip accuracy --lengths 32768,131072
+    python benchmarks/hsa_bench.py --skip timing      # the accuracy part alone
 
 1. accuracy, bf16 (16 query heads x 64, 1 KV head, S 64, top-K 8, W 512):
    a. the kernel alone, B 2, L 4096, chunks chosen by the Triton selection from random
       retrieval queries and landmarks: output and dQ, dK, dV, dW of both forward layouts
       (chunk-major, token-major) against the reference computed in fp32 on the same bf16
       values;
-   b. the Triton selection against the torch one (`HSA.select`), B 2, L 8192: chosen chunks,
-      fusion weights, gradients to the retrieval queries and the landmarks;
+   b. the Triton selection and the torch one (`HSA.select`), both in bf16, against the torch
+      one in fp32 on the same values, B 2, L 8192: chosen chunks, fusion weights, gradients
+      to the retrieval queries and the landmarks;
    c. the window on CUDA (FlexAttention, and torch's flash kernel with a window when this
       torch has it) against the explicit reference, with queries after cached keys too;
-   d. the whole `hsa` layer (d_model 1024) on backend triton against backend torch with
-      identical weights, B 1, L 4096: output and every parameter gradient (w_lmk and lmk_norm
-      show the kernel's weight gradient reaching the landmarks through the retrieval scores).
+   d. the whole `hsa` layer (d_model 1024) on backends triton and torch in bf16 against backend
+      torch in fp32, identical weights, B 1, L 4096: output and every parameter gradient
+      (w_lmk and lmk_norm show the kernel's weight gradient reaching the landmarks through the
+      retrieval scores).
+   b. and d. pass within the tolerance or within 2x the bf16 torch path's own error (that path
+   is itself rounded: its landmark gradient is a scatter-add in bf16).
 2. timing, bf16, fwd+bwd, B x L = 128K tokens, at each L (after warm-up, the median over rounds
    of calls run back to back between two CUDA events):
    - core: HSA attention = landmark scoring + top-K + fusion weights (Triton selection), the
@@ -69,6 +74,17 @@ def rel_errors(a: torch.Tensor, b: torch.Tensor) -> dict:
             "rel_max": (d.abs().max() / b.abs().max().clamp_min(1e-30)).item()}
 
 
+def kernel_errors(res: dict, path: str = "") -> list[tuple[float, str]]:
+    """(rel_norm, name) of every error of our kernels in an accuracy result (not the bf16 torch
+    path's, which are the floor they are held to)."""
+    out = []
+    for k, v in res.items():
+        if not isinstance(v, dict) or k in ("torch", "torch bf16"):
+            continue
+        out += [(v["rel_norm"], path + k)] if "rel_norm" in v else kernel_errors(v, f"{path}{k} ")
+    return out
+
+
 def passes(e: dict) -> bool:
     return e["rel_norm"] <= TOL["rel_norm"] and e["rel_max"] <= TOL["rel_max"]
 
@@ -108,23 +124,36 @@ def accuracy_kernel(kv_heads: int, B: int = 2, L: int = 4096) -> dict:
 
 
 def accuracy_select(kv_heads: int, B: int = 2, L: int = 8192) -> dict:
+    """The Triton selection and the torch one, both on bf16 inputs, against the torch one in fp32 on
+    the same values. The bf16 torch path is itself rounded (its landmark gradient is a scatter-add
+    in bf16), so the kernel passes within TOL or within 2x that path's own error."""
     sel = hsa_layer(kv_heads, "torch").to(CUDA)
     g = torch.Generator(device=CUDA).manual_seed(1)
-    qr = torch.randn(B, L, kv_heads, DH, device=CUDA, generator=g).to(BF16).requires_grad_()
-    lmk = torch.randn(B, L // S, kv_heads, DH, device=CUDA, generator=g).to(BF16).requires_grad_()
+    qr = torch.randn(B, L, kv_heads, DH, device=CUDA, generator=g).to(BF16)
+    lmk = torch.randn(B, L // S, kv_heads, DH, device=CUDA, generator=g).to(BF16)
+    gw = None
     outs = {}
-    for backend in ("torch", "triton"):
-        ids, w, _ = sel.select(qr, lmk, 0, backend)
-        gw = torch.randn(w.shape, device=CUDA, generator=torch.Generator(device=CUDA).manual_seed(2))
-        outs[backend] = (ids, w, torch.autograd.grad((w * gw).sum(), (qr, lmk)))
-    (ids_t, w_t, g_t), (ids_k, w_k, g_k) = outs["torch"], outs["triton"]
-    same = (ids_t == ids_k).all(-1)  # near-ties may rank differently (summation order of the scores)
-    res = {"tokens_with_other_chunks": int((~same).sum()), "tokens": int(same.numel()),
-           "weights": rel_errors(w_k[same], w_t[same]), "dqr": rel_errors(g_k[0], g_t[0]),
-           "dlmk": rel_errors(g_k[1], g_t[1])}
-    res["ok"] = res["tokens_with_other_chunks"] <= 1e-3 * res["tokens"] and all(
-        passes(res[k_]) for k_ in ("weights", "dqr", "dlmk"))
+    for name, backend, dt in (("fp32", "torch", torch.float32), ("torch", "torch", BF16), ("triton", "triton", BF16)):
+        a, b = qr.to(dt).requires_grad_(), lmk.to(dt).requires_grad_()
+        ids, w, _ = sel.select(a, b, 0, backend)
+        if gw is None:
+            gw = torch.randn(w.shape, device=CUDA, generator=torch.Generator(device=CUDA).manual_seed(2))
+        outs[name] = (ids, w, torch.autograd.grad((w * gw).sum(), (a, b)))
+    ids_r, w_r, g_r = outs["fp32"]
+    res = {"tokens": int(ids_r[..., 0].numel())}
+    for name in ("torch", "triton"):
+        ids, w, gr = outs[name]
+        same = (ids == ids_r).all(-1)  # near-ties may rank differently (summation order of the scores)
+        res[name] = {"tokens_with_other_chunks": int((~same).sum()), "weights": rel_errors(w[same], w_r[same]),
+                     "dqr": rel_errors(gr[0], g_r[0]), "dlmk": rel_errors(gr[1], g_r[1])}
+    res["ok"] = res["triton"]["tokens_with_other_chunks"] <= 1e-3 * res["tokens"] and all(
+        within(res["triton"][k_], res["torch"][k_]) for k_ in ("weights", "dqr", "dlmk"))
     return res
+
+
+def within(e: dict, floor: dict) -> bool:
+    """Within TOL, or within twice the bf16 torch path's own error against the same fp32 reference."""
+    return passes(e) or (e["rel_norm"] <= 2 * floor["rel_norm"] and e["rel_max"] <= 2 * floor["rel_max"])
 
 
 def accuracy_window(kv_heads: int) -> dict:
@@ -153,29 +182,32 @@ def accuracy_window(kv_heads: int) -> dict:
 
 
 def accuracy_layer(kv_heads: int, B: int = 1, L: int = 4096) -> dict:
+    """The whole layer on backends triton and torch in bf16 against backend torch in fp32, with
+    identical weights: output and every parameter gradient, the kernel within TOL or within 2x
+    the bf16 torch path's own error."""
     torch.manual_seed(0)
-    ref = hsa_layer(kv_heads, "torch").to(CUDA, BF16)
-    tri = hsa_layer(kv_heads, "triton").to(CUDA, BF16)
-    tri.load_state_dict(ref.state_dict())
+    layers = {"fp32": hsa_layer(kv_heads, "torch").to(CUDA), "torch": hsa_layer(kv_heads, "torch").to(CUDA, BF16),
+              "triton": hsa_layer(kv_heads, "triton").to(CUDA, BF16)}
+    for m in layers.values():
+        m.load_state_dict(layers["fp32"].state_dict())
     x = torch.randn(B, L, D_MODEL, device=CUDA, dtype=BF16)
     gy = torch.randn(B, L, D_MODEL, device=CUDA, dtype=BF16)
     outs = {}
-    for name, m in (("torch", ref), ("triton", tri)):
-        y = m(x)
-        assert m.last_backend == name, (name, m.last_backend)
+    for name, m in layers.items():
+        dt = next(m.parameters()).dtype
+        y = m(x.to(dt))
+        assert m.last_backend == ("torch" if name == "fp32" else name), (name, m.last_backend)
         params = dict(m.named_parameters())
-        grads = torch.autograd.grad(y, list(params.values()), gy)
-        outs[name] = (y, dict(zip(params, grads)))
-    res = {"output": rel_errors(outs["triton"][0], outs["torch"][0])}
-    worst = ("", 0.0)
-    for n, gr in outs["torch"][1].items():
-        e = rel_errors(outs["triton"][1][n], gr)
-        res[f"grad {n}"] = e
+        grads = torch.autograd.grad(y, list(params.values()), gy.to(dt))
+        outs[name] = {"output": y, **{f"grad {n}": gr for n, gr in zip(params, grads)}}
+    res, worst, ok = {}, ("", 0.0), True
+    for key, want in outs["fp32"].items():
+        e, floor = rel_errors(outs["triton"][key], want), rel_errors(outs["torch"][key], want)
+        res[key] = {"triton": e, "torch bf16": floor}
+        ok &= within(e, floor)
         if e["rel_norm"] > worst[1]:
-            worst = (n, e["rel_norm"])
-    res["worst_grad"] = worst[0]
-    # the torch reference in bf16 is itself rounded: a looser bound than the kernel-only check
-    res["ok"] = all(e["rel_norm"] <= 3e-2 for k_, e in res.items() if isinstance(e, dict))
+            worst = (key, e["rel_norm"])
+    res["worst"], res["ok"] = worst[0], ok
     return res
 
 
@@ -319,7 +351,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="8192,32768,131072", help="sequence lengths; B = 128K / L")
     ap.add_argument("--kv-heads", type=int, default=1, help="KV heads (16 query heads share them)")
-    ap.add_argument("--skip", default="", help="comma list of: accuracy, layer")
+    ap.add_argument("--skip", default="", help="comma list of: accuracy, layer, timing")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -339,7 +371,7 @@ def main() -> None:
             print(f"[{time.time() - T0:6.1f}s] {name}: {json.dumps(report.get(name, 'failed'))[:400]}", flush=True)
             torch.cuda.empty_cache()
     rows = []
-    for L in [int(v) for v in args.lengths.split(",")]:
+    for L in [int(v) for v in args.lengths.split(",")] if "timing" not in skip else []:
         if time.time() - T0 > BUDGET_S:
             report["errors"].append(f"L={L} skipped: time budget of {BUDGET_S:.0f} s spent")
             continue
@@ -386,7 +418,7 @@ def main() -> None:
     for name in ("accuracy_kernel", "accuracy_select", "accuracy_window", "accuracy_layer"):
         if name in report:
             a = report[name]
-            worst = max((v["rel_norm"], k) for k, v in a.items() if isinstance(v, dict))
+            worst = max(kernel_errors(a))
             print(f"{name}: ok={a['ok']}  worst rel_norm {worst[0]:.2e} ({worst[1]})")
     print(f"{'L':>7} {'B':>3} {'core ms':>8} {'select':>7} {'kernel':>7} {'window':>7} {'sdpa ms':>8} "
           f"{'speedup':>7} {'layer ms':>8} {'attn ms':>8} {'layer x':>7} {'peak MiB':>8} {'sdpa MiB':>8}")

@@ -150,3 +150,20 @@ def test_empty_results_render_as_reasons(tmp_path):
     assert "n/a (run failed: step 3: loss (nan) is not finite)" in html or "note a: run failed" in html
     assert "n/a (no HashHop results in the store for these runs)" in html
     assert "1 of 1 runs failed: nope (r1): step 3: loss (nan) is not finite." in html
+
+
+def test_bench_points_come_from_the_newest_run_that_measured_them():
+    from zoo.report.load import newest_points
+
+    def row(run, L, status, ms=None):
+        return {"run_id": run, "device": "H100", "name": "retnet", "target": "mixer", "mode": "fwdbwd",
+                "seq_len": L, "dtype": "bf16", "d_model": 1024, "tokens": 131072, "status": status, "time_ms": ms}
+
+    newer = [row("new", 1024, "ok", 29.3), row("new", 2048, "skipped: budget"), row("new", 4096, "skipped: budget")]
+    older = [row("old", 1024, "ok", 40.8), row("old", 2048, "ok", 41.0), row("old", 4096, "skipped: budget"),
+             row("old", 8192, "oom")]
+    got = {r["seq_len"]: (r["run_id"], r["status"]) for r in newest_points([newer, older])}
+    assert got == {1024: ("new", "ok"),                 # re-measured: the newer number
+                   2048: ("old", "ok"),                 # the newer run skipped it: the older measurement stands
+                   4096: ("new", "skipped: budget"),    # never measured: the newest reason
+                   8192: ("old", "oom")}

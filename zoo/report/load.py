@@ -295,20 +295,35 @@ def to_bench(r: dict) -> BenchPoint:
 
 
 def bench_runs(store: Store, names: set[str], bench_ids: list[str] | None = None) -> list[dict]:
-    """The bench runs to draw: the ones asked for, else for each device the newest finished bench run
-    that measured any of `names`."""
+    """The bench runs to draw, newest first: the ones asked for, else every bench run that measured
+    any of `names`, finished or not (a run stopped by a time limit keeps the points it measured)."""
     if bench_ids:
         return [store.find_run(b) for b in bench_ids]
-    best: dict[str, dict] = {}
+    runs = []
     for r in store.runs(kind="bench"):
-        if r["status"] != "done":
-            continue
         mixers = set((r.get("config") or {}).get("mixers") or [])
         if names and mixers and not (mixers & names):
             continue
-        dev = (r.get("provenance") or {}).get("device") or "?"
-        if dev not in best or r["updated"] >= best[dev]["updated"]:
-            best[dev] = r
+        runs.append(r)
+    return sorted(runs, key=lambda r: r["updated"], reverse=True)
+
+
+def bench_point_key(r: dict) -> tuple:
+    return (r.get("device"), r.get("name"), r.get("target", "mixer"), r.get("mode"), r.get("seq_len"),
+            r.get("dtype"), r.get("d_model"), r.get("tokens"))
+
+
+def newest_points(rows_by_run: list[list[dict]]) -> list[dict]:
+    """One row per point from runs given newest first: the newest measured row ("ok", "oom", "n/a",
+    "error"), else the newest row that only says why the point was skipped."""
+    best: dict[tuple, dict] = {}
+    for rows in rows_by_run:
+        for r in rows:
+            k = bench_point_key(r)
+            have = best.get(k)
+            if have is None or (str(have.get("status", "")).startswith("skipped")
+                                and not str(r.get("status", "")).startswith("skipped")):
+                best[k] = r
     return list(best.values())
 
 
@@ -333,10 +348,16 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
         names = {m for r in runs for m in r.mixers}
         for rid in ids:  # bench rows attached to the trained runs themselves
             bench += [to_bench(r) for r in store.results(rid, "bench")]
-        for b in bench_runs(store, names, bench_ids):
-            rows = [r for r in store.results(b["id"], "bench")
-                    if not names or r.get("mixer") in names or r.get("peer_of") in names or r.get("name") in names]
-            bench += [to_bench(r) for r in rows]
+        drawn = bench_runs(store, names, bench_ids)
+        by_run = [[r for r in store.results(b["id"], "bench")
+                   if not names or r.get("mixer") in names or r.get("peer_of") in names or r.get("name") in names]
+                  for b in drawn]
+        points = newest_points(by_run)
+        bench += [to_bench(r) for r in points]
+        used = {r.get("run_id") for r in points}
+        for b in drawn:
+            if b["id"] not in used:
+                continue
             cs = {c.get("name"): c for c in store.results(b["id"], "ceiling")}
             if "matmul" in cs or "copy" in cs:
                 dev = (cs.get("matmul") or cs.get("copy")).get("device") or "?"
