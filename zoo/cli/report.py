@@ -42,8 +42,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="output directory (default reports/NAME/)"),
         root: Path = typer.Option(None, "--root", help="results store root (default $ZOO_ROOT or ./zoo-runs)"),
         title: str = typer.Option(None, "--title", help="report title (default from the spec)"),
-        bench: list[str] = typer.Option(None, "--bench", help="bench run ids to draw (default: the newest per "
-                                        "device covering these mixers)"),
+        bench: list[str] = typer.Option(None, "--bench", help="bench run ids to draw (default: every run covering "
+                                        "these mixers, each point from the newest that measured it)"),
         pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="also write report.pdf (WeasyPrint)"),
         open_: bool = typer.Option(False, "--open", help="open index.html in the browser, when there is one"),
     ) -> None:
