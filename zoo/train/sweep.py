@@ -36,26 +36,35 @@ class Outcome:
 
 # -- evaluations (each evaluator is called from exactly one place) -------------------------------
 
-def hashhop_rows(model, run_config: dict, grid: dict, device, done: set | None = None,
-                 on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Cells of the grid not in `done` ((n_chars, hops, cot) keys), each passed to `on_row` as it
-    finishes: a long evaluation that is killed keeps its finished cells and resumes at the next."""
+# An evaluator gets the rows of its evaluation already stored for the run and `keep(rows, note)`,
+# which stores rows as they are ready: a long evaluation that is killed resumes where it stopped.
+Keep = Callable[[list[dict], str], None]
+
+
+def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep) -> None:
+    """Each cell of the grid not yet stored, kept as it finishes (a cell's samples depend on the
+    cell alone, not on the rest of the grid)."""
     from zoo.eval.hashhop import HashHopGrid, evaluate
 
     g = HashHopGrid(**grid)
-    rows = []
-    for n_chars, hops, cot in g.cells():  # a cell's samples depend on the cell alone, not on the grid
-        if done and (n_chars, hops, cot) in done:
+    done = {(r["n_chars"], r["hops"], r["cot"]) for r in stored}
+    for n_chars, hops, cot in g.cells():
+        if (n_chars, hops, cot) in done:
             continue
         one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
         row = evaluate(model, one, device=device)["cells"][0]
-        if on_row is not None:
-            on_row(row)
-        rows.append(row)
-    return rows
+        acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
+        keep([row], f"{n_chars} characters, {hops} hops: {acc}")
 
 
-def ppl_rows(model, run_config: dict, ppl_spec, device) -> list[dict]:
+def hashhop_complete(grid: dict, stored: list[dict]) -> bool:
+    from zoo.eval.hashhop import HashHopGrid
+
+    return set(HashHopGrid(**grid).cells()) <= {(r["n_chars"], r["hops"], r["cot"]) for r in stored}
+
+
+def ppl_eval(model, run_config: dict, ppl_spec, device, stored: list[dict], keep: Keep) -> None:
+    """Perplexity vs length, and under each evaluation-time RoPE scaling; kept as one unit."""
     from zoo.eval.ppl import evaluate_run
 
     rows = evaluate_run(model, run_config, ppl_spec)
@@ -66,10 +75,12 @@ def ppl_rows(model, run_config: dict, ppl_spec, device) -> list[dict]:
         except ZooError as e:
             rows.append({"length": None, "scope": "all", "status": "n/a", "rope_scaling": rope.method,
                          "rope_factor": rope.factor, "reason": e.message})
-    return rows
+    keep(rows, f"{len(rows)} rows")
 
 
-EVALUATORS = {"hashhop": hashhop_rows, "ppl": ppl_rows}
+EVALUATORS = {"hashhop": hashhop_eval, "ppl": ppl_eval}
+# whether an evaluation's stored rows are all of it (default: any row)
+COMPLETE = {"hashhop": hashhop_complete}
 
 
 def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store, device: str | None = None,
@@ -100,18 +111,17 @@ def eval_id(kind: str, settings: Any) -> str:
     return config_id({"kind": kind, "settings": dumped})
 
 
-def hashhop_cells_stored(store: Store, run_id: str, eid: str) -> set[tuple[int, int, bool]]:
-    return {(r["n_chars"], r["hops"], r["cot"]) for r in store.results(run_id, "hashhop") if r.get("eval_id") == eid}
+def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
+    return [r for r in store.results(run_id, kind) if r.get("eval_id") == eid]
+
+
+def complete(kind: str, settings: Any, stored: list[dict]) -> bool:
+    return bool(stored) and COMPLETE.get(kind, lambda _, rows: True)(settings, stored)
 
 
 def eval_done(store: Store, run_id: str, kind: str, settings: Any) -> bool:
-    """Whether this evaluation is stored for the run (HashHop: every cell of its grid)."""
-    eid = eval_id(kind, settings)
-    if kind == "hashhop":
-        from zoo.eval.hashhop import HashHopGrid
-
-        return set(HashHopGrid(**settings).cells()) <= hashhop_cells_stored(store, run_id, eid)
-    return any(r.get("eval_id") == eid for r in store.results(run_id, kind))
+    """Whether this evaluation is stored for the run, all of it."""
+    return complete(kind, settings, stored_rows(store, run_id, kind, eval_id(kind, settings)))
 
 
 def evals_done(spec: ExperimentSpec, store: Store, run_id: str) -> bool:
@@ -125,7 +135,8 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
     model = run_config = None
     for kind, settings in todo.items():
         eid = eval_id(kind, settings)
-        if eval_done(store, p.run_id, kind, settings):
+        stored = stored_rows(store, p.run_id, kind, eid)
+        if complete(kind, settings, stored):
             status[kind] = "cached"
             continue
         try:
@@ -134,23 +145,15 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
                 run_config = {**run_config, "_run_dir": str(store.run_dir(p.run_id))}
             if console is not None:
                 console.print(f"  [dim]evaluating {kind} on {p.label} ({p.run_id})[/]")
-            if kind == "hashhop":
-                done = hashhop_cells_stored(store, p.run_id, eid)
-                if not done:  # other settings' rows go; this evaluation's own are kept to resume from
-                    store.add_results(p.run_id, kind, [], replace=True)
+            if not stored:  # other settings' rows go; this evaluation's own are kept to resume from
+                store.add_results(p.run_id, kind, [], replace=True)
 
-                def keep(row: dict, eid: str = eid) -> None:
-                    store.add_results(p.run_id, "hashhop", [{**row, "eval_id": eid, "label": p.label}])
-                    if console is not None:
-                        acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
-                        console.print(f"  [dim]hashhop {p.label}: {row['n_chars']} characters, "
-                                      f"{row['hops']} hops: {acc}[/]")
+            def keep(rows: list[dict], note: str, kind: str = kind, eid: str = eid) -> None:
+                store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows])
+                if console is not None:
+                    console.print(f"  [dim]{kind} {p.label}: {note}[/]")
 
-                hashhop_rows(model, run_config, settings, device, done, keep)
-            else:
-                rows = EVALUATORS[kind](model, run_config, settings, device)
-                store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows],
-                                  replace=True)
+            EVALUATORS[kind](model, run_config, settings, device, stored, keep)
             status[kind] = "ok"
         except ZooError as e:
             status[kind] = str(e)
