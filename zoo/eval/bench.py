@@ -1214,15 +1214,6 @@ class Bench:
         if store is not None:
             store.add_results(run_id, "ceiling", result.ceilings, replace=True)
 
-        pending: list[dict] = []
-
-        def flush() -> None:
-            if store is not None and pending:
-                store.add_results(run_id, "bench", pending)
-            pending.clear()
-            if json_path is not None:
-                result.write_json(json_path)
-
         total = sum(len(self.plan(g)) for g in self.groups)
         with _progress(self.console, self.progress, total) as bar:
             for i, group in enumerate(self.groups):
@@ -1234,9 +1225,11 @@ class Bench:
                     row["run_id"] = run_id
                     rows.append(row)
                     result.rows.append(row)
-                    pending.append(row)
-                    flush()  # a bench that is killed still leaves every finished point in the store and the JSON
+                    if store is not None:  # a bench that is killed keeps every finished point in the store
+                        store.add_results(run_id, "bench", [row])
                     bar.advance()
+                if json_path is not None:  # and in the JSON, every finished mixer
+                    result.write_json(json_path)
                 for t in group:  # weights and compiled kernels of finished groups leave the device
                     t.module = None
                 self._free(collect=True)
