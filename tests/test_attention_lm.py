@@ -5,7 +5,6 @@ only sanity is asserted: everything finite, and every model learned something at
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,13 +43,6 @@ def per_position_loss(model: ZooLM, task, length: int, batches: int = 4) -> torc
     return total / batches
 
 
-@pytest.fixture
-def one_thread():
-    # a tiny model on a shared CPU: more intra-op threads only add contention (20x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_extrapolation_sanity(one_thread):

@@ -18,13 +18,7 @@ from zoo.store import Store
 TINY = ["--d-model", "32", "--tokens-per-batch", "256", "--reps", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one thread avoids OpenMP spin-waits (seconds per test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_sizes():

@@ -9,13 +9,7 @@ from zoo.kernels import flex
 from zoo.mixers.attention import attention_reference
 from zoo.registry import build_mixer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def scores(q, k, bias, hi):
