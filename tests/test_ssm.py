@@ -85,6 +85,11 @@ def test_causal_conv_with_state_equals_one_pass():
         y, state = causal_conv(x[..., s:e], w, b, state)
         parts.append(y)
     assert torch.allclose(torch.cat(parts, -1), full, atol=1e-6)
+    for length in (1, 2, 7):  # shorter and longer than the state; gradients reach the state too
+        args = [torch.randn(2, 3, length, dtype=F64), torch.randn(3, 1, 4, dtype=F64), torch.randn(3, dtype=F64),
+                torch.randn(2, 3, 3, dtype=F64)]
+        args = [a.requires_grad_(True) for a in args]
+        assert torch.autograd.gradcheck(lambda *a: causal_conv(*a), args)
 
 
 def test_mamba_initialisation_follows_the_paper():
@@ -167,6 +172,52 @@ def test_mamba2_torch_chunk_size_does_not_change_outputs():
     x = torch.randn(2, 29, 32)
     with torch.no_grad():
         assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_mamba2_splits_calls_past_the_kernels_int32_offsets(monkeypatch):
+    """Inputs past `kernel_tokens()` reach the (here: torch) per-call forward in pieces that each
+    fit, and the pieces give the whole-sequence output and gradients."""
+    import zoo.mixers.mamba2 as mod
+
+    torch.manual_seed(0)
+    m = Mamba2(32, Mamba2.Config(d_state=8, headdim=16, chunk_size=8, torch_chunk_size=8)).double()
+    per_token = mod.INT32_ELEMENTS // m.kernel_tokens()
+    monkeypatch.setattr(mod, "INT32_ELEMENTS", per_token * 40)
+    assert m.kernel_tokens() == 40
+    calls = []
+
+    def one_call(self, x, cache):
+        calls.append((x.shape[0], x.shape[1], cache is not None))
+        assert x.shape[0] * x.shape[1] <= 40
+        return Mamba2._forward_torch(self, x, cache)
+
+    monkeypatch.setattr(Mamba2, "_forward_mamba_ssm", one_call)
+    for shape, want_calls in [((2, 64), [(2, 16, True)] * 4),      # along the sequence, state carried
+                              ((6, 10), [(4, 10, False), (2, 10, False)]),  # whole rows: the batch splits
+                              ((4, 10), [(4, 10, False)])]:          # fits: one call
+        calls.clear()
+        x = torch.randn(*shape, 32, dtype=F64, requires_grad=True)
+        y = m._forward_kernel_segments(x, None)
+        assert calls == want_calls
+        g = torch.randn_like(y)
+        (gx,) = torch.autograd.grad((y * g).sum(), x)
+        x2 = x.detach().clone().requires_grad_(True)
+        y2 = m._forward_torch(x2, None)
+        (gx2,) = torch.autograd.grad((y2 * g).sum(), x2)
+        assert torch.allclose(y, y2, atol=1e-5) and torch.allclose(gx, gx2, atol=1e-5)  # the scan runs in fp32
+
+    # a cache given by the caller is continued across the segments
+    x = torch.randn(2, 50, 32, dtype=F64)
+    with torch.no_grad():
+        c1, c2 = m.new_cache(2, x.device, F64), m.new_cache(2, x.device, F64)
+        m._forward_torch(x[:, :7], c1), m._forward_torch(x[:, :7], c2)
+        calls.clear()
+        y = m._forward_kernel_segments(x[:, 7:], c1)
+        assert [c[1] for c in calls] == [16, 16, 11]
+        assert torch.allclose(y, m._forward_torch(x[:, 7:], c2), atol=1e-5)
+        assert torch.allclose(c1.ssm, c2.ssm, atol=1e-5) and c1.pos == c2.pos == 50
+    with pytest.raises(ZooError, match="batch 8 is too large"):
+        m._forward_kernel_segments(torch.randn(8, 64, 32, dtype=F64), None)
 
 
 # -- S4D --------------------------------------------------------------------------------------

@@ -86,18 +86,26 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv. x `[B, C, L]`, weight `[C, 1, W]`, state `[B, C, W-1]` (the
     previous W-1 inputs, zeros at the start). Returns y `[B, C, L]` and the new state."""
-    W = weight.shape[-1]
+    W, L = weight.shape[-1], x.shape[-1]
+    # the whole sequence zero-padded, then the first W-1 outputs again with the state in front:
+    # concatenating the state to a long (often transposed) x would copy all of it
+    y = F.conv1d(x, weight, bias, padding=W - 1, groups=x.shape[1])[..., :L]
     if state is None:
         state = x.new_zeros(x.shape[0], x.shape[1], W - 1)
-    xs = torch.cat([state.to(x.dtype), x], dim=-1)
-    y = F.conv1d(xs, weight, bias, groups=x.shape[1])
-    return y, xs[..., xs.shape[-1] - (W - 1):]
+    else:
+        n = min(W - 1, L)
+        head = torch.cat([state.to(x.dtype), x[..., :n]], dim=-1)
+        y[..., :n] = F.conv1d(head, weight, bias, groups=x.shape[1])
+    return y, conv_state_after(state, x)
 
 
 def conv_state_after(state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The conv state `[B, C, W-1]` after feeding x `[B, C, L]`: the last W-1 inputs."""
-    xs = torch.cat([state.to(x.dtype), x], dim=-1)
-    return xs[..., xs.shape[-1] - state.shape[-1]:]
+    """The conv state `[B, C, W-1]` after feeding x `[B, C, L]`: the last W-1 inputs (a copy, so
+    the state does not keep x alive)."""
+    k = state.shape[-1]
+    if x.shape[-1] >= k:
+        return x[..., x.shape[-1] - k:].clone()
+    return torch.cat([state.to(x.dtype), x], dim=-1)[..., -k:]
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ Forms:
   the states then add their decayed contribution C h to the next chunk's outputs.
 - `mamba_ssm` backend: the Triton `mamba_chunk_scan_combined` (initial state in, final
   state out, so cached continuation stays on the kernel), with `mamba_split_conv1d_scan_combined`
-  for whole sequences when causal-conv1d is installed.
+  for whole sequences when causal-conv1d is installed. Those kernels index in int32: a call
+  past `kernel_tokens()` tokens splits the batch, or runs the sequence in segments.
 
 Cache: the last `d_conv - 1` conv inputs [B, E + 2GN, d_conv - 1] (activation dtype) and the
 SSM state [B, H, P, N] (always fp32). Single-token steps run the torch form.
@@ -60,6 +61,15 @@ def ssd_naive(x, dt, A, B, C, h0=None):
             + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
     return torch.stack(ys, dim=1), state
+
+
+def ssd_step(x, dt, A, B, C, h):
+    """One token of the recurrence (decoding): x `[B, H, P]`, dt `[B, H]`, A `[H]`, B, C
+    `[B, G, N]`, h `[B, H, P, N]`. Returns y `[B, H, P]` (without the D skip) and the new state."""
+    r = x.shape[1] // B.shape[1]
+    Bh, Ch = B.repeat_interleave(r, dim=1), C.repeat_interleave(r, dim=1)  # [B, H, N]
+    h = torch.exp(dt * A)[..., None, None] * h + (dt[..., None] * x)[..., None] * Bh[:, :, None, :]
+    return torch.einsum("bhpn,bhn->bhp", h, Ch), h
 
 
 BLOCK = 32  # chunks per block of the state-passing scan
@@ -170,6 +180,12 @@ class Mamba2Config(MixerConfig):
         return self
 
 
+# mamba_ssm's Triton kernels compute pointer offsets in int32 (state-spaces/mamba#1015): a tensor of
+# more elements than this is read at wrapped offsets, silently or with an illegal memory access
+# (d_model 1024 crosses it at 490K tokens per call). Longer inputs go through in segments.
+INT32_ELEMENTS = 2**31 - 1
+
+
 @register_mixer(
     name="mamba2",
     family="ssm",
@@ -212,9 +228,35 @@ class Mamba2(Mixer):
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """x `[B, L, D]` -> `[B, L, D]`; the cache, when given, is read and advanced."""
         backend = self.select_backend(x)
-        if backend == "mamba_ssm" and not (cache is not None and x.shape[1] == 1):
-            return self._forward_mamba_ssm(x, cache)
+        if cache is not None and x.shape[1] == 1:
+            return self._step(x, cache, kernel=backend == "mamba_ssm")
+        if backend == "mamba_ssm":
+            return self._forward_kernel_segments(x, cache)
         return self._forward_torch(x, cache)
+
+    def kernel_tokens(self) -> int:
+        """Most tokens (batch x length) one call of the mamba_ssm kernels takes: their widest
+        per-token tensor times this stays under int32 offsets."""
+        c = self.config
+        per_token = max(self.in_proj.out_features, self.ngroups * c.chunk_size,
+                        -(-self.d_inner * self.d_state // c.chunk_size))  # zxbcdt, C B^T, chunk states
+        return INT32_ELEMENTS // per_token
+
+    def _forward_kernel_segments(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        Bsz, L, _ = x.shape
+        most = self.kernel_tokens()
+        if Bsz * L <= most:
+            return self._forward_mamba_ssm(x, cache)
+        if cache is None and L <= most:  # whole sequences fit: split the batch, keep the fused path
+            return torch.cat([self._forward_mamba_ssm(xb, None) for xb in x.split(most // L)], dim=0)
+        seg = most // Bsz // self.config.chunk_size * self.config.chunk_size
+        if seg == 0:
+            raise ZooError(f"mamba2: batch {Bsz} is too large for one call of the mamba_ssm kernels "
+                           f"(at most {most // self.config.chunk_size} rows with a cache)",
+                           "use a smaller batch or the torch backend")
+        # along the sequence, the state carried from segment to segment as in cached decoding
+        run = cache if cache is not None else self.new_cache(Bsz, x.device, x.dtype)
+        return torch.cat([self._forward_mamba_ssm(x[:, i:i + seg], run) for i in range(0, L, seg)], dim=1)
 
     def _split(self, zxbcdt: torch.Tensor):
         E, GN = self.d_inner, self.ngroups * self.d_state
@@ -281,6 +323,36 @@ class Mamba2(Mixer):
         if cache is not None:
             cache.conv, cache.ssm, cache.pos = conv_state.to(cache.conv.dtype), out[1].float(), cache.pos + L
         return self.out_proj(y)
+
+    def _step(self, x: torch.Tensor, cache: Cache, kernel: bool) -> torch.Tensor:
+        """One token `[B, 1, D]` through the cache: the recurrence itself (on the mamba_ssm
+        backend, its fused `selective_state_update` kernel and gated RMSNorm, as its `step`)."""
+        Bsz, H, P = x.shape[0], self.nheads, self.headdim
+        z, xBC, dt = self._split(self.in_proj(x[:, 0]))  # [B, E], [B, E + 2GN], [B, H]
+        window = torch.cat([cache.conv, xBC[..., None].to(cache.conv.dtype)], dim=-1)  # [B, E + 2GN, d_conv]
+        xBC = (window * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None:
+            xBC = xBC + self.conv1d.bias
+        xs, Bm, Cm = (t[:, 0] for t in self._heads(F.silu(xBC)[:, None]))  # [B, H, P], [B, G, N] x 2
+        A = -torch.exp(self.A_log.float())
+        if kernel:
+            from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+            N = self.d_state  # per-head parameters broadcast over [P, N] as views (stride 0)
+            y = selective_state_update(cache.ssm, xs, dt[..., None].expand(Bsz, H, P), A[:, None, None].expand(H, P, N),
+                                       Bm, Cm, D=self.D[:, None].expand(H, P), z=None,
+                                       dt_bias=self.dt_bias[:, None].expand(H, P), dt_softplus=True)  # state in place
+            y = rmsnorm_fn(y.reshape(Bsz, self.d_inner), self.norm.weight, None, z=z, eps=self.config.norm_eps,
+                           group_size=self.d_inner // self.ngroups, norm_before_gate=False)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                xs = xs.float()
+                y, cache.ssm = ssd_step(xs, F.softplus(dt.float() + self.dt_bias.float()), A, Bm.float(), Cm.float(),
+                                        cache.ssm)
+                y = self.norm((y + self.D.float()[:, None] * xs).reshape(Bsz, self.d_inner), z)
+        cache.conv, cache.pos = window[..., 1:], cache.pos + 1
+        return self.out_proj(y.to(x.dtype))[:, None]
 
     # -- contract -------------------------------------------------------------------------------
     def new_cache(self, batch, device, dtype) -> Cache:
