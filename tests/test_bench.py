@@ -119,6 +119,34 @@ def test_bench_records_failures_and_goes_on(tmp_path, monkeypatch, capsys):
     assert "OOM" in table and "error" in table
 
 
+def test_shape_a_kernel_would_crash_on_is_not_attempted(tmp_path, monkeypatch):
+    """A target that declares a shape unsupported is never called at it: an illegal memory access
+    would end the whole bench, unlike an exception."""
+    def crash_past_256(self, x, cache=None):
+        assert x.shape[0] * x.shape[1] <= 256, "called at a shape declared unsupported"
+        return orig(self, x, cache)
+
+    orig = NoPE.forward
+    monkeypatch.setattr(NoPE, "forward", crash_past_256)
+    monkeypatch.setattr(bench.MixerTarget, "unsupported",
+                        lambda self, B, L: "int32 offsets: too many elements" if B * L > 256 else None)
+    rc = main(["bench", *TINY, "--seq-lens", "64,512", "--tokens-per-batch", "256", "--mixers", "nope",
+               "--peers", "none", "--fill-chunk", "64", "--root", str(tmp_path)])
+    assert rc == 0
+    status = {(r["mode"], r["seq_len"]): r["status"] for r in Store(tmp_path).results(kind="bench")}
+    assert status == {**{(m, 64): "ok" for m in ("fwd", "fwdbwd", "decode")},
+                      **{(m, 512): "n/a: int32 offsets: too many elements" for m in ("fwd", "fwdbwd", "decode")}}
+
+
+def test_mamba2_peer_declares_where_its_int32_offsets_overflow():
+    layer = torch.nn.Module()
+    layer.in_proj = torch.nn.Linear(8, 4384)  # mamba_ssm.Mamba2 at d_model 1024
+    peer = bench.MambaSsmPeer(layer, 2)
+    assert peer.unsupported(4, 32768) is None and peer.unsupported(1, 131072) is None
+    assert "int32" in peer.unsupported(1, 2**20)
+    assert bench.MambaSsmPeer(layer, 1).unsupported(1, 2**20) is None  # Mamba's CUDA scan offsets in 64 bits
+
+
 def test_bench_rejects_bad_flags(tmp_path):
     assert main(["bench", "--mixers", "nopee", "--root", str(tmp_path)]) == 2
     assert main(["bench", "--mode", "train", "--root", str(tmp_path)]) == 2

@@ -35,7 +35,8 @@ or device is missing is recorded as skipped with the reason.
 Lengths of 1M tokens and more run for linear mixers only (cost O(L) or O(L log L)), forward
 and decode; quadratic mixers run every shorter length until they run out of memory. No
 failure stops the bench: out of memory is a row with status "oom", a length past the
-mixer's `max_length` is "n/a: max_length", any other exception is "error: ...", and points
+mixer's `max_length` is "n/a: max_length", a shape a peer's kernel would crash the process on
+(`Target.unsupported`) is "n/a: <why>", any other exception is "error: ...", and points
 predicted to exceed `max_call_s` or the bench's `budget_s` are "skipped: ..." with the reason.
 With a budget, each mixer (with its peers) gets a share of the time left, so a run cut short
 still covers every mixer; what it loses are the longest lengths.
@@ -283,6 +284,11 @@ class Target:
     def max_length(self) -> int | None:
         return None
 
+    def unsupported(self, B: int, L: int) -> str | None:
+        """Why this target cannot take B x L tokens, when the attempt would take the process down
+        (an illegal memory access, unlike out of memory, cannot be caught and recorded)."""
+        return None
+
     def flops_per_token(self, L: int) -> float | None:
         return None
 
@@ -432,6 +438,10 @@ class PeerTarget(Target):
 
     def max_length(self):
         return self.of.max_length()
+
+    def unsupported(self, B, L):
+        check = getattr(self.module, "unsupported", None)
+        return check(B, L) if check is not None else None
 
     def flops_per_token(self, L):
         return self.of.flops_per_token(L)
@@ -748,9 +758,9 @@ class MambaSsmPeer(nn.Module):
     """mamba_ssm's `Mamba` (Gu and Dao 2023) or `Mamba2` (Dao and Gu 2024) layer, at the config
     of our mixer; decode through mamba_ssm's own InferenceParams and `step`."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, version: int):
         super().__init__()
-        self.layer = layer
+        self.layer, self.version = layer, version
 
     @classmethod
     def like(cls, mixer: nn.Module, version: int) -> MambaSsmPeer:
@@ -761,7 +771,7 @@ class MambaSsmPeer(nn.Module):
         if version == 1:
             from mamba_ssm import Mamba
 
-            return cls(Mamba(d, **common))
+            return cls(Mamba(d, **common), 1)
         from mamba_ssm import Mamba2
 
         from zoo.mixers.mamba import causal_conv1d_fn
@@ -770,7 +780,17 @@ class MambaSsmPeer(nn.Module):
         return cls(Mamba2(d, headdim=_cfg(mixer, "headdim", "head_dim", default=64),
                           ngroups=_cfg(mixer, "ngroups", "n_groups", default=1),
                           chunk_size=_cfg(mixer, "chunk_size", default=256),
-                          use_mem_eff_path=causal_conv1d_fn() is not None, **common))
+                          use_mem_eff_path=causal_conv1d_fn() is not None, **common), 2)
+
+    def unsupported(self, B, L):
+        from zoo.mixers.mamba2 import INT32_ELEMENTS
+
+        # Mamba2's Triton kernels offset pointers in int32 (state-spaces/mamba#1015); past 2^31
+        # elements in its projection they fail with an illegal memory access (ours splits the call)
+        width = self.layer.in_proj.out_features
+        if self.version == 2 and B * L * width > INT32_ELEMENTS:
+            return f"int32 offsets: {B} x {L} tokens x {width} channels is over 2^31 elements"
+        return None
 
     def forward(self, x):
         return self.layer(x)
@@ -1087,6 +1107,10 @@ class Bench:
         if limit is not None and L + (1 if mode == "decode" else 0) > limit:
             row["status"] = "n/a: max_length"
             row["note"] = f"runs at most {limit} tokens"
+            return row
+        why = t.unsupported(B, L)
+        if why is not None:
+            row["status"] = f"n/a: {why}"
             return row
         tr = self.trackers.setdefault((t.name, mode), Tracker())
         try:
