@@ -152,6 +152,17 @@ def test_empty_results_render_as_reasons(tmp_path):
     assert "1 of 1 runs failed: nope (r1): step 3: loss (nan) is not finite." in html
 
 
+def test_bench_runs_are_ordered_by_when_they_started(tmp_path):
+    from zoo.report.load import bench_runs
+    from zoo.store import Store
+
+    store = Store(tmp_path)
+    for rid in ("bench-old", "bench-new"):
+        store.upsert_run(rid, kind="bench", config={"mixers": ["mamba2"]}, status="running")
+    store.set_status("bench-old", "failed", "marked after the newer run")  # moves its "updated"
+    assert [r["id"] for r in bench_runs(store, {"mamba2"})] == ["bench-new", "bench-old"]
+
+
 def test_bench_points_come_from_the_newest_run_that_measured_them():
     from zoo.report.load import newest_points
 

@@ -305,7 +305,8 @@ def bench_runs(store: Store, names: set[str], bench_ids: list[str] | None = None
         if names and mixers and not (mixers & names):
             continue
         runs.append(r)
-    return sorted(runs, key=lambda r: r["updated"], reverse=True)
+    # by when a run started: "updated" also moves when a run's status is set afterwards
+    return sorted(runs, key=lambda r: r["created"], reverse=True)
 
 
 def bench_point_key(r: dict) -> tuple:
