@@ -270,9 +270,10 @@ class RWKV7(Mixer):
         mus = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
         xx = token_shift(x, cache.x_prev if cache is not None else None) - x
         if fla:  # fla's backward writes the input gradient into its first argument: hand it a copy
-            xr, xw, xk, xv, xa, xg = fused_addcmul_rwkv7(x.clone(), xx, *mus)
+            xr, xw, xk, xv, xa, xg = fused_addcmul_rwkv7(x.clone() if torch.is_grad_enabled() else x, xx, *mus)
         else:
             xr, xw, xk, xv, xa, xg = (x + xx * mu for mu in mus)
+        del xx  # without autograd, intermediates freed as soon as used: at 1M tokens each is 2 GB
 
         r = self.receptance(xr)
         k = self.key(xk)
@@ -281,12 +282,14 @@ class RWKV7(Mixer):
         log_w = LOG_DECAY_FLOOR * torch.sigmoid(z if fla else z.float())  # = -softplus(-z) - 0.5, then -exp()
         a = torch.sigmoid(_lora(xa @ self.a1, self.a2, self.a0))
         g = torch.sigmoid(xg @ self.g1) @ self.g2
+        del xr, xw, xk, xa, xg, z
         kk = F.normalize((k * self.k_k).view(B, L, H, N), dim=-1)
         k = fused_k_rwkv7(k, a, self.k_a) if fla else k * (1 + (a - 1) * self.k_a)
         if shared is not None and V_FIRST in shared and self.layer_idx > 0:  # value residual
             v = torch.lerp(v, shared[V_FIRST], torch.sigmoid(_lora(xv @ self.v1, self.v2, self.v0)))
         elif shared is not None and V_FIRST not in shared:
             shared[V_FIRST] = v
+        del xv
 
         heads = lambda t: t.view(B, L, H, N)  # noqa: E731
         r_, w_, k_, v_, a_ = heads(r), heads(log_w), heads(k), heads(v), heads(a)
