@@ -14,6 +14,7 @@ from zoo.report.fmt import Table, Val, na
 from zoo.report.load import parse_where
 from zoo.report.stats import effective_context, fit_power_law, wilson
 from zoo.report.style import Palette
+from zoo.store import Store
 
 
 def test_wilson_known_values_and_the_evaluators_agree():
@@ -178,3 +179,29 @@ def test_bench_points_come_from_the_newest_run_that_measured_them():
                    2048: ("old", "ok"),                 # the newer run skipped it: the older measurement stands
                    4096: ("new", "skipped: budget"),    # never measured: the newest reason
                    8192: ("old", "oom")}
+
+
+def test_a_store_with_only_bench_runs_gets_a_speed_report(tmp_path, capsys):
+    """`zoo bench` then `zoo report`: the speed and memory figures, their numbers and the bench runs
+    they come from; the training sections are left out, not shown empty."""
+    pytest.importorskip("jinja2")
+    pytest.importorskip("matplotlib")
+    from zoo.cli import main
+
+    root, out = tmp_path / "store", tmp_path / "out"
+    assert main(["bench", "--mixers", "nope,mamba2", "--seq-lens", "64,128", "--modes", "fwd,decode",
+                 "--d-model", "32", "--tokens-per-batch", "256", "--reps", "2", "--peers", "none",
+                 "--no-progress", "--root", str(root)]) == 0
+    run_id = Store(root).runs(kind="bench")[0]["id"]
+    assert main(["report", "--root", str(root), "--out", str(out), "--no-pdf"]) == 0
+    html = (out / "index.html").read_text()
+    assert 'id="fig-speed-fwd"' in html and 'id="fig-speed-decode"' in html and 'id="fig-speed-fwdbwd"' not in html
+    assert 'id="leaderboard"' not in html and 'id="mixers"' not in html and 'id="fig-hashhop"' not in html
+    assert "speed and memory" in html and run_id in html
+    csvs = sorted(p.name for p in (out / "data").glob("*.csv"))  # no empty training tables
+    assert csvs == ["bench.csv", "bench_side_decode.csv", "bench_side_fwd.csv", "ceilings.csv"]
+    bench_csv = (out / "data" / "bench.csv").read_text()
+    assert bench_csv.count(run_id) == 2 * 2 * 2  # nope and mamba2, two lengths, two modes
+    # asked for training runs that are not there: still an error, not a bench-only report
+    assert main(["report", "--root", str(root), "--out", str(out), "--no-pdf", "--where", "label=rope"]) == 2
+    assert "no training runs match" in capsys.readouterr().err

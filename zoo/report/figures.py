@@ -440,7 +440,7 @@ def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
             (h,) = ax_t.plot(x, [b.tokens_per_s for b in ok], **look.line_kw(), label=label)
             handles[label] = h
             t0.append(ok[0].tokens_per_s)
-            mem = [b for b in ok if b.peak_mem is not None]
+            mem = [b for b in ok if b.peak_mem is not None and b.peak_mem > 0]  # log axis: 0 is "nothing extra"
             if mem:
                 ax_m.plot([b.seq_len for b in mem], [b.peak_mem / 2**20 for b in mem], **look.line_kw())
                 m0.append(mem[0].peak_mem / 2**20)

@@ -129,6 +129,8 @@ def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str]
         runs = [r for r in runs if all(t(r) for t in tests)]
         source += " where " + " and ".join(where)
     runs = [r for r in runs if r.get("kind", "train") == "train"]
+    if not runs and spec is None and not run_ids and not where and store.runs(kind="bench"):
+        return [], None, "bench runs only (no training runs in the store)"  # a speed-and-memory report
     if not runs:
         raise ZooError(f"no training runs match ({source})", "see `zoo runs list`")
     return runs, spec, source
@@ -367,6 +369,8 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
     if title is None:
         if spec is not None:
             title = f"{spec['name']}: " + (spec.get("description") or "mixer comparison")
+        elif not runs:
+            title = "mixer-zoo: speed and memory vs sequence length"
         else:
             title = "mixer-zoo comparison"
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,

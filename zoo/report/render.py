@@ -79,7 +79,46 @@ def mixer_cards(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[dict]
     return cards
 
 
+def ceiling_facts(data: ReportData) -> str:
+    """Per device: the range of the ceilings its bench runs measured."""
+    out = []
+    for dev in sorted({c.device for c in data.ceilings}):
+        cs = [c for c in data.ceilings if c.device == dev]
+
+        def span(vals: list[float]) -> str:
+            lo, hi = min(vals), max(vals)
+            return fmt.sig(lo, 3) if fmt.sig(lo, 3) == fmt.sig(hi, 3) else f"{fmt.sig(lo, 3)}-{fmt.sig(hi, 3)}"
+
+        mm = [c.matmul_tflops for c in cs if c.matmul_tflops is not None]
+        cp = [c.copy_gbps for c in cs if c.copy_gbps is not None]
+        out.append(f"{dev}: " + ", ".join(
+            [f"{span(mm)} TFLOP/s matmul"] * bool(mm) + [f"{span(cp)} GB/s copy"] * bool(cp))
+            + (f" ({len(cs)} bench runs)" if len(cs) > 1 else ""))
+    return "; ".join(out)
+
+
+def bench_runs_table(data: ReportData) -> tuple[list[str], list[dict]]:
+    """A report without training runs: the bench runs its points come from."""
+    cols = ["bench run", "points drawn", "mixers", "modes", "device"]
+    rows = []
+    for rid in sorted({b.run_id for b in data.bench if b.run_id}):
+        ps = [b for b in data.bench if b.run_id == rid]
+        mixers = ", ".join(sorted({b.peer_of or b.name for b in ps}))
+        modes = ", ".join(sorted({b.mode for b in ps}))
+        rows.append({"run_id": rid, "cells": [Val(rid, rid, run_id=rid), Val(len(ps), str(len(ps))),
+                                              Val(mixers, mixers), Val(modes, modes),
+                                              Val(ps[0].device, ps[0].device or "n/a")]})
+    return cols, rows
+
+
 def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
+    if not data.runs:
+        mixers = sorted({b.peer_of or b.name for b in data.bench})
+        return [("mixers timed", f"{len(mixers)}: {', '.join(mixers)}"),
+                ("bench runs", str(len({b.run_id for b in data.bench if b.run_id}))),
+                ("hardware", ", ".join(sorted({b.device for b in data.bench if b.device})) or "n/a (not recorded)"),
+                ("device ceilings", ceiling_facts(data) or "n/a (not measured)"),
+                ("source", data.source)]
     t = A.totals(data)
     labels = [e.label for e in es]
     facts = [("compared", f"{len(labels)} mixers: {', '.join(labels)}" if labels else "n/a (no runs)"),
@@ -102,9 +141,7 @@ def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
     facts.append(("total training compute", f"{fmt.count(t['tokens'])} tokens, {fmt.flops(t['flops'])}, "
                                             f"{fmt.seconds(t['wall_s'])} of training wall time"))
     if data.ceilings:
-        facts.append(("device ceilings", "; ".join(
-            f"{c.device}: {fmt.sig(c.matmul_tflops, 3)} TFLOP/s matmul, {fmt.sig(c.copy_gbps, 3)} GB/s copy"
-            for c in data.ceilings)))
+        facts.append(("device ceilings", ceiling_facts(data)))
     facts.append(("source", data.source))
     return facts
 
@@ -271,19 +308,28 @@ def render_html(data: ReportData) -> tuple[str, dict]:
     cards = mixer_cards(data, pal, es)
     meth = methods.methods(data)
     runs_cols, runs_rows = runs_table(data)
-    toc = [{"id": "summary", "title": "1 Summary", "children": []},
-           {"id": "leaderboard", "title": "2 Leaderboard", "children": []},
-           {"id": "figures", "title": "3 Figures",
-            "children": [{"id": f.id, "title": f"3.{i} {f.title}"} for i, f in enumerate(figs, 1)]},
-           {"id": "mixers", "title": "4 Mixers", "children": [{"id": c["id"], "title": c["label"]} for c in cards]},
-           {"id": "methods", "title": "5 Methods", "children": [{"id": m.id, "title": m.title} for m in meth]},
-           {"id": "runs", "title": "6 Runs and data", "children": []}]
+    sections = ["summary", "leaderboard", "figures", "mixers", "methods", "runs"]
+    if not data.runs:  # bench runs only: the speed and memory figures and how they were measured
+        sections = ["summary", "figures", "methods", "runs"]
+        figs = [f for f in figs if f.id.startswith("fig-speed")]
+        meth = [methods.Method(m.id, "3.1 " + m.title.split(" ", 1)[1], m.paragraphs) for m in meth
+                if m.id == "methods-bench"]
+        head = None
+        runs_cols, runs_rows = bench_runs_table(data)
+    names = {"summary": "Summary", "leaderboard": "Leaderboard", "figures": "Figures", "mixers": "Mixers",
+             "methods": "Methods", "runs": "Runs and data"}
+    number = {sid: i for i, sid in enumerate(sections, 1)}
+    children = {"figures": [{"id": f.id, "title": f"{number['figures']}.{i} {f.title}"} for i, f in enumerate(figs, 1)],
+                "mixers": [{"id": c["id"], "title": c["label"]} for c in cards],
+                "methods": [{"id": m.id, "title": m.title} for m in meth]}
+    toc = [{"id": sid, "title": f"{number[sid]} {names[sid]}", "children": children.get(sid, [])} for sid in sections]
     pieces = {"entries": es, "leaderboard": lb, "figures": figs, "headline": head, "cards": cards, "methods": meth,
               "palette": pal, "toc": toc}
     return pieces, {
         "title": data.title, "version": zoo.__version__,
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "source": data.source, "store_root": data.store_root, "toc": toc, "headline": head,
+        "heads": {s["id"]: s["title"] for s in toc},
         "findings": A.findings(data, es), "facts": summary_facts(data, es), "leaderboard": lb, "figures": figs,
         "cards": cards, "card_ids": {c["label"]: c["id"] for c in cards}, "methods": meth,
         "runs_columns": runs_cols, "runs_rows": runs_rows,
@@ -356,6 +402,8 @@ def build(data: ReportData, out: str | Path, pdf: bool = True) -> Built:
     out.mkdir(parents=True, exist_ok=True)
     pieces, ctx = render_html(data)
     tables = data_tables(data, pieces["entries"], pieces["leaderboard"], pieces["figures"])
+    if not data.runs:  # bench runs only: no empty training tables
+        tables = {k: v for k, v in tables.items() if v and k != "scaling_fits"}
     files, parquet = write_data(tables, out / "data")
     ctx.update(data_files=[f for f in files if f.endswith(".csv")], parquet=parquet)
     html = _env().get_template("report.html.j2").render(**ctx)
