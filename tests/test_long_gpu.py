@@ -30,12 +30,9 @@ def unavailable(name):
 
 
 @pytest.fixture(autouse=True)
-def _exact_fp32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+def _release(no_tf32):
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # each test fills most of the GPU
 
 
 def rel(a, b):

@@ -12,7 +12,7 @@ from zoo.registry import build_mixer
 
 CUDA = torch.device("cuda")
 why = check_mamba_ssm(CUDA) if torch.cuda.is_available() else "needs CUDA"
-pytestmark = pytest.mark.skipif(why is not None, reason=str(why))
+pytestmark = [pytest.mark.skipif(why is not None, reason=str(why)), pytest.mark.usefixtures("no_tf32")]
 
 # the default configs at the bench's width: Triton tunes per (chunk size, heads, dtype), so these
 # tests reuse the tuning of benchmarks/ssm_bench.py instead of tuning again for a narrow layer
@@ -21,15 +21,6 @@ CONFIGS = {
     "mamba2": {"d_state": 128, "headdim": 64, "ngroups": 2, "chunk_size": 256},
 }
 D, B, L = 1024, 2, 300  # L is not a multiple of the kernels' chunk sizes
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    # fp32 comparisons: keep cuDNN convs and matmuls out of TF32
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def pair(name, dtype=torch.float32):
