@@ -22,7 +22,8 @@ Forms:
   past `kernel_tokens()` tokens splits the batch, or runs the sequence in segments.
 
 Cache: the last `d_conv - 1` conv inputs [B, E + 2GN, d_conv - 1] (activation dtype) and the
-SSM state [B, H, P, N] (always fp32). Single-token steps run the torch form.
+SSM state [B, H, P, N] (always fp32). Single-token steps run the recurrence itself (`ssd_step`;
+on the `mamba_ssm` backend its fused `selective_state_update`), not the chunked form.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def _models(data: ReportData) -> Method:
         "bf16, computed from the model config; the conformance suite checks each mixer's declaration against the "
         "bytes its cache really holds.",
     ]
-    return Method("methods-models", "5.1 Models", ps)
+    return Method("methods-models", "Models", ps)
 
 
 def _training(data: ReportData) -> Method:
@@ -94,12 +94,12 @@ def _training(data: ReportData) -> Method:
               "FLOP estimate: matmuls at 2 FLOPs per multiply-add, forward + backward = 3x forward) by the device's "
               "dense bf16 datasheet peak, and is n/a where no peak is stated (CPUs). Training FLOPs = FLOPs per "
               "token x training tokens.")
-    return Method("methods-training", "5.2 Training", ps)
+    return Method("methods-training", "Training", ps)
 
 
 def _hashhop(data: ReportData) -> Method | None:
     if not data.hashhop:
-        return Method("methods-hashhop", "5.3 HashHop evaluation",
+        return Method("methods-hashhop", "HashHop evaluation",
                       ["n/a (no HashHop results for these runs)."])
     sizes = sorted({c.n_chars for c in data.hashhop if c.n_chars is not None})
     lengths = sorted({c.length for c in data.hashhop})
@@ -128,7 +128,7 @@ def _hashhop(data: ReportData) -> Method | None:
         "Cells longer than a model's declared max_length are marked n/a with the reason, not run. Long inputs run "
         "through the mixers' caches in chunks, which the conformance suite proves equal to one full forward.",
     ]
-    return Method("methods-hashhop", "5.3 HashHop evaluation", ps)
+    return Method("methods-hashhop", "HashHop evaluation", ps)
 
 
 def grid_info(data: ReportData) -> str:
@@ -164,7 +164,7 @@ def grid_bins(data: ReportData) -> int:
 
 def _ppl(data: ReportData) -> Method | None:
     if not data.ppl:
-        return Method("methods-ppl", "5.4 Perplexity", ["n/a (no perplexity results for these runs)."])
+        return Method("methods-ppl", "Perplexity", ["n/a (no perplexity results for these runs)."])
     lengths = sorted({p.length for p in data.ppl})
     strides = sorted({(p.length, p.stride) for p in data.ppl if p.stride})
     disjoint = all(s == L for L, s in strides)
@@ -184,12 +184,12 @@ def _ppl(data: ReportData) -> Method | None:
         ps.append("Evaluation-time RoPE scalings of the trained models ("
                   + _list(dict.fromkeys(v for v, _ in data.ppl_variants))
                   + ") are drawn beside them with hollow markers; the leaderboard quotes the models as trained.")
-    return Method("methods-ppl", "5.4 Perplexity", ps)
+    return Method("methods-ppl", "Perplexity", ps)
 
 
 def _bench(data: ReportData) -> Method:
     if not data.bench:
-        return Method("methods-bench", "5.5 Speed and memory", ["n/a (no bench results for these runs)."])
+        return Method("methods-bench", "Speed and memory", ["n/a (no bench results for these runs)."])
     modes = A.bench_modes(data)
     dtypes = sorted({b.dtype for b in data.bench if b.dtype})
     devices = sorted({b.device for b in data.bench if b.device})
@@ -204,7 +204,7 @@ def _bench(data: ReportData) -> Method:
         ps.append("Device ceilings measured in the same run: " + "; ".join(
             f"{c.device}: matmul {fmt.sig(c.matmul_tflops, 3)} TFLOP/s, copy {fmt.sig(c.copy_gbps, 3)} GB/s"
             for c in data.ceilings) + ".")
-    return Method("methods-bench", "5.5 Speed and memory", ps)
+    return Method("methods-bench", "Speed and memory", ps)
 
 
 def _leaderboard(data: ReportData) -> Method:
@@ -220,4 +220,4 @@ def _leaderboard(data: ReportData) -> Method:
         "Every number in this report is read from the results store; data/ holds each table and series as CSV with "
         "the run id it comes from.",
     ]
-    return Method("methods-leaderboard", "5.6 Leaderboard, fits and provenance", ps)
+    return Method("methods-leaderboard", "Leaderboard, fits and provenance", ps)

@@ -137,6 +137,11 @@ class ReportData:
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)
     store_root: str | None = None
 
+    @property
+    def bench_only(self) -> bool:
+        """No training runs, only bench runs: a speed-and-memory report."""
+        return not self.runs
+
     def labels(self) -> list[str]:
         """Compared entries in a stable order: the spec's order (order of first run), then bench-only mixers."""
         out: list[str] = []

@@ -79,20 +79,20 @@ def mixer_cards(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[dict]
     return cards
 
 
+def _span(vals: list[float]) -> str:
+    lo, hi = fmt.sig(min(vals), 3), fmt.sig(max(vals), 3)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def ceiling_facts(data: ReportData) -> str:
     """Per device: the range of the ceilings its bench runs measured."""
     out = []
     for dev in sorted({c.device for c in data.ceilings}):
         cs = [c for c in data.ceilings if c.device == dev]
-
-        def span(vals: list[float]) -> str:
-            lo, hi = min(vals), max(vals)
-            return fmt.sig(lo, 3) if fmt.sig(lo, 3) == fmt.sig(hi, 3) else f"{fmt.sig(lo, 3)}-{fmt.sig(hi, 3)}"
-
         mm = [c.matmul_tflops for c in cs if c.matmul_tflops is not None]
         cp = [c.copy_gbps for c in cs if c.copy_gbps is not None]
         out.append(f"{dev}: " + ", ".join(
-            [f"{span(mm)} TFLOP/s matmul"] * bool(mm) + [f"{span(cp)} GB/s copy"] * bool(cp))
+            [f"{_span(mm)} TFLOP/s matmul"] * bool(mm) + [f"{_span(cp)} GB/s copy"] * bool(cp))
             + (f" ({len(cs)} bench runs)" if len(cs) > 1 else ""))
     return "; ".join(out)
 
@@ -112,7 +112,7 @@ def bench_runs_table(data: ReportData) -> tuple[list[str], list[dict]]:
 
 
 def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
-    if not data.runs:
+    if data.bench_only:
         mixers = sorted({b.peer_of or b.name for b in data.bench})
         return [("mixers timed", f"{len(mixers)}: {', '.join(mixers)}"),
                 ("bench runs", str(len({b.run_id for b in data.bench if b.run_id}))),
@@ -309,16 +309,16 @@ def render_html(data: ReportData) -> tuple[str, dict]:
     meth = methods.methods(data)
     runs_cols, runs_rows = runs_table(data)
     sections = ["summary", "leaderboard", "figures", "mixers", "methods", "runs"]
-    if not data.runs:  # bench runs only: the speed and memory figures and how they were measured
+    if data.bench_only:  # the speed and memory figures and how they were measured
         sections = ["summary", "figures", "methods", "runs"]
         figs = [f for f in figs if f.id.startswith("fig-speed")]
-        meth = [methods.Method(m.id, "3.1 " + m.title.split(" ", 1)[1], m.paragraphs) for m in meth
-                if m.id == "methods-bench"]
+        meth = [m for m in meth if m.id == "methods-bench"]
         head = None
         runs_cols, runs_rows = bench_runs_table(data)
     names = {"summary": "Summary", "leaderboard": "Leaderboard", "figures": "Figures", "mixers": "Mixers",
              "methods": "Methods", "runs": "Runs and data"}
     number = {sid: i for i, sid in enumerate(sections, 1)}
+    meth = [methods.Method(m.id, f"{number['methods']}.{i} {m.title}", m.paragraphs) for i, m in enumerate(meth, 1)]
     children = {"figures": [{"id": f.id, "title": f"{number['figures']}.{i} {f.title}"} for i, f in enumerate(figs, 1)],
                 "mixers": [{"id": c["id"], "title": c["label"]} for c in cards],
                 "methods": [{"id": m.id, "title": m.title} for m in meth]}
@@ -402,8 +402,9 @@ def build(data: ReportData, out: str | Path, pdf: bool = True) -> Built:
     out.mkdir(parents=True, exist_ok=True)
     pieces, ctx = render_html(data)
     tables = data_tables(data, pieces["entries"], pieces["leaderboard"], pieces["figures"])
-    if not data.runs:  # bench runs only: no empty training tables
-        tables = {k: v for k, v in tables.items() if v and k != "scaling_fits"}
+    if data.bench_only:  # the tables of what it shows: no empty training ones
+        shown = {"bench", "ceilings"} | {f.side.id.replace("-", "_") for f in pieces["figures"] if f.side}
+        tables = {k: v for k, v in tables.items() if k in shown and v}
     files, parquet = write_data(tables, out / "data")
     ctx.update(data_files=[f for f in files if f.endswith(".csv")], parquet=parquet)
     html = _env().get_template("report.html.j2").render(**ctx)
