@@ -119,6 +119,7 @@ def _topk_kernel(
     Hkv: tl.constexpr, R: tl.constexpr, TOPK: tl.constexpr, S: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)
     pid = tl.program_id(0)
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -170,6 +171,7 @@ def _score_dqr_kernel(
     Hkv: tl.constexpr, R: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)
     rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # row (b * L + t) * Hkv + g
     mm = rm < NROW
     rr = tl.arange(0, BLOCK_R)
@@ -217,6 +219,7 @@ def _sum_items_kernel(
     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):
     """out[chunk of key] = scale * sum of the partials of the key's work items, in item order."""
+    scale = tl.cast(scale, tl.float32)
     key = tl.program_id(0).to(tl.int64)  # (b * Hkv + g) * C + c
     c = key % C
     g = (key // C) % Hkv
@@ -365,6 +368,7 @@ def _hsa_fwd_kernel(
     S: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # torch.compile passes Python floats as fp64
     t = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -402,6 +406,7 @@ def _hsa_fwd_chunk_kernel(
     S: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, ROWS: tl.constexpr,
 ):
+    scale_log2 = tl.cast(scale_log2, tl.float32)
     i = tl.program_id(0).to(tl.int64)
     key = tl.load(ITEM_KEY + i).to(tl.int64)  # (b * Hkv + g) * NCHUNK + c
     e_start = tl.load(ITEM_START + i)
@@ -442,6 +447,8 @@ def _hsa_bwd_kernel(
     S: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, ROWS: tl.constexpr,
 ):
+    scale_log2 = tl.cast(scale_log2, tl.float32)
+    scale = tl.cast(scale, tl.float32)
     i = tl.program_id(0).to(tl.int64)
     key = tl.load(ITEM_KEY + i).to(tl.int64)  # (b * Hkv + g) * NCHUNK + c
     e_start = tl.load(ITEM_START + i)
