@@ -54,6 +54,9 @@ class MixerSpec:
     # implementation version: bumped by a change that alters outputs or training (e.g. which
     # parameters decay); part of every run id, so results of older code are never reused
     version: int = 1
+    # length the conformance suite runs at (default `zoo.conformance.L`): long enough for the
+    # mixer's structure to matter, e.g. several complete chunks of a chunked retrieval
+    check_length: int | None = None
 
     @property
     def config_cls(self) -> type[MixerConfig]:
@@ -156,6 +159,7 @@ def register_mixer(
     backends: list[Backend],
     tiny: dict[str, Any] | None = None,
     version: int = 1,
+    check_length: int | None = None,
 ):
     """Class decorator: attach a `MixerSpec` to a `Mixer` subclass and register it. `version`
     counts changes to what the mixer computes or how it trains; bump it with any such change."""
@@ -168,7 +172,7 @@ def register_mixer(
         if not (isinstance(version, int) and version >= 1):
             raise RegistryError(f"mixer '{name}': version must be an integer >= 1, got {version!r}")
         spec = MixerSpec(name, family, description, citation, cls, capabilities, list(backends), dict(tiny or {}),
-                         version=version)
+                         version=version, check_length=check_length)
         cls.spec = spec
         REGISTRY.add(spec)
         return cls
