@@ -105,10 +105,18 @@ def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     return out
 
 
+# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
+# hashhop 2: intervals by sample, with per-sample counts
+EVAL_VERSIONS = {"hashhop": 2}
+
+
 def eval_id(kind: str, settings: Any) -> str:
     """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats."""
     dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    return config_id({"kind": kind, "settings": dumped})
+    ident = {"kind": kind, "settings": dumped}
+    if EVAL_VERSIONS.get(kind, 1) != 1:
+        ident["version"] = EVAL_VERSIONS[kind]
+    return config_id(ident)
 
 
 def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
