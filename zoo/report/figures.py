@@ -154,7 +154,7 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
             for e in es:
                 if e.run is None:
                     continue
-                curve = A.hashhop_curve(data, e.run.run_id, hops, cot)
+                curve = A.seed_curve(data, e.runs, (hops, cot))
                 ok = [p for p in curve if p.accuracy is not None]
                 for p in curve:
                     if p.accuracy is None:
@@ -184,14 +184,15 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
             axes[j // ncols][j % ncols].set_visible(False)
         _legend(fig, list(handles.values()), list(handles.keys()))
         svg = to_svg(fig, "fig-hashhop")
-    caption = ("Teacher-forced exact match per query; bands are Wilson 95% intervals; the dashed vertical line marks "
+    caption = ("Teacher-forced exact match per query; bands are 95% intervals resampling samples (with several seeds: "
+               "their mean, the band from the smallest to the largest seed); the dashed vertical line marks "
                f"the training length and the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
                "context length.")
     return Figure("fig-hashhop", title, svg, caption, A.hashhop_side(data, es), compress(missing, len(settings)))
 
 
 def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
-    """The summary's figure: HashHop accuracy vs length, all evaluated cells pooled per length."""
+    """The summary's figure: HashHop accuracy vs length in the headline setting (the leaderboard's)."""
     title = "HashHop accuracy vs context length"
     curves = [(e, [p for p in e.curve if p.accuracy is not None]) for e in es if e.run is not None]
     curves = [(e, ok) for e, ok in curves if ok]
@@ -218,7 +219,8 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax.set_ylabel("exact match")
         ax.legend(frameon=False, handlelength=3.2, loc="best")
         svg = to_svg(fig, "fig-headline")
-    caption = (f"{A.settings_text(A.hashhop_settings(data))}; Wilson 95% bands; dashed: training length; "
+    caption = (f"{A.setting_text(A.headline_setting(data))}; bands: 95% intervals by sample, or the min-max over "
+               "seeds; dashed: training length; "
                f"dotted: the {A.THRESHOLD} threshold. Per hop count and mode in Figure 3.1.")
     return Figure("fig-headline", title, svg, caption)
 
@@ -393,6 +395,40 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     return Figure("fig-loss", title, svg, caption, A.loss_side(data, es))
 
 
+# -- learning-rate sweeps -------------------------------------------------------------------------
+def lr_sweep(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    """The selection metric against the learning rate per mixer, over seeds, the selected rate
+    ringed: what the leaderboard's choice rests on."""
+    title = "Learning-rate sweep"
+    swept = [e for e in es if e.sweep is not None and len(e.sweep.points) > 1]
+    metric = A.select_metric(data)
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
+        ax = fig.subplots()
+        for e in swept:
+            pts = [p for p in e.sweep.points if p.mean is not None and p.lr is not None]
+            if not pts:
+                continue
+            look = pal[e.label]
+            x = [p.lr for p in pts]
+            y = [p.mean for p in pts]
+            err = [[p.mean - p.low for p in pts], [p.high - p.mean for p in pts]]
+            ax.errorbar(x, y, yerr=err, **look.line_kw(), capsize=2.5, label=e.label)
+            sel = e.sweep.selected
+            if sel.mean is not None:
+                ax.plot([sel.lr], [sel.mean], marker="o", markersize=11, markerfacecolor="none",
+                        markeredgecolor=look.color, linestyle="none")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel(metric.replace("_", " ") + " at the training length")
+        ax.legend(frameon=False, handlelength=3.2)
+        svg = to_svg(fig, "fig-lr")
+    caption = (f"{metric} of each mixer's largest model per learning rate: the mean over seeds, bars from the "
+               "smallest to the largest seed; the ringed rate is the one the leaderboard and the other figures use "
+               f"({'lowest' if metric == 'eval_loss' else 'highest'} mean).")
+    return Figure("fig-lr", title, svg, caption, A.sweep_side(data, es))
+
+
 # -- throughput and memory ------------------------------------------------------------------------
 def _guides(ax, xs: list[int], y0: float, slopes: dict[str, float]) -> None:
     """Dashed grey lines through (xs[0], y0) with the given log-log slopes."""
@@ -534,6 +570,8 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
     figs = [hashhop_vs_length(data, pal, es), depth_heatmaps(data, pal, es), ppl_vs_length(data, pal, es),
             loss_curves(data, pal, es)]
+    if any(e.sweep is not None and len(e.sweep.points) > 1 for e in es):
+        figs.append(lr_sweep(data, pal, es))
     modes = A.bench_modes(data)
     figs += [speed_memory(data, pal, m) for m in modes] or [
         Figure("fig-speed", "Throughput and peak memory vs sequence length", None, "",
