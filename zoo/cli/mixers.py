@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
 
     @mixers_app.command("show")
     def mixers_show(name: str = typer.Argument(..., help="registry name")) -> None:
-        """Config fields with defaults and bounds, docs and citation of one mixer."""
+        """Config fields with defaults and bounds, docs, citation, backends, the parameters without weight decay
+        and the implementation version of one mixer."""
         spec = registry.get_spec(name)
         console.print(f"[bold]{spec.name}[/]  ({spec.family}, from {spec.source})")
         console.print(spec.description)
