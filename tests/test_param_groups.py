@@ -84,3 +84,12 @@ def test_exempt_names_survive_replaced_parameter_objects():
     _, no_decay = param_groups(model, 0.1, exempt)
     names = {id(p): n for n, p in model.named_parameters()}
     assert "blocks.0.mixer.A_log" in {names[id(p)] for p in no_decay["params"]}
+
+
+def test_mixers_show_lists_the_exempt_parameters_and_the_version(capsys):
+    from zoo.cli import main
+
+    assert main(["mixers", "show", "mamba2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # however the console wraps
+    assert "no weight decay on" in out and "dt_bias, A_log, D" in out
+    assert f"implementation version {registry.get_spec('mamba2').version}" in out
