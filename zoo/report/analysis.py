@@ -437,14 +437,17 @@ def ppl_side(data: ReportData, es: list[Entry]) -> Table:
 
 
 def loss_side(data: ReportData, es: list[Entry]) -> Table:
-    """Final loss of each leaderboard run; every run is in data/runs.csv."""
+    """Final loss of each leaderboard run (mean over its seeds); every run is in data/runs.csv."""
     rows = []
     for e in es:
         r = e.run or (data.runs_of(e.label) or [None])[0]
         if r is None:
             continue
-        loss = Val(r.final_loss, fmt.sig(r.final_loss, 4), run_id=r.run_id, source="run summary: final loss") \
-            if r.final_loss is not None else na(r.reason or r.status if r.status != "done" else "not recorded")
+        loss = seed_mean([(x.final_loss, x.run_id) for x in e.runs if x.final_loss is not None],
+                         lambda v: fmt.sig(v, 4), "run summary: final loss") if e.runs else None
+        loss = loss or (Val(r.final_loss, fmt.sig(r.final_loss, 4), run_id=r.run_id, source="run summary: final loss")
+                        if r.final_loss is not None else na(r.reason or r.status if r.status != "done"
+                                                            else "not recorded"))
         toks = Val(r.tokens, fmt.count(r.tokens), run_id=r.run_id) if r.tokens is not None else na("not recorded")
         rows.append([Val(e.label, e.label), Val(r.run_id, r.run_id), loss, toks])
     return Table("loss-side", "Final training loss", ["mixer", "run", "final loss", "tokens"], rows).add_footnotes(16)
