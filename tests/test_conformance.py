@@ -7,6 +7,7 @@ from zoo import conformance, registry
 NAMES = registry.names()
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("check", list(conformance.CHECKS))
 @pytest.mark.parametrize("name", NAMES)
 def test_conformance(name, check):

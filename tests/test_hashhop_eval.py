@@ -90,7 +90,9 @@ def test_oracle_scores_100_everywhere():
         assert (c["accuracy"], c["n"]) == (1.0, 9)
         assert c["char_accuracy"] == 1.0 and c["greedy_accuracy"] == 1.0 and c["greedy_n"] == 3
         assert c["greedy_agreement"] == 1.0
-        assert c["low"] == pytest.approx(wilson(9, 9)["lo"]) and c["high"] == 1.0
+        # all right: how correlated a sample's queries are cannot be seen, so each sample counts once
+        assert c["low"] == pytest.approx(wilson(3, 3)["lo"]) and c["high"] == 1.0 and c["n_eff"] == 3
+        assert c["per_sample"] == [[3, 3, c["chars"] // 3, c["chars"] // 3]] * 3
         assert sum(n for _, n in c["depth"]) == 9
         if c["cot"]:
             assert c["hop_accuracy"] == [1.0] * c["hops"] and c["depth_reached"] == c["hops"]
@@ -151,6 +153,31 @@ def test_not_applicable_past_max_length():
     ok, na = res["cells"]
     assert ok["status"] == "ok" and ok["accuracy"] == 1.0
     assert na["status"] == "n/a" and "at most 1000" in na["reason"] and "accuracy" not in na
+
+
+def _scores(pattern: list[list[bool]]) -> list:
+    from zoo.eval.hashhop import QueryScore
+
+    return [QueryScore(ok, 4 if ok else 1, 4, 0.0, [ok], 0.5, sample=i)
+            for i, qs in enumerate(pattern) for ok in qs]
+
+
+def test_intervals_resample_samples_not_queries():
+    """Queries of one sample share its haystack: when they agree within samples (10 samples of
+    5 queries, half all right), the interval is as wide as for 10 trials, not 50."""
+    from zoo.eval.hashhop import summarize
+
+    correlated = summarize(_scores([[i % 2 == 0] * 5 for i in range(10)]), hops=1, cot=False)
+    assert correlated["accuracy"] == 0.5 and correlated["n"] == 50
+    assert correlated["n_eff"] == pytest.approx(10, rel=0.3)
+    naive = wilson(25, 50)
+    assert correlated["high"] - correlated["low"] > 1.8 * (naive["hi"] - naive["lo"])
+    assert correlated["char_high"] - correlated["char_low"] > 0.3  # character accuracy by sample too
+    # queries that vary within every sample and agree between samples are as good as independent
+    mixed = summarize(_scores([[True, False, True, False, True, False, True, False, True, False]] * 6), 1, False)
+    assert mixed["n_eff"] == 60
+    assert summarize(_scores([[i % 3 == 0] * 5 for i in range(10)]), 1, False) == \
+        summarize(_scores([[i % 3 == 0] * 5 for i in range(10)]), 1, False)  # seeded: deterministic
 
 
 def test_wilson():

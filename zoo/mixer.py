@@ -165,6 +165,19 @@ class Mixer(nn.Module):
         return name
 
 
+def decays(p: torch.Tensor) -> bool:
+    """Whether AdamW's weight decay applies to parameter `p`. Not to a parameter tagged
+    `p._no_weight_decay = True` (SSM dynamics such as Mamba's `A_log` and `D`, which decay
+    would pull towards a different model), nor to norms, biases, gains and per-channel
+    mixing vectors: anything with at most one axis longer than 1, e.g. `[1, 1, C]`."""
+    return not getattr(p, "_no_weight_decay", False) and sum(s > 1 for s in p.shape) >= 2
+
+
+def no_decay_names(module: nn.Module) -> list[str]:
+    """Names of the parameters of `module` that `decays` exempts, in module order."""
+    return [n for n, p in module.named_parameters() if not decays(p)]
+
+
 def param_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 

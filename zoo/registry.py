@@ -23,9 +23,11 @@ import contextlib
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +51,12 @@ class MixerSpec:
     backends: list[Backend]
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for tiny test sizes
     source: str = BUILTIN_SOURCE
+    # implementation version: bumped by a change that alters outputs or training (e.g. which
+    # parameters decay); part of every run id, so results of older code are never reused
+    version: int = 1
+    # length the conformance suite runs at (default `zoo.conformance.L`): long enough for the
+    # mixer's structure to matter, e.g. several complete chunks of a chunked retrieval
+    check_length: int | None = None
 
     @property
     def config_cls(self) -> type[MixerConfig]:
@@ -150,15 +158,21 @@ def register_mixer(
     capabilities: Capabilities,
     backends: list[Backend],
     tiny: dict[str, Any] | None = None,
+    version: int = 1,
+    check_length: int | None = None,
 ):
-    """Class decorator: attach a `MixerSpec` to a `Mixer` subclass and register it."""
+    """Class decorator: attach a `MixerSpec` to a `Mixer` subclass and register it. `version`
+    counts changes to what the mixer computes or how it trains; bump it with any such change."""
 
     def deco(cls: type[Mixer]) -> type[Mixer]:
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise RegistryError(f"@register_mixer('{name}') needs a zoo.mixer.Mixer subclass")
         if "torch" not in [b.name for b in backends]:
             raise RegistryError(f"mixer '{name}': the torch reference backend must be listed")
-        spec = MixerSpec(name, family, description, citation, cls, capabilities, list(backends), dict(tiny or {}))
+        if not (isinstance(version, int) and version >= 1):
+            raise RegistryError(f"mixer '{name}': version must be an integer >= 1, got {version!r}")
+        spec = MixerSpec(name, family, description, citation, cls, capabilities, list(backends), dict(tiny or {}),
+                         version=version, check_length=check_length)
         cls.spec = spec
         REGISTRY.add(spec)
         return cls
@@ -189,6 +203,15 @@ def get_spec(name: str) -> MixerSpec:
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `zoo mixers`"
         raise UnknownMixerError(f"unknown mixer '{name}'", hint)
     return spec
+
+
+def source_file(name: str) -> Path | None:
+    """The file that defines mixer `name` (its class's module), None when unknown."""
+    try:
+        f = inspect.getsourcefile(get_spec(name).cls)
+    except TypeError:
+        return None
+    return Path(f).resolve() if f else None
 
 
 def build_mixer(name: str, d_model: int, overrides: dict[str, Any] | None = None, layer_idx: int = 0) -> Mixer:

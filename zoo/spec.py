@@ -13,8 +13,9 @@
     steps = 200
     seq_len = 256
     [sweep]                                  # axes: every combination is a run
-    lr = [1e-3, 3e-3]
-    seed = [0, 1]
+    lr = [1e-3, 3e-3]                        # reports take each mixer's best lr by `metric`
+    seed = [0, 1]                            # reports show the mean over seeds with min-max
+    metric = "eval_loss"                     # or eval_acc, hashhop_accuracy (at the training length)
     match_params = true                      # hold parameters equal across mixers
     [eval.hashhop]                           # evaluations run after training
     n_chars = [200, 800]
@@ -81,6 +82,10 @@ class ModelSpec(BaseModel):
                                                     description="config overrides by mixer name (hybrid partners)")
 
 
+# metrics a sweep can select by, all measured at the training length -> which way is better
+SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +99,18 @@ class SweepSpec(BaseModel):
     match_by: Literal["d_model", "mlp_hidden"] = Field("d_model", description="what matching adjusts")
     match_reference: str | None = Field(None, description="mixer whose count is the target (default: the first)")
     multiple: int = Field(8, ge=1, description="matched widths are multiples of this")
+    select: Literal["best"] = Field("best", description="where a mixer ran at several learning rates, reports use "
+                                    "its best by `metric` (mean over seeds) and draw the whole sweep beside it")
+    metric: str = Field("eval_loss", description="what `select` ranks by, at the training length: "
+                        + ", ".join(f"{k} ({'lower' if v == 'min' else 'higher'} is better)"
+                                    for k, v in SELECT_METRICS.items()))
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in SELECT_METRICS:
+            raise ValueError(f"unknown metric '{v}'; allowed: {', '.join(SELECT_METRICS)}")
+        return v
 
     @field_validator("axes")
     @classmethod
@@ -265,6 +282,9 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
     if spec.eval.ppl is not None and spec.task.name != "lm":
         raise ZooError(f"{path}: key 'eval.ppl' needs task.name = 'lm', got '{spec.task.name}'",
                        "perplexity is measured on held-out text")
+    if spec.sweep.metric == "hashhop_accuracy" and spec.eval.hashhop is None:
+        raise ZooError(f"{path}: key 'sweep.metric' = 'hashhop_accuracy' needs an [eval.hashhop] grid",
+                       "add one whose lengths include the training length, or select by eval_loss")
     if spec.sweep.match_reference is not None and spec.sweep.match_reference not in spec.mixers:
         raise ZooError(f"{path}: key 'sweep.match_reference' = '{spec.sweep.match_reference}' is not a mixer "
                        "of this experiment", f"allowed: {', '.join(spec.mixers)}")

@@ -102,6 +102,19 @@ def git_commit() -> str | None:
         return None
 
 
+def changed_since(commit: str, paths: list[Path]) -> list[str] | None:
+    """Which of `paths` differ between `commit` and the checkout this package runs from
+    (uncommitted edits included), as paths in the repository; None when git cannot tell
+    (no checkout, or a commit it does not have)."""
+    here = Path(__file__).resolve().parent
+    try:
+        r = subprocess.run(["git", "diff", "--name-only", commit.removesuffix("+dirty"), "--", *map(str, paths)],
+                           cwd=here, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.split() if r.returncode == 0 else None
+
+
 def provenance(model=None, device=None, **extra: Any) -> dict:
     """Where and with what a run was produced: commit, versions, device, host, backends, time."""
     from zoo import env

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from zoo import registry
 from zoo.errors import ZooError
+from zoo.mixer import no_decay_names
 from zoo.report import fmt
 
 REF_D_MODEL = 1024
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
 
     @mixers_app.command("show")
     def mixers_show(name: str = typer.Argument(..., help="registry name")) -> None:
-        """Config fields with defaults and bounds, docs and citation of one mixer."""
+        """Config fields with defaults and bounds, docs, citation, backends, the parameters without weight decay
+        and the implementation version of one mixer."""
         spec = registry.get_spec(name)
         console.print(f"[bold]{spec.name}[/]  ({spec.family}, from {spec.source})")
         console.print(spec.description)
@@ -92,6 +94,15 @@ def register(app: typer.Typer) -> None:
             bt.add_row(b.name, b.description, b.check(torch.device("cpu")) or "yes",
                        b.check(torch.device("cuda")) or "yes")
         console.print(bt)
+        try:
+            m = reference_mixer(spec)
+        except Exception as e:  # a plugin whose default config cannot be built at this width
+            console.print(f"no weight decay on: [dim]unknown ({type(e).__name__}: {e})[/]")
+        else:
+            exempt = no_decay_names(m)
+            console.print(f"no weight decay on ({len(exempt)} of {len(list(m.parameters()))} parameters, "
+                          f"d_model={REF_D_MODEL}): {', '.join(exempt) or 'none'}")
+        console.print(f"implementation version {spec.version}")
 
     @app.command("check")
     def check(name: str = typer.Argument(..., help="registry name of the mixer to test")) -> None:

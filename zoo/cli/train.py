@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
 
         from zoo.spec import load_spec, plan
         from zoo.store import Store
-        from zoo.train.sweep import run_experiment, select_shard, summary_table
+        from zoo.train.sweep import run_experiment, select_shard, stale_warnings, summary_table
 
         if launcher not in ("local", "ray"):
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
@@ -218,6 +218,8 @@ def register(app: typer.Typer) -> None:
             outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
                                       shard=shard, device=device, only=only or None)
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
+        for line in stale_warnings(outcomes, store):
+            console.print(f"[yellow]warning:[/] {line}")
         failed = [o for o in outcomes if o.status == "failed"]
         if failed:
             console.print(f"[red]{len(failed)} run(s) failed[/] (see the status column; `zoo runs show RUN`)")

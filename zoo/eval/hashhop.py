@@ -16,7 +16,11 @@ Scoring (the metrics are ours; the format is Magic's, see `zoo.tasks.hashhop`):
 - character accuracy and answer NLL (nats per answer token).
 - accuracy by depth: a chain's depth is the mean relative position of its lines in the
   prompt; 10 equal bins, for length x depth heatmaps.
-- every accuracy carries a Wilson 95% interval (Wilson 1927).
+- every accuracy carries a 95% interval by the sampling unit: the queries of one sample
+  share its haystack, so they are not independent. `zoo.stats.clustered` resamples whole
+  samples (a seeded cluster bootstrap) for the design effect and gives Wilson's interval at
+  the effective number of queries; character accuracy, per-hop, greedy and depth-bin
+  accuracies likewise. Cells are never pooled across hop counts or modes here.
 
 Inputs run through the mixers' caches in chunks, so memory is bounded by the cache, not
 by the logits. A model whose `max_length` is below a cell's length gets that cell marked
@@ -40,7 +44,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zoo.errors import LengthError, ZooError
-from zoo.stats import Z95
+from zoo.stats import Z95, clustered
 from zoo.stats import wilson as wilson_interval
 from zoo.tasks.hashhop import (
     HashHopSample,
@@ -124,6 +128,7 @@ class QueryScore:
     depth: float
     greedy: bool | None = None
     greedy_text: str | None = None
+    sample: int = 0           # which sample of the cell: the cluster its interval resamples
 
 
 @dataclass
@@ -239,19 +244,33 @@ def _greedy(model: Any, cache: Any, last_logits: torch.Tensor, max_new: int) -> 
 
 # -- aggregation --------------------------------------------------------------------------------
 
+def _by_sample(scores: list[QueryScore], hit: Callable[[QueryScore], float],
+               trials: Callable[[QueryScore], float] = lambda s: 1) -> dict[str, Any]:
+    """`clustered` over the samples of `scores`: per sample, (sum of hit, sum of trials)."""
+    per: dict[int, list[float]] = {}
+    for s in scores:
+        c = per.setdefault(s.sample, [0.0, 0.0])
+        c[0] += hit(s)
+        c[1] += trials(s)
+    return clustered([tuple(per[i]) for i in sorted(per)])
+
+
 def summarize(scores: list[QueryScore], hops: int, cot: bool) -> dict[str, Any]:
     """Cell metrics from its query scores, as one flat row (the results-store format):
     accuracy/low/high over n queries, greedy_*, char_*, nll, hop_* and depth_reached (CoT),
-    and `depth`: per depth bin [accuracy, n] with depth_low/depth_high."""
+    and `depth`: per depth bin [accuracy, n] with depth_low/depth_high. Intervals resample
+    samples (`zoo.stats.clustered`); `per_sample` keeps [correct, queries, chars right, chars]
+    of each sample so a report can combine cells without losing the sampling unit."""
     n = len(scores)
     chars = sum(s.chars for s in scores)
-    exact = wilson(sum(s.exact for s in scores), n)
-    char = wilson(sum(s.chars_ok for s in scores), chars)
+    exact = _by_sample(scores, lambda s: s.exact)
+    char = _by_sample(scores, lambda s: s.chars_ok, lambda s: s.chars)
     g = [s for s in scores if s.greedy is not None]
-    greedy = wilson(sum(bool(s.greedy) for s in g), len(g))
+    greedy = _by_sample(g, lambda s: bool(s.greedy))
     row: dict[str, Any] = {
-        "n": n, "correct": exact["k"], "accuracy": exact["acc"], "low": exact["lo"], "high": exact["hi"],
-        "greedy_n": len(g), "greedy_correct": greedy["k"], "greedy_accuracy": greedy["acc"],
+        "n": n, "correct": int(exact["k"]), "accuracy": exact["acc"], "low": exact["lo"], "high": exact["hi"],
+        "n_eff": exact["n_eff"], "interval": "cluster",
+        "greedy_n": len(g), "greedy_correct": int(greedy["k"]), "greedy_accuracy": greedy["acc"],
         "greedy_low": greedy["lo"], "greedy_high": greedy["hi"],
         "greedy_agreement": sum(s.greedy == s.exact for s in g) / len(g) if g else None,
         "chars": chars, "char_accuracy": char["acc"], "char_low": char["lo"], "char_high": char["hi"],
@@ -260,21 +279,27 @@ def summarize(scores: list[QueryScore], hops: int, cot: bool) -> dict[str, Any]:
     }
     if cot:
         for j in range(hops):
-            w = wilson(sum(s.hops_ok[j] for s in scores), n)
+            w = _by_sample(scores, lambda s, j=j: s.hops_ok[j])
             row["hop_accuracy"].append(w["acc"])
             row["hop_low"].append(w["lo"])
             row["hop_high"].append(w["hi"])
         reached = [next((j for j, ok in enumerate(s.hops_ok) if not ok), hops) for s in scores]
         row["depth_reached"] = sum(reached) / n if n else None
-    bins = [[0, 0] for _ in range(DEPTH_BINS)]
+    bins: list[list[QueryScore]] = [[] for _ in range(DEPTH_BINS)]
     for s in scores:
-        b = min(int(s.depth * DEPTH_BINS), DEPTH_BINS - 1)
-        bins[b][0] += s.exact
-        bins[b][1] += 1
-    ws = [wilson(k, m) for k, m in bins]
-    row["depth"] = [[w["acc"], w["n"]] for w in ws]
+        bins[min(int(s.depth * DEPTH_BINS), DEPTH_BINS - 1)].append(s)
+    ws = [_by_sample(b, lambda s: s.exact) for b in bins]
+    row["depth"] = [[w["acc"], int(w["n"])] for w in ws]
     row["depth_low"] = [w["lo"] for w in ws]
     row["depth_high"] = [w["hi"] for w in ws]
+    per: dict[int, list[int]] = {}
+    for s in scores:
+        c = per.setdefault(s.sample, [0, 0, 0, 0])
+        c[0] += s.exact
+        c[1] += 1
+        c[2] += s.chars_ok
+        c[3] += s.chars
+    row["per_sample"] = [per[i] for i in sorted(per)]
     return row
 
 
@@ -284,20 +309,25 @@ def score_cell(model: Any, samples: list[HashHopSample], greedy_samples: int = 0
     """Scores of every query of `samples`: the first `greedy_samples` one by one with
     greedy decoding, the others batched by equal length up to `batch_tokens`."""
     scores: list[QueryScore] = []
-    for s in samples[:greedy_samples]:
-        scores += score_samples(model, [s], chunk_size, greedy=True, device=device)[0]
+    for i, s in enumerate(samples[:greedy_samples]):
+        for sc in score_samples(model, [s], chunk_size, greedy=True, device=device)[0]:
+            sc.sample = i
+            scores.append(sc)
         if on_sample:
             on_sample(1)
-    by_len: dict[int, list[HashHopSample]] = {}
-    for s in samples[greedy_samples:]:
-        by_len.setdefault(len(s.text), []).append(s)
+    by_len: dict[int, list[tuple[int, HashHopSample]]] = {}
+    for i, s in enumerate(samples[greedy_samples:], greedy_samples):
+        by_len.setdefault(len(s.text), []).append((i, s))
     for length, group in by_len.items():
         per = max(1, batch_tokens // (length + 1))
-        for i in range(0, len(group), per):
-            for sc in score_samples(model, group[i:i + per], chunk_size, device=device):
+        for j in range(0, len(group), per):
+            batch = group[j:j + per]
+            for (i, _), sc in zip(batch, score_samples(model, [s for _, s in batch], chunk_size, device=device)):
+                for q in sc:
+                    q.sample = i
                 scores += sc
             if on_sample:
-                on_sample(len(group[i:i + per]))
+                on_sample(len(batch))
     return scores
 
 

@@ -68,6 +68,7 @@ def causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     capabilities=Capabilities(cost="O(T*L^2)", state="growing"),
     backends=[SDPA_BACKEND, TORCH_BACKEND],
     tiny={"n_heads": 2, "hops": 2},
+    version=2,  # 2: the gate's one-row weight no longer decays
 )
 class HashHopAttn(Mixer):
     Config = HashHopAttnConfig

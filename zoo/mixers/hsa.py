@@ -284,7 +284,8 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
     capabilities=Capabilities(cost="O(L^2)", state="growing"),  # O(L^2 / S) landmark scoring, O(L (K S + W)) attention
     backends=[TRITON_BACKEND, TORCH_BACKEND],
     tiny={"n_heads": 2, "n_kv_heads": 1, "head_dim": 16, "chunk_size": 16, "top_k": 2, "window": 8,
-          "encoder_layers": 1, "fusion": "stick-breaking"},
+          "encoder_layers": 1},
+    check_length=72,  # 4 complete chunks of 16 and a partial one: top-2 chooses among them
 )
 class HSA(Mixer):
     """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up."""

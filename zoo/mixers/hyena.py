@@ -123,6 +123,7 @@ class HyenaFilter(nn.Module):
     capabilities=Capabilities(cost="O(L log L)", state="growing"),
     backends=[TORCH_BACKEND],
     tiny={"filter_order": 8, "emb_dim": 5, "l_ref": 32},
+    version=2,  # 2: the filter's sine frequencies no longer decay
 )
 class Hyena(Mixer):
     Config = HyenaConfig

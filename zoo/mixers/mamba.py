@@ -212,6 +212,7 @@ class MambaConfig(MixerConfig):
     capabilities=Capabilities(cost="O(L)", state="fixed"),
     backends=[MAMBA_SSM_BACKEND, TORCH_BACKEND],
     tiny={"d_state": 4, "scan_chunk": 8},
+    version=2,  # 2: A_log no longer decays
 )
 class Mamba(Mixer):
     """Mamba-1 block mixer. Parameter names follow `mamba_ssm.Mamba`, so weights load across."""

@@ -192,6 +192,7 @@ class RWKV7Config(MixerConfig):
     capabilities=Capabilities(cost="O(L)", state="fixed"),
     backends=[FLA_BACKEND, TORCH_BACKEND],
     tiny={"head_dim": 16, "decay_lora": 8, "a_lora": 8, "v_lora": 8, "gate_lora": 8, "chunk_size": 8},
+    version=2,  # 2: low-rank factors and r_k no longer decay
 )
 class RWKV7(Mixer):
     """RWKV-7 time-mix. Layer 0 (or the first RWKV-7 layer of a model) publishes its values
@@ -238,6 +239,10 @@ class RWKV7(Mixer):
         self.k_k = nn.Parameter(0.71 - linear * 0.1)
         self.k_a = nn.Parameter(torch.full((C,), 1.02))
         self.r_k = nn.Parameter(torch.full((H, N), -0.04))
+        # the official RWKV-7 trainer decays only the Linear weights: not these low-rank factors
+        for name in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2", "r_k"):
+            if hasattr(self, name):
+                getattr(self, name)._no_weight_decay = True
 
         self.receptance = nn.Linear(C, C, bias=False)
         self.key = nn.Linear(C, C, bias=False)

@@ -81,6 +81,7 @@ class S4DConfig(MixerConfig):
     capabilities=Capabilities(cost="O(L log L)", state="fixed"),
     backends=[TORCH_BACKEND],
     tiny={"d_state": 8},
+    version=2,  # 2: log_A_real and A_imag no longer decay
 )
 class S4DMixer(Mixer):
     Config = S4DConfig

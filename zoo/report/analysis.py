@@ -6,6 +6,7 @@ Nothing here draws or renders; every value is a `Val` that remembers its run.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from zoo.report import fmt
 from zoo.report.fmt import Table, Val, na
 from zoo.report.model import BenchPoint, HashHopCell, ReportData, Run
-from zoo.report.stats import PowerLaw, effective_context, fit_power_law, wilson
+from zoo.report.stats import PowerLaw, clustered, effective_context, fit_power_law, wilson
 
 MULTIPLES = (1, 4, 16, 64)
 PPL_MULTIPLES = (1, 8)
@@ -26,7 +27,8 @@ LENGTH_TOLERANCE = 0.25  # a point counts as "k x the training length" within a 
 # -- HashHop curves -------------------------------------------------------------------------
 @dataclass
 class Point:
-    """HashHop accuracy at one length, pooled over the cells asked for."""
+    """HashHop accuracy at one length in one setting (hop count, mode). Over several seeds:
+    the mean, with `low` and `high` the smallest and largest seed's accuracy."""
 
     length: int
     n: int = 0
@@ -36,20 +38,22 @@ class Point:
     high: float | None = None
     reason: str | None = None       # why it is missing, when it is
     cells: list[HashHopCell] = field(default_factory=list)
+    seeds: int = 1                  # runs averaged
 
 
 def pool(cells: list[HashHopCell]) -> Point:
-    """One accuracy from the cells of one grid point (hop counts, chain-of-thought modes):
-    total correct over total queries, with its Wilson interval. A single cell keeps the
-    stored accuracy and interval exactly. Its length is the longest context among the cells
-    (they differ by their completions), so "holds up to L tokens" never overstates."""
+    """One accuracy from the cells of one grid point in one setting: cells of different hop
+    counts or modes are never pooled. A single cell keeps its stored accuracy and interval.
+    Several (re-evaluations of the point) combine their samples, resampled as clusters when the
+    cells stored per-sample counts, else Wilson on the totals (rows from before per-sample
+    counts). Its length is the longest context among the cells."""
+    assert len({(c.hops, c.cot) for c in cells}) <= 1, "cells of different hop counts or modes are not pooled"
     length = max(c.length for c in cells)
     ok = [c for c in cells if c.status == "ok" and c.accuracy is not None]
     if not ok:
         reasons = list(dict.fromkeys(c.reason or c.status for c in cells))
         if not reasons:
             return Point(length, reason="not evaluated", cells=cells)
-        # cells differ in detail (e.g. tokens needed per hop count): quote the first, count the rest
         more = f" (and {len(cells) - 1} more cells n/a)" if len(reasons) > 1 else ""
         return Point(length, reason=reasons[0] + more, cells=cells)
     if len(ok) == 1:
@@ -58,16 +62,43 @@ def pool(cells: list[HashHopCell]) -> Point:
         return Point(length, c.n, c.correct, c.accuracy, lo, hi, cells=ok)
     n = sum(c.n for c in ok)
     correct = sum(c.correct for c in ok)
-    lo, hi = wilson(correct, n)
+    if all(c.meta.get("per_sample") for c in ok):
+        w = clustered([(s[0], s[1]) for c in ok for s in c.meta["per_sample"]])
+        lo, hi = w["lo"], w["hi"]
+    else:
+        lo, hi = wilson(correct, n)
     return Point(length, n, correct, correct / n if n else None, lo, hi, cells=ok)
 
 
-def hashhop_curve(data: ReportData, run_id: str, hops: int | None = None, cot: bool | None = None) -> list[Point]:
+def hashhop_curve(data: ReportData, run_id: str, setting: tuple[int, bool]) -> list[Point]:
+    """One run's accuracy per length in one setting (hop count, chain of thought)."""
     by_point: dict[int, list[HashHopCell]] = defaultdict(list)
     for c in data.hashhop:
-        if c.run_id == run_id and (hops is None or c.hops == hops) and (cot is None or c.cot == cot):
+        if c.run_id == run_id and (c.hops, c.cot) == setting:
             by_point[c.point].append(c)
     return sorted((pool(cells) for cells in by_point.values()), key=lambda p: p.length)
+
+
+def seed_curve(data: ReportData, runs: list[Run], setting: tuple[int, bool]) -> list[Point]:
+    """The runs' curves (seeds of one cell) averaged per length: mean accuracy, min and max
+    over the seeds as its band. One run keeps its own curve and intervals."""
+    curves = [hashhop_curve(data, r.run_id, setting) for r in runs]
+    if len(curves) == 1:
+        return curves[0]
+    by_len: dict[int, list[Point]] = defaultdict(list)
+    for curve in curves:
+        for p in curve:
+            by_len[p.length].append(p)
+    out = []
+    for length, ps in sorted(by_len.items()):
+        ok = [p for p in ps if p.accuracy is not None]
+        if not ok:
+            out.append(Point(length, reason=ps[0].reason, cells=[c for p in ps for c in p.cells]))
+            continue
+        accs = [p.accuracy for p in ok]
+        out.append(Point(length, sum(p.n for p in ok), sum(p.correct for p in ok), sum(accs) / len(accs),
+                         min(accs), max(accs), cells=[c for p in ok for c in p.cells], seeds=len(ok)))
+    return out
 
 
 def near(curve: list[Point], target: int, tolerance: float = LENGTH_TOLERANCE) -> Point | None:
@@ -84,21 +115,28 @@ def hashhop_settings(data: ReportData) -> list[tuple[int, bool]]:
     return sorted({(c.hops, c.cot) for c in data.hashhop})
 
 
-def settings_text(settings: list[tuple[int, bool]]) -> str:
-    if not settings:
+def headline_setting(data: ReportData) -> tuple[int, bool] | None:
+    """The setting the leaderboard and the summary figure speak for: the fewest hops, without
+    chain of thought where evaluated. Other settings have their own panels, never pooled."""
+    settings = hashhop_settings(data)
+    return settings[0] if settings else None
+
+
+def setting_text(setting: tuple[int, bool] | None) -> str:
+    if setting is None:
         return "no HashHop cells"
-    hops = sorted({h for h, _ in settings})
-    cots = sorted({c for _, c in settings})
-    h = f"hops {hops[0]}" if len(hops) == 1 else f"hops {', '.join(map(str, hops))}"
-    c = {(False,): "no CoT", (True,): "CoT"}.get(tuple(cots), "with and without CoT")
-    pooled = " pooled" if len(settings) > 1 else ""
-    return f"{h}, {c}{pooled}"
+    hops, cot = setting
+    return f"{hops} hop{'s' if hops != 1 else ''}, {'CoT' if cot else 'no CoT'}"
 
 
-# -- the compared entries ----------------------------------------------------------------------
+# -- the compared entries: each mixer's selected cell, over its seeds ---------------------------
+NOT_CELL = {"seed", "lr", "log_every", "tensorboard", "wandb", "ckpt_every", "keep_checkpoints", "compile",
+            "device", "peak_tflops", "threads"}  # training keys that do not make another sweep cell
+
+
 def headline_run(runs: list[Run]) -> Run | None:
-    """The run a leaderboard row speaks for: the largest finished model (parameters, then
-    training tokens); other runs of the same entry appear in the scaling and loss figures."""
+    """The largest finished model (parameters, then training tokens): the leaderboard speaks for
+    its sweep cell; other runs of the entry appear in the scaling and loss figures."""
     done = [r for r in runs if r.status == "done"]
     if not done:
         return None
@@ -114,10 +152,91 @@ def missing_run_reason(runs: list[Run]) -> str:
     return f"run {runs[0].status}"
 
 
+def cell_key(r: Run) -> str:
+    """What a run is apart from its learning rate and seed: runs with equal keys are one sweep cell."""
+    cfg = {k: v for k, v in r.config.items() if k not in ("label", "experiment")}
+    cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items() if k not in NOT_CELL}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def run_lr(r: Run) -> float | None:
+    return (r.config.get("train") or {}).get("lr")
+
+
+def select_metric(data: ReportData) -> str:
+    return ((data.spec or {}).get("sweep") or {}).get("metric") or "eval_loss"
+
+
+def metric_of(data: ReportData, r: Run, metric: str) -> float | None:
+    """A run's selection metric at its training length."""
+    if metric == "hashhop_accuracy":
+        setting = headline_setting(data)
+        p = near(hashhop_curve(data, r.run_id, setting), r.train_len) if setting and r.train_len else None
+        return None if p is None else p.accuracy
+    return r.evals.get(metric)
+
+
+@dataclass
+class SweepPoint:
+    lr: float | None
+    runs: list[Run]                 # its seeds
+    mean: float | None = None       # the metric over the seeds that have it
+    low: float | None = None
+    high: float | None = None
+    seeds: int = 0
+
+
+@dataclass
+class Sweep:
+    """The learning rates one mixer ran at (its largest model), the metric per rate over seeds,
+    and the rate reports use: the best mean."""
+
+    label: str
+    metric: str
+    points: list[SweepPoint]
+    selected: SweepPoint
+
+
+def cell_sweep(data: ReportData, label: str, cell: list[Run]) -> Sweep:
+    """The learning rates of one sweep cell (finished runs equal but for lr and seed), each
+    averaged over its seeds, and the selected one: the best mean of the report's metric."""
+    metric = select_metric(data)
+    by_lr: dict[float | None, list[Run]] = defaultdict(list)
+    for r in cell:
+        by_lr[run_lr(r)].append(r)
+    points = []
+    for lr, runs in sorted(by_lr.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        runs.sort(key=lambda r: (r.seed or 0, r.run_id))
+        vals = [v for r in runs if (v := metric_of(data, r, metric)) is not None]
+        pt = SweepPoint(lr, runs, seeds=len(vals))
+        if vals:
+            pt.mean, pt.low, pt.high = sum(vals) / len(vals), min(vals), max(vals)
+        points.append(pt)
+    scored = [p for p in points if p.mean is not None]
+    if scored:
+        from zoo.spec import SELECT_METRICS
+
+        sign = 1 if SELECT_METRICS.get(metric, "min") == "min" else -1
+        selected = min(scored, key=lambda p: sign * p.mean)
+    else:  # nothing to rank by: the rate of the largest run
+        head = headline_run(cell)
+        selected = next(p for p in points if head in p.runs)
+    return Sweep(label, metric, points, selected)
+
+
+def sweep_of(data: ReportData, label: str) -> Sweep | None:
+    """The sweep of a mixer's largest model, None when it has no finished run."""
+    head = headline_run(data.runs_of(label))
+    if head is None:
+        return None
+    key = cell_key(head)
+    return cell_sweep(data, label, [r for r in data.runs_of(label) if r.status == "done" and cell_key(r) == key])
+
+
 @dataclass
 class Entry:
     label: str
-    run: Run | None
+    run: Run | None                # the first seed of the selected cell (its model and settings)
     params: Val
     state: dict[int, Val]
     tokens_per_s: Val
@@ -128,6 +247,9 @@ class Entry:
     ppl: dict[int, Val]
     backend: Val
     curve: list[Point]
+    runs: list[Run] = field(default_factory=list)  # the seeds averaged
+    sweep: Sweep | None = None
+    lr: Val = field(default_factory=lambda: na("not recorded"))
 
 
 def _point_val(p: Point | None, run_id: str, what: str, target: int | None = None) -> Val:
@@ -135,19 +257,35 @@ def _point_val(p: Point | None, run_id: str, what: str, target: int | None = Non
         return na(f"not evaluated near {fmt.length(target)}" if target else "not evaluated", run_id=run_id)
     if p.accuracy is None:
         return na(p.reason or "not evaluated", run_id=run_id)
-    return Val(p.accuracy, fmt.acc(p.accuracy), sub=f"at {fmt.length(p.length)} {fmt.interval(p.low, p.high)}",
-               run_id=run_id, source=f"hashhop {what}: {p.length} tokens, {p.n} queries")
+    spread = f"{p.seeds} seeds, min-max " if p.seeds > 1 else ""
+    return Val(p.accuracy, fmt.acc(p.accuracy), sub=f"at {fmt.length(p.length)} {spread}{fmt.interval(p.low, p.high)}",
+               run_id=run_id, source=f"hashhop {what}: {p.length} tokens, {p.n} queries"
+               + (f", mean of {p.seeds} seeds" if p.seeds > 1 else ""))
+
+
+def seed_mean(vals: list[tuple[float, str]], text, source: str) -> Val | None:
+    """(value, run id) per seed -> their mean, with the min-max over seeds below it."""
+    if not vals:
+        return None
+    xs = [v for v, _ in vals]
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return Val(mean, text(mean), run_id=vals[0][1], source=source)
+    return Val(mean, text(mean), sub=f"{len(xs)} seeds, {text(min(xs))}-{text(max(xs))}", run_id=vals[0][1],
+               source=f"{source}, mean of {len(xs)} seeds")
 
 
 def entry(data: ReportData, label: str) -> Entry:
     runs = data.runs_of(label)
-    run = headline_run(runs)
-    if run is None:
+    sweep = sweep_of(data, label)
+    if sweep is None:
         why = missing_run_reason(runs)
         m = na(why)
         bench = _bench_backend(data, label)
         return Entry(label, None, m, {L: m for L in STATE_LENGTHS}, m, m, {k: m for k in MULTIPLES}, m, m,
                      {k: m for k in PPL_MULTIPLES}, bench or m, [])
+    seeds = sweep.selected.runs
+    run = seeds[0]
     rid = run.run_id
     params = Val(run.params, fmt.count(run.params), run_id=rid, source="run summary: parameters") \
         if run.params is not None else na("not recorded", run_id=rid)
@@ -160,17 +298,19 @@ def entry(data: ReportData, label: str) -> Entry:
             state[L] = na(f"max length {fmt.length(run.max_length)}", run_id=rid)
         else:
             state[L] = na(run.state_reason or "not computed", run_id=rid)
-    tps = Val(run.tokens_per_s, fmt.count(run.tokens_per_s), run_id=rid, source="run summary: training tokens/s") \
-        if run.tokens_per_s is not None else na("not recorded", run_id=rid)
-    if run.mfu is not None:
-        mfu = Val(run.mfu, fmt.pct(run.mfu), run_id=rid, source="run summary: MFU"
-                  + (f" of {run.peak_source or fmt.sig(run.peak_flops / 1e12, 3) + ' TFLOP/s'}" if run.peak_flops
-                     else ""))
+    tps = seed_mean([(r.tokens_per_s, r.run_id) for r in seeds if r.tokens_per_s is not None], fmt.count,
+                    "run summary: training tokens/s") or na("not recorded", run_id=rid)
+    mfus = [(r.mfu, r.run_id) for r in seeds if r.mfu is not None]
+    if mfus:
+        mfu = seed_mean(mfus, fmt.pct, "run summary: MFU"
+                        + (f" of {run.peak_source or fmt.sig(run.peak_flops / 1e12, 3) + ' TFLOP/s'}"
+                           if run.peak_flops else ""))
     else:
         why = run.peak_source if run.peak_source and run.peak_flops is None else None
         mfu = na(why or (f"no peak FLOP/s known for {run.device}" if run.device else "not recorded"), run_id=rid)
 
-    curve = hashhop_curve(data, rid)
+    setting = headline_setting(data)
+    curve = seed_curve(data, seeds, setting) if setting else []
     acc = {}
     for k in MULTIPLES:
         if run.train_len is None:
@@ -185,25 +325,35 @@ def entry(data: ReportData, label: str) -> Entry:
     e = effective_context([(p.length, p.accuracy, p.low, p.high) for p in ok], THRESHOLD)
     if e is not None:
         ecl = Val(e[0], fmt.length(e[0]), sub=f"acc {fmt.acc(e[1])} {fmt.interval(e[2], e[3])}", run_id=rid,
-                  source=f"largest length with HashHop accuracy >= {THRESHOLD}")
+                  source=f"largest length with HashHop accuracy >= {THRESHOLD}"
+                  + (" (mean over seeds)" if len(seeds) > 1 else ""))
     else:
         ecl = na(f"accuracy < {THRESHOLD} at every length" if ok else "not evaluated", run_id=rid)
     ppl = {}
-    pts = {p.length: p for p in data.ppl if p.run_id == rid}
     for k in PPL_MULTIPLES:
-        p = pts.get(k * run.train_len) if run.train_len else None
-        if p is None:
-            ppl[k] = na("not evaluated", run_id=rid)
-        elif p.ppl is None:
-            ppl[k] = na(p.reason or p.status, run_id=rid)
+        pts = [p for r in seeds for p in data.ppl if p.run_id == r.run_id and run.train_len
+               and p.length == k * run.train_len]
+        got = [(p.ppl, p.run_id) for p in pts if p.ppl is not None]
+        if got:
+            ppl[k] = seed_mean(got, lambda v: fmt.sig(v, 4), f"ppl length={k * run.train_len}")
+        elif pts:
+            ppl[k] = na(pts[0].reason or pts[0].status, run_id=rid)
         else:
-            ppl[k] = Val(p.ppl, fmt.sig(p.ppl, 4), run_id=rid, source=f"ppl length={p.length}")
+            ppl[k] = na("not evaluated", run_id=rid)
     if run.backends:
         names = sorted(set(run.backends.values()))
         backend = Val(", ".join(names), ", ".join(names), run_id=rid, source="provenance: backends used")
     else:
         backend = _bench_backend(data, label) or na("not recorded", run_id=rid)
-    return Entry(label, run, params, state, tps, mfu, acc, acc_max, ecl, ppl, backend, curve)
+    sel = sweep.selected
+    if sel.lr is None:
+        lr = na("not recorded", run_id=rid)
+    else:
+        why = (f"best of {len(sweep.points)} by {sweep.metric}" if len(sweep.points) > 1 else "")
+        lr = Val(sel.lr, f"{sel.lr:g}", sub=", ".join(x for x in (why, f"{len(seeds)} seeds" if len(seeds) > 1
+                                                                 else "") if x) or None,
+                 run_id=rid, source="config: train.lr")
+    return Entry(label, run, params, state, tps, mfu, acc, acc_max, ecl, ppl, backend, curve, seeds, sweep, lr)
 
 
 def _bench_backend(data: ReportData, label: str) -> Val | None:
@@ -223,20 +373,24 @@ def common_train_len(es: list[Entry]) -> int | None:
 def leaderboard(data: ReportData, es: list[Entry]) -> Table:
     L = common_train_len(es)
     mult = [f"{k}x ({fmt.length(k * L)})" if L else f"{k}x train" for k in MULTIPLES]
-    cols = ["mixer", "params", "state 8K", "state 1M", "tokens/s", "MFU", *mult,
+    cols = ["mixer", "params", "state 8K", "state 1M", "lr", "tokens/s", "MFU", *mult,
             "largest", "effective context", *[f"ppl {k}x" + (f" ({fmt.length(k * L)})" if L else "")
                                               for k in PPL_MULTIPLES], "backend"]
     rows = []
     for e in es:
         label = Val(e.label, e.label, run_id=e.run.run_id if e.run else None)
-        rows.append([label, e.params, e.state[STATE_LENGTHS[0]], e.state[STATE_LENGTHS[1]], e.tokens_per_s, e.mfu,
+        rows.append([label, e.params, e.state[STATE_LENGTHS[0]], e.state[STATE_LENGTHS[1]], e.lr, e.tokens_per_s,
+                     e.mfu,
                      *[e.acc[k] for k in MULTIPLES], e.acc_max, e.ecl, *[e.ppl[k] for k in PPL_MULTIPLES], e.backend])
-    groups = [("", 1), ("model", 3), ("training", 2),
-              (f"HashHop exact match ({settings_text(hashhop_settings(data))})", len(MULTIPLES) + 2),
+    groups = [("", 1), ("model", 3), ("training", 3),
+              (f"HashHop exact match ({setting_text(headline_setting(data))})", len(MULTIPLES) + 2),
               ("perplexity", len(PPL_MULTIPLES)), ("", 1)]
-    note = (f"Accuracy with its Wilson 95% interval below. Effective context: the largest length with accuracy "
-            f">= {THRESHOLD}. State: cache or recurrent state of the whole model after that many tokens "
-            "(batch 1, bf16). Each row is one run: the largest finished model of that mixer.")
+    note = ("Each row is the largest finished model of that mixer at its selected learning rate (where it ran at "
+            f"several: the best mean {select_metric(data)} over seeds, at the training length; every rate is in the "
+            "learning-rate figure). With several seeds a number is their mean, with the smallest and largest seed "
+            "below it; with one, accuracy carries its 95% interval resampling samples (queries of one sample share "
+            f"a haystack). Effective context: the largest length with accuracy >= {THRESHOLD}. State: cache or "
+            "recurrent state of the whole model after that many tokens (batch 1, bf16).")
     return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes(14)
 
 
@@ -246,6 +400,27 @@ def hashhop_side(data: ReportData, es: list[Entry]) -> Table:
     for e in es:
         rows.append([Val(e.label, e.label), e.ecl, e.acc_max])
     return Table("hashhop-side", "Effective context", ["mixer", f"acc >= {THRESHOLD} up to", "at largest length"],
+                 rows).add_footnotes(16)
+
+
+def sweep_side(data: ReportData, es: list[Entry]) -> Table:
+    """Per mixer: the selected learning rate, its metric over seeds, and every rate tried."""
+    metric = select_metric(data)
+    rows = []
+    for e in es:
+        if e.sweep is None:
+            continue
+        sel = e.sweep.selected
+        if sel.mean is None:
+            val = na(f"no {metric} recorded")
+        else:
+            spread = f"{sel.seeds} seeds, {fmt.sig(sel.low, 4)}-{fmt.sig(sel.high, 4)}" if sel.seeds > 1 else None
+            val = Val(sel.mean, fmt.sig(sel.mean, 4), sub=spread, run_id=sel.runs[0].run_id,
+                      source=f"run summary: {metric}" if metric != "hashhop_accuracy" else "hashhop at training length")
+        tried = ", ".join(f"{p.lr:g}" + (f" ({fmt.sig(p.mean, 3)})" if p.mean is not None else "")
+                          for p in e.sweep.points if p.lr is not None)
+        rows.append([Val(e.label, e.label), e.lr, val, Val(tried, tried)])
+    return Table("lr-side", "Selected learning rates", ["mixer", "lr", metric, "rates tried (mean)"],
                  rows).add_footnotes(16)
 
 
@@ -262,14 +437,17 @@ def ppl_side(data: ReportData, es: list[Entry]) -> Table:
 
 
 def loss_side(data: ReportData, es: list[Entry]) -> Table:
-    """Final loss of each leaderboard run; every run is in data/runs.csv."""
+    """Final loss of each leaderboard run (mean over its seeds); every run is in data/runs.csv."""
     rows = []
     for e in es:
         r = e.run or (data.runs_of(e.label) or [None])[0]
         if r is None:
             continue
-        loss = Val(r.final_loss, fmt.sig(r.final_loss, 4), run_id=r.run_id, source="run summary: final loss") \
-            if r.final_loss is not None else na(r.reason or r.status if r.status != "done" else "not recorded")
+        loss = seed_mean([(x.final_loss, x.run_id) for x in e.runs if x.final_loss is not None],
+                         lambda v: fmt.sig(v, 4), "run summary: final loss") if e.runs else None
+        loss = loss or (Val(r.final_loss, fmt.sig(r.final_loss, 4), run_id=r.run_id, source="run summary: final loss")
+                        if r.final_loss is not None else na(r.reason or r.status if r.status != "done"
+                                                            else "not recorded"))
         toks = Val(r.tokens, fmt.count(r.tokens), run_id=r.run_id) if r.tokens is not None else na("not recorded")
         rows.append([Val(e.label, e.label), Val(r.run_id, r.run_id), loss, toks])
     return Table("loss-side", "Final training loss", ["mixer", "run", "final loss", "tokens"], rows).add_footnotes(16)
@@ -363,15 +541,17 @@ class ScalingFit:
 
 def scaling_points(data: ReportData, label: str, y: str, x: str) -> list[tuple[float, float, str]]:
     pts = []
+    cells: dict[str, list[Run]] = defaultdict(list)
     for r in data.runs_of(label):
-        if r.status != "done":
-            continue
+        if r.status == "done":
+            cells[cell_key(r)].append(r)
+    # each size at its selected learning rate, every seed a point
+    for r in [r for cell in cells.values() for r in cell_sweep(data, label, cell).selected.runs]:
         xv = r.params if x == "params" else r.flops
         if y == "loss":
             yv = r.final_loss
         else:
-            p = near(hashhop_curve(data, r.run_id), r.train_len) if r.train_len else None
-            yv = None if p is None or p.accuracy is None else p.accuracy
+            yv = metric_of(data, r, "hashhop_accuracy")
         if xv is not None and yv is not None:
             pts.append((float(xv), float(yv), r.run_id))
     return sorted(pts)

@@ -154,7 +154,7 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
             for e in es:
                 if e.run is None:
                     continue
-                curve = A.hashhop_curve(data, e.run.run_id, hops, cot)
+                curve = A.seed_curve(data, e.runs, (hops, cot))
                 ok = [p for p in curve if p.accuracy is not None]
                 for p in curve:
                     if p.accuracy is None:
@@ -184,14 +184,15 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
             axes[j // ncols][j % ncols].set_visible(False)
         _legend(fig, list(handles.values()), list(handles.keys()))
         svg = to_svg(fig, "fig-hashhop")
-    caption = ("Teacher-forced exact match per query; bands are Wilson 95% intervals; the dashed vertical line marks "
+    caption = ("Teacher-forced exact match per query; bands are 95% intervals resampling samples (with several seeds: "
+               "their mean, the band from the smallest to the largest seed); the dashed vertical line marks "
                f"the training length and the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
                "context length.")
     return Figure("fig-hashhop", title, svg, caption, A.hashhop_side(data, es), compress(missing, len(settings)))
 
 
 def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
-    """The summary's figure: HashHop accuracy vs length, all evaluated cells pooled per length."""
+    """The summary's figure: HashHop accuracy vs length in the headline setting (the leaderboard's)."""
     title = "HashHop accuracy vs context length"
     curves = [(e, [p for p in e.curve if p.accuracy is not None]) for e in es if e.run is not None]
     curves = [(e, ok) for e, ok in curves if ok]
@@ -218,7 +219,8 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax.set_ylabel("exact match")
         ax.legend(frameon=False, handlelength=3.2, loc="best")
         svg = to_svg(fig, "fig-headline")
-    caption = (f"{A.settings_text(A.hashhop_settings(data))}; Wilson 95% bands; dashed: training length; "
+    caption = (f"{A.setting_text(A.headline_setting(data))}; bands: 95% intervals by sample, or the min-max over "
+               "seeds; dashed: training length; "
                f"dotted: the {A.THRESHOLD} threshold. Per hop count and mode in Figure 3.1.")
     return Figure("fig-headline", title, svg, caption)
 
@@ -227,10 +229,12 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
 def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     title = "Accuracy by context length and depth"
     grids = []
+    setting = A.headline_setting(data)
     for e in es:
         if e.run is None:
             continue
-        cells = [c for c in data.hashhop if c.run_id == e.run.run_id]
+        seeds = {r.run_id for r in e.runs}
+        cells = [c for c in data.hashhop if c.run_id in seeds and (c.hops, c.cot) == setting]
         points = sorted({c.point for c in cells}, key=lambda pt: max(c.length for c in cells if c.point == pt))
         lengths = [max(c.length for c in cells if c.point == pt) for pt in points]  # as in the pooled curves
         nbins = max((len(c.depth) for c in cells), default=0)
@@ -290,7 +294,8 @@ def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         fig.colorbar(im, ax=axes, shrink=0.8, label="exact match", aspect=25)
         svg = to_svg(fig, "fig-depth")
     caption = ("Exact match by the relative position in the prompt of the queried chain's lines (10 depth bins, 0% = "
-               "start), pooled over hop counts and chain-of-thought modes. Viridis keeps its order in greyscale; "
+               f"start), {A.setting_text(setting)} as in the leaderboard; over several seeds, their mean. Viridis "
+               "keeps its order in greyscale; "
                "hatched columns were not run.")
     missing = compress([(label, lengths[j], "", why) for label, lengths, _, nc in grids for j, why in nc.items()])
     return Figure("fig-depth", title, svg, caption, None, missing)
@@ -310,11 +315,18 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     for e in es:
         if e.run is None:
             continue
-        pts = sorted((p for p in data.ppl if p.run_id == e.run.run_id), key=lambda p: p.length)
-        for p in pts:
-            if p.ppl is None:
-                missing.append((e.label, p.length, "", p.reason or p.status))
-        ok = [p for p in pts if p.ppl is not None]
+        seeds = {r.run_id for r in e.runs}
+        by_len: dict[int, list] = {}
+        for p in data.ppl:
+            if p.run_id in seeds:
+                by_len.setdefault(p.length, []).append(p)
+        ok = []  # (length, mean, min, max) over the seeds
+        for length, ps in sorted(by_len.items()):
+            vals = [p.ppl for p in ps if p.ppl is not None]
+            if vals:
+                ok.append((length, sum(vals) / len(vals), min(vals), max(vals)))
+            else:
+                missing.append((e.label, length, "", ps[0].reason or ps[0].status))
         if ok:
             series.append((e, ok))
     if not series:
@@ -324,8 +336,12 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax = fig.subplots()
         lengths, train, vals_extra = [], set(), []
         for e, ok in series:
-            ax.plot([p.length for p in ok], [p.ppl for p in ok], **pal[e.label].line_kw(), label=e.label)
-            lengths += [p.length for p in ok]
+            x = [p[0] for p in ok]
+            if len(e.runs) > 1:
+                ax.fill_between(x, [p[2] for p in ok], [p[3] for p in ok], color=pal[e.label].color,
+                                alpha=band_alpha(len(series)), linewidth=0)
+            ax.plot(x, [p[1] for p in ok], **pal[e.label].line_kw(), label=e.label)
+            lengths += x
             if e.run.train_len:
                 train.add(e.run.train_len)
             for name in dict.fromkeys(v for v, _ in data.ppl_variants):
@@ -337,7 +353,7 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                     ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=f"{e.label} ({name})")
                     vals_extra.extend(p.ppl for p in pts)
         _log2_axis(ax, lengths)
-        vals = [p.ppl for _, ok in series for p in ok] + vals_extra
+        vals = [p[1] for _, ok in series for p in ok] + vals_extra
         if max(vals) / max(min(vals), 1e-9) > 8:
             ax.set_yscale("log")
         _train_lines(ax, train)
@@ -345,7 +361,8 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax.set_ylabel("perplexity (bytes)")
         ax.legend(frameon=False, handlelength=3.2)
         svg = to_svg(fig, "fig-ppl")
-    caption = "Byte-level perplexity of held-out text with sliding windows (see Methods); dashed line: training length."
+    caption = ("Byte-level perplexity of held-out text with sliding windows (see Methods); dashed line: training "
+               "length; over several seeds, their mean with a band from the smallest to the largest.")
     return Figure("fig-ppl", title, svg, caption, A.ppl_side(data, es), compress(missing))
 
 
@@ -363,7 +380,7 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     runs = [r for r in data.runs if r.curve]
     if not runs:
         return Figure("fig-loss", title, None, "", reason="no training metrics in the store for these runs")
-    heads = {e.run.run_id for e in es if e.run is not None}
+    heads = {r.run_id for e in es for r in e.runs}  # every seed of each mixer's selected cell
     use_tokens = all(any(t for _, t, _ in r.curve) for r in runs)
     longest = max(len(r.curve) for r in runs)
     alpha = 0.0 if longest < 50 else min(0.95, 1 - 10 / longest)
@@ -371,6 +388,7 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
         ax = fig.subplots()
         runs.sort(key=lambda r: r.run_id in heads)  # headline runs drawn last, on top
+        labelled: set[str] = set()
         for r in runs:
             xs = [t if use_tokens else s for s, t, _ in r.curve]
             ys = [v for _, _, v in r.curve]
@@ -378,7 +396,9 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             kw.update(marker=None)
             if r.run_id not in heads:
                 kw.update(alpha=0.45, linewidth=1.0)
-            ax.plot(xs, ema(ys, alpha), **kw, label=r.label if r.run_id in heads else None)
+            first = r.run_id in heads and r.label not in labelled
+            labelled.add(r.label if first else "")
+            ax.plot(xs, ema(ys, alpha), **kw, label=r.label if first else None)
             ax.plot(xs[-1:], ema(ys, alpha)[-1:], marker=pal[r.label].marker, color=pal[r.label].color,
                     markersize=5, linestyle="none")
         if use_tokens:
@@ -388,9 +408,43 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax.legend(frameon=False, handlelength=3.2)
         svg = to_svg(fig, "fig-loss")
     smooth = f" smoothed by an exponential moving average (weight {alpha:.2f})" if alpha else ""
-    caption = (f"Training loss per step{smooth}; the marker shows the final value. Thin lines: other runs of the "
-               "same mixer (other sizes or seeds).")
+    caption = (f"Training loss per step{smooth}; the marker shows the final value. Thick lines: each seed of the "
+               "leaderboard's run of each mixer; thin lines: its other runs (other sizes or learning rates).")
     return Figure("fig-loss", title, svg, caption, A.loss_side(data, es))
+
+
+# -- learning-rate sweeps -------------------------------------------------------------------------
+def lr_sweep(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    """The selection metric against the learning rate per mixer, over seeds, the selected rate
+    ringed: what the leaderboard's choice rests on."""
+    title = "Learning-rate sweep"
+    swept = [e for e in es if e.sweep is not None and len(e.sweep.points) > 1]
+    metric = A.select_metric(data)
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.4), layout="constrained")
+        ax = fig.subplots()
+        for e in swept:
+            pts = [p for p in e.sweep.points if p.mean is not None and p.lr is not None]
+            if not pts:
+                continue
+            look = pal[e.label]
+            x = [p.lr for p in pts]
+            y = [p.mean for p in pts]
+            err = [[p.mean - p.low for p in pts], [p.high - p.mean for p in pts]]
+            ax.errorbar(x, y, yerr=err, **look.line_kw(), capsize=2.5, label=e.label)
+            sel = e.sweep.selected
+            if sel.mean is not None:
+                ax.plot([sel.lr], [sel.mean], marker="o", markersize=11, markerfacecolor="none",
+                        markeredgecolor=look.color, linestyle="none")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel(metric.replace("_", " ") + " at the training length")
+        ax.legend(frameon=False, handlelength=3.2)
+        svg = to_svg(fig, "fig-lr")
+    caption = (f"{metric} of each mixer's largest model per learning rate: the mean over seeds, bars from the "
+               "smallest to the largest seed; the ringed rate is the one the leaderboard and the other figures use "
+               f"({'lowest' if metric == 'eval_loss' else 'highest'} mean).")
+    return Figure("fig-lr", title, svg, caption, A.sweep_side(data, es))
 
 
 # -- throughput and memory ------------------------------------------------------------------------
@@ -534,6 +588,8 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
     figs = [hashhop_vs_length(data, pal, es), depth_heatmaps(data, pal, es), ppl_vs_length(data, pal, es),
             loss_curves(data, pal, es)]
+    if any(e.sweep is not None and len(e.sweep.points) > 1 for e in es):
+        figs.append(lr_sweep(data, pal, es))
     modes = A.bench_modes(data)
     figs += [speed_memory(data, pal, m) for m in modes] or [
         Figure("fig-speed", "Throughput and peak memory vs sequence length", None, "",

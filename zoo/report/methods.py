@@ -80,7 +80,8 @@ def _training(data: ReportData) -> Method:
         f"{_values(data, 'train.steps')}, tokens {_values(data, 'train.max_tokens')}, FLOPs "
         f"{_values(data, 'train.max_flops')}; the first reached stops a run. Batch: "
         f"{_values(data, 'train.batch_size')} sequences x {_values(data, 'train.grad_accum')} accumulation steps.",
-        f"AdamW (no weight decay on norms and biases), peak learning rate {_values(data, 'train.lr')}, "
+        f"AdamW (no weight decay on norms, biases, gains and the SSM dynamics each mixer marks, such as Mamba's "
+        f"A_log and D), peak learning rate {_values(data, 'train.lr')}, "
         f"{_values(data, 'train.lr_schedule')} schedule after {_values(data, 'train.warmup_steps')} warm-up steps "
         f"down to {_values(data, 'train.min_lr_ratio')} of the peak, weight decay "
         f"{_values(data, 'train.weight_decay')}, betas ({_values(data, 'train.beta1')}, "
@@ -88,6 +89,10 @@ def _training(data: ReportData) -> Method:
         f"{_values(data, 'train.precision')} (auto: bf16 autocast on GPU, fp32 on CPU), seed "
         f"{_values(data, 'train.seed')}.",
     ]
+    ps.append(f"Learning rates and seeds: where a mixer ran at several learning rates, reports use the rate with "
+              f"the best mean {A.select_metric(data)} at the training length over its seeds (lower loss or higher "
+              "accuracy), for each model size, and draw every rate in the learning-rate figure. Where it ran at "
+              "several seeds, every number is the mean over them with the smallest and largest seed beside it.")
     sched = _values(data, "train.schedules", lambda v: ", ".join(sorted(v)) or "none")
     ps.append(f"Scheduled settings: {sched}.")
     ps.append("Tokens/s is the trainer's throughput over the run; MFU divides the achieved FLOP/s (the model's own "
@@ -115,16 +120,25 @@ def _hashhop(data: ReportData) -> Method | None:
         f"{_list(sorted({'on' if c else 'off' for _, c in settings}))}; {extra} Lengths in this report are the "
         f"tokens the model reads, prompt and completion (one character is one token): "
         f"{_list(fmt.length(L) for L in lengths)}. The cells of one problem size (hop counts, modes) differ by their "
-        "completions; pooled, they are placed at the longest. A leaderboard column k x the training length takes the "
+        "completions; they are drawn per hop count and mode, never pooled; the leaderboard and the summary figure "
+        f"show {A.setting_text(A.headline_setting(data))}. A leaderboard column k x the training length takes the "
         f"evaluated length nearest to it within a factor {2 ** A.LENGTH_TOLERANCE:.2f}, and says which.",
         "Score: teacher-forced exact match per query: a query counts as right when every answer token (the "
         "target's characters and the closing quote) is the argmax given the gold prefix, so one forward pass "
         "scores all queries of a sample. A subset is also decoded greedily from the cache and compared"
         + greedy_agreement(data) + " With chain of thought, per-hop accuracy and the depth reached are recorded too.",
         f"Depth: the mean relative position in the prompt of a queried chain's lines, in {grid_bins(data)} equal "
-        "bins (0% = start of the prompt). Intervals: Wilson score intervals at 95% (Wilson 1927) on every "
-        "accuracy; where a leaderboard number pools several cells (hop counts, chain-of-thought modes) it is total "
-        "correct over total queries with the interval recomputed.",
+        "bins (0% = start of the prompt).",
+        "Intervals (95%) respect the sampling unit, the sample: the queries of one sample share its haystack and "
+        "are not independent. A seeded cluster bootstrap (2000 resamplings of whole samples) gives the variance of "
+        "the accuracy and from it the effective number of queries (Kish's design effect), kept between the number "
+        "of samples and the number of queries; the interval is Wilson's score interval (Wilson 1927) at that "
+        "effective count, so it stays within [0, 1]. Where every query of a cell agrees (accuracy 0 or 1) the "
+        "correlation cannot be seen and each sample counts once. Character, per-hop, greedy and per-depth "
+        "accuracies are treated alike, each cell on its own: cells of different hop counts or modes are never "
+        "pooled. Rows stored before per-sample counts keep the Wilson interval over queries they were stored with."
+        + (" Over several seeds the band is the smallest to the largest seed, around their mean."
+           if any(len(set(r.seed for r in data.runs_of(lb))) > 1 for lb in data.labels()) else ""),
         "Cells longer than a model's declared max_length are marked n/a with the reason, not run. Long inputs run "
         "through the mixers' caches in chunks, which the conformance suite proves equal to one full forward.",
     ]

@@ -32,6 +32,7 @@ class Run:
     peak_source: str | None = None   # where that peak comes from, or why there is none
     peak_mem: float | None = None    # bytes
     final_loss: float | None = None
+    evals: dict[str, float] = field(default_factory=dict)  # held-out metrics at the end (eval_loss, eval_acc)
     wall_s: float | None = None
     seed: int | None = None
     backends: dict[str, str] = field(default_factory=dict)  # mixer -> backend that ran

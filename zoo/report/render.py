@@ -235,7 +235,8 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
                           for c in data.hashhop for i, (a, n) in enumerate(c.depth)]
     t["hashhop_curves"] = [{"label": e.label, "run_id": e.run.run_id, "tokens": p.length, "n": p.n,
                             "correct": p.correct, "accuracy": p.accuracy, "low": p.low, "high": p.high,
-                            "reason": p.reason} for e in es if e.run for p in e.curve]
+                            "seeds": p.seeds, "run_ids": [r.run_id for r in e.runs], "reason": p.reason}
+                           for e in es if e.run for p in e.curve]
     t["ppl"] = [{"label": labels.get(p.run_id), "run_id": p.run_id, "length": p.length, "ppl": p.ppl, "loss": p.loss,
                  "tokens": p.tokens, "stride": p.stride, "status": p.status, "reason": p.reason,
                  **{f"row.{k}": v for k, v in p.meta.items()}} for p in data.ppl]

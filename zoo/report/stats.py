@@ -1,4 +1,4 @@
-"""The few statistics a report needs: Wilson intervals, pooled accuracies, power-law fits,
+"""The few statistics a report needs: Wilson and clustered intervals (from `zoo.stats`), power-law fits,
 effective context length.
 
 Everything here is plain Python/numpy on numbers read from the store, so it is easy to
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zoo.stats import Z95, wilson  # noqa: F401  (re-exported for the report modules)
+from zoo.stats import Z95, clustered, wilson  # noqa: F401  (re-exported for the report modules)
 
 
 @dataclass(frozen=True)

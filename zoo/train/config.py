@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1, le=1 << 20, description="sequences per micro-batch")
     grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
     seq_len: int = Field(256, ge=2, le=1 << 24, description="training length (tokens per sequence)")
-    # optimizer: AdamW, no weight decay on norms and biases (1-D parameters)
+    # optimizer: AdamW; no weight decay on norms, biases, gains and tagged SSM dynamics (zoo.mixer.decays)
     lr: float = Field(1e-3, gt=0, le=10.0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
@@ -124,9 +124,16 @@ class RunConfig(BaseModel):
                                        "task": TaskRef(name=self.task.name, config=task.config.model_dump())})
 
     def identity(self) -> dict[str, Any]:
+        from zoo.registry import get_spec
+
         n = self.normalized()
-        return {"model": n.model.model_dump(), "task": n.task.model_dump(),
-                "train": n.train.model_dump(exclude=NON_ID_FIELDS)}
+        out = {"model": n.model.model_dump(), "task": n.task.model_dump(),
+               "train": n.train.model_dump(exclude=NON_ID_FIELDS)}
+        # version 1 is left out, so ids from before mixers had versions stay valid
+        versions = {name: v for name in dict.fromkeys(n.model.layers) if (v := get_spec(name).version) != 1}
+        if versions:
+            out["mixer_versions"] = versions
+        return out
 
     def run_id(self) -> str:
         return config_id(self.identity())

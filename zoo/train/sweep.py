@@ -19,7 +19,7 @@ from typing import Any
 
 from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, plan
-from zoo.store import Store, config_id
+from zoo.store import Store, changed_since, config_id
 from zoo.train.checkpoint import load_model
 from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, resolve_device, train
 
@@ -105,10 +105,18 @@ def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     return out
 
 
+# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
+# hashhop 2: intervals by sample, with per-sample counts
+EVAL_VERSIONS = {"hashhop": 2}
+
+
 def eval_id(kind: str, settings: Any) -> str:
     """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats."""
     dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    return config_id({"kind": kind, "settings": dumped})
+    ident = {"kind": kind, "settings": dumped}
+    if EVAL_VERSIONS.get(kind, 1) != 1:
+        ident["version"] = EVAL_VERSIONS[kind]
+    return config_id(ident)
 
 
 def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
@@ -262,6 +270,36 @@ def hashhop_by_length(store: Store, run_id: str) -> dict[int, float]:
 def ppl_by_length(store: Store, run_id: str) -> dict[int, float]:
     return {int(r["length"]): float(r["ppl"]) for r in store.results(run_id, "ppl")
             if r.get("scope") == "all" and r.get("status") == "ok" and r.get("rope_scaling") is None}
+
+
+def stale_mixer_files(record: dict) -> list[str]:
+    """Files defining the mixers of a stored run that differ between the run's commit and this
+    checkout: its results may come from older code. Empty when they agree or git cannot tell."""
+    from zoo import registry
+
+    commit = (record.get("provenance") or {}).get("git_commit")
+    layers = ((record.get("config") or {}).get("model") or {}).get("layers") or []
+    files = [f for name in dict.fromkeys(layers) if name in registry.names()
+             and (f := registry.source_file(name)) is not None]
+    if not commit or not files:
+        return []
+    return changed_since(commit, files) or []
+
+
+def stale_warnings(outcomes: list[Outcome], store: Store) -> list[str]:
+    """One line per reused run (done before this call) whose mixer files changed since its commit."""
+    out = []
+    for o in outcomes:
+        if o.status != "skipped":
+            continue
+        record = store.get_run(o.planned.run_id)
+        files = stale_mixer_files(record) if record else []
+        if files:
+            commit = record["provenance"]["git_commit"]
+            out.append(f"run {o.planned.run_id} ({o.planned.label}) was trained at commit {commit[:12]}; "
+                       f"{', '.join(files)} changed since; if the change alters outputs, bump that mixer's "
+                       "version (register_mixer(version=...)) so it trains under a new run id")
+    return out
 
 
 def summary_table(outcomes: list[Outcome], store: Store, title: str):

@@ -32,6 +32,7 @@ from torch import nn
 
 from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
 from zoo.errors import ZooError
+from zoo.mixer import no_decay_names
 from zoo.model import ModelConfig, ZooLM
 from zoo.store import Store, provenance
 from zoo.tasks.base import IGNORE, Batch, Task, get_task
@@ -239,10 +240,14 @@ def build_model(model_config: ModelConfig, seed: int) -> ZooLM:
     return ZooLM(model_config)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # norms, biases, gains
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None) -> list[dict]:
+    """AdamW groups: weight decay where `zoo.mixer.decays` says, none on tagged SSM dynamics,
+    norms, biases and gains. `exempt` (parameter names) is read before FSDP2 wraps the model,
+    since wrapping replaces the parameter objects and drops their tags."""
+    exempt = set(no_decay_names(model)) if exempt is None else exempt
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
 
 
 @contextlib.contextmanager
@@ -345,9 +350,10 @@ class Trainer:
         last = ckpt.latest_checkpoint(self.run_dir)
         if last is not None:  # full weights, before any sharding: a checkpoint fits any number of GPUs
             ckpt.load_weights(model, last, self.device)
+        exempt = set(no_decay_names(model))
         wrapped = self.dist.wrap(model, sample_len=cfg.seq_len)  # DDP, FSDP2 (in place) or the model
         fused = self.device.type == "cuda" and self.dist.strategy != "fsdp"
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, exempt), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 eps=cfg.eps, fused=fused or None)
         total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
         start, resumed = 0, None
