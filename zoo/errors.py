@@ -25,3 +25,15 @@ class UnknownMixerError(ZooError):
 
 class RegistryError(ZooError):
     pass
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the work after saving what it could. `message` says
+    what was saved; `exit_code` is the shell's convention: 128 + the signal number. Like
+    KeyboardInterrupt it is no `Exception`, so no `except Exception` swallows it; unlike it,
+    the command line framework lets it through to `zoo.cli.main`, which prints the message."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = 128 + signum

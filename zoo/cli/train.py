@@ -78,7 +78,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model"),
         eval_every: int = typer.Option(0, "--eval-every"),
-        ckpt_every: int = typer.Option(0, "--ckpt-every"),
+        ckpt_every: int = typer.Option(0, "--ckpt-every", help="also checkpoint every N steps"),
+        ckpt_minutes: float = typer.Option(5.0, "--ckpt-minutes", help="checkpoint every this many minutes of "
+                                           "training (0: off); Ctrl-C and SIGTERM save one before exiting"),
         tensorboard: bool = typer.Option(False, "--tensorboard"),
         wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases, offline mode"),
         sets: list[str] = typer.Option([], "--set", help="any setting, e.g. model.mixer_config.nope.n_heads=2, "
@@ -114,6 +116,7 @@ def register(app: typer.Typer) -> None:
             "train": {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len,
                       "lr": lr, "warmup_steps": warmup, "lr_schedule": lr_schedule, "seed": seed, "device": device,
                       "compile": compile_, "eval_every": eval_every, "ckpt_every": ckpt_every,
+                      "ckpt_minutes": ckpt_minutes,
                       "tensorboard": tensorboard, "wandb": wandb},
             "label": label,
         }

@@ -19,8 +19,8 @@ from zoo.store import config_id
 from zoo.train.schedule import Schedule, check_knob_name
 
 # training settings outside the run identity: how a run is watched and executed, not what it learns
-NON_ID_FIELDS = {"log_every", "tensorboard", "wandb", "ckpt_every", "keep_checkpoints", "compile", "device",
-                 "peak_tflops", "threads"}
+NON_ID_FIELDS = {"log_every", "tensorboard", "wandb", "ckpt_every", "ckpt_minutes", "keep_checkpoints", "compile",
+                 "device", "peak_tflops", "threads"}
 
 
 class TargetMetric(BaseModel):
@@ -74,7 +74,9 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model for training")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: torch's); "
                                 "tiny models run fastest on one, above all on a busy machine")
-    ckpt_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
+    ckpt_every: int = Field(0, ge=0, le=10**9, description="steps between checkpoints (0: none by step count)")
+    ckpt_minutes: float = Field(5.0, ge=0, le=7 * 24 * 60, description="minutes of training between "
+                                "checkpoints (0: none by time); Ctrl-C and SIGTERM also save one before exiting")
     keep_checkpoints: int = Field(2, ge=1, le=1000)
     log_every: int = Field(10, ge=1, description="steps between metric flushes and progress updates")
     peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU (default: datasheet table)")
