@@ -37,3 +37,13 @@ class Interrupted(BaseException):
         super().__init__(message)
         self.message = message
         self.exit_code = 128 + signum
+
+
+def invalid(e, what: str, hint: str | None = None) -> ZooError:
+    """One line for a pydantic ValidationError: `{what} '{key}' = {value}: {reason}`, with the
+    value's text cut short so a huge or nested input still reads on one line."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    value = repr(err.get("input"))
+    value = value if len(value) <= 80 else value[:77] + "..."
+    return ZooError(f"{what} '{key}' = {value}: {err['msg']}", hint)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zoo import registry
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
             for col in ("entry point", "package", "error"):
                 bt.add_column(col)
             for b in broken:
-                bt.add_row(b["name"], b["package"], b["error"])
+                bt.add_row(escape(b["name"]), escape(b["package"]), escape(b["error"]))
             console.print(bt)
 
     @mixers_app.command("show")
@@ -83,13 +84,13 @@ def register(app: typer.Typer) -> None:
                     if getattr(m, attr, None) is not None:
                         bounds.append(f"{sym} {getattr(m, attr)}")
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-            t.add_row(fname, ann, repr(f.default), ", ".join(bounds), f.description or "")
+            t.add_row(fname, escape(ann), escape(repr(f.default)), ", ".join(bounds), escape(f.description or ""))
         console.print(t)
         bt = Table(title="backends (in order of preference)")
         for col in ("backend", "what", "on cpu", "on cuda"):
             bt.add_column(col)
         for b in spec.backends:
-            bt.add_row(b.name, b.description, b.check(torch.device("cpu")) or "yes",
+            bt.add_row(b.name, escape(b.description), escape(b.check(torch.device("cpu")) or "yes"),
                        b.check(torch.device("cuda")) or "yes")
         console.print(bt)
 
@@ -104,7 +105,7 @@ def register(app: typer.Typer) -> None:
         t.add_column("check")
         t.add_column("result")
         for k, v in results.items():
-            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {v}")
+            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {escape(str(v))}")
         console.print(t)
         failed = [k for k, v in results.items() if v is not None]
         if failed:

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
 
 ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
 
@@ -35,8 +37,11 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
         if parts[0] not in ("model", "task", "train"):
             raise ZooError(f"--set key '{key}' must start with model., task. or train.")
         d = doc
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ZooError(f"--set '{s}': '{'.'.join(parts[:i + 1])}' is a value, not a table",
+                               f"set '{'.'.join(parts[:i + 1])}' itself")
         d[parts[-1]] = parse_value(value.strip())
     return doc
 
@@ -52,8 +57,8 @@ def plan_table(runs, store, title: str) -> Table:
     for p in runs:
         m = p.run.model
         prior = store.get_run(p.run_id) if store is not None else None
-        t.add_row(p.label, p.run_id, "+".join(m.layers), str(m.d_model), str(m.hidden()), f"{p.params:,}",
-                  f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", p.matched or "",
+        t.add_row(Text(p.label), p.run_id, Text("+".join(m.layers)), str(m.d_model), str(m.hidden()), f"{p.params:,}",
+                  f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", Text(p.matched or ""),
                   prior["status"] if prior else "new")
     return t
 
@@ -123,18 +128,18 @@ def register(app: typer.Typer) -> None:
         if config is not None:
             try:
                 doc = json.loads(Path(config).read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ZooError(f"cannot read run config {config}: {e}",
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise ZooError(f"cannot read run config {config}: {type(e).__name__}: {e}",
                                "give a JSON file like a run's config.json") from None
+            if not isinstance(doc, dict):
+                raise ZooError(f"run config {config} holds a JSON {type(doc).__name__}, not an object",
+                               "give a JSON file like a run's config.json")
             doc.pop("run_id", None)
         apply_sets(doc, sets)
         try:
             run = RunConfig(**doc)
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ZooError(f"bad setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                           "see `zoo train --help`") from None
+            raise invalid(e, "bad setting", "see `zoo train --help`") from None
         from zoo.train.distributed import FollowerStore
 
         # under torchrun only rank 0 opens the store
@@ -162,7 +167,7 @@ def register(app: typer.Typer) -> None:
         s = res.summary
         console.print(f"run [bold]{rid}[/] done: {s['steps']} steps, loss {s['final_loss']:.4f}"
                       + (f", eval loss {s['eval_loss']:.4f}, eval acc {s['eval_acc']:.3f}" if "eval_loss" in s else "")
-                      + f" [dim]({res.run_dir})[/]")
+                      + f" [dim]({escape(str(res.run_dir))})[/]")
 
     @app.command("compare")
     def compare_cmd(
@@ -185,7 +190,7 @@ def register(app: typer.Typer) -> None:
 
         from zoo.spec import load_spec, plan
         from zoo.store import Store
-        from zoo.train.sweep import run_experiment, select_shard, summary_table
+        from zoo.train.sweep import failed_evals, run_experiment, select_shard, summary_table
 
         if launcher not in ("local", "ray"):
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
@@ -221,9 +226,20 @@ def register(app: typer.Typer) -> None:
             outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
                                       shard=shard, device=device, only=only or None)
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
+        # exit 0 only when every run is trained and every evaluation stored
         failed = [o for o in outcomes if o.status == "failed"]
+        busy = [o for o in outcomes if o.status == "busy"]
+        bad_evals = [o for o in outcomes if failed_evals(o)]
         if failed:
-            console.print(f"[red]{len(failed)} run(s) failed[/] (see the status column; `zoo runs show RUN`)")
+            console.print(f"[red]{len(failed)} run(s) failed:[/] {escape(', '.join(o.planned.run_id for o in failed))}"
+                          " (see the status column; `zoo runs show RUN`)")
+        if bad_evals:
+            console.print(f"[red]evaluations failed for {len(bad_evals)} run(s):[/] " + escape(", ".join(
+                f"{o.planned.run_id} ({', '.join(failed_evals(o))})" for o in bad_evals)))
+        if busy:
+            console.print(f"[yellow]{len(busy)} run(s) are being trained by another process:[/] "
+                          f"{', '.join(o.planned.run_id for o in busy)} (run the command again once they finish)")
+        if failed or bad_evals or busy:
             raise typer.Exit(1)
 
     @app.command("ppl")
@@ -276,7 +292,7 @@ def register(app: typer.Typer) -> None:
             if r.get("scope") != "all":
                 continue
             if r["status"] != "ok":
-                t.add_row(str(r["length"]), "-", "-", "-", "-", r.get("reason", ""))
+                t.add_row(str(r["length"]), "-", "-", "-", "-", Text(str(r.get("reason", ""))))
                 continue
             b = beyond.get(r["length"])
             t.add_row(str(r["length"]), str(r["windows"]), f"{r['ppl']:.3f}", f"{r['bits_per_byte']:.3f}",

@@ -121,10 +121,16 @@ def _train_lines(ax, lengths: set[int], label: bool = True) -> None:
                         textcoords="offset points", fontsize=6.5, color="#555555")
 
 
+def _tex(text: str) -> str:
+    """A label as matplotlib must be given it to print it as written: `$` would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
     if handles:  # "outside": constrained layout makes room for it below the axes
         fits = max(2, int(fig.get_figwidth() / 1.45))  # entries per row that fit the figure's width
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), ncol or 6, fits),
+        fig.legend(handles, [_tex(x) for x in labels], loc="outside lower center",
+                   ncol=min(len(labels), ncol or 6, fits),
                    frameon=False, handlelength=3.2)
 
 
@@ -167,7 +173,7 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                 all_lengths += [p.length for p in curve]
                 ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
                                 alpha=band_alpha(len(es)), linewidth=0, zorder=2)
-                (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=e.label)
+                (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=_tex(e.label))
                 handles.setdefault(e.label, h)
                 if e.run.train_len:
                     train.add(e.run.train_len)
@@ -207,7 +213,7 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             lengths += [p.length for p in e.curve]
             ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
                             alpha=band_alpha(len(curves)), linewidth=0)
-            ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=e.label)
+            ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=_tex(e.label))
             if e.run.train_len:
                 train.add(e.run.train_len)
         _log2_axis(ax, lengths)
@@ -280,7 +286,7 @@ def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             ax.set_xticks(range(len(lengths)), [fmt.length(L) for L in lengths])
             ax.set_yticks([0, 50, 100], ["0%", "50%", "100%"])
             look = pal[label]
-            ax.set_title(label, color=look.color, fontweight="bold")
+            ax.set_title(_tex(label), color=look.color, fontweight="bold")
             if i % ncols == 0:
                 ax.set_ylabel("depth in the prompt")
             if i // ncols == nrows - 1:
@@ -324,7 +330,7 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         ax = fig.subplots()
         lengths, train, vals_extra = [], set(), []
         for e, ok in series:
-            ax.plot([p.length for p in ok], [p.ppl for p in ok], **pal[e.label].line_kw(), label=e.label)
+            ax.plot([p.length for p in ok], [p.ppl for p in ok], **pal[e.label].line_kw(), label=_tex(e.label))
             lengths += [p.length for p in ok]
             if e.run.train_len:
                 train.add(e.run.train_len)
@@ -334,7 +340,7 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                 if pts:  # evaluation-time RoPE scalings of the same trained model: same colour, hollow, thin
                     kw = pal[e.label].line_kw()
                     kw.update(markerfacecolor="white", linewidth=0.9, alpha=0.85)
-                    ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=f"{e.label} ({name})")
+                    ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=_tex(f"{e.label} ({name})"))
                     vals_extra.extend(p.ppl for p in pts)
         _log2_axis(ax, lengths)
         vals = [p.ppl for _, ok in series for p in ok] + vals_extra
@@ -378,7 +384,7 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             kw.update(marker=None)
             if r.run_id not in heads:
                 kw.update(alpha=0.45, linewidth=1.0)
-            ax.plot(xs, ema(ys, alpha), **kw, label=r.label if r.run_id in heads else None)
+            ax.plot(xs, ema(ys, alpha), **kw, label=_tex(r.label) if r.run_id in heads else None)
             ax.plot(xs[-1:], ema(ys, alpha)[-1:], marker=pal[r.label].marker, color=pal[r.label].color,
                     markersize=5, linestyle="none")
         if use_tokens:

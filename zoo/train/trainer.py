@@ -103,6 +103,9 @@ def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
         for L in (seq_len, short):
             if L not in cache:
                 cache[L] = per_tok(L)
+                if not cache[L] >= 0:  # a mixer's estimate gone wrong would turn the FLOP budget upside down
+                    raise ZooError(f"the model's FLOPs estimate at length {L} is {cache[L]}, not a count",
+                                   "a mixer's flops_per_token is wrong for this config")
         seqs = cfg.batch_size * cfg.grad_accum
         tokens += seqs * (f * seq_len + (1 - f) * short)
         flops += seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
