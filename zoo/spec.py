@@ -347,7 +347,9 @@ def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
         return out, count_params(ModelConfig(**out))
     d0 = mc["d_model"]
     best: tuple[int, dict, int] | None = None
-    for d in range(max(multiple, (d0 // 4) // multiple * multiple), 4 * d0 + 1, multiple):
+    lo = max(multiple, (d0 // 4) // multiple * multiple)
+    stride = multiple * max(1, -(-(4 * d0 + 1 - lo) // (256 * multiple)))  # at most 256 models to count
+    for d in range(lo, 4 * d0 + 1, stride):
         cand = {**mc, "d_model": d}
         try:
             p = count_params(ModelConfig(**cand))

@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         config: Path = typer.Option(None, "--config", help="a run config as JSON (e.g. a run's config.json) "
                                     "instead of the flags above; --set still applies"),
-        nproc: int = typer.Option(1, "--nproc", min=1, help="processes (GPUs) for this one run: starts torchrun "
-                                  "on this machine; train.batch_size is the global batch"),
+        nproc: int = typer.Option(1, "--nproc", min=1, max=1024, help="processes (GPUs) for this one run: starts "
+                                  "torchrun on this machine; train.batch_size is the global batch"),
         parallel: str = typer.Option("ddp", "--parallel", help="how several processes share the run: ddp "
                                      "(replicas) or fsdp (FSDP2, sharded parameters and optimizer state)"),
     ) -> None:
@@ -150,7 +150,13 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
-            model = build_model(run.normalized().model, run.train.seed)
+            import torch
+
+            try:  # counting needs no weights: on the meta device a huge model costs nothing
+                with torch.device("meta"):
+                    model = build_model(run.normalized().model, run.train.seed)
+            except Exception:  # some mixers initialise with real tensors
+                model = build_model(run.normalized().model, run.train.seed)
             n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
             p = PlannedRun(run.display_label(), run.model.layers[0], run, rid, count_params(run.model), n, tokens,
                            flops)
@@ -181,7 +187,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         gpus: str = typer.Option(None, "--gpus", help="run in parallel, one worker process per GPU: 0,1,2,3 or all "
                                  "(a GPU listed twice takes two runs at once)"),
-        workers: int = typer.Option(None, "--workers", min=1, help="run in parallel on N CPU worker processes"),
+        workers: int = typer.Option(None, "--workers", min=1, max=1024,
+                                    help="run in parallel on N CPU worker processes"),
         launcher: str = typer.Option("local", "--launcher", help="local, or ray: one Ray task per run"),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start Ray here)"),
     ) -> None:

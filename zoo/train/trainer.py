@@ -90,11 +90,14 @@ def lengths_at(cfg: TrainConfig, step: int) -> tuple[int, float, int]:
 
 def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
     """(steps, expected tokens, expected FLOPs) of the budget: the first of steps, max_tokens,
-    max_flops reached. Tokens and FLOPs follow the length schedule and mixture."""
+    max_flops reached. Tokens and FLOPs follow the length schedule and mixture. Steps between
+    two changes of the lengths are taken together, so a budget of 10**9 steps costs no more
+    than its schedule has points."""
     limit = cfg.steps if cfg.steps is not None else 10**9
     tokens = flops = 0.0
     per_tok = flops_per_token or (lambda L: 0.0)
     cache: dict[int, float] = {}
+    scheds = [sc for k, sc in cfg.schedules.items() if k in ("seq_len", "long_fraction", "short_seq_len")]
     step = 0
     while step < limit:
         seq_len, f, short = lengths_at(cfg, step)
@@ -107,15 +110,30 @@ def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
                     raise ZooError(f"the model's FLOPs estimate at length {L} is {cache[L]}, not a count",
                                    "a mixer's flops_per_token is wrong for this config")
         seqs = cfg.batch_size * cfg.grad_accum
-        tokens += seqs * (f * seq_len + (1 - f) * short)
-        flops += seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
-        step += 1
+        t = seqs * (f * seq_len + (1 - f) * short)
+        fl = seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
+        n = min([limit] + [_next_change(sc, step) for sc in scheds]) - step  # steps until the lengths change
+        for have, cap, per in ((tokens, cfg.max_tokens, t), (flops, cfg.max_flops, fl)):
+            if cap is not None and per > 0:
+                n = min(n, max(1, math.ceil((cap - have) / per)))
+        tokens += n * t
+        flops += n * fl
+        step += n
         if (cfg.max_tokens is not None and tokens >= cfg.max_tokens) or \
                 (cfg.max_flops is not None and flops >= cfg.max_flops):
             break
         if cfg.steps is None and step >= 10**7:
             raise ZooError("the token or FLOP budget needs more than 10 million steps", "raise batch_size")
     return step, tokens, flops
+
+
+def _next_change(sched, step: int) -> int:
+    """The first step after `step` at which `sched` may take another value."""
+    steps = [s for s, _ in sched.points]
+    if sched.interp == "linear" and steps[0] <= step < steps[-1]:
+        return step + 1
+    later = [s for s in steps if s > step]
+    return later[0] if later else 10**18
 
 
 def total_steps(cfg: TrainConfig, flops_per_token=None) -> int:
