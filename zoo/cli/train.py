@@ -101,7 +101,8 @@ def register(app: typer.Typer) -> None:
         parallel: str = typer.Option("ddp", "--parallel", help="how several processes share the run: ddp "
                                      "(replicas) or fsdp (FSDP2, sharded parameters and optimizer state)"),
     ) -> None:
-        """Train one run from flags (resumes it if it was interrupted).
+        """Train one run from flags. An interrupted run resumes from its last checkpoint, written
+        every --ckpt-minutes of training and on Ctrl-C (exit 130) or SIGTERM (exit 143).
 
         Across GPUs: `zoo train --nproc N ...`, or `torchrun --nproc-per-node N -m zoo train ...`
         (several machines: torchrun's --nnodes and --rdzv-endpoint)."""
