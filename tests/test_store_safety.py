@@ -167,3 +167,11 @@ def test_root_that_is_a_file_is_one_line(tmp_path, capsys):
     f.write_text("x")
     assert main(["runs", "list", "--root", str(f)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_runs_list_points_at_run_directories_missing_from_the_store(tmp_path, capsys):
+    s = Store(tmp_path)
+    rid = config_id({"lost": 1})
+    (s.run_dir(rid) / "config.json").write_text(json.dumps({"run_id": rid}))
+    assert main(["runs", "list", "--root", str(tmp_path)]) == 0
+    assert "1 run directory" in capsys.readouterr().out

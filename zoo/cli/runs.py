@@ -124,6 +124,15 @@ def register(app: typer.Typer) -> None:
                       _num(s.get("params"), ",d"), Text(str(s.get("steps", "-"))), _num(s.get("final_loss"), ".4f"),
                       _num(s.get("eval_acc"), ".3f"), time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])))
         console.print(t)
+        known = {r["id"] for r in store.runs()}
+        runs_dir = store.root / "runs"
+        stray = [d.name for d in (runs_dir.iterdir() if runs_dir.is_dir() else [])
+                 if (d / "config.json").is_file() and d.name not in known]
+        if stray:  # e.g. a store emptied or rolled back by a crash: the run directories still hold the runs
+            console.print(f"{len(stray)} run director{'y' if len(stray) == 1 else 'ies'} under {runs_dir} "
+                          f"{'is' if len(stray) == 1 else 'are'} not in the store: `zoo runs repair --root "
+                          f"{store.root}` brings {'it' if len(stray) == 1 else 'them'} back",
+                          markup=False, highlight=False)
 
     @runs_app.command("show")
     def show_cmd(
