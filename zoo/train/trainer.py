@@ -115,7 +115,10 @@ def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
         n = min([limit] + [_next_change(sc, step) for sc in scheds]) - step  # steps until the lengths change
         for have, cap, per in ((tokens, cfg.max_tokens, t), (flops, cfg.max_flops, fl)):
             if cap is not None and per > 0:
-                n = min(n, max(1, math.ceil((cap - have) / per)))
+                k = max(1, math.ceil((cap - have) / per))
+                if k > 1 and have + (k - 1) * per >= cap:  # the division rounded up past the step that reaches it
+                    k -= 1
+                n = min(n, k)
         tokens += n * t
         flops += n * fl
         step += n
