@@ -266,6 +266,10 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
         if name not in used:
             raise ZooError(f"{path}: key 'model.mixer_config.{name}' names a mixer no contestant uses",
                            f"used: {', '.join(sorted(used))}")
+        try:
+            registry.get_spec(name).make_config(spec.model.mixer_config[name])
+        except ZooError as e:
+            raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
     if spec.eval.hashhop is not None:
         from zoo.eval.hashhop import HashHopGrid
 
