@@ -47,6 +47,7 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
 
 
 def plan_table(runs, store, title: str) -> Table:
+    from zoo.cli.runs import shown_status
     from zoo.report.fmt import count
 
     t = Table(title=title)
@@ -59,7 +60,7 @@ def plan_table(runs, store, title: str) -> Table:
         prior = store.get_run(p.run_id) if store is not None else None
         t.add_row(Text(p.label), p.run_id, Text("+".join(m.layers)), str(m.d_model), str(m.hidden()), f"{p.params:,}",
                   f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", Text(p.matched or ""),
-                  prior["status"] if prior else "new")
+                  shown_status(store, prior) if prior else "new")
     return t
 
 
