@@ -5,6 +5,7 @@ import json
 import math
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.store import Store, config_id
 
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.toml"
 FINISHED = config_id({"run": "finished here"})
 NEW = config_id({"run": "new from the other machine"})
 
@@ -150,7 +152,7 @@ def test_damaged_db_is_one_line_and_repair_recovers(tmp_path, capsys):
     for f in tmp_path.glob("zoo.db-*"):
         f.unlink()
     (tmp_path / "zoo.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
-    for cmd in (["runs", "list"], ["runs", "show", rid], ["compare", "experiments/smoke.toml"]):
+    for cmd in (["runs", "list"], ["runs", "show", rid], ["compare", str(SMOKE)]):
         assert main([*cmd, "--root", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "is damaged" in err and "zoo runs repair" in err, err
