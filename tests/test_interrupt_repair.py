@@ -115,7 +115,7 @@ def test_store_repaired_from_run_directory(tmp_path, damage, capsys):
 
     again = train(run, Store(snap))  # resumes from the final checkpoint: nothing is trained again
     err = capsys.readouterr().err
-    assert f"resuming run {ref.run_id} from step 12 of 12" in err
+    assert f"run {ref.run_id} already reached its last step (12, " in err
     if damage == "truncated WAL":
         assert f"repaired run {ref.run_id}:" in err and "restored from metrics.jsonl" in err, err
     repaired = Store(snap)

@@ -459,7 +459,8 @@ class Trainer:
                 self.dist.load_optimizer_state(model, opt, state["optimizer"])
                 ckpt.set_rng_state(state["rng"])
             start = resumed = meta["step"]
-            self.say(f"resuming run {rid} from step {start} of {total} ({last})")
+            self.say(f"resuming run {rid} from step {start} of {total} ({last})" if start < total else
+                     f"run {rid} already reached its last step ({start}, {last}): recording it as done")
             if self.dist.main:
                 self._repair_metrics(start)
         else:
