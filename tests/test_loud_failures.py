@@ -286,7 +286,11 @@ OPTIONS = {
               "--seed", "--eval-every", "--ckpt-every", "--ckpt-minutes", "--mixer", "--task", "--lr-schedule",
               "--set", "--label"],
     "generate": ["--n-chars", "--queries", "--hops", "--hash-len", "--seed", "--count"],
+    "eval": ["--n-chars", "--hops", "--cot", "--samples", "--queries", "--hash-len", "--greedy", "--seed",
+             "--chunk-size", "--rope-scaling", "--rope-factor"],
+    "runs": ["--status", "--kind", "--experiment", "--format", "--what"],
 }
+TINY = json.dumps({"d_model": 16, "n_layers": 1, "mixer_config": {"nope": {"n_heads": 2}}})
 option_value = st.one_of(nasty_number.map(str), nasty_text, st.sampled_from(
     ["train.lr=nan", "train.steps=-1", "model.d_model=1e9", "train.lr.x=3", "task.config.hops=[0]", "x=1",
      "model.mixer_config.zzz.a=1", "1k", "1e12", "inf", "nan", "0x10"]))
@@ -299,6 +303,13 @@ def test_fuzzed_cli_options(tmp_path, command, data):
     opts = data.draw(st.lists(st.tuples(st.sampled_from(OPTIONS[command]), option_value), min_size=1, max_size=4))
     if command == "train":
         argv = ["train", "--dry-run", "--root", str(tmp_path / "root")]
+    elif command == "eval":  # small valid settings unless the draw replaces them
+        argv = ["hashhop", "eval", "--untrained", TINY, "--n-chars", "200", "--hops", "1", "--samples", "1",
+                "--queries", "1", "--greedy", "0", "--out", str(tmp_path / "e.json")]
+    elif command == "runs":
+        sub = data.draw(st.sampled_from(["list", "export", "show"]))
+        opts = [(f, v) for f, v in opts if (f in ("--format", "--what")) == (sub == "export")]
+        argv = ["runs", sub, "--root", str(tmp_path / "root")] + ([data.draw(nasty_text)] if sub == "show" else [])
     else:  # a valid size unless the draw replaces it: generation itself must stay small
         argv = ["hashhop", "generate", "--n-chars", "300", "--out", str(tmp_path / "s.jsonl")]
     for flag, v in opts:
@@ -308,6 +319,9 @@ def test_fuzzed_cli_options(tmp_path, command, data):
         return  # a valid large size is real work, not a bad input
     if command == "generate" and any(f == "--count" and v.isdigit() and int(v) > 100 for f, v in opts):
         return
+    if command == "eval" and any(f in ("--samples", "--queries", "--n-chars") and v.isdigit() and int(v) > 2000
+                                 for f, v in opts):
+        return  # valid but large: real work
     t0 = time.time()
     code, out, err = run_cli(argv)
     assert_truthful(code, err)
