@@ -31,7 +31,8 @@ class RopeScaling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["pi", "ntk", "dynamic-ntk", "yarn", "rerope", "leaky-rerope"]
-    factor: float = Field(..., ge=1, description="scale factor (evaluation length / training length, typically)")
+    factor: float = Field(..., ge=1, le=1e6, description="scale factor (evaluation length / training length, "
+                          "typically)")
 
 
 class PplEval(BaseModel):
