@@ -46,10 +46,10 @@ def register(app: typer.Typer) -> None:
             choice = spec.choose_backend(device)
             unavailable = ", ".join(f"{b}: {r}" for b, r in choice.reasons.items())
             t.add_row(
-                spec.name, spec.family, fmt.count(sum(p.numel() for p in m.parameters())),
+                escape(spec.name), escape(spec.family), fmt.count(sum(p.numel() for p in m.parameters())),
                 spec.capabilities.cost, fmt.nbytes(m.state_bytes(8192)), fmt.nbytes(m.state_bytes(2**20)),
                 "unbounded" if m.max_length is None else str(m.max_length),
-                choice.chosen + (f" [dim](no {unavailable})[/]" if unavailable else ""), spec.source,
+                choice.chosen + (f" [dim](no {escape(unavailable)})[/]" if unavailable else ""), escape(spec.source),
             )
         console.print(t)
         broken = registry.broken_plugins()
@@ -65,15 +65,15 @@ def register(app: typer.Typer) -> None:
     def mixers_show(name: str = typer.Argument(..., help="registry name")) -> None:
         """Config fields with defaults and bounds, docs and citation of one mixer."""
         spec = registry.get_spec(name)
-        console.print(f"[bold]{spec.name}[/]  ({spec.family}, from {spec.source})")
-        console.print(spec.description)
-        console.print(f"[dim]cite:[/] {spec.citation}")
+        console.print(f"[bold]{escape(spec.name)}[/]  ({escape(spec.family)}, from {escape(spec.source)})")
+        console.print(spec.description, markup=False)
+        console.print(f"[dim]cite:[/] {escape(spec.citation)}")
         caps = spec.capabilities
         console.print(f"cost {caps.cost}, {caps.state} state, causal={caps.causal}, "
                       f"max length {caps.max_length or 'unbounded'}")
         doc = (spec.cls.__doc__ or "").strip()
         if doc:
-            console.print(f"\n{doc}\n")
+            console.print(f"\n{doc}\n", markup=False)
         t = Table(title="config")
         for col in ("field", "type", "default", "bounds", "description"):
             t.add_column(col)
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             bt.add_column(col)
         for b in spec.backends:
             bt.add_row(b.name, escape(b.description), escape(b.check(torch.device("cpu")) or "yes"),
-                       b.check(torch.device("cuda")) or "yes")
+                       escape(b.check(torch.device("cuda")) or "yes"))
         console.print(bt)
 
     @app.command("check")
