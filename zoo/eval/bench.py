@@ -1418,8 +1418,10 @@ def tables(result: BenchResult) -> list:
         st = Table(title="peers not run", title_justify="left")
         st.add_column("peer")
         st.add_column("why")
+        from rich.markup import escape
+
         for k, v in result.skipped_peers.items():
-            st.add_row(k, v)
+            st.add_row(escape(k), escape(v))  # reasons such as "pip install 'mixer-zoo[gpu]'" print as written
         out.append(st)
     return out
 
