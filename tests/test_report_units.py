@@ -205,3 +205,23 @@ def test_a_store_with_only_bench_runs_gets_a_speed_report(tmp_path, capsys):
     # asked for training runs that are not there: still an error, not a bench-only report
     assert main(["report", "--root", str(root), "--out", str(out), "--no-pdf", "--where", "label=rope"]) == 2
     assert "no training runs match" in capsys.readouterr().err
+
+
+def test_labels_reach_figures_and_csv_as_written(tmp_path):
+    """A `$` in a label is a dollar sign in the figures (not mathtext, which failed on it), and a
+    label that starts like a formula is neutralised in the data files."""
+    pytest.importorskip("jinja2")
+    pytest.importorskip("matplotlib")
+    import csv
+
+    from zoo.report.model import ReportData, Run
+    from zoo.report.render import build
+
+    label = "=cost $x^$ [/]"  # two dollars: mathtext would parse (and fail on) what lies between
+    run = Run("r1", label, ["nope"], "done", final_loss=1.5, steps=3,
+              curve=[(1, 10.0, 2.0), (2, 20.0, 1.75), (3, 30.0, 1.5)])
+    built = build(ReportData("labels", [run], source="test"), tmp_path, pdf=False)
+    html = built.html.read_text()
+    assert "=cost $x^$ [/]" in html
+    rows = list(csv.DictReader((tmp_path / "data" / "runs.csv").open()))
+    assert rows[0]["label"] == "'" + label and float(rows[0]["final_loss"]) == 1.5

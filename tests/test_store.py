@@ -100,12 +100,12 @@ def test_runs_cli(tmp_path, capsys):
 
     a, b = tmp_path / "a", tmp_path / "b"
     s = Store(a)
-    s.upsert_run("abc123", {"model": {"d_model": 8, "layers": ["nope"]}, "label": "nope", "experiment": "e"},
+    s.upsert_run("abc123def456", {"model": {"d_model": 8, "layers": ["nope"]}, "label": "nope", "experiment": "e"},
                  status="done", summary={"final_loss": 2.0, "params": 10, "steps": 3})
-    s.log_metrics("abc123", 3, {"loss": 2.0})
-    s.add_results("abc123", "hashhop", [{"length": 10, "accuracy": 0.5}])
+    s.log_metrics("abc123def456", 3, {"loss": 2.0})
+    s.add_results("abc123def456", "hashhop", [{"length": 10, "accuracy": 0.5}])
     assert main(["runs", "list", "--root", str(a)]) == 0
-    assert "abc123" in capsys.readouterr().out
+    assert "abc123def456" in capsys.readouterr().out
     assert main(["runs", "show", "abc", "--root", str(a)]) == 0
     out = capsys.readouterr().out
     assert "final_loss" in out and "hashhop: 1 rows" in out

@@ -31,16 +31,18 @@ from zoo.tasks.tokenizer import VOCAB_SIZE
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    vocab_size: int = Field(VOCAB_SIZE, ge=2, description="tokens (byte tokenizer: 256 bytes + 4 specials)")
+    vocab_size: int = Field(VOCAB_SIZE, ge=2, le=1 << 21, description="tokens (byte tokenizer: 256 bytes + 4 "
+                            "specials; a task with its own vocabulary, such as mqar, sets it)")
     d_model: int = Field(128, ge=8, le=16384)
     n_layers: int = Field(4, ge=1, le=512)
     layers: list[str] = Field(default_factory=lambda: ["nope"], min_length=1,
                               description="layer pattern of mixer names, repeated to n_layers")
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                     description="per-mixer config overrides, by name")
-    mlp_hidden: int | None = Field(None, ge=1, description="SwiGLU hidden width (default 8/3 d_model, x64)")
-    norm_eps: float = Field(1e-5, gt=0)
-    chunk_size: int = Field(8192, ge=1, description="tokens per chunk when inputs are run through caches")
+    mlp_hidden: int | None = Field(None, ge=1, le=1 << 18, description="SwiGLU hidden width (default 8/3 d_model, "
+                                   "x64)")
+    norm_eps: float = Field(1e-5, gt=0, le=1)
+    chunk_size: int = Field(8192, ge=1, le=1 << 24, description="tokens per chunk when inputs are run through caches")
 
     @model_validator(mode="after")
     def _pattern_fits(self) -> ModelConfig:
@@ -48,6 +50,10 @@ class ModelConfig(BaseModel):
             raise ValueError(f"the layer pattern {self.layers} has an empty mixer name")
         if self.n_layers % len(self.layers):
             raise ValueError(f"n_layers={self.n_layers} is not a multiple of the pattern length {len(self.layers)}")
+        unused = [name for name in self.mixer_config if name not in self.layers]
+        if unused:  # a typo or a leftover would otherwise be dropped without a word
+            raise ValueError(f"mixer_config names {', '.join(map(repr, unused))}, which the layer pattern "
+                             f"{self.layers} does not use")
         return self
 
     def layer_names(self) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from zoo.errors import RegistryError, UnknownMixerError, ZooError
+from zoo.errors import RegistryError, UnknownMixerError, invalid
 from zoo.mixer import Backend, BackendChoice, Capabilities, Mixer, MixerConfig, check_forced_backend
 
 ENTRY_POINT_GROUP = "zoo.mixers"
@@ -66,11 +66,9 @@ class MixerSpec:
         try:
             return self.config_cls(**(overrides or {}))
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "?"
             allowed = ", ".join(self.config_cls.model_fields)
-            raise ZooError(
-                f"mixer '{self.name}': bad config key '{key}' = {err.get('input')!r}: {err['msg']}",
+            raise invalid(
+                e, f"mixer '{self.name}': bad config key",
                 f"fields: {allowed}; see `zoo mixers show {self.name}`",
             ) from None
 
@@ -134,7 +132,9 @@ class _Registry:
                 obj = ep.load()
                 if isinstance(obj, type) and issubclass(obj, Mixer) and not hasattr(obj, "spec"):
                     raise RegistryError(f"{ep.value} is a Mixer without @register_mixer")
-        except Exception as e:  # a broken plugin must never break the zoo
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # a broken plugin must never break the zoo, sys.exit() at import included
             self.specs = before
             self.broken.append({"name": ep.name, "package": package, "error": f"{type(e).__name__}: {e}"})
 

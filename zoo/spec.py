@@ -33,7 +33,7 @@ import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -74,10 +74,11 @@ class ModelSpec(BaseModel):
 
     d_model: int = Field(64, ge=8, le=16384)
     n_layers: int = Field(2, ge=1, le=512)
-    mlp_hidden: int | None = Field(None, ge=1)
-    vocab_size: int | None = Field(None, ge=2, description="default: the byte tokenizer's 260")
-    norm_eps: float = Field(1e-5, gt=0)
-    chunk_size: int = Field(8192, ge=1)
+    mlp_hidden: int | None = Field(None, ge=1, le=1 << 18)
+    vocab_size: int | None = Field(None, ge=2, le=1 << 21, description="default: the task's (the byte "
+                                   "tokenizer's 260, or mqar's vocab_size)")
+    norm_eps: float = Field(1e-5, gt=0, le=1)
+    chunk_size: int = Field(8192, ge=1, le=1 << 24)
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                     description="config overrides by mixer name (hybrid partners)")
 
@@ -98,7 +99,7 @@ class SweepSpec(BaseModel):
     match_params: bool = Field(False, description="hold the parameter count equal across mixers")
     match_by: Literal["d_model", "mlp_hidden"] = Field("d_model", description="what matching adjusts")
     match_reference: str | None = Field(None, description="mixer whose count is the target (default: the first)")
-    multiple: int = Field(8, ge=1, description="matched widths are multiples of this")
+    multiple: int = Field(8, ge=1, le=4096, description="matched widths are multiples of this")
     select: Literal["best"] = Field("best", description="where a mixer ran at several learning rates, reports use "
                                     "its best by `metric` (mean over seeds) and draw the whole sweep beside it")
     metric: str = Field("eval_loss", description="what `select` ranks by, at the training length: "
@@ -136,14 +137,14 @@ class BenchEval(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lengths: list[int] = Field(default_factory=lambda: [1024, 4096], min_length=1,
+    lengths: list[Annotated[int, Field(ge=1, le=1 << 26)]] = Field(default_factory=lambda: [1024, 4096], min_length=1,
                                description="sequence lengths to time")
     modes: list[Literal["fwd", "fwdbwd", "decode"]] = Field(default_factory=lambda: ["fwd", "fwdbwd", "decode"],
                                                            min_length=1)
-    tokens_per_batch: int = Field(2**17, ge=1, description="batch = max(1, tokens_per_batch // length)")
+    tokens_per_batch: int = Field(2**17, ge=1, le=2**32, description="batch = max(1, tokens_per_batch // length)")
     model: bool = Field(False, description="also time whole models (n_layers of each mixer)")
     peers: bool = Field(True, description="time the peer kernels beside each mixer")
-    budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the bench")
+    budget_s: float | None = Field(None, gt=0, le=10**7, description="wall-clock budget of the bench")
 
 
 class EvalSpec(BaseModel):
@@ -172,6 +173,9 @@ class ExperimentSpec(BaseModel):
         if isinstance(v, list):
             if not all(isinstance(x, str) for x in v):
                 raise ValueError("a list of mixers holds registry names; use tables for overrides")
+            twice = sorted({x for x in v if v.count(x) > 1})
+            if twice:
+                raise ValueError(f"mixers listed twice: {', '.join(twice)}")
             return {x: {} for x in v}
         return v
 
@@ -225,8 +229,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ZooError(f"no experiment file {path}", "see experiments/ for examples") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ZooError(f"cannot read experiment file {path}: {e}", "give a TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ZooError(f"{path}: not valid TOML: {e}", "see https://toml.io") from None
+    except RecursionError:
+        raise ZooError(f"{path}: tables or arrays nested too deeply to read", "flatten the file") from None
     return parse_spec(raw, path)
 
 
@@ -270,6 +278,15 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
             get_task(spec.task.name, {**spec.task.config, **entry.task})
         except ZooError as e:
             raise ZooError(f"{path}: task: {e.message}", e.hint) from None
+    used = {n for label, entry in spec.mixers.items() for n in (entry.layers or [entry.mixer or label])}
+    for name in spec.model.mixer_config:
+        if name not in used:
+            raise ZooError(f"{path}: key 'model.mixer_config.{name}' names a mixer no contestant uses",
+                           f"used: {', '.join(sorted(used))}")
+        try:
+            registry.get_spec(name).make_config(spec.model.mixer_config[name])
+        except ZooError as e:
+            raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
     if spec.eval.hashhop is not None:
         from zoo.eval.hashhop import HashHopGrid
 
@@ -299,8 +316,11 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def _set_path(d: dict, path: str, value: Any) -> None:
     parts = path.split(".")
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ZooError(f"'{path}': '{'.'.join(parts[:i + 1])}' is a value, not a table",
+                           f"set '{'.'.join(parts[:i + 1])}' itself")
     d[parts[-1]] = value
 
 
@@ -351,7 +371,9 @@ def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
         return out, count_params(ModelConfig(**out))
     d0 = mc["d_model"]
     best: tuple[int, dict, int] | None = None
-    for d in range(max(multiple, (d0 // 4) // multiple * multiple), 4 * d0 + 1, multiple):
+    lo = max(multiple, (d0 // 4) // multiple * multiple)
+    stride = multiple * max(1, -(-(4 * d0 + 1 - lo) // (256 * multiple)))  # at most 256 models to count
+    for d in range(lo, 4 * d0 + 1, stride):
         cand = {**mc, "d_model": d}
         try:
             p = count_params(ModelConfig(**cand))
@@ -366,6 +388,7 @@ def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
 
 def plan(spec: ExperimentSpec) -> list[PlannedRun]:
     """Expand mixers x sweep axes into runs (deduplicated by run id)."""
+    from zoo.tasks.base import get_task
     from zoo.train.trainer import budget
 
     axes = spec.sweep.all_axes()
@@ -376,42 +399,54 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
     for point in points:
         target = None
         for label, entry in sorted(spec.mixers.items(), key=lambda kv: kv[0] != ref_label):
-            mixer = entry.mixer or label
-            doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
-                                   "task": {"config": copy.deepcopy(spec.task.config)}}
-            for path, value in point.items():
-                _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)
-            doc["train"] = _deep_merge(doc["train"], entry.train)
-            mc = _model_config(spec, entry, mixer, {**doc["model"], **entry.model})
-            params = count_params(ModelConfig(**mc))
-            matched = None
-            if spec.sweep.match_params:
-                if label == ref_label:
-                    target = params
-                else:
-                    d0, h0 = mc["d_model"], ModelConfig(**mc).hidden()
-                    mc, params = _match(mc, target, spec.sweep.match_by, spec.sweep.multiple)
-                    what = (f"d_model {d0} -> {mc['d_model']}" if spec.sweep.match_by == "d_model"
-                            else f"mlp_hidden {h0} -> {mc['mlp_hidden']}")
-                    dev = (params - target) / target
-                    matched = f"{what} ({params:,} vs {target:,} params, {100 * dev:+.1f}%)"
-                    if abs(dev) > 0.05:
-                        matched += " [not matched within 5%]"
-            run = RunConfig(model=ModelConfig(**mc),
-                            task=TaskRef(name=spec.task.name, config={**doc["task"]["config"], **entry.task}),
-                            train=TrainConfig(**doc["train"]), label=label, experiment=spec.name)
-            rid = run.run_id()
-            if rid in seen:
-                continue
-            seen.add(rid)
-            model_cfg = ModelConfig(**mc)
-            with torch.device("meta"):
-                try:
+            try:
+                mixer = entry.mixer or label
+                doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
+                                       "task": {"config": copy.deepcopy(spec.task.config)}}
+                for path, value in point.items():
+                    _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)
+                doc["train"] = _deep_merge(doc["train"], entry.train)
+                mc = _model_config(spec, entry, mixer, {**doc["model"], **entry.model})
+                if "vocab_size" not in mc:  # the task's vocabulary (mqar has its own)
+                    mc["vocab_size"] = get_task(spec.task.name, {**doc["task"]["config"], **entry.task}).vocab_size
+                params = count_params(ModelConfig(**mc))
+                matched = None
+                if spec.sweep.match_params:
+                    if label == ref_label:
+                        target = params
+                    else:
+                        d0, h0 = mc["d_model"], ModelConfig(**mc).hidden()
+                        mc, params = _match(mc, target, spec.sweep.match_by, spec.sweep.multiple)
+                        what = (f"d_model {d0} -> {mc['d_model']}" if spec.sweep.match_by == "d_model"
+                                else f"mlp_hidden {h0} -> {mc['mlp_hidden']}")
+                        dev = (params - target) / target
+                        matched = f"{what} ({params:,} vs {target:,} params, {100 * dev:+.1f}%)"
+                        if abs(dev) > 0.05:
+                            matched += " [not matched within 5%]"
+                run = RunConfig(model=ModelConfig(**mc),
+                                task=TaskRef(name=spec.task.name, config={**doc["task"]["config"], **entry.task}),
+                                train=TrainConfig(**doc["train"]), label=label, experiment=spec.name)
+                rid = run.run_id()
+                here = {p.run_id: p.label for p in out if p.point == point}
+                if here.get(rid, label) != label:  # two contestants that are one run: a duplicate mixer
+                    other = here[rid]
+                    raise ZooError(f"{spec.name}: mixers '{other}' and '{label}' are the same run ({rid})"
+                                   + (f" at sweep point {point}" if point else ""),
+                                   "remove one of them or make their settings differ")
+                if rid in seen:  # the same run reached from two sweep points: trained once
+                    continue
+                seen.add(rid)
+                model_cfg = ModelConfig(**mc)
+                with torch.device("meta"):
+                    try:
+                        fpt_model = ZooLM(model_cfg)
+                    except Exception:
+                        fpt_model = None
+                if fpt_model is None:
                     fpt_model = ZooLM(model_cfg)
-                except Exception:
-                    fpt_model = None
-            if fpt_model is None:
-                fpt_model = ZooLM(model_cfg)
-            steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
-            out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
+                steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
+                out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
+            except ValidationError as e:  # a sweep value or a per-mixer override out of bounds
+                where = f"mixers.{label}" + (f" at sweep point {point}" if point else "")
+                raise _validation_error(Path(f"{spec.name}: {where}"), e, RunConfig) from None
     return out

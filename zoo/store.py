@@ -21,10 +21,14 @@ machine) idempotent.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -37,6 +41,12 @@ from typing import Any
 from zoo.errors import ZooError
 
 STATUSES = ("pending", "running", "done", "failed")
+# run ids the project makes: config_id of a run, a baseline or an evaluation, bench runs prefixed
+RUN_ID = re.compile(r"(bench-)?[0-9a-f]{12}")
+# what a run directory may be called at all: one plain path component
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+LOCK = ".lock"  # a run directory's lock file: held (fcntl) by the process training the run
 RUN_FIELDS = ("reason", "provenance", "summary")  # columns settable through upsert_run(**fields)
 
 SCHEMA = """
@@ -70,9 +80,59 @@ CREATE INDEX IF NOT EXISTS results_run_kind ON results (run_id, kind);
 """
 
 
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN and infinity replaced by None: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def canonical_json(obj: Any) -> str:
-    """Sorted, compact JSON: the normal form that ids and hashes are taken over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """Sorted, compact JSON (NaN written as null): the normal form that ids and hashes are taken over."""
+    return json.dumps(finite(obj), sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+
+
+def read_metrics_file(path: Path) -> list[tuple[int, dict[str, float | None]]]:
+    """Rows of a run's `metrics.jsonl` as (step, values), the last line of a step winning;
+    a line cut short by a kill (or otherwise unreadable) is skipped."""
+    by_step: dict[int, dict[str, float | None]] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            step = row.pop("step")
+        except (json.JSONDecodeError, AttributeError, KeyError):
+            continue
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            continue
+        vals = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    else None) for k, v in row.items() if isinstance(k, str)}
+        by_step.setdefault(step, {}).update(vals)
+    return sorted(by_step.items())
+
+
+def run_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (is training it). The kernel drops a lock
+    when its holder dies, so a run marked running whose lock is free was interrupted."""
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def config_id(config: dict, length: int = 12) -> str:
@@ -139,20 +199,40 @@ class Store:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise ZooError(f"results root {self.root} is not a directory", "pass --root DIR (or set ZOO_ROOT)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ZooError(f"cannot create results root {self.root}: {e.strerror}",
+                           "pass --root DIR (or set ZOO_ROOT)") from None
         self.path = self.root / "zoo.db"
         self._local = threading.local()
         self._write(lambda c: [c.execute(stmt) for stmt in SCHEMA.split(";") if stmt.strip()])
+
+    def damaged(self, e: sqlite3.DatabaseError) -> ZooError:
+        """The one-line error for a database SQLite cannot read."""
+        return ZooError(f"results store {self.path} is damaged ({e})",
+                        f"run `zoo runs repair --root {self.root}`: it keeps a copy of the file and rebuilds "
+                        "the store from what it can read and from the run directories")
 
     # -- connections and transactions ---------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         # one connection per thread and process (a forked child must not reuse its parent's)
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.OperationalError as e:
+                if "unable to open" in str(e):
+                    raise ZooError(f"cannot open results store {self.path}: {e}",
+                                   "pass --root DIR (or set ZOO_ROOT) to a writable directory") from None
+                raise self.damaged(e) from None
+            except sqlite3.DatabaseError as e:
+                raise self.damaged(e) from None
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -164,21 +244,31 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e):
-                    raise
+                    raise self.damaged(e) from None
                 time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 7)) * (0.5 + random.random()))
                 continue
+            except sqlite3.DatabaseError as e:
+                raise self.damaged(e) from None
             try:
                 out = fn(conn)
                 conn.execute("COMMIT")
                 return out
-            except BaseException:
-                conn.execute("ROLLBACK")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.DatabaseError) and _is_damage(e):
+                    raise self.damaged(e) from None
                 raise
         raise ZooError(f"results store {self.path} stayed locked through {self.RETRIES} retries",
                        "another process holds a long write transaction; try again")
 
     def _read(self, sql: str, args: Iterable = ()) -> list[tuple]:
-        return self._conn().execute(sql, tuple(args)).fetchall()
+        try:
+            return self._conn().execute(sql, tuple(args)).fetchall()
+        except sqlite3.DatabaseError as e:
+            if _is_damage(e):
+                raise self.damaged(e) from None
+            raise
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -188,7 +278,7 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
-        d = self.root / "runs" / run_id
+        d = safe_run_dir(self.root, run_id)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -247,7 +337,9 @@ class Store:
 
     def find_run(self, prefix: str) -> dict:
         """The run whose id starts with `prefix` (a user-typed id), or a clear error."""
-        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE id LIKE ? ORDER BY id", (prefix + "%",))
+        # a prefix, compared as text: `%` and `_` in what the user typed are characters, not wildcards
+        rows = self._read(f"SELECT {_RUN_COLS} FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id",
+                          (len(prefix), prefix)) if prefix else []
         if len(rows) == 1:
             return _run_dict(rows[0])
         if not rows:
@@ -309,12 +401,18 @@ class Store:
         return out
 
     # -- merging ---------------------------------------------------------------------------
-    def import_db(self, other: str | os.PathLike, copy_files: bool = True) -> dict[str, int]:
+    def import_db(self, other: str | os.PathLike, copy_files: bool = True) -> dict[str, Any]:
         """Merge another zoo.db (e.g. from a GPU machine) into this one without duplicates.
 
-        Runs: the version updated last wins. Metrics: by (run, step, name). Results: by
-        content hash. With `copy_files`, run directories next to the other database that
-        are missing here are copied too. Returns counts of what was new."""
+        The other database is untrusted: every row is checked against the schema (run ids in
+        the project's format, known statuses, JSON objects, finite numbers) and rows that fail
+        are skipped and counted. Runs: a run new here is added; an unfinished one here is
+        replaced by a finished or newer version; a finished one here is never replaced: a
+        different incoming version is a conflict, reported, and its metrics and results are
+        left out. Metrics: by (run, step, name). Results: by content hash (recomputed here).
+        With `copy_files`, run directories next to the other database that are missing here
+        are copied (regular files and folders only, never links). Returns counts, and the
+        ids in conflict under "conflicts"."""
         other = Path(other)
         if other.is_dir():
             other = other / "zoo.db"
@@ -322,51 +420,182 @@ class Store:
             raise ZooError(f"no database at {other}", "pass the path of another zoo.db or its root directory")
         if other.resolve() == self.path.resolve():
             raise ZooError("cannot import a database into itself")
-        src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        try:
+            src = sqlite3.connect(f"file:{other}?mode=ro", uri=True)
+        except sqlite3.Error as e:
+            raise ZooError(f"{other} is not a zoo results database: {e}") from None
         try:
             runs = src.execute(f"SELECT {_RUN_COLS} FROM runs").fetchall()
             metrics = src.execute("SELECT run_id, step, name, value FROM metrics").fetchall()
-            results = src.execute("SELECT run_id, kind, row, hash, created FROM results ORDER BY id").fetchall()
+            results = src.execute("SELECT run_id, kind, row FROM results ORDER BY id").fetchall()
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{other} is not a zoo results database: {e}") from None
         finally:
             src.close()
+        rejected = {"runs": 0, "metrics": 0, "results": 0}
+        good_runs = []
+        for r in runs:
+            if _valid_run_row(r):
+                good_runs.append(r)
+            else:
+                rejected["runs"] += 1
+        incoming = {r[0] for r in good_runs}
 
-        def tx(c: sqlite3.Connection) -> dict[str, int]:
-            n = {"runs": 0, "metrics": 0, "results": 0}
-            for r in runs:
-                old = c.execute("SELECT updated FROM runs WHERE id = ?", (r[0],)).fetchone()
-                if old is None or old[0] < r[8]:
+        def tx(c: sqlite3.Connection) -> dict[str, Any]:
+            n: dict[str, Any] = {"runs": 0, "metrics": 0, "results": 0}
+            conflicts: list[str] = []
+            for r in good_runs:
+                old = c.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (r[0],)).fetchone()
+                if old is not None and old[3] == "done":
+                    if _run_content(old) != _run_content(r):
+                        conflicts.append(r[0])
+                    continue
+                if old is None or r[3] == "done" or old[8] < r[8]:
                     c.execute("INSERT OR REPLACE INTO runs (id, kind, config, status, reason, provenance, summary, "
                               "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", r)
                     n["runs"] += 1
+            known = {row[0] for row in c.execute("SELECT id FROM runs")}
+            keep = (incoming | known) - set(conflicts)
+            ms = []
+            for m in metrics:
+                v = _valid_metric(m, keep)
+                if v is None:
+                    rejected["metrics"] += m[0] not in conflicts
+                else:
+                    ms.append(v)
             before = c.total_changes
-            c.executemany("INSERT OR IGNORE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)", metrics)
+            c.executemany("INSERT OR IGNORE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)", ms)
             n["metrics"] = c.total_changes - before
+            now, rs = time.time(), []
+            for rid, kind, row in results:
+                parsed = _valid_result(rid, kind, row, keep)
+                if parsed is None:
+                    rejected["results"] += rid not in conflicts
+                else:
+                    rs.append((rid, kind, canonical_json(parsed), _row_hash(rid, kind, parsed), now))
             before = c.total_changes
             c.executemany("INSERT OR IGNORE INTO results (run_id, kind, row, hash, created) VALUES (?, ?, ?, ?, ?)",
-                          results)
+                          rs)
             n["results"] = c.total_changes - before
+            n["conflicts"] = conflicts
             return n
 
         counts = self._write(tx)
+        counts["rejected"] = rejected
         counts["run_dirs"] = 0
         if copy_files:
             src_runs = other.parent / "runs"
-            for r in runs:
-                s, d = src_runs / r[0], self.root / "runs" / r[0]
-                if s.is_dir() and not d.exists():
-                    shutil.copytree(s, d)
+            for rid in sorted(incoming - set(counts["conflicts"])):
+                s, d = src_runs / rid, self.root / "runs" / rid
+                if s.is_dir() and not s.is_symlink() and not d.exists():
+                    safe_run_dir(self.root, rid)
+                    shutil.copytree(s, d, ignore=_links_and_specials)
                     counts["run_dirs"] += 1
         return counts
+
+    # -- repair ----------------------------------------------------------------------------
+    def repair(self) -> dict[str, Any]:
+        """Make the store agree with the run directories, the copy that is fsynced with every
+        checkpoint: a run directory whose run row is missing gets one back from its config.json
+        (status pending: the next `zoo compare` or `zoo train --config` finishes it from its
+        checkpoint without training again), and metric rows missing from the store are
+        restored from the run's metrics.jsonl. Returns what was repaired, per run."""
+        repaired: dict[str, list[str]] = {}
+        runs_dir = self.root / "runs"
+        for d in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+            if not d.is_dir() or d.is_symlink() or not SAFE_NAME.fullmatch(d.name):
+                continue
+            notes = self.repair_run(d.name, d)
+            if notes:
+                repaired[d.name] = notes
+        return repaired
+
+    def repair_run(self, run_id: str, run_dir: Path, upto: int | None = None) -> list[str]:
+        """Repair one run's row and metrics from its directory (see `repair`); `upto`: only
+        metrics of steps up to this one (a resumed run retrains the steps after its checkpoint)."""
+        notes = []
+        if self.get_run(run_id) is None:
+            try:
+                config = json.loads((run_dir / "config.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                config = None
+            if isinstance(config, dict):
+                config.pop("run_id", None)
+                self.upsert_run(run_id, config, kind="train", status="pending",
+                                reason="restored from its run directory by repair")
+                notes.append("run row restored from config.json (status pending)")
+        if self.get_run(run_id) is None:
+            return notes
+        stored = {(r["step"], r["name"]) for r in self.metrics(run_id)}
+        missing = []
+        for step, vals in read_metrics_file(run_dir / "metrics.jsonl"):
+            if upto is not None and step > upto:
+                continue
+            lost = {k: v for k, v in vals.items() if (step, k) not in stored}
+            if lost:
+                missing.append((step, lost))
+        if missing:
+            self.log_metrics_many(run_id, missing)
+            notes.append(f"{sum(len(v) for _, v in missing)} metric rows of {len(missing)} steps restored "
+                         "from metrics.jsonl")
+        return notes
+
+
+def salvage(path: Path) -> dict[str, Any] | None:
+    """If the database at `path` cannot be read, move it (and its -wal and -shm files) aside
+    to `<path>.damaged-<time>` and copy into a fresh database every row that still reads
+    back; None when the database is fine (or absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as c:
+            if c.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                for table in ("runs", "metrics", "results"):
+                    c.execute(f"SELECT count(*) FROM {table}").fetchone()
+                return None
+    except sqlite3.DatabaseError:
+        pass
+    moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            os.replace(src, Path(str(moved) + suffix))
+    fresh = Store(path.parent)
+    counts = {"moved_to": str(moved), "runs": 0, "metrics": 0, "results": 0}
+    try:
+        old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return counts
+    with contextlib.closing(old):
+        for table, cols in (("runs", _RUN_COLS), ("metrics", "run_id, step, name, value"),
+                            ("results", "run_id, kind, row, hash, created")):
+            rows = []
+            try:  # row by row: a damaged page ends the scan, what came before it is kept
+                for row in old.execute(f"SELECT {cols} FROM {table}"):
+                    rows.append(row)
+            except sqlite3.DatabaseError:
+                pass
+            marks = ", ".join("?" * len(cols.split(",")))
+
+            def tx(c: sqlite3.Connection, table=table, cols=cols, rows=rows, marks=marks) -> int:
+                before = c.total_changes
+                c.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", rows)
+                return c.total_changes - before
+
+            counts[table] = fresh._write(tx)
+    fresh.close()
+    return counts
 
 
 _RUN_COLS = "id, kind, config, status, reason, provenance, summary, created, updated"
 
 
 def _run_dict(r: tuple) -> dict:
-    return {"id": r[0], "kind": r[1], "config": json.loads(r[2]), "status": r[3], "reason": r[4],
-            "provenance": json.loads(r[5]), "summary": json.loads(r[6]), "created": r[7], "updated": r[8]}
+    # a column that is not a JSON object (a row written by something else) reads as {}
+    return {"id": r[0], "kind": r[1], "config": _json_object(r[2]) or {}, "status": r[3], "reason": r[4],
+            "provenance": _json_object(r[5]) or {}, "summary": _json_object(r[6]) or {}, "created": r[7],
+            "updated": r[8]}
 
 
 def _where(**conds: Any) -> tuple[str, list]:
@@ -374,6 +603,81 @@ def _where(**conds: Any) -> tuple[str, list]:
     if not keep:
         return "", []
     return " WHERE " + " AND ".join(f"{k} = ?" for k in keep), list(keep.values())
+
+
+def _json_object(text: Any) -> dict | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        obj = json.loads(text, parse_constant=lambda c: None)  # NaN and Infinity from older stores: null
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _valid_run_row(r: tuple) -> bool:
+    """A runs row as this schema writes it (id, kind, config, status, reason, provenance, summary,
+    created, updated); anything else from another database is refused."""
+    rid, kind, config, status, reason, prov, summary, created, updated = r
+    return (isinstance(rid, str) and RUN_ID.fullmatch(rid) is not None and isinstance(kind, str)
+            and KIND.fullmatch(kind) is not None and status in STATUSES
+            and (reason is None or isinstance(reason, str)) and all(_json_object(x) is not None
+                                                                     for x in (config, prov, summary))
+            and _number(created) and _number(updated) and 0 < created <= updated)
+
+
+def _run_content(r: tuple) -> tuple:
+    """What makes two versions of a run the same result: config, status and summary."""
+    return _json_object(r[2]), r[3], _json_object(r[6])
+
+
+def _valid_metric(m: tuple, runs: set[str]) -> tuple | None:
+    rid, step, name, value = m
+    if rid not in runs or not isinstance(step, int) or step < 0 or not isinstance(name, str) or not name:
+        return None
+    if value is not None and not _number(value):
+        value = None if isinstance(value, float) else value  # NaN from an older store: null
+        if value is not None:
+            return None
+    return rid, step, name, value
+
+
+def _valid_result(rid: Any, kind: Any, row: Any, runs: set[str]) -> dict | None:
+    if rid not in runs or not isinstance(kind, str) or KIND.fullmatch(kind) is None:
+        return None
+    obj = _json_object(row)
+    return None if obj is None else json.loads(canonical_json(obj))
+
+
+def _links_and_specials(folder: str, names: list[str]) -> list[str]:
+    """copytree's ignore: everything but regular files and folders (links could point anywhere)."""
+    return [n for n in names if os.path.islink(os.path.join(folder, n))
+            or not (os.path.isfile(os.path.join(folder, n)) or os.path.isdir(os.path.join(folder, n)))]
+
+
+def _is_damage(e: sqlite3.DatabaseError) -> bool:
+    """A file SQLite cannot read as a database (as opposed to a constraint or a busy lock)."""
+    if type(e) is sqlite3.DatabaseError:
+        return True
+    msg = str(e).lower()
+    return any(w in msg for w in ("malformed", "not a database", "disk i/o", "no such table", "corrupt"))
+
+
+def safe_run_dir(root: Path, run_id: str) -> Path:
+    """`<root>/runs/<run_id>`, refusing any id that is not one plain path component (an id
+    from an imported database such as `../../x` must never name a path outside the root)."""
+    if not isinstance(run_id, str) or not SAFE_NAME.fullmatch(run_id) or ".." in run_id:
+        raise ZooError(f"refusing run id {run_id!r}: not a run id",
+                       "run ids are letters, digits, '-', '_' and '.', e.g. 3f2a9c01d4e5")
+    runs = (Path(root) / "runs").resolve()
+    d = runs / run_id
+    if d.resolve().parent != runs:  # e.g. runs/<id> a symbolic link out of the root
+        raise ZooError(f"refusing run directory {d}: it points outside {runs}", "remove the link")
+    return Path(root) / "runs" / run_id
 
 
 def _check_status(status: str) -> None:

@@ -14,9 +14,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import zoo
-from zoo.errors import ZooError
+from zoo.errors import Interrupted, ZooError
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -29,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts print literally: `mixer-zoo[report]` keeps its brackets
 )
 
 
@@ -51,16 +53,20 @@ for _m in pkgutil.iter_modules(__path__):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status: 0 success, 1 runs or evaluations failed,
+    2 usage and user errors, 130 interrupted (SIGINT; SIGTERM gives 143)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="zoo", standalone_mode=False)
+        rv = app(args=argv, prog_name="zoo", standalone_mode=False)
     except ZooError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e.message}" + (f" [dim]({e.hint})[/]" if e.hint else ""),
-                          highlight=False)
+        print_error(e.message, e.hint)
         return 2
+    except Interrupted as e:  # the trainer saved a checkpoint first and says where
+        err_console.print(escape(e.message), highlight=False)
+        return e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
@@ -72,16 +78,31 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "Exit":
             return getattr(e, "exit_code", 0)
         if kind == "Abort":
-            err_console.print("aborted")
+            err_console.print("interrupted")
             return 130
+        if isinstance(e, RecursionError):  # e.g. a TOML or JSON file nested thousands deep
+            if debug:
+                raise
+            print_error("input nested too deeply to read", "flatten the file's tables and arrays")
+            return 2
         if debug or not hasattr(e, "format_message"):
             raise
-        msg = e.format_message()
         ctx = getattr(e, "ctx", None)
-        hint = f"see `{ctx.command_path} --help`" if ctx is not None else "see `zoo --help`"
-        err_console.print(f"[bold red]error:[/] {msg} [dim]({hint})[/]", highlight=False)
+        print_error(e.format_message(), f"see `{ctx.command_path} --help`" if ctx is not None else "see `zoo --help`")
         return getattr(e, "exit_code", 2)
-    return 0
+    # in non-standalone mode click returns the code of `typer.Exit(code)` instead of exiting;
+    # typer turns Ctrl-C outside the trainer into a silent 130
+    code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    if code == 130:
+        err_console.print("interrupted")
+    return code
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    """`error: message (hint)` on one line; the text is printed as is, never read as markup."""
+    one = " ".join(str(message).split())
+    err_console.print("[bold red]error:[/] " + escape(one) + (f" [dim]({escape(' '.join(hint.split()))})[/]"
+                                                               if hint else ""), highlight=False)
 
 
 def run() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -83,10 +83,7 @@ def register(app: typer.Typer) -> None:
                 fill_chunk=parse_size(fill_chunk),
             )
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "?"
-            raise ZooError(f"bad bench setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                           "see `zoo bench --help`") from None
+            raise invalid(e, "bad bench setting", "see `zoo bench --help`") from None
         store = Store(root)
         try:
             result = run_bench(cfg, store=store, json_path=json_out, console=console, progress=progress)

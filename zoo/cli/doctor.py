@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zoo import env, registry
@@ -34,7 +35,8 @@ def register(app: typer.Typer) -> None:
             mt.add_column(col)
         for spec in registry.specs():
             choice = spec.choose_backend(device)
-            mt.add_row(spec.name, choice.chosen, "; ".join(f"{b}: {r}" for b, r in choice.reasons.items()))
+            mt.add_row(spec.name, choice.chosen, escape("; ".join(f"{b}: {r}" for b, r in choice.reasons.items())))
         console.print(mt)
         for b in registry.broken_plugins():
-            console.print(f"[red]broken plugin[/] {b['name']} from {b['package']}: {b['error']}")
+            console.print(f"[red]broken plugin[/] {escape(b['name'])} from {escape(b['package'])}: "
+                          f"{escape(b['error'])}")

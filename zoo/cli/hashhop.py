@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
+from zoo.tasks.hashhop import MAX_CHARS
 
 SPEC_TABLES = (("eval", "hashhop"), ("evaluations", "hashhop"), ("hashhop",))
 
@@ -31,8 +34,10 @@ def parse_sizes(text: str, train: int | None = None) -> list[int]:
             value = float(tok[:-1] if mult > 1 else tok) * mult
         except ValueError:
             raise ZooError(f"bad size {tok!r}", "sizes look like 1000, 4k or 1M") from None
-        if value < 1 or value != int(value):
+        if not math.isfinite(value) or value < 1 or value != int(value):
             raise ZooError(f"bad size {tok!r}", "sizes are whole numbers of characters, at least 1")
+        if value > MAX_CHARS:
+            raise ZooError(f"size {tok!r} is too large", f"at most {MAX_CHARS:,} characters")
         return int(value)
 
     out: list[int] = []
@@ -82,9 +87,8 @@ def parse_rope(method: str | None, factor: float | None):
     try:
         return RopeScaling(method=method, factor=factor)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ZooError(f"bad RoPE scaling {err['loc'][0]} = {err.get('input')!r}: {err['msg']}",
-                       "methods: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope; factor >= 1") from None
+        raise invalid(e, "bad RoPE scaling", "methods: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope; "
+                      "factor >= 1") from None
 
 
 def spec_grid(path: Path) -> dict[str, Any]:
@@ -119,9 +123,12 @@ def results_table(results: dict[str, Any]) -> Table:
     reasons: list[str] = []
     for c, sec in zip(results["cells"], results["seconds"], strict=True):
         head = [str(c.get("n_chars", c["length"])), str(c["hops"]), "yes" if c["cot"] else "no"]
+        if c.get("redrawn"):
+            reasons.append(f"{c.get('n_chars', c['length'])} characters, {c['hops']} hops: {c['redrawn']} of "
+                           f"{c['samples']} samples drawn again (a key on two lines made them ambiguous)")
         if c["status"] != "ok":
             t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{sec:.1f}")
-            reasons.append(f"n/a at {c['length']} tokens: {c['reason']}")
+            reasons.append(f"n/a at {c['length']} tokens: {escape(str(c['reason']))}")
             continue
         reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.1f}/{c['hops']}"
         greedy = f"{c['greedy_correct']}/{c['greedy_n']}" if c["greedy_n"] else "-"
@@ -170,8 +177,8 @@ def register(app: typer.Typer) -> None:
         check_params(n_chars, queries, hops, hash_len)
         if not 0 <= seed < MAX_SEED:
             raise ZooError(f"seed must be in [0, 2**32), got {seed}", "NumPy's RandomState takes a 32-bit seed")
-        if count < 1:
-            raise ZooError(f"count must be at least 1, got {count}")
+        if not 1 <= count <= 1_000_000:
+            raise ZooError(f"count must be from 1 to 1,000,000, got {count}")
         fh = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
         try:
             for i in range(count):
@@ -181,7 +188,7 @@ def register(app: typer.Typer) -> None:
             if out is not None:
                 fh.close()
         if out is not None:
-            err_console.print(f"wrote {count} sample{'s' * (count > 1)} to [bold]{out}[/]")
+            err_console.print(f"wrote {count} sample{'s' * (count > 1)} to [bold]{escape(str(out))}[/]")
 
     @hh.command("eval")
     def eval_cmd(
@@ -236,9 +243,8 @@ def register(app: typer.Typer) -> None:
                 raise ZooError(f"--untrained is not JSON: {e.msg}",
                                "e.g. '{\"d_model\": 64, \"n_layers\": 2}'") from None
             except ValidationError as e:
-                err = e.errors()[0]
-                raise ZooError(f"--untrained: bad model setting '{'.'.join(map(str, err['loc']))}': {err['msg']}",
-                               f"fields: {', '.join(ModelConfig.model_fields)}") from None
+                raise invalid(e, "--untrained: bad model setting",
+                              f"fields: {', '.join(ModelConfig.model_fields)}") from None
             torch.manual_seed(0)
             model = ZooLM(cfg).to(dev)
             run_config = {"model": cfg.model_dump(), "untrained": True, "init_seed": 0}
@@ -263,10 +269,7 @@ def register(app: typer.Typer) -> None:
         try:
             grid = HashHopGrid(**grid_dict)
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                           f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+            raise invalid(e, "bad HashHop grid setting", f"fields: {', '.join(HashHopGrid.model_fields)}") from None
 
         store = find_store(run_dir, root)
         if store is not None and run_config is None and store.get_run(run_id) is None:
@@ -304,9 +307,9 @@ def register(app: typer.Typer) -> None:
             if rope is not None:  # scaled evaluations are rows of their own, never merged with unscaled ones
                 rows = [{**c, "rope_scaling": rope.method, "rope_factor": rope.factor} for c in rows]
             new = store.add_results(run_id, "hashhop", rows)
-            console.print(f"{new} new result rows for run {run_id} in [bold]{store.path}[/]")
+            console.print(f"{new} new result rows for run {run_id} in [bold]{escape(str(store.path))}[/]")
         if out is None:
             out = (run_dir / "hashhop_eval.json") if run_dir is not None else Path("hashhop_eval.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
-        console.print(f"results in [bold]{out}[/]")
+        console.print(f"results in [bold]{escape(str(out))}[/]")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zoo import registry
@@ -46,10 +47,10 @@ def register(app: typer.Typer) -> None:
             choice = spec.choose_backend(device)
             unavailable = ", ".join(f"{b}: {r}" for b, r in choice.reasons.items())
             t.add_row(
-                spec.name, spec.family, fmt.count(sum(p.numel() for p in m.parameters())),
+                escape(spec.name), escape(spec.family), fmt.count(sum(p.numel() for p in m.parameters())),
                 spec.capabilities.cost, fmt.nbytes(m.state_bytes(8192)), fmt.nbytes(m.state_bytes(2**20)),
                 "unbounded" if m.max_length is None else str(m.max_length),
-                choice.chosen + (f" [dim](no {unavailable})[/]" if unavailable else ""), spec.source,
+                choice.chosen + (f" [dim](no {escape(unavailable)})[/]" if unavailable else ""), escape(spec.source),
             )
         console.print(t)
         broken = registry.broken_plugins()
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
             for col in ("entry point", "package", "error"):
                 bt.add_column(col)
             for b in broken:
-                bt.add_row(b["name"], b["package"], b["error"])
+                bt.add_row(escape(b["name"]), escape(b["package"]), escape(b["error"]))
             console.print(bt)
 
     @mixers_app.command("show")
@@ -66,15 +67,15 @@ def register(app: typer.Typer) -> None:
         """Config fields with defaults and bounds, docs, citation, backends, the parameters without weight decay
         and the implementation version of one mixer."""
         spec = registry.get_spec(name)
-        console.print(f"[bold]{spec.name}[/]  ({spec.family}, from {spec.source})")
-        console.print(spec.description)
-        console.print(f"[dim]cite:[/] {spec.citation}")
+        console.print(f"[bold]{escape(spec.name)}[/]  ({escape(spec.family)}, from {escape(spec.source)})")
+        console.print(spec.description, markup=False)
+        console.print(f"[dim]cite:[/] {escape(spec.citation)}")
         caps = spec.capabilities
         console.print(f"cost {caps.cost}, {caps.state} state, causal={caps.causal}, "
                       f"max length {caps.max_length or 'unbounded'}")
         doc = (spec.cls.__doc__ or "").strip()
         if doc:
-            console.print(f"\n{doc}\n")
+            console.print(f"\n{doc}\n", markup=False)
         t = Table(title="config")
         for col in ("field", "type", "default", "bounds", "description"):
             t.add_column(col)
@@ -85,14 +86,14 @@ def register(app: typer.Typer) -> None:
                     if getattr(m, attr, None) is not None:
                         bounds.append(f"{sym} {getattr(m, attr)}")
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-            t.add_row(fname, ann, repr(f.default), ", ".join(bounds), f.description or "")
+            t.add_row(fname, escape(ann), escape(repr(f.default)), ", ".join(bounds), escape(f.description or ""))
         console.print(t)
         bt = Table(title="backends (in order of preference)")
         for col in ("backend", "what", "on cpu", "on cuda"):
             bt.add_column(col)
         for b in spec.backends:
-            bt.add_row(b.name, b.description, b.check(torch.device("cpu")) or "yes",
-                       b.check(torch.device("cuda")) or "yes")
+            bt.add_row(b.name, escape(b.description), escape(b.check(torch.device("cpu")) or "yes"),
+                       escape(b.check(torch.device("cuda")) or "yes"))
         console.print(bt)
         try:
             m = reference_mixer(spec)
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
         t.add_column("check")
         t.add_column("result")
         for k, v in results.items():
-            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {v}")
+            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {escape(str(v))}")
         console.print(t)
         failed = [k for k, v in results.items() if v is not None]
         if failed:

@@ -1,4 +1,4 @@
-"""`zoo runs list | show RUN | export --format csv|parquet|json | import OTHER.db`."""
+"""`zoo runs list | show RUN | export --format csv|parquet|json | import OTHER.db | repair`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from zoo.errors import ZooError
 
@@ -43,19 +45,24 @@ def flat_rows(store, what: str, kind: str | None) -> list[dict[str, Any]]:
 
 
 def _cell(v: Any) -> Any:
-    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v
+    from zoo.store import finite
+
+    return json.dumps(finite(v), sort_keys=True) if isinstance(v, (dict, list, tuple)) else v
 
 
 def write_rows(rows: list[dict[str, Any]], fmt: str, out) -> None:
+    from zoo.report.fmt import csv_cell
+    from zoo.store import finite
+
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    if fmt == "json":
-        json.dump(rows, out, indent=1, default=str)
+    if fmt == "json":  # NaN is not JSON: null
+        json.dump(finite(rows), out, indent=1, default=str, allow_nan=False)
         out.write("\n")
-    elif fmt == "csv":
+    elif fmt == "csv":  # cells a spreadsheet would run as formulas are neutralised
         w = csv.DictWriter(out, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
+        w.writerow({k: csv_cell(k) for k in cols})
         for r in rows:
-            w.writerow({k: _cell(v) for k, v in r.items()})
+            w.writerow({k: csv_cell(_cell(v)) for k, v in r.items()})
     else:
         raise ZooError(f"unknown format '{fmt}'", f"allowed: {', '.join(FORMATS)}")
 
@@ -86,7 +93,7 @@ def register(app: typer.Typer) -> None:
     @runs_app.command("list")
     def list_cmd(
         root: Path = typer.Option(None, "--root", help=ROOT_HELP),
-        status: str = typer.Option(None, "--status", help="pending, running, done or failed"),
+        status: str = typer.Option(None, "--status", help="pending, running, interrupted, done or failed"),
         kind: str = typer.Option(None, "--kind"),
         experiment: str = typer.Option(None, "--experiment", help="only runs of this experiment name"),
     ) -> None:
@@ -96,8 +103,12 @@ def register(app: typer.Typer) -> None:
         from zoo.store import Store
 
         store = Store(root)
-        runs = [r for r in store.runs(kind=kind, status=status)
+        runs = [r for r in store.runs(kind=kind, status=None if status == "interrupted" else status)
                 if experiment is None or r["config"].get("experiment") == experiment]
+        for r in runs:
+            r["status"] = shown_status(store, r)
+        if status == "interrupted":
+            runs = [r for r in runs if r["status"] == "interrupted"]
         t = Table(title=f"runs in {store.path} ({len(runs)})")
         for c in ("run", "experiment", "mixer", "status", "layers", "d_model", "params", "steps", "loss",
                   "eval acc", "updated"):
@@ -105,14 +116,23 @@ def register(app: typer.Typer) -> None:
         for r in runs:
             c, s = r["config"], r["summary"]
             m = c.get("model") or {}
-            st = {"done": "[green]done[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
-                r["status"], r["status"])
-            t.add_row(r["id"], c.get("experiment") or "-", c.get("label") or "-", st, "+".join(m.get("layers", [])),
-                      str(m.get("d_model", "-")), f"{s['params']:,}" if "params" in s else "-",
-                      str(s.get("steps", "-")), f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-",
-                      f"{s['eval_acc']:.3f}" if s.get("eval_acc") is not None else "-",
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])))
+            st = Text(str(r["status"]), style={"done": "green", "failed": "red", "running": "yellow",
+                                                "interrupted": "magenta"}.get(r["status"], ""))
+            layers = m.get("layers") if isinstance(m.get("layers"), list) else []
+            t.add_row(Text(r["id"]), Text(str(c.get("experiment") or "-")), Text(str(c.get("label") or "-")), st,
+                      Text("+".join(map(str, layers))), Text(str(m.get("d_model", "-"))),
+                      _num(s.get("params"), ",d"), Text(str(s.get("steps", "-"))), _num(s.get("final_loss"), ".4f"),
+                      _num(s.get("eval_acc"), ".3f"), time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])))
         console.print(t)
+        known = {r["id"] for r in store.runs()}
+        runs_dir = store.root / "runs"
+        stray = [d.name for d in (runs_dir.iterdir() if runs_dir.is_dir() else [])
+                 if (d / "config.json").is_file() and d.name not in known]
+        if stray:  # e.g. a store emptied or rolled back by a crash: the run directories still hold the runs
+            console.print(f"{len(stray)} run director{'y' if len(stray) == 1 else 'ies'} under {runs_dir} "
+                          f"{'is' if len(stray) == 1 else 'are'} not in the store: `zoo runs repair --root "
+                          f"{store.root}` brings {'it' if len(stray) == 1 else 'them'} back",
+                          markup=False, highlight=False)
 
     @runs_app.command("show")
     def show_cmd(
@@ -126,8 +146,9 @@ def register(app: typer.Typer) -> None:
 
         store = Store(root)
         r = store.find_run(run)
-        console.print(f"[bold]{r['id']}[/] {r['config'].get('label') or ''}  status {r['status']}"
-                      + (f"  [red]{r['reason']}[/]" if r["reason"] else ""))
+        r["status"] = shown_status(store, r)
+        console.print(f"[bold]{escape(r['id'])}[/] {escape(str(r['config'].get('label') or ''))}  status "
+                      f"{r['status']}" + (f"  [red]{escape(r['reason'])}[/]" if r["reason"] else ""))
         console.print(f"[dim]directory:[/] {store.root / 'runs' / r['id']}")
         for name in ("config", "summary", "provenance"):
             console.rule(name)
@@ -140,13 +161,14 @@ def register(app: typer.Typer) -> None:
             for c in ("metric", "step", "value"):
                 t.add_column(c)
             for k, (step, v) in sorted(latest.items()):
-                t.add_row(k, str(step), "-" if v is None else f"{v:.6g}")
+                t.add_row(Text(k), str(step), "-" if v is None else f"{v:.6g}")
             console.print(t)
         res = store.results(run_id=r["id"])
         counts: dict[str, int] = {}
         for x in res:
             counts[x["kind"]] = counts.get(x["kind"], 0) + 1
-        console.print("results: " + (", ".join(f"{k}: {n} rows" for k, n in counts.items()) or "none"))
+        console.print("results: " + (", ".join(f"{k}: {n} rows" for k, n in counts.items()) or "none"),
+                      markup=False, highlight=False)
 
     @runs_app.command("export")
     def export_cmd(
@@ -186,4 +208,54 @@ def register(app: typer.Typer) -> None:
         store = Store(root)
         n = store.import_db(other, copy_files=files)
         console.print(f"imported from {other}: {n['runs']} runs new or newer, {n['metrics']} metric rows, "
-                      f"{n['results']} result rows, {n['run_dirs']} run directories", highlight=False)
+                      f"{n['results']} result rows, {n['run_dirs']} run directories", highlight=False, markup=False)
+        bad = {k: v for k, v in n["rejected"].items() if v}
+        if bad:
+            console.print("refused as invalid (not in this store's schema): "
+                          + ", ".join(f"{v} {k} rows" for k, v in bad.items()), highlight=False, markup=False)
+        if n["conflicts"]:
+            console.print(f"kept the finished local version of {len(n['conflicts'])} run(s) that differ in {other} "
+                          f"(their metrics and results were not imported): {', '.join(n['conflicts'])}",
+                          highlight=False, markup=False)
+
+    @runs_app.command("repair")
+    def repair_cmd(
+        root: Path = typer.Option(None, "--root", help=ROOT_HELP),
+    ) -> None:
+        """Rebuild the store from the run directories: lost run rows and metric rows come back from
+        each run's config.json and metrics.jsonl. A damaged zoo.db is first moved aside (kept as
+        zoo.db.damaged-TIME) and what can still be read from it is copied into a fresh one."""
+        from zoo.store import Store, default_root, salvage
+
+        path = Path(root if root is not None else default_root()) / "zoo.db"
+        saved = salvage(path)
+        if saved is not None:
+            console.print(f"{path} was damaged: moved to {saved['moved_to']}; read back {saved['runs']} runs, "
+                          f"{saved['metrics']} metric rows, {saved['results']} result rows", highlight=False,
+                          markup=False)
+        store = Store(root)
+        repaired = store.repair()
+        for rid, notes in repaired.items():
+            console.print(f"repaired run {rid}: {'; '.join(notes)}", highlight=False, markup=False)
+        console.print(f"{store.path}: {len(repaired)} run(s) repaired" if repaired or saved
+                      else f"{store.path}: nothing to repair", highlight=False, markup=False)
+
+
+def shown_status(store, run: dict) -> str:
+    """The status to show: a run marked running that no live process holds was interrupted
+    (killed, or stopped with Ctrl-C); `zoo train` or `zoo compare` resumes it."""
+    import socket
+
+    from zoo.store import SAFE_NAME, run_held
+
+    if run["status"] != "running" or run["kind"] != "train" or not SAFE_NAME.fullmatch(run["id"]):
+        return run["status"]
+    host = (run.get("provenance") or {}).get("host")
+    if host is not None and host != socket.gethostname():
+        return run["status"]  # trained on another machine: its lock is not ours to see
+    return "running" if run_held(store.root / "runs" / run["id"]) else "interrupted"
+
+
+def _num(v: Any, spec: str) -> str:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    return format(v, spec) if ok and (spec != ",d" or isinstance(v, int)) else "-"

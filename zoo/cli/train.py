@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
 
 ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
 
@@ -35,13 +37,17 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
         if parts[0] not in ("model", "task", "train"):
             raise ZooError(f"--set key '{key}' must start with model., task. or train.")
         d = doc
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ZooError(f"--set '{s}': '{'.'.join(parts[:i + 1])}' is a value, not a table",
+                               f"set '{'.'.join(parts[:i + 1])}' itself")
         d[parts[-1]] = parse_value(value.strip())
     return doc
 
 
 def plan_table(runs, store, title: str) -> Table:
+    from zoo.cli.runs import shown_status
     from zoo.report.fmt import count
 
     t = Table(title=title)
@@ -52,9 +58,9 @@ def plan_table(runs, store, title: str) -> Table:
     for p in runs:
         m = p.run.model
         prior = store.get_run(p.run_id) if store is not None else None
-        t.add_row(p.label, p.run_id, "+".join(m.layers), str(m.d_model), str(m.hidden()), f"{p.params:,}",
-                  f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", p.matched or "",
-                  prior["status"] if prior else "new")
+        t.add_row(Text(p.label), p.run_id, Text("+".join(m.layers)), str(m.d_model), str(m.hidden()), f"{p.params:,}",
+                  f"{p.steps:,}", count(p.tokens), f"{p.flops:.3g}", Text(p.matched or ""),
+                  shown_status(store, prior) if prior else "new")
     return t
 
 
@@ -78,7 +84,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the model"),
         eval_every: int = typer.Option(0, "--eval-every"),
-        ckpt_every: int = typer.Option(0, "--ckpt-every"),
+        ckpt_every: int = typer.Option(0, "--ckpt-every", help="also checkpoint every N steps"),
+        ckpt_minutes: float = typer.Option(5.0, "--ckpt-minutes", help="checkpoint every this many minutes of "
+                                           "training (0: off); Ctrl-C and SIGTERM save one before exiting"),
         tensorboard: bool = typer.Option(False, "--tensorboard"),
         wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases, offline mode"),
         sets: list[str] = typer.Option([], "--set", help="any setting, e.g. model.mixer_config.nope.n_heads=2, "
@@ -89,12 +97,13 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         config: Path = typer.Option(None, "--config", help="a run config as JSON (e.g. a run's config.json) "
                                     "instead of the flags above; --set still applies"),
-        nproc: int = typer.Option(1, "--nproc", min=1, help="processes (GPUs) for this one run: starts torchrun "
-                                  "on this machine; train.batch_size is the global batch"),
+        nproc: int = typer.Option(1, "--nproc", min=1, max=1024, help="processes (GPUs) for this one run: starts "
+                                  "torchrun on this machine; train.batch_size is the global batch"),
         parallel: str = typer.Option("ddp", "--parallel", help="how several processes share the run: ddp "
                                      "(replicas) or fsdp (FSDP2, sharded parameters and optimizer state)"),
     ) -> None:
-        """Train one run from flags (resumes it if it was interrupted).
+        """Train one run from flags. An interrupted run resumes from its last checkpoint, written
+        every --ckpt-minutes of training and on Ctrl-C (exit 130) or SIGTERM (exit 143).
 
         Across GPUs: `zoo train --nproc N ...`, or `torchrun --nproc-per-node N -m zoo train ...`
         (several machines: torchrun's --nnodes and --rdzv-endpoint)."""
@@ -114,24 +123,25 @@ def register(app: typer.Typer) -> None:
             "train": {"steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "seq_len": seq_len,
                       "lr": lr, "warmup_steps": warmup, "lr_schedule": lr_schedule, "seed": seed, "device": device,
                       "compile": compile_, "eval_every": eval_every, "ckpt_every": ckpt_every,
+                      "ckpt_minutes": ckpt_minutes,
                       "tensorboard": tensorboard, "wandb": wandb},
             "label": label,
         }
         if config is not None:
             try:
                 doc = json.loads(Path(config).read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ZooError(f"cannot read run config {config}: {e}",
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise ZooError(f"cannot read run config {config}: {type(e).__name__}: {e}",
                                "give a JSON file like a run's config.json") from None
+            if not isinstance(doc, dict):
+                raise ZooError(f"run config {config} holds a JSON {type(doc).__name__}, not an object",
+                               "give a JSON file like a run's config.json")
             doc.pop("run_id", None)
         apply_sets(doc, sets)
         try:
             run = RunConfig(**doc)
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ZooError(f"bad setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                           "see `zoo train --help`") from None
+            raise invalid(e, "bad setting", "see `zoo train --help`") from None
         from zoo.train.distributed import FollowerStore
 
         # under torchrun only rank 0 opens the store
@@ -142,7 +152,13 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
-            model = build_model(run.normalized().model, run.train.seed)
+            import torch
+
+            try:  # counting needs no weights: on the meta device a huge model costs nothing
+                with torch.device("meta"):
+                    model = build_model(run.normalized().model, run.train.seed)
+            except Exception:  # some mixers initialise with real tensors
+                model = build_model(run.normalized().model, run.train.seed)
             n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
             p = PlannedRun(run.display_label(), run.model.layers[0], run, rid, count_params(run.model), n, tokens,
                            flops)
@@ -159,7 +175,7 @@ def register(app: typer.Typer) -> None:
         s = res.summary
         console.print(f"run [bold]{rid}[/] done: {s['steps']} steps, loss {s['final_loss']:.4f}"
                       + (f", eval loss {s['eval_loss']:.4f}, eval acc {s['eval_acc']:.3f}" if "eval_loss" in s else "")
-                      + f" [dim]({res.run_dir})[/]")
+                      + f" [dim]({escape(str(res.run_dir))})[/]")
 
     @app.command("compare")
     def compare_cmd(
@@ -173,7 +189,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         gpus: str = typer.Option(None, "--gpus", help="run in parallel, one worker process per GPU: 0,1,2,3 or all "
                                  "(a GPU listed twice takes two runs at once)"),
-        workers: int = typer.Option(None, "--workers", min=1, help="run in parallel on N CPU worker processes"),
+        workers: int = typer.Option(None, "--workers", min=1, max=1024,
+                                    help="run in parallel on N CPU worker processes"),
         launcher: str = typer.Option("local", "--launcher", help="local, or ray: one Ray task per run"),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start Ray here)"),
     ) -> None:
@@ -182,7 +199,7 @@ def register(app: typer.Typer) -> None:
 
         from zoo.spec import load_spec, plan
         from zoo.store import Store
-        from zoo.train.sweep import run_experiment, select_shard, stale_warnings, summary_table
+        from zoo.train.sweep import failed_evals, run_experiment, select_shard, stale_warnings, summary_table
 
         if launcher not in ("local", "ray"):
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
@@ -219,10 +236,21 @@ def register(app: typer.Typer) -> None:
                                       shard=shard, device=device, only=only or None)
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
         for line in stale_warnings(outcomes, store):
-            console.print(f"[yellow]warning:[/] {line}")
+            console.print(f"[yellow]warning:[/] {escape(line)}")
+        # exit 0 only when every run is trained and every evaluation stored
         failed = [o for o in outcomes if o.status == "failed"]
+        busy = [o for o in outcomes if o.status == "busy"]
+        bad_evals = [o for o in outcomes if failed_evals(o)]
         if failed:
-            console.print(f"[red]{len(failed)} run(s) failed[/] (see the status column; `zoo runs show RUN`)")
+            console.print(f"[red]{len(failed)} run(s) failed:[/] {escape(', '.join(o.planned.run_id for o in failed))}"
+                          " (see the status column; `zoo runs show RUN`)")
+        if bad_evals:
+            console.print(f"[red]evaluations failed for {len(bad_evals)} run(s):[/] " + escape(", ".join(
+                f"{o.planned.run_id} ({', '.join(failed_evals(o))})" for o in bad_evals)))
+        if busy:
+            console.print(f"[yellow]{len(busy)} run(s) are being trained by another process:[/] "
+                          f"{', '.join(o.planned.run_id for o in busy)} (run the command again once they finish)")
+        if failed or bad_evals or busy:
             raise typer.Exit(1)
 
     @app.command("ppl")
@@ -275,7 +303,7 @@ def register(app: typer.Typer) -> None:
             if r.get("scope") != "all":
                 continue
             if r["status"] != "ok":
-                t.add_row(str(r["length"]), "-", "-", "-", "-", r.get("reason", ""))
+                t.add_row(str(r["length"]), "-", "-", "-", "-", Text(str(r.get("reason", ""))))
                 continue
             b = beyond.get(r["length"])
             t.add_row(str(r["length"]), str(r["windows"]), f"{r['ppl']:.3f}", f"{r['bits_per_byte']:.3f}",

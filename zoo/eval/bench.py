@@ -144,7 +144,7 @@ class BenchConfig(BaseModel):
     long: bool | None = Field(None, description="add `long_lens` (linear mixers, fwd and decode); "
                                                 "None = when seq_lens already reach 1M")
     long_lens: list[int] = Field(default_factory=lambda: [LONG_MIN], description="the long lengths")
-    tokens_per_batch: int = Field(2**17, ge=1, description="batch = max(1, tokens_per_batch // L)")
+    tokens_per_batch: int = Field(2**17, ge=1, le=2**32, description="batch = max(1, tokens_per_batch // L)")
     d_model: int = Field(1024, ge=8, le=16384, description="layer width")
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
@@ -154,16 +154,18 @@ class BenchConfig(BaseModel):
     n_layers: int = Field(2, ge=1, le=64, description="layers of the whole-model targets")
     warmup: int | None = Field(None, ge=0, le=100, description="warm-up calls (None: 2 on GPU, 1 on CPU)")
     reps: int | None = Field(None, ge=1, le=1000, description="timed calls at most (None: 20 on GPU, 3 on CPU)")
-    point_budget_s: float = Field(0.5, gt=0, description="stop timing a point after this long (>= 3 calls)")
-    max_call_s: float = Field(10.0, gt=0, description="skip a longer length predicted slower than this per call")
-    budget_s: float | None = Field(None, gt=0, description="wall-clock budget of the whole bench")
-    fill_chunk: int = Field(8192, ge=1, description="tokens per chunk when filling a decode cache")
+    point_budget_s: float = Field(0.5, gt=0, le=86400, description="stop timing a point after this long (>= 3 "
+                                  "calls)")
+    max_call_s: float = Field(10.0, gt=0, le=86400, description="skip a longer length predicted slower than this "
+                              "per call")
+    budget_s: float | None = Field(None, gt=0, le=10**7, description="wall-clock budget of the whole bench")
+    fill_chunk: int = Field(8192, ge=1, le=1 << 24, description="tokens per chunk when filling a decode cache")
 
     @field_validator("seq_lens", "long_lens")
     @classmethod
     def _sorted(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError("lengths must be positive")
+        if any(not 1 <= n <= 1 << 26 for n in v):
+            raise ValueError(f"lengths must be from 1 to {1 << 26:,}")
         return sorted(set(v))
 
     def resolved_device(self) -> torch.device:
@@ -1416,8 +1418,10 @@ def tables(result: BenchResult) -> list:
         st = Table(title="peers not run", title_justify="left")
         st.add_column("peer")
         st.add_column("why")
+        from rich.markup import escape
+
         for k, v in result.skipped_peers.items():
-            st.add_row(k, v)
+            st.add_row(escape(k), escape(v))  # reasons such as "pip install 'mixer-zoo[gpu]'" print as written
         out.append(st)
     return out
 

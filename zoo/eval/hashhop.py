@@ -47,6 +47,10 @@ from zoo.errors import LengthError, ZooError
 from zoo.stats import Z95, clustered
 from zoo.stats import wilson as wilson_interval
 from zoo.tasks.hashhop import (
+    MAX_CHARS,
+    MAX_HASH_LEN,
+    MAX_HOPS,
+    MAX_QUERIES,
     HashHopSample,
     answers,
     check_params,
@@ -60,6 +64,20 @@ from zoo.tasks.hashhop import (
 
 QUOTE = ord("'")
 DEPTH_BINS = 10
+MAX_REDRAWS = 100  # draws of one ambiguous sample before the cell is refused
+
+
+def repeated_keys(sample: HashHopSample) -> list[str]:
+    """Keys that head two lines of the prompt: with them a query has two answers. Short
+    hashes make this happen (the generator, like the original, never checks)."""
+    seen: set[str] = set()
+    twice: list[str] = []
+    for line in sample.prompt.split("\n"):
+        k = line.split(" = ", 1)[0]
+        if k in seen and k not in twice:
+            twice.append(k)
+        seen.add(k)
+    return twice
 
 
 class HashHopGrid(BaseModel):
@@ -72,20 +90,28 @@ class HashHopGrid(BaseModel):
     hops: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, description="hop counts")
     cot: list[bool] = Field(default_factory=lambda: [False], min_length=1, description="chain-of-thought modes")
     samples: int = Field(8, ge=1, le=1_000_000, description="samples per cell")
-    queries: int = Field(5, ge=1, description="queries per sample (the original's num_queries)")
-    hash_len: int = Field(16, ge=1, le=256, description="characters per hash")
-    greedy_samples: int = Field(1, ge=0, description="samples per cell also decoded greedily")
-    seed: int = Field(0, ge=0, description="seed of the evaluation stream")
+    queries: int = Field(5, ge=1, le=MAX_QUERIES, description="queries per sample (the original's num_queries)")
+    hash_len: int = Field(16, ge=1, le=MAX_HASH_LEN, description="characters per hash")
+    greedy_samples: int = Field(1, ge=0, le=1_000_000, description="samples per cell also decoded greedily")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the evaluation stream")
     split: Literal["eval", "test"] = Field("eval", description="seed stream, disjoint from training's")
-    chunk_size: int | None = Field(None, ge=1, description="tokens per chunk through the caches "
+    chunk_size: int | None = Field(None, ge=1, le=1 << 24, description="tokens per chunk through the caches "
                                    "(default: the model's chunk_size, else 8192)")
-    batch_tokens: int = Field(65536, ge=1, description="samples of a cell are batched up to this many tokens")
+    batch_tokens: int = Field(65536, ge=1, le=1 << 30, description="samples of a cell are batched up to this many "
+                              "tokens")
 
-    @field_validator("n_chars", "hops")
+    @field_validator("n_chars")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError("values must be at least 1")
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= x <= MAX_CHARS for x in v):
+            raise ValueError(f"sizes must be from 1 to {MAX_CHARS:,} characters")
+        return v
+
+    @field_validator("hops")
+    @classmethod
+    def _hops(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= x <= MAX_HOPS for x in v):
+            raise ValueError(f"hop counts must be from 1 to {MAX_HOPS}")
         return v
 
     def cells(self) -> list[tuple[int, int, bool]]:
@@ -96,11 +122,25 @@ class HashHopGrid(BaseModel):
         for n, h, _ in self.cells():
             check_params(n, self.queries, h, self.hash_len)
 
-    def cell_samples(self, n_chars: int, hops: int, cot: bool) -> Iterator[HashHopSample]:
+    def cell_samples(self, n_chars: int, hops: int, cot: bool, redrawn: list[int] | None = None
+                     ) -> Iterator[HashHopSample]:
+        """The cell's samples. One whose prompt has a key on two lines (short hashes repeat) has
+        two answers and is drawn again from a seed of its own; `redrawn` collects their indices."""
         for i in range(self.samples):
-            key = sample_key(self.seed, self.split, "hashhop-eval", n_chars, hops, cot, self.hash_len,
-                             self.queries, i)
-            yield generate(n_chars, self.queries, hops, self.hash_len, cot, seed=key)
+            for attempt in range(MAX_REDRAWS):
+                extra = ("redraw", attempt) if attempt else ()
+                key = sample_key(self.seed, self.split, "hashhop-eval", n_chars, hops, cot, self.hash_len,
+                                 self.queries, i, *extra)
+                s = generate(n_chars, self.queries, hops, self.hash_len, cot, seed=key)
+                if not repeated_keys(s):
+                    break
+                if redrawn is not None and not attempt:
+                    redrawn.append(i)
+            else:
+                raise ZooError(f"HashHop cell of {n_chars} characters, {hops} hops, {self.hash_len}-character hashes: "
+                               f"{MAX_REDRAWS} draws in a row put a key on two lines (ambiguous problems)",
+                               "use longer hashes (hash_len) or fewer characters")
+            yield s
 
     def cell_tokens(self, n_chars: int, hops: int, cot: bool) -> int:
         """Tokens fed for one sample of the cell: `<bos>` + text less its last character
@@ -364,7 +404,10 @@ def evaluate(model: Any, grid: HashHopGrid, device: torch.device | str | None = 
             if on_sample:
                 on_sample(grid.samples)
         else:
-            samples = list(grid.cell_samples(n_chars, hops, cot))
+            redrawn: list[int] = []
+            samples = list(grid.cell_samples(n_chars, hops, cot, redrawn))
+            if redrawn:  # only then: cells without ambiguous draws keep their stored form
+                cell["redrawn"] = len(redrawn)
             try:
                 scores = score_cell(model, samples, min(grid.greedy_samples, grid.samples), chunk,
                                     grid.batch_tokens, device, on_sample)
@@ -438,6 +481,11 @@ def read_samples(path: Path) -> list[HashHopSample]:
             tokens_and_mask(s)  # non-ASCII text fails here, with its position
         except ZooError as e:
             raise ZooError(f"{path}:{i}: {e.message}", e.hint) from None
+        twice = repeated_keys(s)
+        if twice:  # a query could have two right answers: such a problem cannot be scored
+            raise ZooError(f"{path}:{i}: ambiguous problem: key '{twice[0]}' heads two lines of the prompt"
+                           + (f" ({len(twice)} such keys)" if len(twice) > 1 else ""),
+                           "generate the samples with longer hashes, or drop this one")
         out.append(s)
     if not out:
         raise ZooError(f"{path} holds no samples")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ class RopeScaling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["pi", "ntk", "dynamic-ntk", "yarn", "rerope", "leaky-rerope"]
-    factor: float = Field(..., ge=1, description="scale factor (evaluation length / training length, typically)")
+    factor: float = Field(..., ge=1, le=1e6, description="scale factor (evaluation length / training length, "
+                          "typically)")
 
 
 class PplEval(BaseModel):
@@ -39,16 +40,18 @@ class PplEval(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lengths: list[int] | None = Field(None, description="evaluation lengths (default: multipliers x training length)")
-    multipliers: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
-                                   description="lengths as multiples of the training length")
-    max_length: int | None = Field(None, ge=2, description="leave out lengths above this")
-    stride: int | None = Field(None, ge=1, description="tokens between window starts (default: the length)")
+    lengths: list[Annotated[int, Field(ge=2, le=1 << 26)]] | None = Field(
+        None, description="evaluation lengths (default: multipliers x training length)")
+    multipliers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], description="lengths as multiples of the training length")
+    max_length: int | None = Field(None, ge=2, le=1 << 26, description="leave out lengths above this")
+    stride: int | None = Field(None, ge=1, le=1 << 26, description="tokens between window starts (default: the "
+                               "length)")
     windows: int = Field(4, ge=1, le=100000, description="windows per length (fewer when the text runs out)")
     buckets: int = Field(8, ge=1, le=1024, description="equal-width position buckets per length")
     split: Literal["eval", "test"] = Field("eval", description="held-out split of the lm task")
-    batch_tokens: int = Field(65536, ge=1, description="windows are batched up to this many tokens")
-    chunk_size: int | None = Field(None, ge=1, description="tokens per chunk through the caches")
+    batch_tokens: int = Field(65536, ge=1, le=1 << 30, description="windows are batched up to this many tokens")
+    chunk_size: int | None = Field(None, ge=1, le=1 << 24, description="tokens per chunk through the caches")
     rope_scaling: list[RopeScaling] = Field(default_factory=list,
                                             description="also evaluate with these RoPE scalings (RoPE models only)")
 

@@ -121,10 +121,16 @@ def _train_lines(ax, lengths: set[int], label: bool = True) -> None:
                         textcoords="offset points", fontsize=6.5, color="#555555")
 
 
+def _tex(text: str) -> str:
+    """A label as matplotlib must be given it to print it as written: `$` would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
     if handles:  # "outside": constrained layout makes room for it below the axes
         fits = max(2, int(fig.get_figwidth() / 1.45))  # entries per row that fit the figure's width
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), ncol or 6, fits),
+        fig.legend(handles, [_tex(x) for x in labels], loc="outside lower center",
+                   ncol=min(len(labels), ncol or 6, fits),
                    frameon=False, handlelength=3.2)
 
 
@@ -167,7 +173,7 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                 all_lengths += [p.length for p in curve]
                 ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
                                 alpha=band_alpha(len(es)), linewidth=0, zorder=2)
-                (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=e.label)
+                (h,) = ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), zorder=3, label=_tex(e.label))
                 handles.setdefault(e.label, h)
                 if e.run.train_len:
                     train.add(e.run.train_len)
@@ -208,7 +214,7 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             lengths += [p.length for p in e.curve]
             ax.fill_between(x, [p.low for p in ok], [p.high for p in ok], color=look.color,
                             alpha=band_alpha(len(curves)), linewidth=0)
-            ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=e.label)
+            ax.plot(x, [p.accuracy for p in ok], **look.line_kw(), label=_tex(e.label))
             if e.run.train_len:
                 train.add(e.run.train_len)
         _log2_axis(ax, lengths)
@@ -284,7 +290,7 @@ def depth_heatmaps(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             ax.set_xticks(range(len(lengths)), [fmt.length(L) for L in lengths])
             ax.set_yticks([0, 50, 100], ["0%", "50%", "100%"])
             look = pal[label]
-            ax.set_title(label, color=look.color, fontweight="bold")
+            ax.set_title(_tex(label), color=look.color, fontweight="bold")
             if i % ncols == 0:
                 ax.set_ylabel("depth in the prompt")
             if i // ncols == nrows - 1:
@@ -340,7 +346,7 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             if len(e.runs) > 1:
                 ax.fill_between(x, [p[2] for p in ok], [p[3] for p in ok], color=pal[e.label].color,
                                 alpha=band_alpha(len(series)), linewidth=0)
-            ax.plot(x, [p[1] for p in ok], **pal[e.label].line_kw(), label=e.label)
+            ax.plot(x, [p[1] for p in ok], **pal[e.label].line_kw(), label=_tex(e.label))
             lengths += x
             if e.run.train_len:
                 train.add(e.run.train_len)
@@ -350,7 +356,7 @@ def ppl_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                 if pts:  # evaluation-time RoPE scalings of the same trained model: same colour, hollow, thin
                     kw = pal[e.label].line_kw()
                     kw.update(markerfacecolor="white", linewidth=0.9, alpha=0.85)
-                    ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=f"{e.label} ({name})")
+                    ax.plot([p.length for p in pts], [p.ppl for p in pts], **kw, label=_tex(f"{e.label} ({name})"))
                     vals_extra.extend(p.ppl for p in pts)
         _log2_axis(ax, lengths)
         vals = [p[1] for _, ok in series for p in ok] + vals_extra
@@ -398,7 +404,7 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                 kw.update(alpha=0.45, linewidth=1.0)
             first = r.run_id in heads and r.label not in labelled
             labelled.add(r.label if first else "")
-            ax.plot(xs, ema(ys, alpha), **kw, label=r.label if first else None)
+            ax.plot(xs, ema(ys, alpha), **kw, label=_tex(r.label) if first else None)
             ax.plot(xs[-1:], ema(ys, alpha)[-1:], marker=pal[r.label].marker, color=pal[r.label].color,
                     markersize=5, linestyle="none")
         if use_tokens:
@@ -431,7 +437,7 @@ def lr_sweep(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             x = [p.lr for p in pts]
             y = [p.mean for p in pts]
             err = [[p.mean - p.low for p in pts], [p.high - p.mean for p in pts]]
-            ax.errorbar(x, y, yerr=err, **look.line_kw(), capsize=2.5, label=e.label)
+            ax.errorbar(x, y, yerr=err, **look.line_kw(), capsize=2.5, label=_tex(e.label))
             sel = e.sweep.selected
             if sel.mean is not None:
                 ax.plot([sel.lr], [sel.mean], marker="o", markersize=11, markerfacecolor="none",

@@ -164,3 +164,15 @@ def flops(x: float | None) -> str:
         if x >= div:
             return f"{x / div:.3g} {unit}"
     return f"{x:.3g} FLOP"
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(v: Any) -> Any:
+    """A value for a CSV cell: text that a spreadsheet would run as a formula (starting with
+    = + - @, a tab or a carriage return) gets a leading apostrophe, as OWASP advises;
+    numbers, booleans and None are left as they are."""
+    if isinstance(v, str) and v.startswith(FORMULA_START):
+        return "'" + v
+    return v

@@ -191,9 +191,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     cols = _columns(rows)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols or ["empty"])
-        w.writeheader()
+        w.writerow({k: fmt.csv_cell(k) for k in cols or ["empty"]})
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+            w.writerow({k: ("" if r.get(k) is None else fmt.csv_cell(r.get(k))) for k in cols})
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
+from zoo.tasks.tokenizer import VOCAB_SIZE
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TaskConfig(BaseModel):
 class Task(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[TaskConfig]] = TaskConfig
+    vocab_size: int = VOCAB_SIZE  # token ids the task uses (the model's vocabulary is sized from it)
 
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -80,7 +82,4 @@ def get_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
     try:
         return cls(cls.Config(**(overrides or {})))
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ZooError(f"task '{name}': bad setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                       f"fields: {', '.join(cls.Config.model_fields)}") from None
+        raise invalid(e, f"task '{name}': bad setting", f"fields: {', '.join(cls.Config.model_fields)}") from None

@@ -39,6 +39,11 @@ from zoo.tasks.tokenizer import BOS, PAD, encode_ascii
 ALPHABET = string.ascii_lowercase + string.ascii_uppercase  # 52 letters, lowercase first
 HEADER = "COMPLETION:\nHops={hops}\n\nCoT={cot}\n\n"
 MAX_SEED = 2**32  # NumPy's RandomState takes one 32-bit word as an integer seed
+# upper bounds: a problem is built in memory, so its size must be bounded up front
+MAX_CHARS = 1 << 24       # characters of one problem (16x the 1M tokens the evaluator targets)
+MAX_HOPS = 64
+MAX_HASH_LEN = 256
+MAX_QUERIES = 1 << 20
 
 
 # -- the generator ---------------------------------------------------------------------------
@@ -69,14 +74,16 @@ class HashHopSample:
 
 def check_params(n_chars: int, num_queries: int, hops: int, hash_len: int) -> None:
     """One readable error for each bad argument, before any randomness is drawn."""
-    if hash_len < 1:
-        raise ZooError(f"hash length must be at least 1, got {hash_len}", "use --hash-len 16 as in the original")
-    if hops < 1:
-        raise ZooError(f"hops must be at least 1, got {hops}", "hops counts the pairs in each chain")
-    if n_chars < 1:
-        raise ZooError(f"n_chars must be at least 1, got {n_chars}", "the prompt size in characters")
-    if num_queries < 1:
-        raise ZooError(f"queries must be at least 1, got {num_queries}", "the completion asks at least one query")
+    if not 1 <= hash_len <= MAX_HASH_LEN:
+        raise ZooError(f"hash length must be from 1 to {MAX_HASH_LEN}, got {hash_len}",
+                       "use --hash-len 16 as in the original")
+    if not 1 <= hops <= MAX_HOPS:
+        raise ZooError(f"hops must be from 1 to {MAX_HOPS}, got {hops}", "hops counts the pairs in each chain")
+    if not 1 <= n_chars <= MAX_CHARS:
+        raise ZooError(f"n_chars must be from 1 to {MAX_CHARS:,}, got {n_chars:,}", "the prompt size in characters")
+    if not 1 <= num_queries <= MAX_QUERIES:
+        raise ZooError(f"queries must be from 1 to {MAX_QUERIES:,}, got {num_queries:,}",
+                       "the completion asks at least one query")
     chains = n_chains(n_chars, hops, hash_len)
     if num_queries > chains:
         need = num_queries * (2 * hash_len + 3) * hops
@@ -274,22 +281,23 @@ def tokens_and_mask(sample: HashHopSample) -> tuple[list[int], list[bool]]:
 # -- the training task -------------------------------------------------------------------------
 
 class HashHopConfig(TaskConfig):
-    n_chars: int | None = Field(None, ge=1, description="problem size in characters (the original's n_chars); "
-                                "None fills the sequence length with as many chains as fit")
+    n_chars: int | None = Field(None, ge=1, le=MAX_CHARS, description="problem size in characters (the original's "
+                                "n_chars); None fills the sequence length with as many chains as fit")
     hops: list[int] = Field(default_factory=lambda: [1, 2], min_length=1,
                             description="hop counts, one drawn uniformly per sample")
-    hash_len: int = Field(16, ge=1, le=256, description="characters per hash")
-    queries: int | None = Field(None, ge=1, description="queries per sample (capped at the chains); None asks all")
+    hash_len: int = Field(16, ge=1, le=MAX_HASH_LEN, description="characters per hash")
+    queries: int | None = Field(None, ge=1, le=MAX_QUERIES, description="queries per sample (capped at the chains); "
+                                "None asks all")
     cot_prob: float = Field(0.0, ge=0.0, le=1.0, description="fraction of samples with chain of thought")
     long_frac: float = Field(1.0, ge=0.0, le=1.0,
                              description="fraction of samples at the full size; the rest are uniformly shorter")
-    min_chars: int = Field(64, ge=1, description="smallest problem size of the shorter samples")
+    min_chars: int = Field(64, ge=1, le=MAX_CHARS, description="smallest problem size of the shorter samples")
 
     @field_validator("hops")
     @classmethod
     def _hops_positive(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError("every hop count must be at least 1")
+        if any(not 1 <= h <= MAX_HOPS for h in v):
+            raise ValueError(f"every hop count must be from 1 to {MAX_HOPS}")
         return v
 
 

@@ -140,6 +140,60 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def candidates(run_dir: Path) -> list[Path]:
+    """Checkpoints to resume from, newest first: the one `latest` names, then the others."""
+    first = latest_checkpoint(run_dir)
+    rest = [p for p in reversed(list_checkpoints(run_dir)) if p != first]
+    return ([first] if first is not None else []) + rest
+
+
+def restore(model: torch.nn.Module, run_dir: Path, device: str | torch.device = "cpu",
+            need_state=lambda meta: True, warn=lambda msg: None) -> tuple[Path, dict, dict | None] | None:
+    """Load the newest checkpoint that reads back whole into `model`: (path, meta, state or None).
+
+    A damaged checkpoint (a truncated file, say) is skipped with `warn(message)` and the one
+    before it is tried; None when the run has no checkpoint. `need_state(meta)` says whether
+    the optimizer and RNG state are needed (not for a final checkpoint)."""
+    tried = candidates(run_dir)
+    damaged = []
+    for c in tried:
+        try:
+            meta = load_meta(c)
+            if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+                raise ValueError("meta.json has no step")
+            load_weights(model, c, device)
+            state = load_state(c, map_location=device) if need_state(meta) else None
+        except Exception as e:  # any damage: a truncated file fails in json, safetensors or torch.load
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            damaged.append(c.name)
+            nxt = tried[tried.index(c) + 1].name if c is not tried[-1] else None
+            warn(f"checkpoint {c} is damaged ({type(e).__name__}: {why}); "
+                 + (f"falling back to {nxt}" if nxt else "no older checkpoint is left"))
+            continue
+        return c, meta, state
+    if damaged:
+        raise ZooError(f"every checkpoint of {Path(run_dir).name} is damaged: {', '.join(damaged)}",
+                       f"move {Path(run_dir) / CKPT_DIR} aside to train the run from step 0")
+    return None
+
+
+def clean_temporaries(run_dir: Path) -> list[str]:
+    """Remove what a killed writer left half-written (call only while holding the run's lock)."""
+    run_dir = Path(run_dir)
+    gone = []
+    for d in (run_dir, run_dir / CKPT_DIR):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.name.startswith((".tmp-", ".latest.tmp")) or (p.name.startswith(".") and ".tmp" in p.name):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                gone.append(p.name)
+    return sorted(gone)
+
+
 def load_state(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Optimizer/RNG state of a checkpoint; `weights_only` refuses anything but plain data."""
     return torch.load(Path(ckpt) / STATE, map_location=map_location, weights_only=True)

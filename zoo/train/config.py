@@ -19,8 +19,8 @@ from zoo.store import config_id
 from zoo.train.schedule import Schedule, check_knob_name
 
 # training settings outside the run identity: how a run is watched and executed, not what it learns
-NON_ID_FIELDS = {"log_every", "tensorboard", "wandb", "ckpt_every", "keep_checkpoints", "compile", "device",
-                 "peak_tflops", "threads"}
+NON_ID_FIELDS = {"log_every", "tensorboard", "wandb", "ckpt_every", "ckpt_minutes", "keep_checkpoints", "compile",
+                 "device", "peak_tflops", "threads"}
 
 
 class TargetMetric(BaseModel):
@@ -44,8 +44,9 @@ class TrainConfig(BaseModel):
 
     # budget: the first one reached stops the run (at least one of steps, max_tokens, max_flops)
     steps: int | None = Field(None, ge=1, le=10**9, description="optimizer steps")
-    max_tokens: int | None = Field(None, ge=1, description="training tokens (inputs, all micro-batches)")
-    max_flops: float | None = Field(None, gt=0, description="training FLOPs (model estimate, forward + backward)")
+    max_tokens: int | None = Field(None, ge=1, le=10**16, description="training tokens (inputs, all micro-batches)")
+    max_flops: float | None = Field(None, gt=0, le=1e30, description="training FLOPs (model estimate, forward + "
+                                    "backward)")
     target: TargetMetric | None = Field(None, description="stop early when an eval metric reaches a value")
     # batch
     batch_size: int = Field(8, ge=1, le=1 << 20, description="sequences per micro-batch")
@@ -54,18 +55,18 @@ class TrainConfig(BaseModel):
     # optimizer: AdamW; no weight decay on norms, biases, gains and tagged SSM dynamics (zoo.mixer.decays)
     lr: float = Field(1e-3, gt=0, le=10.0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final learning rate / peak")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    warmup_steps: int = Field(0, ge=0, le=10**9, description="linear warm-up steps")
     lr_schedule: Literal["cosine", "wsd", "constant"] = Field("cosine", description="after warm-up")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: fraction of the steps spent decaying")
     weight_decay: float = Field(0.1, ge=0, le=10)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    grad_clip: float = Field(1.0, ge=0, description="max global grad norm (0: no clipping)")
-    seed: int = Field(0, ge=0, description="model init, data stream and length mixing")
+    eps: float = Field(1e-8, gt=0, le=1)
+    grad_clip: float = Field(1.0, ge=0, le=1e9, description="max global grad norm (0: no clipping)")
+    seed: int = Field(0, ge=0, lt=2**63, description="model init, data stream and length mixing")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     # evaluation
-    eval_every: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
+    eval_every: int = Field(0, ge=0, le=10**9, description="steps between evaluations (0: only at the end)")
     eval_batches: int = Field(4, ge=1, le=10000, description="held-out batches per evaluation")
     # scheduled settings: knob name -> schedule (see zoo.train.schedule)
     schedules: dict[str, Schedule] = Field(default_factory=dict)
@@ -74,18 +75,26 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model for training")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: torch's); "
                                 "tiny models run fastest on one, above all on a busy machine")
-    ckpt_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
+    ckpt_every: int = Field(0, ge=0, le=10**9, description="steps between checkpoints (0: none by step count)")
+    ckpt_minutes: float = Field(5.0, ge=0, le=7 * 24 * 60, description="minutes of training between "
+                                "checkpoints (0: none by time); Ctrl-C and SIGTERM also save one before exiting")
     keep_checkpoints: int = Field(2, ge=1, le=1000)
-    log_every: int = Field(10, ge=1, description="steps between metric flushes and progress updates")
-    peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU (default: datasheet table)")
+    log_every: int = Field(10, ge=1, le=10**9, description="steps between metric flushes and progress updates")
+    peak_tflops: float | None = Field(None, gt=0, le=1e9, description="device peak for MFU (default: datasheet "
+                                      "table)")
     tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
     wandb: bool = Field(False, description="also log to Weights & Biases in offline mode (needs wandb)")
 
     @field_validator("schedules")
     @classmethod
     def _knob_names(cls, v: dict[str, Schedule]) -> dict[str, Schedule]:
-        for name in v:
+        bounds = {"seq_len": (2, 1 << 24), "short_seq_len": (2, 1 << 24), "long_fraction": (0, 1)}
+        for name, sched in v.items():
             check_knob_name(name)
+            lo, hi = bounds.get(name, (None, None))
+            for _, val in sched.points if lo is not None else []:
+                if isinstance(val, list) or not lo <= val <= hi:
+                    raise ValueError(f"schedule '{name}' takes numbers from {lo} to {hi}, got {val}")
         return v
 
     @model_validator(mode="after")
@@ -110,6 +119,20 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=100))
     label: str | None = Field(None, description="name shown in tables (default: the layer pattern)")
     experiment: str | None = Field(None, description="the spec this run came from")
+
+    @model_validator(mode="after")
+    def _vocab_from_task(self) -> RunConfig:
+        """The model's vocabulary is the task's unless set; a smaller one could not embed its tokens."""
+        from zoo.tasks.base import get_task
+
+        need = get_task(self.task.name, self.task.config).vocab_size
+        if "vocab_size" not in self.model.model_fields_set:
+            if self.model.vocab_size != need:
+                self.model = self.model.model_copy(update={"vocab_size": need})
+        elif self.model.vocab_size < need:
+            raise ValueError(f"model.vocab_size={self.model.vocab_size} is smaller than task '{self.task.name}''s "
+                             f"{need} token ids")
+        return self
 
     def normalized(self) -> RunConfig:
         """Fill in task and mixer defaults, so equal runs written differently get one id."""

@@ -298,7 +298,9 @@ class FollowerStore:
         self.root = Path(root) if root is not None else default_root()
 
     def run_dir(self, run_id: str) -> Path:
-        d = self.root / "runs" / run_id
+        from zoo.store import safe_run_dir
+
+        d = safe_run_dir(self.root, run_id)
         d.mkdir(parents=True, exist_ok=True)
         return d
 

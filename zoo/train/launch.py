@@ -35,6 +35,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from rich.markup import escape
+
 from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, parse_spec
 from zoo.store import SCHEMA, Store
@@ -156,7 +158,7 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
                             w.proc.wait()
                             if attempt:
                                 raise
-                    say(f"[dim]start[/] {w.job[0].label} [dim]{w.job[0].run_id}[/] on {w.where} "
+                    say(f"[dim]start[/] {escape(w.job[0].label)} [dim]{w.job[0].run_id}[/] on {w.where} "
                         f"[dim](worker pid {w.proc.pid})[/]")
             time.sleep(0.05)
             for w in workers:
@@ -174,11 +176,12 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
                 w.job = None
                 outcomes[p.run_id] = o
                 if o.status == "failed":
-                    say(f"[red]failed[/] {p.label} [dim]{p.run_id}[/] on {w.where}: {o.reason}")
+                    say(f"[red]failed[/] {escape(p.label)} [dim]{p.run_id}[/] on {w.where}: {escape(str(o.reason))}")
                 else:
                     loss = o.summary.get("final_loss")
-                    say(f"[green]{'done' if o.status == 'done' else o.status}[/] {p.label} [dim]{p.run_id}[/] on "
-                        f"{w.where} in {o.seconds:.1f}s" + (f", loss {loss:.4f}" if loss is not None else ""))
+                    say(f"[green]{'done' if o.status == 'done' else o.status}[/] {escape(p.label)} "
+                        f"[dim]{p.run_id}[/] on {w.where} in {o.seconds:.1f}s"
+                        + (f", loss {loss:.4f}" if loss is not None else ""))
         for w in workers:
             w.finish()
     except BaseException:  # Ctrl-C or an error here: stop the workers; their runs stay resumable
@@ -448,13 +451,13 @@ def run_ray(spec: ExperimentSpec, store: Store, address: str | None = None, cons
             except Exception as e:  # the task or its worker died: what the store had stays resumable
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 outcomes[p.run_id] = Outcome(p, "failed", f"Ray task lost: {first[:200]}", {}, {}, time.time() - t0)
-                say(f"[red]failed[/] {p.label} [dim]{p.run_id}[/]: {outcomes[p.run_id].reason}")
+                say(f"[red]failed[/] {escape(p.label)} [dim]{p.run_id}[/]: {escape(str(outcomes[p.run_id].reason))}")
                 continue
             merge_returned(store, p.run_id, res["store"])
             d = res["outcome"]
             outcomes[p.run_id] = o = Outcome(p, d["status"], d["reason"], d["summary"] or {}, d["evals"] or {},
                                              time.time() - t0)
-            say(f"[{'red' if o.status == 'failed' else 'green'}]{o.status}[/] {p.label} [dim]{p.run_id}[/] on "
+            say(f"[{'red' if o.status == 'failed' else 'green'}]{o.status}[/] {escape(p.label)} [dim]{p.run_id}[/] on "
                 f"{res['host']} in {o.seconds:.1f}s" + (f": {o.reason}" if o.reason else ""))
     finally:
         if started_here:

@@ -31,6 +31,7 @@ attributes at forward time, which is what makes a scheduled value take effect.
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,8 +56,14 @@ class Schedule(BaseModel):
         steps = [s for s, _ in v]
         if any(s < 0 for s in steps):
             raise ValueError("steps must be >= 0")
+        if any(s > 10**9 for s in steps):
+            raise ValueError("steps must be at most 10**9")
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"steps must increase strictly, got {steps}")
+        for _, val in v:
+            for x in val if isinstance(val, list) else [val]:
+                if not math.isfinite(x) or abs(x) > 1e15:
+                    raise ValueError(f"values must be finite numbers of magnitude at most 1e15, got {x}")
         return v
 
     @model_validator(mode="after")

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.markup import escape
+
 from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, plan
 from zoo.store import Store, changed_since, config_id
@@ -54,7 +56,8 @@ def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict]
         one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
         row = evaluate(model, one, device=device)["cells"][0]
         acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
-        keep([row], f"{n_chars} characters, {hops} hops: {acc}")
+        redrawn = f" ({row['redrawn']} ambiguous samples drawn again)" if row.get("redrawn") else ""
+        keep([row], f"{n_chars} characters, {hops} hops: {acc}{redrawn}")
 
 
 def hashhop_complete(grid: dict, stored: list[dict]) -> bool:
@@ -152,14 +155,14 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
                 model, run_config = load_model(store.run_dir(p.run_id), device)
                 run_config = {**run_config, "_run_dir": str(store.run_dir(p.run_id))}
             if console is not None:
-                console.print(f"  [dim]evaluating {kind} on {p.label} ({p.run_id})[/]")
+                console.print(f"  [dim]evaluating {kind} on {escape(p.label)} ({p.run_id})[/]")
             if not stored:  # other settings' rows go; this evaluation's own are kept to resume from
                 store.add_results(p.run_id, kind, [], replace=True)
 
             def keep(rows: list[dict], note: str, kind: str = kind, eid: str = eid) -> None:
                 store.add_results(p.run_id, kind, [{**r, "eval_id": eid, "label": p.label} for r in rows])
                 if console is not None:
-                    console.print(f"  [dim]{kind} {p.label}: {note}[/]")
+                    console.print(f"  [dim]{kind} {escape(p.label)}: {escape(note)}[/]")
 
             EVALUATORS[kind](model, run_config, settings, device, stored, keep)
             status[kind] = "ok"
@@ -214,7 +217,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
         t0 = time.time()
         prior = store.get_run(p.run_id)
         if console is not None:
-            console.rule(f"[bold]{i}/{len(runs)}[/] {p.label} [dim]{p.run_id} {_point(p)}[/]")
+            console.rule(f"[bold]{i}/{len(runs)}[/] {escape(p.label)} [dim]{p.run_id} {escape(_point(p))}[/]")
         out = Outcome(p, "done")
         if prior is not None and prior["status"] == "done":
             out.status, out.summary = "skipped", prior["summary"]
@@ -240,7 +243,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
             with cpu_threads(p.run.train.threads if dev.type == "cpu" else None):
                 out.evals = run_evals(spec, p, store, dev, console)
         if console is not None and out.status == "failed":
-            console.print(f"[red]failed:[/] {out.reason}")
+            console.print(f"[red]failed:[/] {escape(str(out.reason))}")
         out.seconds = time.time() - t0
         outcomes.append(out)
     if spec.eval.bench is not None and runs:
@@ -250,7 +253,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
                 console.print(f"bench stored as run [bold]{rid}[/] (`zoo runs show {rid}`)")
         except ZooError as e:
             if console is not None:
-                console.print(f"[yellow]bench failed:[/] {e}")
+                console.print(f"[yellow]bench failed:[/] {escape(str(e))}")
     return outcomes
 
 
@@ -322,17 +325,22 @@ def summary_table(outcomes: list[Outcome], store: Store, title: str):
         status = {"done": "[green]trained[/]", "skipped": "[green]done[/]", "failed": "[red]failed[/]",
                   "busy": "[yellow]busy[/]"}[o.status]
         if o.reason:
-            status += f" [dim]{o.reason[:80]}[/]"
-        bad = [k for k, v in o.evals.items() if v not in ("ok", "cached")]
+            status += f" [dim]{escape(o.reason[:80])}[/]"
+        bad = failed_evals(o)
         if bad:
-            status += f" [yellow](eval {', '.join(bad)} failed: {o.evals[bad[0]][:60]})[/]"
-        row = [o.planned.label, o.planned.run_id] + ([_point(o.planned)] if multi else [])
+            status += f" [yellow](eval {', '.join(bad)} failed: {escape(o.evals[bad[0]][:60])})[/]"
+        row = [escape(o.planned.label), o.planned.run_id] + ([escape(_point(o.planned))] if multi else [])
         row += [f"{o.planned.params:,}", str(s.get("steps", "-")), _f(s.get("final_loss")), _f(s.get("eval_loss")),
                 _f(s.get("eval_acc"), 3)]
         row += [_f(hh[o.planned.run_id].get(L), 3) for L in hh_lengths]
         row += [_f(pp[o.planned.run_id].get(L), 2) for L in pp_lengths]
         t.add_row(*row, status)
     return t
+
+
+def failed_evals(o: Outcome) -> list[str]:
+    """The evaluations of an outcome that did not succeed (their value is the error)."""
+    return [k for k, v in o.evals.items() if v not in ("ok", "cached")]
 
 
 def _f(v, digits: int = 4) -> str:

@@ -21,6 +21,10 @@ import contextlib
 import fcntl
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
-from zoo.errors import ZooError
+from zoo.errors import Interrupted, ZooError
 from zoo.mixer import no_decay_names
 from zoo.model import ModelConfig, ZooLM
-from zoo.store import Store, provenance
+from zoo.store import LOCK, Store, finite, provenance
 from zoo.tasks.base import IGNORE, Batch, Task, get_task
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as zdist
@@ -87,11 +91,14 @@ def lengths_at(cfg: TrainConfig, step: int) -> tuple[int, float, int]:
 
 def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
     """(steps, expected tokens, expected FLOPs) of the budget: the first of steps, max_tokens,
-    max_flops reached. Tokens and FLOPs follow the length schedule and mixture."""
+    max_flops reached. Tokens and FLOPs follow the length schedule and mixture. Steps between
+    two changes of the lengths are taken together, so a budget of 10**9 steps costs no more
+    than its schedule has points."""
     limit = cfg.steps if cfg.steps is not None else 10**9
     tokens = flops = 0.0
     per_tok = flops_per_token or (lambda L: 0.0)
     cache: dict[int, float] = {}
+    scheds = [sc for k, sc in cfg.schedules.items() if k in ("seq_len", "long_fraction", "short_seq_len")]
     step = 0
     while step < limit:
         seq_len, f, short = lengths_at(cfg, step)
@@ -100,16 +107,37 @@ def budget(cfg: TrainConfig, flops_per_token=None) -> tuple[int, float, float]:
         for L in (seq_len, short):
             if L not in cache:
                 cache[L] = per_tok(L)
+                if not cache[L] >= 0:  # a mixer's estimate gone wrong would turn the FLOP budget upside down
+                    raise ZooError(f"the model's FLOPs estimate at length {L} is {cache[L]}, not a count",
+                                   "a mixer's flops_per_token is wrong for this config")
         seqs = cfg.batch_size * cfg.grad_accum
-        tokens += seqs * (f * seq_len + (1 - f) * short)
-        flops += seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
-        step += 1
+        t = seqs * (f * seq_len + (1 - f) * short)
+        fl = seqs * (f * seq_len * cache[seq_len] + (1 - f) * short * cache[short])
+        n = min([limit] + [_next_change(sc, step) for sc in scheds]) - step  # steps until the lengths change
+        for have, cap, per in ((tokens, cfg.max_tokens, t), (flops, cfg.max_flops, fl)):
+            if cap is not None and per > 0:
+                k = max(1, math.ceil((cap - have) / per))
+                if k > 1 and have + (k - 1) * per >= cap:  # the division rounded up past the step that reaches it
+                    k -= 1
+                n = min(n, k)
+        tokens += n * t
+        flops += n * fl
+        step += n
         if (cfg.max_tokens is not None and tokens >= cfg.max_tokens) or \
                 (cfg.max_flops is not None and flops >= cfg.max_flops):
             break
         if cfg.steps is None and step >= 10**7:
             raise ZooError("the token or FLOP budget needs more than 10 million steps", "raise batch_size")
     return step, tokens, flops
+
+
+def _next_change(sched, step: int) -> int:
+    """The first step after `step` at which `sched` may take another value."""
+    steps = [s for s, _ in sched.points]
+    if sched.interp == "linear" and steps[0] <= step < steps[-1]:
+        return step + 1
+    later = [s for s in steps if s > step]
+    return later[0] if later else 10**18
 
 
 def total_steps(cfg: TrainConfig, flops_per_token=None) -> int:
@@ -171,21 +199,30 @@ def diagnose(model: nn.Module, what: str, step: int, tokens: torch.Tensor | None
 class Sinks:
     """Store (always), TensorBoard and Weights & Biases offline (when asked) through their libraries."""
 
-    def __init__(self, cfg: TrainConfig, store: Store, run_id: str, run_dir: Path, config: dict):
+    @staticmethod
+    def check(cfg: TrainConfig) -> None:
+        """Refuse, before the run is touched, logging whose package is missing."""
+        import importlib.util
+
+        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ZooError("tensorboard logging needs the tensorboard package", "pip install tensorboard")
+        if cfg.wandb and importlib.util.find_spec("wandb") is None:
+            raise ZooError("Weights & Biases logging needs the wandb package", "pip install wandb")
+
+    def __init__(self, cfg: TrainConfig, store: Store, run_id: str, run_dir: Path, config: dict,
+                 jsonl: bool = True):
         self.store, self.run_id, self.run_dir = store, run_id, run_dir
         self.buffer: list[tuple[int, dict[str, float | None]]] = []
+        self.jsonl = jsonl  # rank 0 also appends every flushed row to metrics.jsonl
         self.tb = self.wandb = None
+        self.check(cfg)
         if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ZooError("tensorboard logging needs the tensorboard package", "pip install tensorboard") from None
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if cfg.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise ZooError("Weights & Biases logging needs the wandb package", "pip install wandb") from None
+            import wandb
+
             self.wandb = wandb.init(mode="offline", dir=str(run_dir), id=run_id, resume="allow",
                                     project=config.get("experiment") or "mixer-zoo", config=config,
                                     name=config.get("label") or run_id)
@@ -199,7 +236,17 @@ class Sinks:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in values.items() if v is not None}, step=step)
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
+        """Write the buffered rows to the store and to metrics.jsonl; `durable` (at checkpoints)
+        also fsyncs the file, so the run directory holds every metric its checkpoint covers even
+        when the store loses its last commits."""
+        if self.jsonl and (self.buffer or durable):
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                for step, vals in self.buffer:
+                    f.write(json.dumps({"step": step, **finite(vals)}) + "\n")
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
         self.store.log_metrics_many(self.run_id, self.buffer)
         self.buffer = []
         if self.tb is not None:
@@ -211,9 +258,11 @@ class Sinks:
         by_step: dict[int, dict[str, float | None]] = {}
         for r in self.store.metrics(self.run_id):
             by_step.setdefault(r["step"], {})[r["name"]] = r["value"]
+        if not by_step:  # the store lost them: what the file holds is all there is
+            return
         with open(tmp, "w") as f:
             for step in sorted(by_step):
-                f.write(json.dumps({"step": step, **by_step[step]}) + "\n")
+                f.write(json.dumps({"step": step, **finite(by_step[step])}) + "\n")
         tmp.replace(path)
 
     def close(self) -> None:
@@ -268,15 +317,45 @@ def cpu_threads(n: int | None):
 def run_lock(run_dir: Path):
     """Exclusive per-run lock: two processes never train the same run at once. The kernel drops
     it when the holder dies (kill -9 included)."""
-    f = open(run_dir / ".lock", "w")
+    f = open(run_dir / LOCK, "w")
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"run {run_dir.name} is being trained by another process", "wait for it to finish") from None
+        for attempt in range(5):  # `zoo runs list` peeks at the lock for an instant (store.run_held)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 4:
+                    raise RunBusy(f"run {run_dir.name} is being trained by another process",
+                                  "wait for it to finish") from None
+                time.sleep(0.05)
         yield
     finally:
         f.close()
+
+
+class StopSignals:
+    """While training, SIGINT (Ctrl-C) and SIGTERM only raise a flag that the loop reads between
+    optimizer steps, so it stops at a step boundary, saves a checkpoint and says so. A second
+    Ctrl-C stops at once. Only in the main thread (signal handlers can be set nowhere else)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 class Trainer:
@@ -306,15 +385,35 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def say(self, message: str) -> None:
+        """A line for the user (resuming, repairs, damaged checkpoints, what an interrupt saved)."""
+        if not self.dist.main:
+            return
+        if self.console is not None:
+            from rich.markup import escape
+
+            self.console.print(f"[dim]{escape(message)}[/]", highlight=False)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     def fit(self) -> TrainResult:
         lock = run_lock(self.run_dir) if self.dist.main else contextlib.nullcontext()
-        with self.dist.together(lock), cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
-            return self._fit()
+        with StopSignals() as self.stop, self.dist.together(lock), \
+                cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
+            res = self._fit()
+        if self.stop.signum is not None:  # the signal came after the last step: the run is done and stored
+            name = "Ctrl-C" if self.stop.signum == signal.SIGINT else signal.Signals(self.stop.signum).name
+            raise Interrupted(f"{name}: run {self.run_id} had finished and is saved", self.stop.signum)
+        return res
 
     # the loop ----------------------------------------------------------------------------------
     def _fit(self) -> TrainResult:
         store, rid = self.store, self.run_id
+        Sinks.check(self.cfg)  # before the run's status changes: a missing package fails nothing
         if self.dist.main:
+            left = ckpt.clean_temporaries(self.run_dir)  # we hold the lock: no writer is alive
+            if left:
+                self.say(f"removed {len(left)} temporary file(s) a killed process left in {self.run_dir}")
             ckpt.write_json_atomic(self.run_dir / "config.json", {"run_id": rid, **self.config_dict})
         started = time.time()
         store.upsert_run(rid, self.config_dict, kind="train", status="running",
@@ -323,6 +422,8 @@ class Trainer:
             return self._train(started)
         except RunFailed as e:
             store.set_status(rid, "failed", str(e))
+            raise
+        except (KeyboardInterrupt, Interrupted):  # left "running": shown as interrupted once we exit
             raise
         except Exception as e:
             if _is_oom(e):
@@ -347,23 +448,27 @@ class Trainer:
         model = build_model(self.run.model, cfg.seed).to(self.device)
         self.n_params = model.num_params()
         task = get_task(self.run.task.name, self.run.task.config)
-        last = ckpt.latest_checkpoint(self.run_dir)
-        if last is not None:  # full weights, before any sharding: a checkpoint fits any number of GPUs
-            ckpt.load_weights(model, last, self.device)
+        total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
+        # full weights, before any sharding: a checkpoint fits any number of GPUs. A damaged newest
+        # checkpoint falls back to the one before it, with a warning.
+        found = ckpt.restore(model, self.run_dir, self.device, need_state=lambda meta: meta["step"] < total,
+                             warn=lambda msg: self.say(f"warning: {msg}"))
         exempt = set(no_decay_names(model))
         wrapped = self.dist.wrap(model, sample_len=cfg.seq_len)  # DDP, FSDP2 (in place) or the model
         fused = self.device.type == "cuda" and self.dist.strategy != "fsdp"
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, exempt), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                 eps=cfg.eps, fused=fused or None)
-        total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
         start, resumed = 0, None
-        if last is not None:
-            meta = ckpt.load_meta(last)
-            if meta["step"] < total:  # the final checkpoint needs no optimizer: nothing is left to train
-                state = ckpt.load_state(last, map_location=self.device)
+        if found is not None:
+            last, meta, state = found
+            if state is not None:  # the final checkpoint needs no optimizer: nothing is left to train
                 self.dist.load_optimizer_state(model, opt, state["optimizer"])
                 ckpt.set_rng_state(state["rng"])
             start = resumed = meta["step"]
+            self.say(f"resuming run {rid} from step {start} of {total} ({last})" if start < total else
+                     f"run {rid} already reached its last step ({start}, {last}): recording it as done")
+            if self.dist.main:
+                self._repair_metrics(start)
         else:
             torch.manual_seed(cfg.seed + 1)  # the same RNG stream after init whether or not we resumed
         fwd = torch.compile(wrapped) if cfg.compile else wrapped
@@ -371,7 +476,7 @@ class Trainer:
         if peak and self.dist.active:  # MFU of the whole run: all its devices
             peak, peak_src = peak * self.dist.world, f"{self.dist.world} x {peak_src}"
         sinks = Sinks(cfg if self.dist.main else cfg.model_copy(update={"tensorboard": False, "wandb": False}),
-                      store, rid, self.run_dir, self.config_dict)
+                      store, rid, self.run_dir, self.config_dict, jsonl=self.dist.main)
         store.update_summary(rid, params=self.n_params, total_steps=total, peak_flops=peak, peak_source=peak_src,
                              device=str(self.device), precision=self.precision)
         knob_values: dict[str, Any] = {}
@@ -382,6 +487,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = _Progress(self.progress, self.console, self.run.display_label(), total, start)
         t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
+        t_ckpt = time.monotonic()  # checkpoints also every ckpt_minutes of training
         step = start
         try:
             while step < total:
@@ -453,12 +559,27 @@ class Trainer:
                 if step % cfg.log_every == 0:
                     sinks.flush()
                 done = step == total or (cfg.target is not None and cfg.target.reached(eval_metrics))
-                if done or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-                    sinks.flush()
+                due = bool(cfg.ckpt_minutes) and time.monotonic() - t_ckpt >= 60 * cfg.ckpt_minutes
+                stop = self.stop.signum is not None
+                if self.dist.active:  # ranks agree (at log steps, which sync anyway) or the save deadlocks
+                    due = stop = False
+                    if step % cfg.log_every == 0 and not done:
+                        due = not self.dist.all_true(not (bool(cfg.ckpt_minutes) and time.monotonic() - t_ckpt
+                                                          >= 60 * cfg.ckpt_minutes))
+                        stop = not self.dist.all_true(self.stop.signum is None)
+                if done or stop or due or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                    sinks.flush(durable=True)
                     self.dist.save_checkpoint(self.run_dir, step, model, opt, self.config_dict, knobs=knob_values,
                                               keep=cfg.keep_checkpoints)
+                    t_ckpt = time.monotonic()
                 if done:
                     break
+                if stop:
+                    signum = self.stop.signum or signal.SIGTERM
+                    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                    raise Interrupted(f"{name}: saved run {rid} at step {step} of {total} "
+                                      f"({self.run_dir / ckpt.CKPT_DIR / f'step_{step:08d}'}); the same command "
+                                      "resumes it", signum)
         finally:
             bar.close()
             sinks.close()
@@ -472,6 +593,21 @@ class Trainer:
                          provenance=provenance(model=model, device=self.device, started=started, finished=finished,
                                                resumed_from=resumed))
         return TrainResult(rid, self.run_dir, summary, model, resumed)
+
+    def _repair_metrics(self, start: int) -> None:
+        """Metric rows up to the checkpoint that the store lost (a WAL cut short by a crash) come
+        back from metrics.jsonl; rows past it are dropped from the file (those steps run again)."""
+        from zoo.store import read_metrics_file
+
+        path = self.run_dir / "metrics.jsonl"
+        rows = read_metrics_file(path)
+        notes = self.store.repair_run(self.run_id, self.run_dir, upto=start)
+        if any(step > start for step, _ in rows):
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(json.dumps({"step": s, **v}) + "\n" for s, v in rows if s <= start))
+            tmp.replace(path)
+        for note in notes:
+            self.say(f"repaired run {self.run_id}: {note}")
 
     def _logged_at(self, step: int) -> tuple[float, dict[str, float]]:
         vals = {r["name"]: r["value"] for r in self.store.metrics(self.run_id) if r["step"] == step}
