@@ -383,6 +383,7 @@ class Trainer:
         loader = Prefetcher(task, self._upcoming_keys(start, total), workers=workers, depth=cfg.prefetch,
                             pin=self.device.type == "cuda")
         pending: list[tuple[int, dict, torch.Tensor]] = []  # steps whose loss and grad norm the host has not read
+        flops_at: dict[int, float] = {}
         try:
             while step < total:
                 self.step = step
@@ -390,6 +391,7 @@ class Trainer:
                 mixer_vals = {k: v for k, v in values.items() if k.startswith("mixer.")}
                 if mixer_vals != {k: v for k, v in knob_values.items() if k.startswith("mixer.")}:
                     apply_mixer_knobs(model, mixer_vals)
+                    flops_at.clear()  # a knob may change a mixer's cost
                 knob_values = values
                 lr = lr_at(step, cfg, total)
                 for g in opt.param_groups:
@@ -413,7 +415,9 @@ class Trainer:
                         (loss / cfg.grad_accum).backward()
                     micro_losses.append(loss.detach().float())
                     step_tokens += batch.tokens.numel()
-                    step_flops += batch.tokens.numel() * model.flops_per_token(L, training=True)
+                    if L not in flops_at:  # the estimate walks every layer: once per length
+                        flops_at[L] = model.flops_per_token(L, training=True)
+                    step_flops += batch.tokens.numel() * flops_at[L]
                 loss_t = self.dist.average_tensor(torch.stack(micro_losses).sum() / cfg.grad_accum)
                 gnorm = self.dist.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                   else float("inf"))
