@@ -422,19 +422,19 @@ class Trainer:
                 gnorm = self.dist.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                   else float("inf"))
                 health = torch.cat([torch.stack(micro_losses), loss_t[None], gnorm.detach().float()[None]])
+                tokens_seen += step_tokens
+                row: dict[str, float | None] = {"lr": lr, "tokens": tokens_seen, "seq_len": seq_len}
+                row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
                 if self.defer:  # a non-finite step changes nothing: the fused AdamW skips it on device
                     opt.found_inf = (~torch.isfinite(health[-2:]).all()).float()
                 else:  # read now (free off the GPU), before the step can spoil the weights
-                    self._settle([*pending, (step, {}, health)], task, sinks)
+                    self._settle([(step, row, health)], task, sinks, before=pending)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                tokens_seen += step_tokens
                 tok_log += step_tokens
                 flop_log += step_flops
+                pending.append((step, row, health))
                 step += 1
-                row: dict[str, float | None] = {"lr": lr, "tokens": tokens_seen, "seq_len": seq_len}
-                row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
-                pending.append((step - 1, row, health))
                 log_now = step % cfg.log_every == 0 or step == total
                 eval_now = bool(cfg.eval_every and step % cfg.eval_every == 0) or step == total
                 ckpt_now = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
@@ -522,19 +522,20 @@ class Trainer:
 
         return run
 
-    def _settle(self, pending: list[tuple[int, dict, torch.Tensor]], task: Task, sinks: Sinks | None) -> float:
+    def _settle(self, pending: list[tuple[int, dict, torch.Tensor]], task: Task, sinks: Sinks,
+                before: list[tuple[int, dict, torch.Tensor]] = ()) -> float:
         """Read the loss and gradient norm of `pending` steps on the host (one transfer), put them
-        in their rows, and return the last loss; a non-finite one fails the run, diagnosed at
+        in their rows, and return the last loss. A non-finite one fails the run, diagnosed at
         the first bad step (its batch drawn again: data is a pure function of the step), after
-        the rows of the steps before it are logged."""
+        the rows of the steps before it (`before`, then `pending`'s) are logged."""
         vals = torch.stack([h for _, _, h in pending]).tolist()
         for i, ((step, row, _), v) in enumerate(zip(pending, vals, strict=True)):
             *micro, lv, gn = v
-            if not (math.isfinite(lv) and math.isfinite(gn)) and sinks is not None:
-                for s_, r_, _ in pending[:i]:
+            if not (math.isfinite(lv) and math.isfinite(gn)):
+                for s_, r_, _ in [*before, *pending[:i]]:
                     sinks.log(s_ + 1, r_)
             if not math.isfinite(lv):
-                bad = next((i for i, x in enumerate(micro) if not math.isfinite(x)), 0)
+                bad = next((j for j, x in enumerate(micro) if not math.isfinite(x)), 0)
                 seq_len, frac, short = lengths_at(self.cfg, step)
                 key = self._batch_key(step, bad, seq_len, frac, short, values_at(self.cfg.schedules, step))
                 tokens = self.dist.rows(build(task, key).tokens).to(self.device)
