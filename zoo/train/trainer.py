@@ -9,6 +9,11 @@ or WSD (warmup-stable-decay, Hu et al. 2024, MiniCPM, arXiv:2404.06395) to
 `min_lr_ratio * lr`; a pure function of the step, like the data and every scheduled knob,
 so a run killed at any moment resumes exactly from its last checkpoint.
 
+The batches are built ahead (`zoo.train.data`: a thread, or worker processes on GPU) and the
+forward and loss run as one function (compiled together with `train.compile`). On CUDA the
+host reads the loss and gradient norm only at log, evaluation and checkpoint steps, so
+the GPU never waits for it in between.
+
 Failures a sweep must survive are raised as `RunFailed` after the run is marked failed in
 the store: a non-finite loss or gradient (with a diagnosis naming the step and the first
 non-finite parameter, gradient or layer output) and running out of GPU memory (with the
