@@ -51,7 +51,7 @@ def _spec(labels, steps=120):
 def test_two_runs_packed_on_one_gpu_slot_train_at_once(tmp_path):
     """GPU '0' taken twice: two worker processes (here they see no GPU and train on the CPU) run
     their runs over overlapping times, each with its share of the cores."""
-    spec = _spec(["a", "b"])
+    spec = _spec(["a", "b"], steps=1000)  # long beside the workers' start-up, which differs by a second or so
     store = Store(tmp_path)
     slots = plan_slots(["0"], runs_per_gpu=2, cpus=2)
     outcomes = run_local(spec, store, slots)
