@@ -191,6 +191,9 @@ def register(app: typer.Typer) -> None:
                                  "(a GPU listed twice takes two runs at once)"),
         workers: int = typer.Option(None, "--workers", min=1, max=1024,
                                     help="run in parallel on N CPU worker processes"),
+        runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", min=1, max=64, help="with --gpus: runs at once on "
+                                         "each GPU (small models leave most of a GPU idle); the host's cores are "
+                                         "shared out"),
         launcher: str = typer.Option("local", "--launcher", help="local, or ray: one Ray task per run"),
         address: str = typer.Option(None, "--address", help="Ray cluster address (default: start Ray here)"),
     ) -> None:
@@ -205,6 +208,8 @@ def register(app: typer.Typer) -> None:
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
         if gpus is not None and workers is not None:
             raise ZooError("--gpus and --workers exclude each other", "GPU workers: --gpus; CPU workers: --workers")
+        if runs_per_gpu > 1 and gpus is None:
+            raise ZooError("--runs-per-gpu packs runs onto the GPUs of --gpus", "add --gpus 0 (or all)")
         if launcher == "ray" and (gpus is not None or workers is not None):
             raise ZooError("--gpus and --workers are for --launcher local", "Ray places runs on its own resources")
         if address is not None and launcher != "ray":
@@ -226,9 +231,9 @@ def register(app: typer.Typer) -> None:
             outcomes = run_ray(spec, store, address=address, console=console, retry_failed=retry_failed,
                                device=device, shard=shard, only=only or None)
         elif gpus is not None or workers is not None:
-            from zoo.train.launch import parse_gpus, run_local
+            from zoo.train.launch import parse_gpus, plan_slots, run_local
 
-            slots = parse_gpus(gpus) if gpus is not None else [None] * workers
+            slots = plan_slots(parse_gpus(gpus) if gpus is not None else [None] * workers, runs_per_gpu)
             outcomes = run_local(spec, store, slots, console=console, retry_failed=retry_failed, device=device,
                                  shard=shard, only=only or None)
         else:

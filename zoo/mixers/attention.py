@@ -529,6 +529,8 @@ class Rotary(NoPositions):
         """cos, sin for q `[Lq, Dh]` and for k `[Lk, Dh]`, YaRN's temperature and xPos's scales folded
         in. Reused across layers and steps while positions and frequencies are the same tensors."""
         m = yarn_attention_factor(self.factor) if self.method == "yarn" else None
+        if torch.compiler.is_compiling():  # no id(): Dynamo would guard on these tensors' identity and
+            return self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
         key = (id(pos_q), id(pos_k), id(inv_freq), m, self.scale_base)
         return _ROPE_TABLES.get(key, (pos_q, pos_k, inv_freq), lambda: self._tables(pos_q, pos_k, inv_freq, m))
 

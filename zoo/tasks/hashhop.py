@@ -17,10 +17,13 @@ output equals the original's after `random.seed(S); np.random.seed(S)`, to the b
 
 The training task (`hashhop`) packs one sample per row, `<bos> prompt \\n completion`,
 and takes the loss only on answer tokens: each target's characters and its closing quote.
+Its rows come from an array-built stream of the same distribution (`zoo.tasks.hashhop_stream`),
+an order of magnitude faster than building strings; `HashHopTask.sample` is the reference.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -312,6 +315,12 @@ class HashHopTask(Task):
     name = "hashhop"
     Config = HashHopConfig
 
+    def __init__(self, config: HashHopConfig | None = None):
+        super().__init__(config)
+        from zoo.tasks.hashhop_stream import StreamStats
+
+        self.stats = StreamStats()  # problems drawn by `batch`, and those redrawn for a repeated hash
+
     def settings(self, knobs: dict[str, Any] | None) -> dict[str, Any]:
         s = self.config.model_dump()
         for k, v in (knobs or {}).items():
@@ -319,7 +328,9 @@ class HashHopTask(Task):
                 s[k] = [int(v)] if k == "hops" and not isinstance(v, (list, tuple)) else v
         return s
 
-    def max_chains(self, seq_len: int, hops: int, cot: bool, queries: int | None, hash_len: int) -> int:
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def max_chains(seq_len: int, hops: int, cot: bool, queries: int | None, hash_len: int) -> int:
         """Most chains whose sequence fits `seq_len` tokens (<bos> + text minus the last token)."""
         lo, hi = 0, seq_len
         while lo < hi:  # text_len grows with chains: bisect
@@ -328,10 +339,8 @@ class HashHopTask(Task):
             lo, hi = (mid, hi) if text_len(mid, q, hops, hash_len, cot) <= seq_len else (lo, mid - 1)
         return lo
 
-    def sample(self, key: int, seq_len: int, knobs: dict[str, Any] | None = None) -> HashHopSample:
-        """The sample of one row, from its stream key (see `sample_key`)."""
-        s = self.settings(knobs)
-        meta = np.random.default_rng(key)  # choices about the sample, apart from its own streams
+    def plan(self, meta: np.random.Generator, seq_len: int, s: dict[str, Any]) -> tuple[int, bool, int, int]:
+        """(hops, cot, chains, queries) of one row, drawn from `meta`; `s` are the step's settings."""
         hops = int(meta.choice(s["hops"]))
         cot = bool(meta.random() < s["cot_prob"])
         L = s["hash_len"]
@@ -347,19 +356,29 @@ class HashHopTask(Task):
         if meta.random() >= s["long_frac"]:
             lo = min(n_chains(s["min_chars"], hops, L), full)
             chains = int(meta.integers(lo, full + 1))
-        q = chains if s["queries"] is None else min(s["queries"], chains)
+        return hops, cot, chains, chains if s["queries"] is None else min(s["queries"], chains)
+
+    def sample(self, key: int, seq_len: int, knobs: dict[str, Any] | None = None) -> HashHopSample:
+        """The row of stream key `key` (see `sample_key`) as the generator makes it (`make_one`):
+        the reference the fast stream of `batch` is checked against."""
+        s = self.settings(knobs)
+        hops, cot, chains, q = self.plan(np.random.default_rng(key), seq_len, s)
+        L = s["hash_len"]
         out = make_one(chains * (2 * L + 3) * hops, q, hops, L, cot, *rngs(key), cap_queries=True)
         out.seed = key
         return out
 
     def batch(self, step: int, batch_size: int, seq_len: int, split: str = "train", seed: int = 0,
               knobs: dict[str, Any] | None = None) -> Batch:
-        tokens = torch.full((batch_size, seq_len), PAD, dtype=torch.long)
-        targets = torch.full((batch_size, seq_len), IGNORE, dtype=torch.long)
+        """Rows from the array-built stream (`zoo.tasks.hashhop_stream`): row r is a pure function
+        of (seed, split, step, r) and the step's knobs."""
+        from zoo.tasks.hashhop_stream import fill_row
+
+        s = self.settings(knobs)
+        tokens = np.full((batch_size, seq_len), PAD, dtype=np.int64)
+        targets = np.full((batch_size, seq_len), IGNORE, dtype=np.int64)
         for row in range(batch_size):
-            ids, mask = tokens_and_mask(self.sample(sample_key(seed, split, step, row), seq_len, knobs))
-            ids_t = torch.tensor(ids)
-            n = len(ids) - 1
-            tokens[row, :n] = ids_t[:-1]
-            targets[row, :n] = torch.where(torch.tensor(mask[1:]), ids_t[1:], IGNORE)
-        return Batch(tokens, targets)
+            rng = np.random.default_rng(sample_key(seed, split, step, row))
+            hops, cot, chains, q = self.plan(rng, seq_len, s)
+            fill_row(tokens[row], targets[row], rng, chains, q, hops, s["hash_len"], cot, self.stats)
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(targets))

@@ -17,6 +17,7 @@ beside the paper's; the random streams are ours (NumPy's PCG64 per sample).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -46,17 +47,22 @@ def check(config: MQARConfig, seq_len: int) -> None:
                        "raise vocab_size or lower num_kv_pairs")
 
 
+@functools.lru_cache(maxsize=64)
 def gap_probs(space: int, a: float) -> np.ndarray:
-    """Query slot distribution over `space` even slots: p(i) ~ a * i^(a-1), i = 1 .. space."""
+    """Query slot distribution over `space` even slots: p(i) ~ a * i^(a-1), i = 1 .. space.
+    Made once per (space, a): every row of a run shares it (read-only)."""
     p = a * np.arange(1, space + 1, dtype=np.float64) ** (a - 1)
-    return p / p.sum()
+    p = p / p.sum()
+    p.flags.writeable = False
+    return p
 
 
 def make_row(config: MQARConfig, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One sequence: inputs `[seq_len]` and targets `[seq_len]` (IGNORE except at queries)."""
     K, V = config.num_kv_pairs, config.vocab_size
-    keys = rng.choice(np.arange(1, V // 2), K, replace=False)
-    values = rng.choice(np.arange(V // 2, V), K, replace=False)
+    # choice(n) draws the same indices as choice(np.arange(n)) without building the array
+    keys = 1 + rng.choice(V // 2 - 1, K, replace=False)
+    values = V // 2 + rng.choice(V - V // 2, K, replace=False)
     ctx = 2 * K
     space = (seq_len - ctx) // 2
     gaps = rng.choice(space, K, replace=False, p=gap_probs(space, config.power_a))

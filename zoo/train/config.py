@@ -20,7 +20,10 @@ from zoo.train.schedule import Schedule, check_knob_name
 
 # training settings outside the run identity: how a run is watched and executed, not what it learns
 NON_ID_FIELDS = {"log_every", "tensorboard", "wandb", "ckpt_every", "ckpt_minutes", "keep_checkpoints", "compile",
-                 "device", "peak_tflops", "threads"}
+                 "device", "peak_tflops", "threads", "compile_mode", "data_workers", "prefetch"}
+
+# torch.compile modes; "reduce-overhead" captures CUDA graphs (static shapes replay without launches)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class TargetMetric(BaseModel):
@@ -73,6 +76,12 @@ class TrainConfig(BaseModel):
     # execution and logging (outside the run identity)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     compile: bool = Field(False, description="torch.compile the model for training")
+    compile_mode: Literal[COMPILE_MODES] = Field(
+        "default", description="torch.compile mode when compile is on: default, reduce-overhead (CUDA graphs), "
+        "max-autotune, max-autotune-no-cudagraphs")
+    data_workers: int | None = Field(None, ge=0, le=64, description="processes building training batches ahead "
+                                     "(0: one thread of the run's process; default: 1 on GPU, 0 on CPU)")
+    prefetch: int = Field(4, ge=0, le=64, description="training batches built ahead (0: built by the step itself)")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: torch's); "
                                 "tiny models run fastest on one, above all on a busy machine")
     ckpt_every: int = Field(0, ge=0, le=10**9, description="steps between checkpoints (0: none by step count)")

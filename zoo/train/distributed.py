@@ -89,6 +89,14 @@ class Dist:
         dist.all_reduce(t)
         return (t / self.world).item()
 
+    def average_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks of a scalar tensor, left on the device (no wait for the host)."""
+        if not self.active:
+            return t
+        t = t.detach().clone().float()
+        dist.all_reduce(t)
+        return t / self.world
+
     def all_true(self, flag: bool) -> bool:
         if not self.active:
             return flag

@@ -2,6 +2,8 @@
 
     zoo compare SPEC --gpus 0,1,2,3          one worker process per GPU at a time (a GPU listed twice
                                              takes two runs at once)
+    zoo compare SPEC --gpus all --runs-per-gpu 4   four runs at once on each GPU (small models leave
+                                             most of a GPU idle); the host's cores are shared out
     zoo compare SPEC --workers 4             the same with CPU processes (no GPU visible to them)
     zoo compare SPEC --launcher ray [--address ADDR]   Ray tasks, one GPU each (or one CPU)
     zoo train --nproc N ...                  one run over N processes (torchrun, DDP or FSDP2)
@@ -33,6 +35,7 @@ import tarfile
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
@@ -83,6 +86,38 @@ def parse_gpus(text: str) -> list[str]:
     return slots
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One worker process: the GPU it sees (None: none), its torch CPU threads, and the data
+    worker processes each of its runs starts (None: the run's own setting)."""
+
+    gpu: str | None
+    threads: int
+    data_workers: int | None = None
+
+
+def plan_slots(gpus: list[str | None], runs_per_gpu: int = 1, cpus: int | None = None) -> list[Slot]:
+    """Worker slots for `gpus` (GPU indices, or None for each CPU worker), every GPU taken
+    `runs_per_gpu` times, in turn (so a plan shorter than the slots still spreads over GPUs).
+    The host's cores are shared out evenly so that runs do not starve each other: a GPU slot
+    with two or more cores gives one to a data worker process, the rest to torch; a CPU slot
+    builds its batches in a thread and trains on all of its cores."""
+    if runs_per_gpu < 1:
+        raise ZooError(f"runs per GPU must be at least 1, got {runs_per_gpu}")
+    slots = [g for g in gpus if g is None] + [g for _ in range(runs_per_gpu) for g in gpus if g is not None]
+    if not slots:
+        raise ZooError("no worker slots", "give --gpus or --workers")
+    cores = max(1, (cpus or os.cpu_count() or 1) // len(slots))
+    out = []
+    for g in slots:
+        if g is None:
+            out.append(Slot(None, cores))
+        else:
+            data = 1 if cores >= 2 else 0
+            out.append(Slot(g, max(1, cores - data), data))
+    return out
+
+
 def _outcome_json(o: Outcome) -> dict:
     return {"status": o.status, "reason": o.reason, "summary": o.summary, "evals": o.evals, "seconds": o.seconds}
 
@@ -121,16 +156,17 @@ def _log_tail(path: Path, n: int = 1) -> str:
 
 # -- local workers (one process per GPU slot) --------------------------------------------------------
 
-def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], console=None, retry_failed: bool = False,
-              device: str | None = None, shard: str | None = None, only: list[str] | None = None
-              ) -> list[Outcome]:
+def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list[Slot], console=None,
+              retry_failed: bool = False, device: str | None = None, shard: str | None = None,
+              only: list[str] | None = None) -> list[Outcome]:
     """Train and evaluate the plan with one worker process per slot.
 
-    A slot is a CUDA_VISIBLE_DEVICES value (a GPU index) or None for a CPU process that sees no
-    GPU. A worker (`python -m zoo.train.launch --serve`) takes runs one at a time from this
-    process, so it pays its start-up (imports, CUDA, data) once; each run's output goes to
-    `<run_dir>/worker.log`. A worker that dies costs only its current run (left resumable) and
-    is replaced. Returns outcomes in plan order."""
+    A slot (see `plan_slots`) is a CUDA_VISIBLE_DEVICES value (a GPU index) or None for a CPU
+    process that sees no GPU, with its share of the host's cores. A worker (`python -m
+    zoo.train.launch --serve`) takes runs one at a time from this process, so it pays its
+    start-up (imports, CUDA, data) once; each run's output goes to `<run_dir>/worker.log`.
+    A worker that dies costs only its current run (left resumable) and is replaced. Returns
+    outcomes in plan order."""
     runs = select_runs(spec, shard, only)
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -140,7 +176,8 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
     spec_file = tmp / "spec.json"
     spec_file.write_text(spec.model_dump_json())
     # the host's cores shared out: workers that each take all of them slow each other down
-    cpu_threads = str(max(1, (os.cpu_count() or 1) // max(1, len(slots))))
+    if not all(isinstance(s, Slot) for s in slots):
+        slots = plan_slots(slots)
     pending = deque(todo)
     workers = [_Worker(i, slot) for i, slot in enumerate(slots)]
     try:
@@ -150,7 +187,7 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
                     p = pending.popleft()
                     for attempt in range(2):  # a worker that died while idle is replaced
                         if w.proc is None or w.proc.poll() is not None:
-                            w.start(spec_file, store.root, tmp, device, retry_failed, cpu_threads)
+                            w.start(spec_file, store.root, tmp, device, retry_failed)
                         try:
                             w.give(p)
                             break
@@ -196,20 +233,22 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
 class _Worker:
     """One worker process on one slot, fed run ids through its stdin."""
 
-    def __init__(self, index: int, slot: str | None):
+    def __init__(self, index: int, slot: Slot):
         self.index, self.slot = index, slot
-        self.where = f"GPU {slot}" if slot is not None else f"CPU worker {index}"
+        self.where = f"GPU {slot.gpu}" if slot.gpu is not None else f"CPU worker {index}"
         self.proc: subprocess.Popen | None = None
         self.job: tuple[PlannedRun, float] | None = None
         self.log: Path | None = None
 
-    def start(self, spec_file: Path, root: Path, tmp: Path, device, retry_failed: bool, cpu_threads: str) -> None:
+    def start(self, spec_file: Path, root: Path, tmp: Path, device, retry_failed: bool) -> None:
         cmd = [sys.executable, "-m", "zoo.train.launch", "--serve", "--spec", str(spec_file), "--root", str(root),
                "--outcomes", str(tmp)]
         cmd += (["--device", device] if device else []) + (["--retry-failed"] if retry_failed else [])
+        if self.slot.data_workers is not None:
+            cmd += ["--data-workers", str(self.slot.data_workers)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("OMP_NUM_THREADS", cpu_threads)
-        env["CUDA_VISIBLE_DEVICES"] = "" if self.slot is None else self.slot
+        env.setdefault("OMP_NUM_THREADS", str(self.slot.threads))
+        env["CUDA_VISIBLE_DEVICES"] = "" if self.slot.gpu is None else self.slot.gpu
         self.log = tmp / f"worker-{self.index}-{time.time_ns()}.log"  # output outside any run
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
@@ -260,6 +299,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outcomes", required=True, help="directory for the outcome files")
     ap.add_argument("--device", default=None)
     ap.add_argument("--retry-failed", action="store_true")
+    ap.add_argument("--data-workers", type=int, default=None, help="data worker processes per run")
     a = ap.parse_args(argv)
     _die_with_parent()
     import gc
@@ -283,7 +323,9 @@ def worker_main(argv: list[str] | None = None) -> int:
                 print(f"== worker pid {os.getpid()} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
                       f" at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
                 (o,) = run_experiment(spec, store, console=Console(), progress=False, retry_failed=a.retry_failed,
-                                      device=a.device, run_ids=[rid])
+                                      device=a.device, run_ids=[rid],
+                                      train_overrides=None if a.data_workers is None else
+                                      {"data_workers": a.data_workers})
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

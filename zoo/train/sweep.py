@@ -208,12 +208,21 @@ def select_runs(spec: ExperimentSpec, shard: str | None = None, only: list[str] 
 
 def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: bool = False,
                    retry_failed: bool = False, shard: str | None = None, device: str | None = None,
-                   only: list[str] | None = None, run_ids: list[str] | None = None) -> list[Outcome]:
+                   only: list[str] | None = None, run_ids: list[str] | None = None,
+                   train_overrides: dict[str, Any] | None = None) -> list[Outcome]:
+    """`train_overrides`: execution settings outside the run identity (e.g. data_workers) set on every run."""
+    from zoo.train.config import NON_ID_FIELDS
+
+    if bad := set(train_overrides or {}) - NON_ID_FIELDS:
+        raise ZooError(f"train settings {sorted(bad)} change what a run learns; they cannot be overridden here",
+                       f"allowed: {', '.join(sorted(NON_ID_FIELDS))}")
     runs = select_runs(spec, shard, only, run_ids)
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
         if device:
             p.run.train.device = device
+        for k, v in (train_overrides or {}).items():
+            setattr(p.run.train, k, v)
         t0 = time.time()
         prior = store.get_run(p.run_id)
         if console is not None:

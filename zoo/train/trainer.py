@@ -9,6 +9,11 @@ or WSD (warmup-stable-decay, Hu et al. 2024, MiniCPM, arXiv:2404.06395) to
 `min_lr_ratio * lr`; a pure function of the step, like the data and every scheduled knob,
 so a run killed at any moment resumes exactly from its last checkpoint.
 
+The batches are built ahead (`zoo.train.data`: a thread, or worker processes on GPU) and the
+forward and loss run as one function (compiled together with `train.compile`). On CUDA the
+host reads the loss and gradient norm only at log, evaluation and checkpoint steps, so
+the GPU never waits for it in between.
+
 Failures a sweep must survive are raised as `RunFailed` after the run is marked failed in
 the store: a non-finite loss or gradient (with a diagnosis naming the step and the first
 non-finite parameter, gradient or layer output) and running out of GPU memory (with the
@@ -43,6 +48,7 @@ from zoo.tasks.base import IGNORE, Batch, Task, get_task
 from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as zdist
 from zoo.train.config import RunConfig, TrainConfig
+from zoo.train.data import BatchKey, Prefetcher, build
 from zoo.train.perf import device_peak_flops, micro_seq_len
 from zoo.train.schedule import apply_mixer_knobs, task_knobs, values_at
 
@@ -445,7 +451,7 @@ class Trainer:
 
     def _train(self, started: float) -> TrainResult:
         cfg, store, rid = self.cfg, self.store, self.run_id
-        model = build_model(self.run.model, cfg.seed).to(self.device)
+        model = self.model = build_model(self.run.model, cfg.seed).to(self.device)
         self.n_params = model.num_params()
         task = get_task(self.run.task.name, self.run.task.config)
         total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
@@ -455,9 +461,9 @@ class Trainer:
                              warn=lambda msg: self.say(f"warning: {msg}"))
         exempt = set(no_decay_names(model))
         wrapped = self.dist.wrap(model, sample_len=cfg.seq_len)  # DDP, FSDP2 (in place) or the model
-        fused = self.device.type == "cuda" and self.dist.strategy != "fsdp"
+        self.defer = _defer_host_reads(self.device, self.dist.strategy)
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, exempt), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                eps=cfg.eps, fused=fused or None)
+                                eps=cfg.eps, fused=self.defer or None)  # fused: it can skip a step on device
         start, resumed = 0, None
         if found is not None:
             last, meta, state = found
@@ -471,7 +477,7 @@ class Trainer:
                 self._repair_metrics(start)
         else:
             torch.manual_seed(cfg.seed + 1)  # the same RNG stream after init whether or not we resumed
-        fwd = torch.compile(wrapped) if cfg.compile else wrapped
+        fwd_loss = self._forward_loss(wrapped)
         peak, peak_src = device_peak_flops(self.device, self.precision, cfg.peak_tflops)
         if peak and self.dist.active:  # MFU of the whole run: all its devices
             peak, peak_src = peak * self.dist.world, f"{self.dist.world} x {peak_src}"
@@ -489,6 +495,12 @@ class Trainer:
         t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
         t_ckpt = time.monotonic()  # checkpoints also every ckpt_minutes of training
         step = start
+        # the batches of the steps to come, built ahead (each a pure function of its key)
+        workers = cfg.data_workers if cfg.data_workers is not None else int(self.device.type == "cuda")
+        loader = Prefetcher(task, self._upcoming_keys(start, total), workers=workers, depth=cfg.prefetch,
+                            pin=self.device.type == "cuda")
+        pending: list[tuple[int, dict, torch.Tensor]] = []  # steps whose loss and grad norm the host has not read
+        flops_at: dict[int, float] = {}
         try:
             while step < total:
                 self.step = step
@@ -496,53 +508,63 @@ class Trainer:
                 mixer_vals = {k: v for k, v in values.items() if k.startswith("mixer.")}
                 if mixer_vals != {k: v for k, v in knob_values.items() if k.startswith("mixer.")}:
                     apply_mixer_knobs(model, mixer_vals)
+                    flops_at.clear()  # a knob may change a mixer's cost
                 knob_values = values
                 lr = lr_at(step, cfg, total)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 seq_len, frac, short = lengths_at(cfg, step)
-                loss_sum, step_tokens, step_flops = 0.0, 0, 0.0
+                micro_losses, step_tokens, step_flops = [], 0, 0.0
                 for micro in range(cfg.grad_accum):
-                    L = micro_seq_len(cfg.seed, step, micro, seq_len, frac, short)
-                    self.cur_len = L
-                    batch = task.batch(step * cfg.grad_accum + micro, cfg.batch_size, L, split="train",
-                                       seed=cfg.seed, knobs=task_knobs(values))
+                    key = self._batch_key(step, micro, seq_len, frac, short, values)
+                    L = self.cur_len = key.seq_len
+                    batch = loader.get(key)
                     # several processes: each keeps its rows of the global batch, and its loss is its
                     # share of the global mean (see zoo.train.distributed)
                     n_loss = batch.n_loss_tokens if self.dist.active else None
-                    tokens = self.dist.rows(batch.tokens).to(self.device)
-                    targets = self.dist.rows(batch.targets).to(self.device)
+                    tokens = self.dist.rows(batch.tokens).to(self.device, non_blocking=True)
+                    targets = self.dist.rows(batch.targets).to(self.device, non_blocking=True)
                     with self.dist.no_sync(wrapped, micro == cfg.grad_accum - 1):
-                        with self.autocast():
-                            logits = fwd(tokens)
-                        loss = _loss(logits, targets, n_loss)
+                        ce_sum, count = fwd_loss(tokens, targets)
+                        loss = ce_sum / (max(1, n_loss) if n_loss is not None else count.clamp(min=1))
                         if self.dist.active:
                             loss = loss * self.dist.loss_scale()
-                        lv = self.dist.average(loss)
-                        if not math.isfinite(lv):
-                            raise NonFiniteError(diagnose(model, f"loss ({lv})", step, tokens, self.autocast),
-                                                 "lower train.lr, add warm-up, or check the mixer's numerics")
                         (loss / cfg.grad_accum).backward()
-                    loss_sum += lv / cfg.grad_accum
+                    micro_losses.append(loss.detach().float())
                     step_tokens += batch.tokens.numel()
-                    step_flops += batch.tokens.numel() * model.flops_per_token(L, training=True)
+                    if L not in flops_at:  # the estimate walks every layer: once per length
+                        flops_at[L] = model.flops_per_token(L, training=True)
+                    step_flops += batch.tokens.numel() * flops_at[L]
+                loss_t = self.dist.average_tensor(torch.stack(micro_losses).sum() / cfg.grad_accum)
                 gnorm = self.dist.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                   else float("inf"))
-                gn = float(gnorm)
-                if not math.isfinite(gn):
-                    raise NonFiniteError(diagnose(model, f"gradient norm ({gn})", step, None, self.autocast),
-                                         "lower train.lr or train.grad_clip, or check the mixer's backward")
+                health = torch.cat([torch.stack(micro_losses), loss_t[None], gnorm.detach().float()[None]])
+                tokens_seen += step_tokens
+                row: dict[str, float | None] = {"lr": lr, "tokens": tokens_seen, "seq_len": seq_len}
+                row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
+                if self.defer:  # a non-finite step changes nothing: the fused AdamW skips it on device
+                    opt.found_inf = (~torch.isfinite(health[-2:]).all()).float()
+                else:  # read now (free off the GPU), before the step can spoil the weights
+                    self._settle([(step, row, health)], task, sinks, before=pending)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                last_loss = loss_sum
-                tokens_seen += step_tokens
                 tok_log += step_tokens
                 flop_log += step_flops
+                pending.append((step, row, health))
                 step += 1
-                row: dict[str, float | None] = {"loss": loss_sum, "lr": lr, "grad_norm": gn, "tokens": tokens_seen,
-                                                "seq_len": seq_len}
-                row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
-                if step % cfg.log_every == 0 or step == total:
+                log_now = step % cfg.log_every == 0 or step == total
+                eval_now = bool(cfg.eval_every and step % cfg.eval_every == 0) or step == total
+                ckpt_now = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
+                due = bool(cfg.ckpt_minutes) and time.monotonic() - t_ckpt >= 60 * cfg.ckpt_minutes
+                stop = self.stop.signum is not None
+                if self.dist.active:  # ranks agree (at log steps, which sync anyway) or the save deadlocks
+                    agree = step % cfg.log_every == 0 and step < total
+                    due = agree and not self.dist.all_true(not due)
+                    stop = agree and not self.dist.all_true(not stop)
+                if not (log_now or eval_now or ckpt_now or due or stop):
+                    continue  # no host read this step
+                last_loss = self._settle(pending, task, sinks)  # raises NonFiniteError at the first bad step
+                if log_now:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     dt = time.perf_counter() - t_log
@@ -551,23 +573,17 @@ class Trainer:
                     row["peak_mem_gb"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
                                           if self.device.type == "cuda" else None)
                     t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
-                    bar.update(step, loss_sum, row["tokens_per_s"])
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
+                    bar.update(step, last_loss, row["tokens_per_s"])
+                if eval_now:
                     eval_metrics = self.evaluate(model, task, seq_len, values)
                     row.update(eval_metrics)
-                sinks.log(step, row)
+                for s_, r_, _ in pending:
+                    sinks.log(s_ + 1, r_)
+                pending = []
                 if step % cfg.log_every == 0:
                     sinks.flush()
                 done = step == total or (cfg.target is not None and cfg.target.reached(eval_metrics))
-                due = bool(cfg.ckpt_minutes) and time.monotonic() - t_ckpt >= 60 * cfg.ckpt_minutes
-                stop = self.stop.signum is not None
-                if self.dist.active:  # ranks agree (at log steps, which sync anyway) or the save deadlocks
-                    due = stop = False
-                    if step % cfg.log_every == 0 and not done:
-                        due = not self.dist.all_true(not (bool(cfg.ckpt_minutes) and time.monotonic() - t_ckpt
-                                                          >= 60 * cfg.ckpt_minutes))
-                        stop = not self.dist.all_true(self.stop.signum is None)
-                if done or stop or due or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                if done or stop or due or ckpt_now:
                     sinks.flush(durable=True)
                     self.dist.save_checkpoint(self.run_dir, step, model, opt, self.config_dict, knobs=knob_values,
                                               keep=cfg.keep_checkpoints)
@@ -581,6 +597,7 @@ class Trainer:
                                       f"({self.run_dir / ckpt.CKPT_DIR / f'step_{step:08d}'}); the same command "
                                       "resumes it", signum)
         finally:
+            loader.close()
             bar.close()
             sinks.close()
         if self.dist.main:
@@ -608,6 +625,73 @@ class Trainer:
             tmp.replace(path)
         for note in notes:
             self.say(f"repaired run {self.run_id}: {note}")
+
+    def _batch_key(self, step: int, micro: int, seq_len: int, frac: float, short: int, values: dict) -> BatchKey:
+        cfg = self.cfg
+        return BatchKey(step * cfg.grad_accum + micro, cfg.batch_size,
+                        micro_seq_len(cfg.seed, step, micro, seq_len, frac, short), "train", cfg.seed,
+                        task_knobs(values))
+
+    def _upcoming_keys(self, start: int, total: int):
+        for step in range(start, total):
+            seq_len, frac, short = lengths_at(self.cfg, step)
+            values = values_at(self.cfg.schedules, step)
+            for micro in range(self.cfg.grad_accum):
+                yield self._batch_key(step, micro, seq_len, frac, short, values)
+
+    def _forward_loss(self, wrapped: nn.Module):
+        """`(tokens, targets) -> (summed cross-entropy, loss positions)`, forward and loss in one
+        function, so that under torch.compile the loss fuses with the head (no fp32 copy of the
+        logits) and a CUDA graph holds both."""
+
+        def forward_loss(tokens: torch.Tensor, targets: torch.Tensor):
+            with self.autocast():
+                logits = wrapped(tokens)
+            return _loss_sum(logits, targets)
+
+        if not self.cfg.compile:
+            return forward_loss
+        compiled = torch.compile(forward_loss, mode=None if self.cfg.compile_mode == "default" else
+                                 self.cfg.compile_mode)
+        graphs = self.cfg.compile_mode == "reduce-overhead"
+        primed = []
+
+        def run(tokens: torch.Tensor, targets: torch.Tensor):
+            if not primed:  # one eager forward fills the mixers' lazy choices, which a trace would
+                primed.append(True)  # otherwise fill as a side effect and then recompile for
+                with torch.no_grad(), self.autocast():
+                    wrapped(tokens[:1])
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return compiled(tokens, targets)
+
+        return run
+
+    def _settle(self, pending: list[tuple[int, dict, torch.Tensor]], task: Task, sinks: Sinks,
+                before: list[tuple[int, dict, torch.Tensor]] = ()) -> float:
+        """Read the loss and gradient norm of `pending` steps on the host (one transfer), put them
+        in their rows, and return the last loss. A non-finite one fails the run, diagnosed at
+        the first bad step (its batch drawn again: data is a pure function of the step), after
+        the rows of the steps before it (`before`, then `pending`'s) are logged."""
+        vals = torch.stack([h for _, _, h in pending]).tolist()
+        for i, ((step, row, _), v) in enumerate(zip(pending, vals, strict=True)):
+            *micro, lv, gn = v
+            if not (math.isfinite(lv) and math.isfinite(gn)):
+                for s_, r_, _ in [*before, *pending[:i]]:
+                    sinks.log(s_ + 1, r_)
+            if not math.isfinite(lv):
+                bad = next((j for j, x in enumerate(micro) if not math.isfinite(x)), 0)
+                seq_len, frac, short = lengths_at(self.cfg, step)
+                key = self._batch_key(step, bad, seq_len, frac, short, values_at(self.cfg.schedules, step))
+                tokens = self.dist.rows(build(task, key).tokens).to(self.device)
+                self.model.zero_grad(set_to_none=True)  # a NaN loss's gradients are its effect, not its cause
+                raise NonFiniteError(diagnose(self.model, f"loss ({lv})", step, tokens, self.autocast),
+                                     "lower train.lr, add warm-up, or check the mixer's numerics")
+            if not math.isfinite(gn):
+                raise NonFiniteError(diagnose(self.model, f"gradient norm ({gn})", step, None, self.autocast),
+                                     "lower train.lr or train.grad_clip, or check the mixer's backward")
+            row.update(loss=lv, grad_norm=gn)
+        return vals[-1][-2]
 
     def _logged_at(self, step: int) -> tuple[float, dict[str, float]]:
         vals = {r["name"]: r["value"] for r in self.store.metrics(self.run_id) if r["step"] == step}
@@ -660,13 +744,27 @@ class Trainer:
         return {"eval_loss": loss_sum / n, "eval_acc": correct / n}
 
 
+def _loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (fp32) over the positions that carry a loss, and their count."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    tgt = targets.reshape(-1)
+    return F.cross_entropy(flat, tgt, ignore_index=IGNORE, reduction="sum"), (tgt != IGNORE).sum()
+
+
 def _loss(logits: torch.Tensor, targets: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """Mean cross-entropy over the positions that carry a loss (0 when a batch has none);
     `n`: divide by this count instead (the loss positions of a global batch split over ranks)."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    tgt = targets.reshape(-1)
-    n = (tgt != IGNORE).sum().clamp(min=1) if n is None else max(1, n)
-    return F.cross_entropy(flat, tgt, ignore_index=IGNORE, reduction="sum") / n
+    total, count = _loss_sum(logits, targets)
+    return total / (count.clamp(min=1) if n is None else max(1, n))
+
+
+def _defer_host_reads(device: torch.device, strategy: str) -> bool:
+    """Whether the loss and gradient norm are read on the host only every `log_every` steps
+    (and at evaluations and checkpoints) instead of every step. On CUDA a read waits for the
+    GPU to drain, so each one costs a step's launch overlap; the fused AdamW then skips a
+    non-finite step on the device (`found_inf`), so the weights the diagnosis sees are those
+    before the bad step. FSDP2's AdamW is not fused: it reads every step."""
+    return device.type == "cuda" and strategy != "fsdp"
 
 
 def _is_oom(e: BaseException) -> bool:
