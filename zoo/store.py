@@ -11,6 +11,11 @@ its normalized config (`config_id`), so the same run is never trained twice.
     store.log_metrics(rid, step, {"loss": 2.1, "lr": 3e-4})
     store.add_results(rid, "hashhop", [{"length": 1024, "hops": 2, "accuracy": 0.97}])
     store.results(kind="hashhop")        # rows as added, plus run_id and kind
+    store.add_members("smoke", [(rid, "rope", "train")])   # experiment membership, its own labels
+
+A run id leaves the label and the experiment out (the same config is one run, whichever
+spec asks for it), so membership lives in its own table: each experiment keeps its runs
+under its own labels.
 
 Several processes may write at once (parallel runs on several GPUs): every write is one
 `BEGIN IMMEDIATE` transaction, taken with a busy timeout and retried, so writers queue
@@ -67,6 +72,14 @@ CREATE TABLE IF NOT EXISTS results (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_run_kind ON results (run_id, kind);
+CREATE TABLE IF NOT EXISTS members (
+    experiment TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    label TEXT,
+    kind TEXT NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (experiment, run_id)
+);
 """
 
 
@@ -130,6 +143,16 @@ class Store:
         self.path = self.root / "zoo.db"
         self._local = threading.local()
         self._write(lambda c: [c.execute(stmt) for stmt in SCHEMA.split(";") if stmt.strip()])
+
+    @classmethod
+    def existing(cls, root: str | os.PathLike | None = None) -> Store:
+        """The store at `root` for a command that only reads: an error when there is none, rather
+        than creating an empty one wherever the command runs."""
+        path = Path(root) if root is not None else default_root()
+        if not (path / "zoo.db").is_file():
+            raise ZooError(f"no results store at {path} (no zoo.db)",
+                           "train something first (`zoo compare SPEC.toml`), or pass --root / set ZOO_ROOT")
+        return cls(path)
 
     # -- connections and transactions ---------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -295,6 +318,22 @@ class Store:
             out.append(d)
         return out
 
+    # -- experiments ------------------------------------------------------------------------
+    def add_members(self, experiment: str, members: list[tuple[str, str | None, str]]) -> None:
+        """Record (run id, label, kind) as part of `experiment`; a label given again is updated."""
+        now = time.time()
+        rows = [(experiment, rid, label, kind, now) for rid, label, kind in members]
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT INTO members (experiment, run_id, label, kind, added) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (experiment, run_id) DO UPDATE SET label = excluded.label, kind = excluded.kind", rows))
+
+    def members(self, experiment: str | None = None, run_id: str | None = None) -> list[dict]:
+        """Rows {experiment, run_id, label, kind}, in the order they were added."""
+        where, args = _where(experiment=experiment, run_id=run_id)
+        rows = self._read(f"SELECT experiment, run_id, label, kind FROM members{where} ORDER BY added, rowid", args)
+        return [{"experiment": e, "run_id": r, "label": lab, "kind": k} for e, r, lab, k in rows]
+
     # -- merging ---------------------------------------------------------------------------
     def import_db(self, other: str | os.PathLike, copy_files: bool = True) -> dict[str, int]:
         """Merge another zoo.db (e.g. from a GPU machine) into this one without duplicates.
@@ -314,6 +353,9 @@ class Store:
             runs = src.execute(f"SELECT {_RUN_COLS} FROM runs").fetchall()
             metrics = src.execute("SELECT run_id, step, name, value FROM metrics").fetchall()
             results = src.execute("SELECT run_id, kind, row, hash, created FROM results ORDER BY id").fetchall()
+            has_members = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'members'").fetchone()
+            members = src.execute("SELECT experiment, run_id, label, kind, added FROM members").fetchall() \
+                if has_members else []
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{other} is not a zoo results database: {e}") from None
         finally:
@@ -334,6 +376,8 @@ class Store:
             c.executemany("INSERT OR IGNORE INTO results (run_id, kind, row, hash, created) VALUES (?, ?, ?, ?, ?)",
                           results)
             n["results"] = c.total_changes - before
+            c.executemany("INSERT OR IGNORE INTO members (experiment, run_id, label, kind, added) "
+                          "VALUES (?, ?, ?, ?, ?)", members)
             return n
 
         counts = self._write(tx)

@@ -95,10 +95,19 @@ def register(app: typer.Typer) -> None:
 
         from zoo.store import Store
 
-        store = Store(root)
-        runs = [r for r in store.runs(kind=kind, status=status)
-                if experiment is None or r["config"].get("experiment") == experiment]
-        t = Table(title=f"runs in {store.path} ({len(runs)})")
+        try:
+            store = Store.existing(root)
+        except ZooError as e:  # nothing trained here yet: an empty list, and no directory made
+            console.print(f"no runs: {e.message}", highlight=False)
+            return
+        runs = store.runs(kind=kind, status=status)
+        labels: dict[str, str | None] = {}
+        if experiment is not None:  # the experiment's own runs and names, whichever spec trained a config first
+            labels = {m["run_id"]: m["label"] for m in store.members(experiment)}
+            runs = [r for r in runs if r["id"] in labels
+                    or (not labels and r["config"].get("experiment") == experiment)]  # a store from before members
+        t = Table(title=f"runs in {store.path}" + (f" of experiment {experiment}" if experiment else "")
+                  + f" ({len(runs)})")
         for c in ("run", "experiment", "mixer", "status", "layers", "d_model", "params", "steps", "loss",
                   "eval acc", "updated"):
             t.add_column(c, no_wrap=c == "run", min_width=12 if c == "run" else None)
@@ -107,7 +116,8 @@ def register(app: typer.Typer) -> None:
             m = c.get("model") or {}
             st = {"done": "[green]done[/]", "failed": "[red]failed[/]", "running": "[yellow]running[/]"}.get(
                 r["status"], r["status"])
-            t.add_row(r["id"], c.get("experiment") or "-", c.get("label") or "-", st, "+".join(m.get("layers", [])),
+            t.add_row(r["id"], experiment or c.get("experiment") or "-", labels.get(r["id"]) or c.get("label") or "-",
+                      st, "+".join(m.get("layers", [])),
                       str(m.get("d_model", "-")), f"{s['params']:,}" if "params" in s else "-",
                       str(s.get("steps", "-")), f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-",
                       f"{s['eval_acc']:.3f}" if s.get("eval_acc") is not None else "-",
@@ -124,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
         from zoo.store import Store
 
-        store = Store(root)
+        store = Store.existing(root)
         r = store.find_run(run)
         console.print(f"[bold]{r['id']}[/] {r['config'].get('label') or ''}  status {r['status']}"
                       + (f"  [red]{r['reason']}[/]" if r["reason"] else ""))
@@ -161,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise ZooError(f"unknown format '{fmt}'", f"allowed: {', '.join(FORMATS)}")
-        rows = flat_rows(Store(root), what, kind)
+        rows = flat_rows(Store.existing(root), what, kind)
         if fmt == "parquet":
             if out is None:
                 raise ZooError("parquet export needs --out FILE")

@@ -132,6 +132,7 @@ class ReportData:
     bench: list[BenchPoint] = field(default_factory=list)
     ceilings: list[Ceiling] = field(default_factory=list)
     ppl_variants: list[tuple[str, PplPoint]] = field(default_factory=list)  # (e.g. "yarn x4", point)
+    hashhop_variants: list[tuple[str, HashHopCell]] = field(default_factory=list)  # evaluation-time RoPE scalings
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)

@@ -130,6 +130,7 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None], conso
     `<run_dir>/worker.log`. A worker that dies costs only its current run (left resumable) and
     is replaced. Returns outcomes in plan order."""
     runs = select_runs(spec, shard, only)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"{len(runs)} runs: {len(todo)} to train or evaluate on {len(slots)} worker(s), "
@@ -422,6 +423,7 @@ def run_ray(spec: ExperimentSpec, store: Store, address: str | None = None, cons
         raise ZooError("--launcher ray needs the ray package", "pip install 'mixer-zoo[dist]' (or: pip install ray)"
                        ) from None
     runs = select_runs(spec, shard, only)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     started_here = not ray.is_initialized()

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.spec import ExperimentSpec, PlannedRun, plan
-from zoo.store import Store, config_id
+from zoo.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
+from zoo.store import Store
 from zoo.train.checkpoint import load_model
 from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, resolve_device, train
 
@@ -41,9 +41,10 @@ class Outcome:
 Keep = Callable[[list[dict], str], None]
 
 
-def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep) -> None:
+def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep,
+                 on_sample: Callable[[int], None] | None = None) -> None:
     """Each cell of the grid not yet stored, kept as it finishes (a cell's samples depend on the
-    cell alone, not on the rest of the grid)."""
+    cell alone, not on the rest of the grid). `zoo hashhop eval` runs its grids through here too."""
     from zoo.eval.hashhop import HashHopGrid, evaluate
 
     g = HashHopGrid(**grid)
@@ -52,7 +53,7 @@ def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict]
         if (n_chars, hops, cot) in done:
             continue
         one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
-        row = evaluate(model, one, device=device)["cells"][0]
+        row = evaluate(model, one, device=device, on_sample=on_sample)["cells"][0]
         acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
         keep([row], f"{n_chars} characters, {hops} hops: {acc}")
 
@@ -93,22 +94,9 @@ def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store,
     cfg = BenchConfig(mixers=mixers, seq_lens=b.lengths, modes=b.modes, tokens_per_batch=b.tokens_per_batch,
                       d_model=spec.model.d_model, model=b.model, n_layers=spec.model.n_layers,
                       peers=None if b.peers else [], budget_s=b.budget_s, device=device or "auto")
-    return run_bench(cfg, store=store, console=console, progress=console is not None).run_id
-
-
-def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:
-        out["hashhop"] = spec.eval.hashhop
-    if spec.eval.ppl is not None:
-        out["ppl"] = spec.eval.ppl
-    return out
-
-
-def eval_id(kind: str, settings: Any) -> str:
-    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats."""
-    dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    return config_id({"kind": kind, "settings": dumped})
+    rid = run_bench(cfg, store=store, console=console, progress=console is not None).run_id
+    store.add_members(spec.name, [(rid, None, "bench")])
+    return rid
 
 
 def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
@@ -199,6 +187,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
                    retry_failed: bool = False, shard: str | None = None, device: str | None = None,
                    only: list[str] | None = None, run_ids: list[str] | None = None) -> list[Outcome]:
     runs = select_runs(spec, shard, only, run_ids)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
         if device:
