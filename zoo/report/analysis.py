@@ -10,6 +10,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from zoo.errors import ZooError
 from zoo.report import fmt
 from zoo.report.fmt import Table, Val, na
 from zoo.report.model import BenchPoint, HashHopCell, ReportData, Run
@@ -20,6 +21,7 @@ PPL_MULTIPLES = (1, 8)
 STATE_LENGTHS = (8192, 2**20)
 THRESHOLD = 0.9
 FAST_AT = 32768  # "which is fastest at 32K"
+LOSS_AT_CHANCE = 0.02  # a final loss within 2% of the task's chance loss counts as "at chance"
 LENGTH_TOLERANCE = 0.25  # a point counts as "k x the training length" within a factor 2^0.25 (19%)
 
 
@@ -68,6 +70,72 @@ def hashhop_curve(data: ReportData, run_id: str, hops: int | None = None, cot: b
         if c.run_id == run_id and (hops is None or c.hops == hops) and (cot is None or c.cot == cot):
             by_point[c.point].append(c)
     return sorted((pool(cells) for cells in by_point.values()), key=lambda p: p.length)
+
+
+# -- chance levels and intervals -----------------------------------------------------------------
+def cell_chance(c: HashHopCell) -> float | None:
+    """Exact-match chance of a cell, from the task's own declaration for its hash length."""
+    from zoo.tasks.hashhop import chance
+
+    hash_len = c.meta.get("hash_len")
+    return chance("accuracy", int(hash_len), c.hops, c.cot) if hash_len else None
+
+
+def hashhop_chance(data: ReportData, hops: int | None = None, cot: bool | None = None) -> float | None:
+    """The chance level of the cells asked for (the highest, when their hash lengths differ)."""
+    vals = [cell_chance(c) for c in data.hashhop if (hops is None or c.hops == hops) and (cot is None or c.cot == cot)]
+    vals = [v for v in vals if v is not None]
+    return max(vals) if vals else None
+
+
+def run_chance(run: Run, metric: str = "loss") -> float | None:
+    """The chance level of a run's task metric (e.g. its training loss), as the task declares it."""
+    from zoo.tasks.base import get_task
+
+    task = run.config.get("task") or {}
+    try:
+        return get_task(task.get("name", "hashhop"), task.get("config")).chance(metric)
+    except ZooError:  # a task or setting this installation does not know
+        return None
+
+
+def versus_chance(p: Point, chance: float | None) -> str | None:
+    """'above chance' when the interval clears the chance level, 'at chance' when it holds it."""
+    if chance is None or p.low is None or p.high is None:
+        return None
+    if p.low > chance:
+        return "above chance"
+    return "below chance" if p.high < chance else "at chance"
+
+
+def separated(a: Point, b: Point) -> bool:
+    """Two accuracies whose intervals do not overlap."""
+    return None not in (a.low, a.high, b.low, b.high) and (a.low > b.high or b.low > a.high)
+
+
+def compare_sentence(where: str, at: list[tuple[str, Point]], chance: float | None) -> str:
+    """One finding: each mixer's accuracy with its interval and its standing against chance, then
+    which differences the intervals support."""
+    at = sorted(at, key=lambda t: -(t[1].accuracy or 0))
+    groups: dict[str, list[str]] = {}
+    for label, p in at:
+        groups.setdefault(versus_chance(p, chance) or "", []).append(
+            f"{label} {fmt.acc(p.accuracy)} {fmt.interval(p.low, p.high)}")
+    parts = [f"{_names(v)} {'are' if len(v) > 1 else 'is'} {k}" if k else _names(v) for k, v in groups.items()]
+    out = f"{where}: " + "; ".join(parts)
+    if chance is not None:
+        out += f" (chance {fmt.sig(chance, 2)})"
+    out += "."
+    if len(at) >= 2:
+        top_label, top = at[0]
+        below = [label for label, p in at[1:] if separated(top, p)]
+        if below:
+            ties = [label for label, p in at[1:] if not separated(top, p)]
+            out += (f" {top_label} is above {_names(below)} with intervals that do not overlap"
+                    + (f"; {_names([top_label] + ties)} differ within their intervals." if ties else "."))
+        else:
+            out += " The differences are within their intervals."
+    return out
 
 
 def near(curve: list[Point], target: int, tolerance: float = LENGTH_TOLERANCE) -> Point | None:
@@ -454,13 +522,21 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
             out.append(f"No mixer reaches HashHop accuracy {THRESHOLD} at any evaluated length; the best is "
                        f"{best.label} with {fmt.acc(top.accuracy)} {fmt.interval(top.low, top.high)} "
                        f"at {fmt.length(top.length)} tokens.")
+        chance = hashhop_chance(data)
+        train_len = common_train_len(scored)
+        if train_len:
+            at_train = [(e.label, near(e.curve, train_len)) for e in scored]
+            at_train = [(label, p) for label, p in at_train if p is not None and p.accuracy is not None]
+            if at_train:
+                L = max(p.length for _, p in at_train)
+                out.append(compare_sentence(f"HashHop exact match near the training length ({fmt.length(L)} tokens)",
+                                            at_train, chance))
         largest = max(p.length for e in scored for p in e.curve if p.accuracy is not None)
-        at = [(e, next((p for p in e.curve if p.length == largest and p.accuracy is not None), None)) for e in scored]
-        at = [(e, p) for e, p in at if p is not None]
-        if len(at) >= 2:
-            at.sort(key=lambda t: -t[1].accuracy)
-            out.append(f"At the largest length evaluated ({fmt.length(largest)} tokens) "
-                       + ", ".join(f"{e.label} scores {fmt.acc(p.accuracy)}" for e, p in at) + ".")
+        at = [(e.label, next((p for p in e.curve if p.length == largest and p.accuracy is not None), None))
+              for e in scored]
+        at = [(label, p) for label, p in at if p is not None]
+        if at and (not train_len or near([Point(largest)], train_len) is None):
+            out.append(compare_sentence(f"At the largest length evaluated ({fmt.length(largest)} tokens)", at, chance))
     for mode in bench_modes(data):
         L = fastest_length(data, mode)
         ours = [b for b in data.bench if not b.peer and b.mode == mode and b.seq_len == L
@@ -499,6 +575,13 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
         out.append("Final loss falls with parameters N as N^b, steepest first: "
                    + ", ".join(f"{f.label} b = {f.fit.exponent:.3f} ({f.fit.n} sizes, R² {f.fit.r2:.2f})" for f in fits)
                    + ".")
+    losses = [(e, run_chance(e.run)) for e in es if e.run is not None and e.run.final_loss is not None]
+    flat = [e.label for e, c in losses if c is not None and e.run.final_loss >= c * (1 - LOSS_AT_CHANCE)]
+    if flat:
+        c = next(c for e, c in losses if e.label == flat[0])
+        out.append(f"{_names(flat)} {'end' if len(flat) > 1 else 'ends'} training at the chance loss of the task "
+                   f"({fmt.sig(c, 3)} nats per loss token, within {LOSS_AT_CHANCE:.0%}): "
+                   f"{'they' if len(flat) > 1 else 'it'} learned the answer format, not the answers.")
     t = totals(data)
     if t["failed"]:
         out.append(f"{len(t['failed'])} of {t['runs']} runs failed: "
