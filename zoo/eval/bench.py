@@ -1299,38 +1299,28 @@ def status_counts(rows: list[dict]) -> str:
 
 
 class _progress:
-    """A rich progress bar (or nothing) with `describe` and `advance`."""
+    """The bench's progress (the shared `zoo.progress.Progress`): `describe` and `advance`."""
 
     def __init__(self, console, enabled: bool, total: int):
-        self.bar = None
-        if enabled and console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from zoo.progress import Progress
 
-            self.bar = Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=False)
-            self.task = self.bar.add_task("", total=total)
+        self.p = Progress(console, "bench", total, unit="point", enabled=enabled and console is not None)
 
     def __enter__(self):
-        if self.bar is not None:
-            self.bar.start()
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        self.p.close()
 
     def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=text)
+        self.p.update(description=f"bench {text}")
 
     def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
+        self.p.update(advance=1)
 
     def log(self, text: str) -> None:
-        """A line above the bar (and the only progress a log file gets when output is not a terminal)."""
-        if self.bar is not None:
-            self.bar.console.print(text, highlight=False)
+        """A line above the bar (in a log file, between the periodic progress lines)."""
+        self.p.log(text)
 
 
 # -- tables -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch import nn
 from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
 from zoo.errors import ZooError
 from zoo.model import ModelConfig, ZooLM
+from zoo.progress import Progress
 from zoo.store import Store, provenance
 from zoo.tasks.base import IGNORE, Batch, Task, get_task
 from zoo.train import checkpoint as ckpt
@@ -168,7 +170,8 @@ def diagnose(model: nn.Module, what: str, step: int, tokens: torch.Tensor | None
 # -- logging sinks -------------------------------------------------------------------------------
 
 class Sinks:
-    """Store (always), TensorBoard and Weights & Biases offline (when asked) through their libraries."""
+    """Store (always), TensorBoard and Weights & Biases (when asked) through their libraries; W&B runs
+    offline unless WANDB_MODE says otherwise."""
 
     def __init__(self, cfg: TrainConfig, store: Store, run_id: str, run_dir: Path, config: dict):
         self.store, self.run_id, self.run_dir = store, run_id, run_dir
@@ -185,8 +188,9 @@ class Sinks:
                 import wandb
             except ImportError:
                 raise ZooError("Weights & Biases logging needs the wandb package", "pip install wandb") from None
-            self.wandb = wandb.init(mode="offline", dir=str(run_dir), id=run_id, resume="allow",
-                                    project=config.get("experiment") or "mixer-zoo", config=config,
+            # offline unless the user's environment says otherwise (WANDB_MODE=online, disabled, ...)
+            self.wandb = wandb.init(mode=os.environ.get("WANDB_MODE") or "offline", dir=str(run_dir), id=run_id,
+                                    resume="allow", project=config.get("experiment") or "mixer-zoo", config=config,
                                     name=config.get("label") or run_id)
 
     def log(self, step: int, values: dict[str, float | None]) -> None:
@@ -288,6 +292,7 @@ class Trainer:
             self.store = store if isinstance(store, zdist.FollowerStore) else zdist.FollowerStore(
                 store.root if store is not None else None)
         self.run_id = run.run_id()
+        self.check_task()  # a setting the task cannot serve is a user error: no run record, no directory
         self.run_dir = self.store.run_dir(self.run_id)
         self.progress = progress and self.dist.main
         self.console = console
@@ -295,6 +300,13 @@ class Trainer:
         self.precision = self.cfg.precision if self.cfg.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
         self.config_dict = self.run.model_dump()
+
+    def check_task(self) -> None:
+        """Draw one row of the first batch at the first step's length, so that a setting the task cannot
+        serve (a HashHop problem longer than seq_len, an MQAR with too many pairs) fails here."""
+        task = get_task(self.run.task.name, self.run.task.config)
+        task.batch(0, 1, lengths_at(self.cfg, 0)[0], split="train", seed=self.cfg.seed,
+                   knobs=task_knobs(values_at(self.cfg.schedules, 0)))
 
     def autocast(self):
         if self.precision == "bf16":
@@ -374,7 +386,8 @@ class Trainer:
         tokens_seen = self._tokens_before(start)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        bar = _Progress(self.progress, self.console, self.run.display_label(), total, start)
+        bar = Progress(self.console, self.run.display_label(), total, start, unit="step", enabled=self.progress,
+                       fields=("loss", "tok_s"))
         t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
         step = start
         try:
@@ -439,7 +452,7 @@ class Trainer:
                     row["peak_mem_gb"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
                                           if self.device.type == "cuda" else None)
                     t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
-                    bar.update(step, loss_sum, row["tokens_per_s"])
+                    bar.update(step, loss=f"{loss_sum:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == total:
                     eval_metrics = self.evaluate(model, task, seq_len, values)
                     row.update(eval_metrics)
@@ -530,30 +543,6 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, n: int | None = None) -> 
 def _is_oom(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(e, (oom, torch.cuda.OutOfMemoryError))
-
-
-class _Progress:
-    """A rich progress bar (step, loss, tokens/s, ETA), or nothing."""
-
-    def __init__(self, enabled: bool, console, label: str, total: int, start: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                          TimeRemainingColumn(), console=console, transient=False)
-        self.p.start()
-        self.t = self.p.add_task(label, total=total, completed=start, loss="-", tps="-")
-
-    def update(self, step: int, loss: float, tps: float) -> None:
-        if self.p is not None:
-            self.p.update(self.t, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
 
 
 def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None,
