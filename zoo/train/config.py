@@ -79,7 +79,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="steps between metric flushes and progress updates")
     peak_tflops: float | None = Field(None, gt=0, description="device peak for MFU (default: datasheet table)")
     tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
-    wandb: bool = Field(False, description="also log to Weights & Biases in offline mode (needs wandb)")
+    wandb: bool = Field(False, description="also log to Weights & Biases (needs wandb): offline unless "
+                          "WANDB_MODE is set")
 
     @field_validator("schedules")
     @classmethod
