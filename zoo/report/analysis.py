@@ -143,8 +143,15 @@ def near(curve: list[Point], target: int, tolerance: float = LENGTH_TOLERANCE) -
     (in log2 units): grids are set in characters, so 4x the training length is rarely hit exactly."""
     if not curve:
         return None
-    best = min(curve, key=lambda p: abs(math.log2(p.length / target)))
-    return best if abs(math.log2(best.length / target)) <= tolerance else None
+
+    def off(p: Point) -> float:
+        # a grid point set in characters (e.g. 2000 for a 2K-token model) feeds more tokens than
+        # characters (the queries): it counts as near by either measure
+        sizes = [p.length] + [c.n_chars for c in p.cells if c.n_chars]
+        return min(abs(math.log2(x / target)) for x in sizes)
+
+    best = min(curve, key=off)
+    return best if off(best) <= tolerance else None
 
 
 def hashhop_settings(data: ReportData) -> list[tuple[int, bool]]:
@@ -228,7 +235,10 @@ def entry(data: ReportData, label: str) -> Entry:
             state[L] = na(f"max length {fmt.length(run.max_length)}", run_id=rid)
         else:
             state[L] = na(run.state_reason or "not computed", run_id=rid)
-    tps = Val(run.tokens_per_s, fmt.count(run.tokens_per_s), run_id=rid, source="run summary: training tokens/s") \
+    spread = run.tokens_per_s_range
+    tps = Val(run.tokens_per_s, fmt.count(run.tokens_per_s), run_id=rid, source="run summary: training tokens/s, "
+              "mean over the second half of the log intervals",
+              sub=f"{fmt.count(spread[0])}–{fmt.count(spread[1])}" if spread else None) \
         if run.tokens_per_s is not None else na("not recorded", run_id=rid)
     if run.mfu is not None:
         mfu = Val(run.mfu, fmt.pct(run.mfu), run_id=rid, source="run summary: MFU"
@@ -304,8 +314,14 @@ def leaderboard(data: ReportData, es: list[Entry]) -> Table:
               ("perplexity", len(PPL_MULTIPLES)), ("", 1)]
     note = (f"Accuracy with its Wilson 95% interval below. Effective context: the largest length with accuracy "
             f">= {THRESHOLD}. State: cache or recurrent state of the whole model after that many tokens "
-            "(batch 1, bf16). Each row is one run: the largest finished model of that mixer.")
-    return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes(14)
+            "(batch 1, bf16). Each row is one run: the largest finished model of that mixer. Training tokens/s: "
+            "the mean over the second half of the run's log intervals, with the 10th to 90th percentile of those "
+            "intervals below it (a shared machine moves it between identical runs).")
+    t = Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups)
+    gone = t.drop_empty_columns()
+    if gone:  # a column n/a for every run for one reason says so once, here, instead of in every row
+        t.note += " Left out, n/a for every run: " + "; ".join(gone) + "."
+    return t.add_footnotes(14)
 
 
 # -- side tables beside the figures -------------------------------------------------------------
@@ -576,12 +592,19 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
                    + ", ".join(f"{f.label} b = {f.fit.exponent:.3f} ({f.fit.n} sizes, R² {f.fit.r2:.2f})" for f in fits)
                    + ".")
     losses = [(e, run_chance(e.run)) for e in es if e.run is not None and e.run.final_loss is not None]
-    flat = [e.label for e, c in losses if c is not None and e.run.final_loss >= c * (1 - LOSS_AT_CHANCE)]
-    if flat:
-        c = next(c for e, c in losses if e.label == flat[0])
-        out.append(f"{_names(flat)} {'end' if len(flat) > 1 else 'ends'} training at the chance loss of the task "
-                   f"({fmt.sig(c, 3)} nats per loss token, within {LOSS_AT_CHANCE:.0%}): "
-                   f"{'they' if len(flat) > 1 else 'it'} learned the answer format, not the answers.")
+    losses = [(e, c) for e, c in losses if c is not None]
+    flat = [e.label for e, c in losses if abs(e.run.final_loss - c) <= c * LOSS_AT_CHANCE]
+    worse = [e.label for e, c in losses if e.run.final_loss > c * (1 + LOSS_AT_CHANCE)]
+    if flat or worse:
+        c = losses[0][1]
+        what = f"the chance loss of the task ({fmt.sig(c, 3)} nats per loss token, the answer format known)"
+        if flat:
+            they = "they" if len(flat) > 1 else "it"
+            out.append(f"{_names(flat)} {'end' if len(flat) > 1 else 'ends'} training at {what}, within "
+                       f"{LOSS_AT_CHANCE:.0%}: {they} learned the format, not the answers.")
+        if worse:
+            out.append(f"{_names(worse)} {'end' if len(worse) > 1 else 'ends'} training above {what}: not even "
+                       "the format was learned.")
     t = totals(data)
     if t["failed"]:
         out.append(f"{len(t['failed'])} of {t['runs']} runs failed: "

@@ -203,6 +203,12 @@ def to_run(store: Store, d: dict, state: bool = True) -> Run:
                 by_step.setdefault(r["step"], {})[name] = r["value"]
         run.curve = [(st, v.get("tokens") or 0.0, v["loss"]) for st, v in sorted(by_step.items())
                      if v.get("loss") is not None and _finite(v["loss"]) is not None]
+        tps = [r["value"] for r in store.metrics(d["id"], "tokens_per_s") if _finite(r["value"]) is not None]
+        tail = tps[len(tps) // 2:]  # the steady state the summary's mean is taken over
+        if len(tail) >= 3:
+            import numpy as np
+
+            run.tokens_per_s_range = (float(np.percentile(tail, 10)), float(np.percentile(tail, 90)), len(tail))
     return run
 
 

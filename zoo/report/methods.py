@@ -22,6 +22,9 @@ class Method:
     paragraphs: list[str]
 
 
+_ABSENT = object()  # a setting missing from a stored config (an older version), unlike one left unset
+
+
 def _get(d: dict, path: str, default: Any = None) -> Any:
     for k in path.split("."):
         if not isinstance(d, dict) or k not in d:
@@ -34,8 +37,8 @@ def _values(data: ReportData, path: str, show=str) -> str:
     """One setting across the runs: 'v' when shared, else 'v1 (a, b); v2 (c)'."""
     by: dict[str, list[str]] = defaultdict(list)
     for r in data.runs:
-        v = _get(r.config, path)
-        key = "n/a (not recorded)" if v is None else show(v)
+        v = _get(r.config, path, _ABSENT)
+        key = "n/a (not recorded)" if v is _ABSENT else "not set" if v is None else show(v)
         if r.label not in by[key]:
             by[key].append(r.label)
     if not by:

@@ -27,6 +27,7 @@ class Run:
     tokens: float | None = None      # training tokens seen
     flops: float | None = None       # training FLOPs (model estimate x tokens)
     tokens_per_s: float | None = None
+    tokens_per_s_range: tuple[float, float, int] | None = None  # 10th and 90th percentile over n log intervals
     mfu: float | None = None         # model FLOPs utilisation, fraction of the stated peak
     peak_flops: float | None = None  # the peak the MFU divides by
     peak_source: str | None = None   # where that peak comes from, or why there is none

@@ -190,7 +190,7 @@ def _columns(rows: list[dict]) -> list[str]:
 def _write_csv(path: Path, rows: list[dict]) -> None:
     cols = _columns(rows)
     with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols or ["empty"])
+        w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
@@ -210,7 +210,7 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
         elif kinds and not kinds <= {str} and kinds != {bool}:
             vals = [None if v is None else str(v) for v in vals]
         arrays[c] = vals
-    pq.write_table(pa.table(arrays) if cols else pa.table({"empty": pa.array([], pa.null())}), path)
+    pq.write_table(pa.table(arrays), path)
 
 
 def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Figure]) -> dict[str, list[dict]]:
@@ -277,6 +277,8 @@ def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], boo
         parquet = False
     files = []
     for name, rows in tables.items():
+        if not rows:  # a table with nothing in it is no data file (the report says why it is absent)
+            continue
         _write_csv(out / f"{name}.csv", rows)
         files.append(f"{name}.csv")
         if parquet:
