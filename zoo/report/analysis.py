@@ -518,6 +518,9 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
     """Sentences generated from the numbers above; each names the values it rests on."""
     out: list[str] = []
     scored = [e for e in es if e.run is not None and any(p.accuracy is not None for p in e.curve)]
+    lead = within_training_length(scored)
+    if lead:
+        out.append(lead)
     if scored:
         with_ecl = [e for e in scored if e.ecl.value is not None]
         if with_ecl:
@@ -613,6 +616,52 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
     if not out:
         out.append("No finished run has HashHop, perplexity or speed results yet, so there is nothing to compare.")
     return out
+
+
+def _lines(p: Point) -> str | None:
+    """'3 lines' for a HashHop grid point: the key = value lines of its prompts."""
+    from zoo.tasks.hashhop import n_chains
+
+    c = next((c for c in p.cells if c.n_chars and c.meta.get("hash_len")), None)
+    if c is None:
+        return None
+    return str(n_chains(c.n_chars, c.hops, int(c.meta["hash_len"]) ) * c.hops)
+
+
+def within_training_length(scored: list[Entry]) -> str | None:
+    """The headline comparison in words: every length evaluated up to the training length, the
+    leading mixer against each other one, and whether their intervals separate there."""
+    train_len = common_train_len(scored)
+    if not train_len or len(scored) < 2:
+        return None
+    limit = train_len * 2 ** LENGTH_TOLERANCE
+    lengths = sorted({p.length for e in scored for p in e.curve if p.accuracy is not None and p.length <= limit})
+    at = {e.label: {p.length: p for p in e.curve if p.accuracy is not None and p.length in lengths} for e in scored}
+    lengths = [L for L in lengths if all(L in pts for pts in at.values())]
+    if not lengths:
+        return None
+    mean = {label: sum(p.accuracy for p in pts.values() if p.length in lengths) / len(lengths)
+            for label, pts in at.items()}
+    order = sorted(at, key=lambda label: -mean[label])
+    top = order[0]
+    lines = [_lines(at[top][L]) for L in lengths]
+    where = f"{fmt.length(lengths[0])}" + (f" to {fmt.length(lengths[-1])}" if len(lengths) > 1 else "") + " tokens"
+    if all(lines):
+        where += f", {_names(lines)} key-value lines"
+    values = "; ".join(f"{label} " + ", ".join(f"{fmt.acc(at[label][L].accuracy)} "
+                                              f"{fmt.interval(at[label][L].low, at[label][L].high)}" for L in lengths)
+                       for label in order)
+    parts = []
+    for other in order[1:]:
+        sep = [L for L in lengths if separated(at[top][L], at[other][L])]
+        if len(sep) == len(lengths):
+            parts.append(f"{top} is above {other} at every one of these lengths, with intervals that do not overlap")
+        elif sep:
+            parts.append(f"{top} is above {other} at {_names([fmt.length(L) for L in sep])} tokens with intervals "
+                         f"that do not overlap, and within the intervals elsewhere")
+        else:
+            parts.append(f"{top} and {other} differ within their intervals at every one of these lengths")
+    return (f"Up to the training length ({where}), HashHop exact match is: {values}. " + "; ".join(parts) + ".")
 
 
 def _acc_at(e: Entry, length: int) -> float | None:

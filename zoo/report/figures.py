@@ -525,6 +525,8 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
     fits = A.scaling_fits(data)
     if not any(f.points for f in fits):
         return Figure("fig-scaling", title, None, "", reason="no finished runs with parameters and final loss")
+    if all(len({p[0] for p in f.points}) < 2 for f in fits):  # one point per mixer draws no trend
+        return Figure("fig-scaling", title, None, "", reason="one model size per mixer; scaling needs two or more")
     with rc_context(RC):
         fig = MplFigure(figsize=(7.6, 5.4), layout="constrained")
         axes = fig.subplots(2, 2)
