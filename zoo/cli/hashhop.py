@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -232,7 +233,7 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         if run is not None:
             path = Path(run)
-            if not path.exists():  # a run id, as `zoo ppl` takes them
+            if not path.exists() and "/" not in run and os.sep not in run:  # a run id, as `zoo ppl` takes them
                 store = Store.existing(root)
                 path = store.root / "runs" / store.find_run(run)["id"]
             model, trained = load_model(path, dev)
