@@ -72,8 +72,8 @@ class TrainConfig(BaseModel):
     # execution and logging (outside the run identity)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     compile: bool = Field(False, description="torch.compile the model for training")
-    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: torch's); "
-                                "tiny models run fastest on one, above all on a busy machine")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: one for a "
+                                "model of d_model <= 256, which runs fastest on one, else torch's)")
     ckpt_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, le=1000)
     log_every: int = Field(10, ge=1, description="steps between metric flushes and progress updates")

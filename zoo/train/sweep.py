@@ -21,7 +21,7 @@ from zoo.errors import ZooError
 from zoo.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store
 from zoo.train.checkpoint import load_model
-from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, resolve_device, train
+from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, default_threads, resolve_device, train
 
 
 @dataclass
@@ -218,7 +218,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
                     store.set_status(p.run_id, "failed", out.reason)
         if out.status in ("done", "skipped"):
             dev = resolve_device(p.run.train.device)
-            with cpu_threads(p.run.train.threads if dev.type == "cpu" else None):
+            with cpu_threads(default_threads(p.run.train, p.run.model, dev)):
                 out.evals = run_evals(spec, p, store, dev, console)
         if console is not None and out.status == "failed":
             console.print(f"[red]failed:[/] {out.reason}")

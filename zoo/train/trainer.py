@@ -263,6 +263,19 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+TINY_D_MODEL = 256  # up to this width one CPU thread trains fastest (benchmarks/NOTES.md, cpu_threads.py)
+
+
+def default_threads(cfg: TrainConfig, model: ModelConfig, device: torch.device) -> int | None:
+    """CPU threads for a run: `train.threads` when set; else one for a tiny model, whose ops are
+    too small to split across threads; else torch's default. None on GPU."""
+    if device.type != "cpu":
+        return None
+    if cfg.threads is not None:
+        return cfg.threads
+    return 1 if model.d_model <= TINY_D_MODEL else None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Exclusive per-run lock: two processes never train the same run at once. The kernel drops
@@ -315,7 +328,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         lock = run_lock(self.run_dir) if self.dist.main else contextlib.nullcontext()
-        with self.dist.together(lock), cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
+        with self.dist.together(lock), cpu_threads(default_threads(self.cfg, self.run.model, self.device)):
             return self._fit()
 
     # the loop ----------------------------------------------------------------------------------
