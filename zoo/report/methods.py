@@ -48,6 +48,11 @@ def _values(data: ReportData, path: str, show=str) -> str:
     return "; ".join(f"{k} ({', '.join(v)})" for k, v in by.items())
 
 
+def _settings(v: dict) -> str:
+    """k=v, ... with unset values as 'not set', never Python's None."""
+    return ", ".join(f"{k}={'not set' if x is None else x}" for k, x in sorted(v.items()))
+
+
 def _list(xs) -> str:
     xs = list(xs)
     return ", ".join(str(x) for x in xs) if xs else "n/a"
@@ -78,7 +83,7 @@ def _models(data: ReportData) -> Method:
 def _training(data: ReportData) -> Method:
     ps = [
         f"Task: {_values(data, 'task.name')}; task settings: "
-        f"{_values(data, 'task.config', lambda v: ', '.join(f'{k}={x}' for k, x in sorted(v.items())) or 'defaults')}.",
+        f"{_values(data, 'task.config', lambda v: _settings(v) or 'defaults')}.",
         f"Training length (tokens per sequence): {_values(data, 'train.seq_len')}. Budget: steps "
         f"{_values(data, 'train.steps')}, tokens {_values(data, 'train.max_tokens')}, FLOPs "
         f"{_values(data, 'train.max_flops')}; the first reached stops a run. Batch: "
