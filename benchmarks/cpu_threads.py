@@ -33,7 +33,7 @@ def main() -> None:
         model = ZooLM(ModelConfig(d_model=d, n_layers=2, layers=["rope"], mixer_config={"rope": {"n_heads": 4}}))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-        def step(b) -> None:
+        def step(b, model=model, opt=opt) -> None:
             loss = F.cross_entropy(model(b.tokens).flatten(0, 1), b.targets.flatten(), ignore_index=-100)
             loss.backward()
             opt.step()
