@@ -180,6 +180,18 @@ def test_progress_writes_plain_lines_when_not_a_terminal():
     assert lines[-1].startswith("rope: step 10/10 (100%)") and "ETA" not in lines[-1]
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_shows_a_label_as_written(terminal):
+    from zoo.progress import Progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=terminal, width=200)
+    with Progress(console, "[/]rope[b]", total=2, unit="step", interval=0) as p:
+        p.update(1)
+        p.update(2, description="[/]again")
+    assert "[/]" in buf.getvalue()
+
+
 def test_read_only_commands_create_no_store(tmp_path):
     r = zoo("runs", "list", cwd=tmp_path)
     assert r.returncode == 0 and "no runs" in r.stdout

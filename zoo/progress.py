@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+from rich.markup import escape
+
 INTERVAL_S = 30.0  # seconds between plain lines; ZOO_PROGRESS_INTERVAL overrides
 FIELD_NAMES = {"tok_s": "tok/s"}
 
@@ -62,7 +64,8 @@ class Progress:
             cols += [TextColumn(f"{FIELD_NAMES.get(k, k)} {{task.fields[{k}]}}") for k in fields]
             cols += [TimeElapsedColumn(), TimeRemainingColumn()]
             self.bar = RichProgress(*cols, console=self.console, transient=False)
-            self.task = self.bar.add_task(label, total=self.total, completed=start, **self.fields)
+            # the label is user text (a run's label): shown as written, never read as markup
+            self.task = self.bar.add_task(escape(label), total=self.total, completed=start, **self.fields)
             self.bar.start()
 
     def __enter__(self) -> Progress:
@@ -78,7 +81,7 @@ class Progress:
         if description is not None:
             self.label = description
         if self.bar is not None:
-            kw = {"description": description} if description is not None else {}
+            kw = {"description": escape(description)} if description is not None else {}
             self.bar.update(self.task, completed=self.completed, **kw, **fields)
         elif self.console is not None and time.perf_counter() - self.last >= self.interval:
             self._line()
@@ -102,7 +105,7 @@ class Progress:
 
     def _line(self) -> None:
         self.last = time.perf_counter()
-        self.console.print(self.line(), highlight=False, soft_wrap=True)
+        self.console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.bar is not None:
