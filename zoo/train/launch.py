@@ -189,7 +189,8 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
                 last_line = time.time()
                 for w in workers:  # the workers log to their own files: their progress, from the store
                     if w.job is not None:
-                        say(_run_progress(store, w.job[0], w.where, time.time() - w.job[1]), highlight=False)
+                        say(_run_progress(store, w.job[0], w.where, time.time() - w.job[1]), markup=False,
+                            highlight=False)
             for w in workers:
                 if w.job is None and pending:
                     p = pending.popleft()
