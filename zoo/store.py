@@ -205,6 +205,10 @@ def provenance(model=None, device=None, **extra: Any) -> dict:
     return out
 
 
+class NoStore(ZooError):
+    """No results store at the root a read-only command was given."""
+
+
 class Store:
     """SQLite store at `<root>/zoo.db` with run directories under `<root>/runs/`."""
 
@@ -234,10 +238,12 @@ class Store:
         """The store at `root` for a command that only reads: an error when there is none, rather
         than creating an empty one wherever the command runs."""
         path = Path(root) if root is not None else default_root()
-        if not (path / "zoo.db").is_file():
-            raise ZooError(f"no results store at {path} (no zoo.db)",
-                           "train something first (`zoo compare SPEC.toml`), or pass --root / set ZOO_ROOT")
-        return cls(path)
+        if path.is_dir() and not (path / "zoo.db").exists():
+            raise NoStore(f"no results store at {path} (no zoo.db)",
+                          "train something first (`zoo compare SPEC.toml`), or pass --root / set ZOO_ROOT")
+        if not path.exists():
+            raise NoStore(f"no results store at {path}", "pass --root / set ZOO_ROOT to a results root")
+        return cls(path)  # a root that is a file, a damaged zoo.db: the store's own one-line errors
 
     # -- connections and transactions ---------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

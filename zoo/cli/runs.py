@@ -100,11 +100,11 @@ def register(app: typer.Typer) -> None:
         """Every run: id, label, status, size, final loss and when it changed."""
         import time
 
-        from zoo.store import Store
+        from zoo.store import NoStore, Store
 
         try:
             store = Store.existing(root)
-        except ZooError as e:  # nothing trained here yet: an empty list, and no directory made
+        except NoStore as e:  # nothing trained here yet: an empty list, and no directory made
             console.print(f"no runs: {e.message}", markup=False, highlight=False)
             return
         runs = store.runs(kind=kind, status=None if status == "interrupted" else status)

@@ -100,6 +100,7 @@ def seed_curve(data: ReportData, runs: list[Run], setting: tuple[int, bool]) -> 
         accs = [p.accuracy for p in ok]
         out.append(Point(length, sum(p.n for p in ok), sum(p.correct for p in ok), sum(accs) / len(accs),
                          min(accs), max(accs), cells=[c for p in ok for c in p.cells], seeds=len(ok)))
+    return out
 
 
 # -- chance levels and intervals -----------------------------------------------------------------
