@@ -96,6 +96,31 @@ def list_files(cfg: LMConfig) -> list[tuple[Path, str]]:
     return files
 
 
+def split_texts(cfg: LMConfig, split: str) -> list[str]:
+    """The documents of a split in corpus order, files read until `max_bytes` (UTF-8) is passed."""
+    return list(_split_texts(cfg.model_dump_json(), "train" if split == "train" else "eval"))
+
+
+@lru_cache(maxsize=4)
+def _split_texts(cfg_json: str, split: str) -> tuple[str, ...]:
+    cfg = LMConfig.model_validate_json(cfg_json)
+    held = split != "train"
+    texts: list[str] = []
+    n = 0
+    for path, rel in list_files(cfg):
+        if _held_out(rel, cfg.eval_fraction) != held:
+            continue
+        for text in _texts_of(path, cfg.text_field):
+            texts.append(text)
+            n += len(text.encode("utf-8")) + 1
+        if n >= cfg.max_bytes:
+            break
+    if not texts:
+        raise ZooError(f"the '{split}' split of the corpus is empty",
+                       "add more files or raise eval_fraction" if held else "add files to task.config.paths")
+    return tuple(texts)
+
+
 def load_split(cfg: LMConfig, split: str) -> np.ndarray:
     """All documents of a split as one uint16 token array (bytes, `<eos>` between documents)."""
     return _load_split(cfg.model_dump_json(), "train" if split == "train" else "eval")
@@ -103,23 +128,10 @@ def load_split(cfg: LMConfig, split: str) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _load_split(cfg_json: str, split: str) -> np.ndarray:
-    cfg = LMConfig.model_validate_json(cfg_json)
-    held = split != "train"
     parts: list[np.ndarray] = []
-    n = 0
-    for path, rel in list_files(cfg):
-        if _held_out(rel, cfg.eval_fraction) != held:
-            continue
-        for text in _texts_of(path, cfg.text_field):
-            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-            parts.append(data)
-            parts.append(np.array([EOS], dtype=np.uint16))
-            n += data.size + 1
-        if n >= cfg.max_bytes:
-            break
-    if not parts:
-        raise ZooError(f"the '{split}' split of the corpus is empty",
-                       "add more files or raise eval_fraction" if held else "add files to task.config.paths")
+    for text in _split_texts(cfg_json, split):
+        parts.append(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16))
+        parts.append(np.array([EOS], dtype=np.uint16))
     return np.concatenate(parts)
 
 
