@@ -253,3 +253,58 @@ def test_length_past_the_maximum_on_the_cli_is_one_line(llama_dir, tmp_path, cap
     rc, out, err = run_cli(capsys, "hashhop", "eval", "--hf", str(llama_dir), "--n-chars", "3000", "--hops", "1",
                            "--samples", "1", "--device", "cpu", "--root", str(tmp_path))
     assert rc == 0 and "n/a" in out and "runs at most 512" in out, out + err
+
+
+SPEC = """
+name = "hf-beside-zoo"
+mixers = ["nope"]
+
+[model]
+d_model = 16
+n_layers = 1
+
+[task]
+name = "hashhop"
+config = {{ hops = [1], hash_len = 6 }}
+
+[train]
+steps = 2
+seq_len = 128
+batch_size = 2
+
+[eval.hashhop]
+n_chars = [200, 400]
+hops = [1]
+samples = 2
+queries = 2
+hash_len = 6
+
+[hf.tiny-llama]
+name = "{path}"
+dtype = "float32"
+"""
+
+
+def test_a_spec_lists_an_hf_model_and_the_report_draws_it_beside_zoo_runs(llama_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("jinja2")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.format(path=llama_dir))
+    root, out = tmp_path / "store", tmp_path / "report"
+    rc, _, err = run_cli(capsys, "compare", str(spec), "--root", str(root), "--device", "cpu")
+    assert rc == 0, err
+    store = Store(root)
+    (hf_run,) = store.runs(kind="hf")
+    (zoo_run,) = store.runs(kind="train")
+    assert hf_run["config"]["label"] == "tiny-llama" and hf_run["config"]["experiment"] == "hf-beside-zoo"
+    assert {r["n_chars"] for r in store.results(hf_run["id"], "hashhop")} == {200, 400}
+    rc, _, err = run_cli(capsys, "report", str(spec), "--root", str(root), "--out", str(out), "--no-pdf")
+    assert rc == 0, err
+    html = (out / "index.html").read_text()
+    assert "tiny-llama" in html and "nope" in html
+    curves = (out / "data" / "hashhop_curves.csv").read_text().splitlines()
+    assert sum(line.startswith(f"tiny-llama,{hf_run['id']},") for line in curves) == 2
+    assert sum(line.startswith(f"nope,{zoo_run['id']},") for line in curves) == 2
+    # the model is evaluated once: a second compare finds its rows stored
+    rc, _, err = run_cli(capsys, "compare", str(spec), "--root", str(root), "--device", "cpu")
+    assert rc == 0 and len(store.results(hf_run["id"], "hashhop")) == 2
