@@ -342,6 +342,12 @@ class Trainer:
         model = build_model(self.run.model, cfg.seed).to(self.device)
         self.n_params = model.num_params()
         task = get_task(self.run.task.name, self.run.task.config)
+        need = getattr(task, "vocab_size", None)  # a task with a real tokenizer (lm)
+        if need is not None and need > self.run.model.vocab_size:
+            raise ZooError(f"the task's tokenizer has {need} tokens, the model's vocab_size is "
+                           f"{self.run.model.vocab_size}", f"set model.vocab_size = {need}")
+        if hasattr(task, "save_with_run") and self.dist.main:
+            task.save_with_run(self.run_dir)
         last = ckpt.latest_checkpoint(self.run_dir)
         if last is not None:  # full weights, before any sharding: a checkpoint fits any number of GPUs
             ckpt.load_weights(model, last, self.device)
