@@ -170,6 +170,9 @@ def test_chunked_through_the_cache_equals_one_forward(kind, tokenizer, tmp_path,
         full = hf.model(input_ids=ids).logits
         chunked = torch.cat([lg for _, lg in hf.iter_logits(ids, chunk_size=7)], dim=1)
     torch.testing.assert_close(chunked, full, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # logits at chosen positions only (`logits_to_keep` where the model takes it)
+        kept = hf.forward(ids[:, :20], hf.new_state(), [3, 7, 19])
+    torch.testing.assert_close(kept, full[:, [3, 7, 19]], atol=1e-4, rtol=1e-4)
     sample = generate(200, 2, 2, 6, False, seed=3)
     a = score_sample(hf, sample, chunk_size=6, greedy=True)
     b = score_sample(hf, sample, chunk_size=1 << 20, greedy=True)
@@ -301,7 +304,7 @@ def test_a_spec_lists_an_hf_model_and_the_report_draws_it_beside_zoo_runs(llama_
     rc, _, err = run_cli(capsys, "report", str(spec), "--root", str(root), "--out", str(out), "--no-pdf")
     assert rc == 0, err
     html = (out / "index.html").read_text()
-    assert "tiny-llama" in html and "nope" in html
+    assert "tiny-llama" in html and "nope" in html and f"{llama_dir} (revision default, float32)" in html
     curves = (out / "data" / "hashhop_curves.csv").read_text().splitlines()
     assert sum(line.startswith(f"tiny-llama,{hf_run['id']},") for line in curves) == 2
     assert sum(line.startswith(f"nope,{zoo_run['id']},") for line in curves) == 2

@@ -73,6 +73,7 @@ def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None,
     results["run_id"] = run_id
     console.print(results_table(results))
     new = store.add_results(run_id, "hashhop", [{**c, "label": ref.label()} for c in results["cells"]])
+    store.set_status(run_id, "done")
     console.print(f"{new} new result rows for {ref.name} (run {run_id}, kind hf) in [bold]{store.path}[/]")
     out = out or store.run_dir(run_id) / "hashhop_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,7 @@ def ppl(ref, lengths: list[int] | None, text: list[str] | None, text_field: str,
         eid = config_id({"kind": "ppl", "settings": settings})
         store.add_results(run_id, "ppl", [{**r, "eval_id": eid, "label": ref.label(),
                                            "tokenizer": hf.tokenizer_name()} for r in rows])
+    store.set_status(run_id, "done")
     return run_id, rows
 
 

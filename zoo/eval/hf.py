@@ -159,6 +159,7 @@ class HFModel:
     max_length: int | None
     cache_arg: str | None
     chunked: bool = True                     # the cache continues multi-token chunks exactly
+    keeps_logits: bool = False               # forward takes `logits_to_keep`
     source: dict[str, Any] = field(default_factory=dict)  # resolved commit or local fingerprint
 
     # -- the model interface of zoo.eval.ppl (`iter_logits`, `parameters`, `eval`) ----------------
@@ -172,18 +173,23 @@ class HFModel:
     def new_state(self) -> dict[str, Any]:
         return {"cache": None, "seen": 0, "tokens": None}
 
-    def forward(self, ids: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        """Logits `[B, l, V]` of tokens `[B, l]` after what `state` has seen; updates `state`."""
+    def forward(self, ids: torch.Tensor, state: dict[str, Any], keep: list[int] | None = None) -> torch.Tensor:
+        """Logits `[B, l, V]` of tokens `[B, l]` after what `state` has seen (`[B, len(keep), V]`: only
+        at positions `keep` of the chunk, where the model projects only those); updates `state`."""
         end = state["seen"] + ids.shape[1]
         if self.max_length is not None and end > self.max_length:
             raise LengthError(f"needs {end} tokens, {self.ref.name} runs at most {self.max_length} "
                               "(max_position_embeddings)", "pass a RoPE scaling override to go past it")
+        kw: dict[str, Any] = {}
+        if keep is not None and self.keeps_logits:  # a [l, V] projection per chunk is most of the memory
+            kw["logits_to_keep"] = torch.tensor(keep, dtype=torch.long, device=ids.device) if keep else 1
         if state["tokens"] is not None:  # no usable cache: recompute from the start
             full = torch.cat([state["tokens"], ids], dim=1)
             logits = self.model(input_ids=full).logits[:, -ids.shape[1]:]
-            state["tokens"] = full
+            state["tokens"], kw = full, {}
         else:
-            kw = {self.cache_arg: state["cache"]} if self.cache_arg and state["cache"] is not None else {}
+            if self.cache_arg and state["cache"] is not None:
+                kw[self.cache_arg] = state["cache"]
             out = self.model(input_ids=ids, use_cache=True, **kw)
             cache = getattr(out, self.cache_arg, None) if self.cache_arg else None
             if cache is None:
@@ -192,7 +198,12 @@ class HFModel:
                     raise ZooError(f"{self.ref.name} returned no cache to continue from")
             state["cache"] = cache
             logits = out.logits
-        if logits.shape[:2] != ids.shape:
+        if keep is not None and "logits_to_keep" not in kw:
+            logits = logits[:, keep]
+        elif keep == []:
+            logits = logits[:, :0]
+        want = (ids.shape[0], ids.shape[1] if keep is None else len(keep))
+        if tuple(logits.shape[:2]) != want:
             raise ZooError(f"{type(self.model).__name__} returned logits of shape {tuple(logits.shape)} for "
                            f"tokens of shape {tuple(ids.shape)}", "a bug of the model's implementation")
         state["seen"] = end
@@ -278,15 +289,20 @@ def load_hf(ref: HFModelRef, device: torch.device) -> HFModel:
         ref = ref.model_copy(update={"dtype": loaded})
     source = {"commit": getattr(config, "_commit_hash", None)} if not local.exists() else \
         {"fingerprint": fingerprint(local)}
-    hf = HFModel(model, tokenizer, ref, device, max_length, _cache_arg(model), source=source)
+    hf = HFModel(model, tokenizer, ref, device, max_length, _cache_arg(model), source=source,
+                 keeps_logits="logits_to_keep" in _forward_params(model))
     hf.chunked = hf.cache_arg is not None and _continues_chunks(hf)
     return hf
 
 
-def _cache_arg(model: Any) -> str | None:
+def _forward_params(model: Any) -> set[str]:
     import inspect
 
-    params = inspect.signature(model.forward).parameters
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _cache_arg(model: Any) -> str | None:
+    params = _forward_params(model)
     return next((k for k in CACHE_ARGS if k in params), None)
 
 
@@ -294,7 +310,7 @@ def _cache_arg(model: Any) -> str | None:
 def _continues_chunks(hf: HFModel, n: int = 12) -> bool:
     """Whether chunks of several tokens through the cache give the full forward's logits."""
     g = torch.Generator().manual_seed(0)
-    vocab = hf.model.get_output_embeddings().weight.shape[0]
+    vocab = min(getattr(hf.model.config, "vocab_size", None) or len(hf.tokenizer), len(hf.tokenizer))
     ids = torch.randint(0, vocab, (1, n), generator=g).to(hf.device)
     try:
         full = hf.model(input_ids=ids).logits.float()
@@ -344,10 +360,15 @@ def encode_sample(tokenizer: Any, sample: HashHopSample) -> tuple[list[int], lis
     return ids, out
 
 
-@torch.no_grad()
 def score_sample(hf: HFModel, sample: HashHopSample, chunk_size: int, greedy: bool = False) -> list[QueryScore]:
     """Teacher-forced (and with `greedy`, greedily decoded) scores of every query of one sample."""
-    ids, ans = encode_sample(hf.tokenizer, sample)
+    return score_encoded(hf, *encode_sample(hf.tokenizer, sample), chunk_size, greedy)
+
+
+@torch.no_grad()
+def score_encoded(hf: HFModel, ids: list[int], ans: list[AnswerTokens], chunk_size: int,
+                  greedy: bool = False) -> list[QueryScore]:
+    """`score_sample` on a sample already tokenized by `encode_sample`."""
     tokens = torch.tensor([ids], dtype=torch.long, device=hf.device)
     fed = max(a.t1 for a in ans) - 1  # the last scored token is predicted at fed - 1
     want = sorted({t - 1 for a in ans for t in range(a.t0, a.t1)})
@@ -359,10 +380,10 @@ def score_sample(hf: HFModel, sample: HashHopSample, chunk_size: int, greedy: bo
     decoded: dict[int, str] = {}
     state = hf.new_state()
     for s, e in zip(bounds, bounds[1:]):
-        logits = hf.forward(tokens[:, s:e], state)
         pos = [p for p in want if s <= p < e]
+        logits = hf.forward(tokens[:, s:e], state, [p - s for p in pos] + ([e - s - 1] if e in cuts else []))
         if pos:
-            lg = logits[0, torch.tensor(pos, device=hf.device) - s].float()
+            lg = logits[0, :len(pos)].float()
             gold = tokens[0, torch.tensor(pos, device=hf.device) + 1]
             lp = lg.log_softmax(-1)
             for p, g, a, n in zip(pos, gold.tolist(), lg.argmax(-1).tolist(),
@@ -378,7 +399,7 @@ def score_sample(hf: HFModel, sample: HashHopSample, chunk_size: int, greedy: bo
         if greedy:
             if a.t0 not in decoded:  # the cache cannot continue chunks: a fresh forward of the prefix
                 st = hf.new_state()
-                decoded[a.t0] = _greedy(hf, st, hf.forward(tokens[:, :a.t0], st)[:, -1], a)
+                decoded[a.t0] = _greedy(hf, st, hf.forward(tokens[:, :a.t0], st, [a.t0 - 1])[:, -1], a)
             sc.greedy_text = decoded[a.t0]
             sc.greedy = sc.greedy_text == a.target + "'"
         out.append(sc)
@@ -415,8 +436,8 @@ def evaluate_hf(hf: HFModel, grid: HashHopGrid, on_sample: Callable[[int], None]
     seconds: list[float] = []
     for n_chars, hops, cot in grid.cells():
         t0 = time.perf_counter()
-        samples = list(grid.cell_samples(n_chars, hops, cot))
-        lengths = [len(hf.tokenizer(s.text, add_special_tokens=True)["input_ids"]) for s in samples]
+        encoded = [encode_sample(hf.tokenizer, s) for s in grid.cell_samples(n_chars, hops, cot)]
+        lengths = [len(ids) for ids, _ in encoded]
         cell: dict[str, Any] = {"length": max(lengths), "n_chars": n_chars, "hops": hops, "cot": cot,
                                 "hash_len": grid.hash_len, "queries": grid.queries, "samples": grid.samples,
                                 "seed": grid.seed, "split": grid.split, "tokens_mean": sum(lengths) / len(lengths),
@@ -425,12 +446,12 @@ def evaluate_hf(hf: HFModel, grid: HashHopGrid, on_sample: Callable[[int], None]
             cell.update(status="n/a", reason=f"needs {max(lengths)} tokens, {hf.ref.name} runs at most "
                                              f"{hf.max_length} (max_position_embeddings)")
             if on_sample:
-                on_sample(len(samples))
+                on_sample(len(encoded))
         else:
             scores: list[QueryScore] = []
             try:
-                for i, s in enumerate(samples):
-                    scores += score_sample(hf, s, chunk, greedy=i < grid.greedy_samples)
+                for i, (ids, ans) in enumerate(encoded):
+                    scores += score_encoded(hf, ids, ans, chunk, greedy=i < grid.greedy_samples)
                     if on_sample:
                         on_sample(1)
             except LengthError as e:
@@ -464,15 +485,17 @@ def evaluate_ppl_hf(hf: HFModel, texts: list[str], lengths: list[int], **kw: Any
 
 # -- the store --------------------------------------------------------------------------------------
 
-def record_run(store: Any, hf: HFModel, label: str | None = None, experiment: str | None = None) -> str:
-    """The model as a run of kind "hf" in the store (idempotent); returns its run id."""
+def record_run(store: Any, hf: HFModel, label: str | None = None, experiment: str | None = None,
+               status: str = "running") -> str:
+    """The model as a run of kind "hf" in the store (idempotent; "done" once its evaluation is
+    stored); returns its run id."""
     from zoo.store import provenance
 
     cfg = hf.ref.run_config(label)
     if experiment:
         cfg["experiment"] = experiment
     info = hf.info()
-    store.upsert_run(hf.ref.run_id(), cfg, kind="hf", status="done",
+    store.upsert_run(hf.ref.run_id(), cfg, kind="hf", status=status,
                      provenance=provenance(device=hf.device, transformers=_transformers().__version__,
                                            tokenizer=info["tokenizer"], **hf.source),
                      summary={"params": info["params"], "max_length": hf.max_length, "dtype": info["dtype"],

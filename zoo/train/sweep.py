@@ -282,6 +282,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
                 store.add_results(rid, kind, [{**r, "eval_id": eid, "label": label} for r in rows])
                 if console is not None:
                     console.print(f"  [dim]{kind} {label}: {len(rows)} rows[/]")
+            store.set_status(rid, "done")
             status[label] = "ok"
         except ZooError as e:
             store.upsert_run(rid, ref.run_config(label), kind="hf", status="failed", reason=str(e))
