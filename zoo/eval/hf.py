@@ -10,10 +10,11 @@ once, with character offsets. A query's scored tokens are the tokens of that one
 tokenization that overlap the answer's characters (the target and its closing quote):
 exactly the tokens the model would produce after the prompt if it wrote the answer in
 its own tokenization. Where the tokenizer merges the answer's first character with what
-precedes it (Llama 3's pre-tokenizer makes `'QKEy` one token), the merged token is scored
-and the context ends before it; characters merged in after the answer (a closing quote
-joined with its newline) are scored with it. Scoring tokens of a separately tokenized
-answer instead would ask for a tokenization the model never saw in training.
+precedes it (a pre-tokenizer that joins one punctuation character to the letters after
+it), the merged token is scored and the context ends before it; characters merged in
+after the answer are scored with it (Llama 3 writes the closing quote and its newline as
+one token). Tokenizing the answer apart from the prompt instead would score a
+tokenization the model never sees in running text.
 
 - teacher-forced exact match: every scored token is the argmax given the gold prefix;
   `chars`/`char_accuracy` of the rows count these tokens (`answer_unit` = "token").
