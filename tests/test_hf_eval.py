@@ -36,20 +36,25 @@ CPU = torch.device("cpu")
 GRID = dict(n_chars=[200], hops=[1, 2], cot=[False, True], samples=2, queries=2, hash_len=6, greedy_samples=1)
 
 
-def bpe(merge_quote: bool = False) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on HashHop text. `merge_quote` pre-tokenizes like Llama 3 (one
-    punctuation character joins the letters after it), so an answer's opening quote and its
-    first letters become one token."""
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QUOTE_LETTER = r"[^\s\p{L}\p{N}]?[\p{L}\p{N}]+|\s+|[^\s\p{L}\p{N}]+"
+
+
+def bpe(style: str = "gpt2") -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on HashHop text, pre-tokenized as GPT-2 does, as Llama 3 does
+    (the closing quote and its newline become one token), or with one punctuation character
+    joined to the letters after it ("quote-letter": the opening quote joins the answer)."""
     tok = Tokenizer(models.BPE())
-    if merge_quote:
-        split = pre_tokenizers.Split(Regex(r"[^\s\p{L}\p{N}]?[\p{L}\p{N}]+|\s+|[^\s\p{L}\p{N}]+"), "isolated")
+    if style == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        split = pre_tokenizers.Split(Regex(LLAMA3 if style == "llama3" else QUOTE_LETTER), "isolated")
         tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                                      use_regex=False)])
-    else:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     texts = [generate(400, 3, 2, 6, cot, seed=s).text for s in range(6) for cot in (False, True)]
-    if merge_quote:  # enough quoted words that a quote and a letter are a learned merge
+    if style == "quote-letter":  # enough quoted words that a quote and a letter are a learned merge
         texts += [" ".join(f"'{chr(c)}" for c in (*range(65, 91), *range(97, 123)))] * 20
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
@@ -115,14 +120,17 @@ def oracle_for(tok, grid: HashHopGrid, chunked: bool = True) -> HFModel:
                    chunked=chunked)
 
 
-@pytest.mark.parametrize("merge_quote", [False, True])
+@pytest.mark.parametrize("style", ["gpt2", "llama3", "quote-letter"])
 @pytest.mark.parametrize("chunk", [5, 1 << 20])
-def test_scripted_model_scores_one(merge_quote, chunk):
-    tok = bpe(merge_quote)
+def test_scripted_model_scores_one(style, chunk):
+    tok = bpe(style)
     grid = HashHopGrid(**GRID, chunk_size=chunk)
-    if merge_quote:  # the boundary case is really there: the opening quote is part of a scored token
-        _, ans = encode_sample(tok, next(grid.cell_samples(200, 1, False)))
+    ids, ans = encode_sample(tok, next(grid.cell_samples(200, 1, False)))
+    # the boundary cases are really there: a scored token reaches past the answer on one side
+    if style == "quote-letter":
         assert all(a.lead == "'" for a in ans)
+    if style == "llama3":
+        assert all(tok.convert_ids_to_tokens(ids[a.t1 - 1]) == "'Ċ" and a.lead == "" for a in ans)
     res = evaluate_hf(oracle_for(tok, grid, chunked=chunk < 100), grid)
     for c in res["cells"]:
         assert c["status"] == "ok" and c["accuracy"] == 1.0 and c["char_accuracy"] == 1.0, c
