@@ -319,3 +319,9 @@ def test_a_spec_lists_an_hf_model_and_the_report_draws_it_beside_zoo_runs(llama_
     # the model is evaluated once: a second compare finds its rows stored
     rc, _, err = run_cli(capsys, "compare", str(spec), "--root", str(root), "--device", "cpu")
     assert rc == 0 and len(store.results(hf_run["id"], "hashhop")) == 2
+    # a model that cannot load is a failed run with its reason, named in the output
+    spec.write_text(SPEC.format(path=llama_dir) + f'[hf.broken]\nname = "{tmp_path / "missing"}"\n')
+    rc, out, err = run_cli(capsys, "compare", str(spec), "--root", str(root), "--device", "cpu")
+    (broken,) = [r for r in store.runs(kind="hf") if r["config"]["label"] == "broken"]
+    assert broken["status"] == "failed" and "cannot load the Hugging Face model" in broken["reason"]
+    assert "1 run(s) failed" in out

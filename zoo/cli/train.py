@@ -202,6 +202,8 @@ def register(app: typer.Typer) -> None:
             console.print(plan_table(runs, store, f"plan of {spec.name}: {len(runs)} runs (dry run)"))
             total = sum(r.flops for r in runs)
             console.print(f"total estimated training FLOPs: {total:.3g}")
+            for label, ref in spec.hf.items():
+                console.print(f"and beside them: {label} = Hugging Face model {ref.name} (run {ref.run_id()})")
             return
         if launcher == "ray":
             from zoo.train.launch import run_ray
@@ -217,10 +219,17 @@ def register(app: typer.Typer) -> None:
         else:
             outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
                                       shard=shard, device=device, only=only or None)
+        hf_failed = []
+        if spec.hf and not only and (not shard or shard.startswith("0/")):  # once per experiment, here
+            from zoo.train.sweep import hf_evals
+
+            hf_status = hf_evals(spec, store, device, console)
+            hf_failed = [k for k, v in hf_status.items() if v not in ("ok", "cached")]
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
         failed = [o for o in outcomes if o.status == "failed"]
-        if failed:
-            console.print(f"[red]{len(failed)} run(s) failed[/] (see the status column; `zoo runs show RUN`)")
+        if failed or hf_failed:
+            console.print(f"[red]{len(failed) + len(hf_failed)} run(s) failed[/] (see the status column and the "
+                          "lines above; `zoo runs show RUN`)")
             raise typer.Exit(1)
 
     @app.command("ppl")

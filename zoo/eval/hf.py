@@ -255,6 +255,9 @@ def load_hf(ref: HFModelRef, device: torch.device) -> HFModel:
 
     kw: dict[str, Any] = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
     local = Path(ref.name).expanduser()
+    if not local.exists() and ref.name.startswith(("/", ".", "~")):  # a path, never a hub id
+        raise ZooError(f"cannot load the Hugging Face model '{ref.name}': no such directory",
+                       "pass a local directory written by save_pretrained, or a hub id such as Qwen/Qwen2.5-0.5B")
     if local.exists() and not (local / "config.json").is_file():
         raise ZooError(f"{ref.name} has no config.json", "pass a directory written by save_pretrained, or a hub id")
     try:

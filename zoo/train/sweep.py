@@ -235,8 +235,6 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
             console.print(f"[red]failed:[/] {out.reason}")
         out.seconds = time.time() - t0
         outcomes.append(out)
-    if spec.hf and only is None and run_ids is None and (not shard or shard.startswith("0/")):
-        hf_evals(spec, store, device, console)
     if spec.eval.bench is not None and runs:
         try:
             rid = bench_experiment(spec, runs, store, device, console)
@@ -266,7 +264,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
         if console is not None:
             console.rule(f"[bold]hf[/] {label} [dim]{rid} {ref.name}[/]")
         try:
-            hf = load_hf(ref, resolve_device(device or "auto"))
+            hf = load_hf(ref, resolve_device(device or TrainConfig(**spec.train).device))
             record_run(store, hf, label, spec.name)
             for kind, settings in todo.items():
                 eid = eval_id(kind, settings)
