@@ -28,7 +28,15 @@ from transformers import (  # noqa: E402
 
 from zoo.cli import main  # noqa: E402
 from zoo.eval.hashhop import HashHopGrid  # noqa: E402
-from zoo.eval.hf import HFModel, HFModelRef, encode_sample, evaluate_hf, load_hf, score_sample  # noqa: E402
+from zoo.eval.hf import (  # noqa: E402
+    HFModel,
+    HFModelRef,
+    encode_sample,
+    evaluate_hf,
+    evaluate_hf_file,
+    load_hf,
+    score_sample,
+)
 from zoo.store import Store  # noqa: E402
 from zoo.tasks.hashhop import generate  # noqa: E402
 
@@ -137,6 +145,18 @@ def test_scripted_model_scores_one(style, chunk):
         assert c["greedy_correct"] == c["greedy_n"] == 2
         if c["cot"]:
             assert c["hop_accuracy"] == [1.0] * c["hops"] and c["depth_reached"] == c["hops"]
+
+
+def test_samples_file_scores_like_the_grid(tokenizer, tmp_path):
+    """Samples from a JSON Lines file (the generator's format) go through the same scoring."""
+    samples = [generate(300, 2, hops, 6, cot, seed=i) for i, (hops, cot) in enumerate([(1, False), (2, True)] * 2)]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(s.to_json()) + "\n" for s in samples))
+    seqs = [tokenizer(s.text)["input_ids"] for s in samples]
+    hf = HFModel(Oracle(seqs, len(tokenizer)), tokenizer, HFModelRef(name="oracle"), CPU, None, "past_key_values")
+    res = evaluate_hf_file(hf, path, greedy_samples=1, chunk_size=9)
+    assert sorted((c["hops"], c["cot"], c["samples"]) for c in res["cells"]) == [(1, False, 2), (2, True, 2)]
+    assert all(c["accuracy"] == 1.0 and c["greedy_correct"] == 2 and c["source"] == str(path) for c in res["cells"])
 
 
 def test_a_model_one_token_off_scores_zero(tokenizer):

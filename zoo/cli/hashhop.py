@@ -221,16 +221,15 @@ def register(app: typer.Typer) -> None:
         if hf is not None:
             from zoo.cli import hf as hf_cli
 
-            if run is not None or untrained is not None or samples_file is not None:
-                raise ZooError("--hf evaluates a pretrained model alone",
-                               "leave out the run directory, --untrained and --samples-file")
+            if run is not None or untrained is not None:
+                raise ZooError("--hf evaluates a pretrained model alone", "leave out the run directory and --untrained")
             flags = {"n_chars": n_chars and parse_sizes(n_chars), "hops": hops and parse_ints(hops, "--hops"),
                      "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
                      "greedy_samples": greedy, "seed": seed, "chunk_size": chunk_size}
             grid = {**(spec_grid(spec) if spec is not None else {}),
                     **{k: v for k, v in flags.items() if v is not None}}
             ref = hf_cli.model_ref(hf, revision, dtype, trust_remote_code, parse_rope(rope_scaling, rope_factor))
-            return hf_cli.hashhop_eval(ref, grid, device, root, out)
+            return hf_cli.hashhop_eval(ref, grid, device, root, out, samples_file)
         import torch
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

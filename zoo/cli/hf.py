@@ -39,15 +39,17 @@ def load(ref, device: str):
     return load_hf(ref, resolve_device(device))
 
 
-def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None, out: Path | None) -> None:
-    """Evaluate `ref` over a HashHop grid; rows go to the store (run kind "hf") and a JSON file."""
+def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None, out: Path | None,
+                 samples_file: Path | None = None) -> None:
+    """Evaluate `ref` over a HashHop grid (or the samples of a file); rows go to the store (run
+    kind "hf") and a JSON file."""
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from zoo.cli import console, err_console
     from zoo.cli.hashhop import results_table
-    from zoo.eval.hashhop import HashHopGrid
-    from zoo.eval.hf import dumps, evaluate_hf, record_run
+    from zoo.eval.hashhop import HashHopGrid, read_samples
+    from zoo.eval.hf import dumps, evaluate_hf, evaluate_hf_file, record_run
     from zoo.store import Store
 
     try:
@@ -57,19 +59,28 @@ def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None,
         key = ".".join(str(p) for p in err["loc"])
         raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
                        f"fields: {', '.join(HashHopGrid.model_fields)}") from None
-    grid.check()
+    if samples_file is not None:
+        samples = read_samples(samples_file)
+        total = len(samples)
+    else:
+        grid.check()
+        total = grid.samples * len(grid.cells())
     hf = load(ref, device)
     store = Store(root)
     run_id = record_run(store, hf)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task("hashhop", total=grid.samples * len(grid.cells()))
+        task = bar.add_task("hashhop", total=total)
 
         def cell_done(c: dict[str, Any]) -> None:
             acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
             bar.update(task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
 
-        results = evaluate_hf(hf, grid, lambda k: bar.advance(task, k), cell_done)
+        if samples_file is not None:
+            results = evaluate_hf_file(hf, samples_file, grid.greedy_samples, grid.chunk_size or 8192,
+                                       lambda k: bar.advance(task, k))
+        else:
+            results = evaluate_hf(hf, grid, lambda k: bar.advance(task, k), cell_done)
     results["run_id"] = run_id
     console.print(results_table(results))
     new = store.add_results(run_id, "hashhop", [{**c, "label": ref.label()} for c in results["cells"]])

@@ -429,44 +429,72 @@ def _greedy(hf: HFModel, state: dict[str, Any], last: torch.Tensor, a: AnswerTok
         nxt = hf.forward(nxt[:, None], state)[:, -1].argmax(-1)
 
 
+def score_cell(hf: HFModel, samples: list[HashHopSample], hops: int, cot: bool, greedy_samples: int,
+               chunk_size: int, on_sample: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One cell's row: its samples tokenized once, scored one by one (the first `greedy_samples`
+    also greedily); "n/a" when its longest sample is past the model's maximum."""
+    encoded = [encode_sample(hf.tokenizer, s) for s in samples]
+    lengths = [len(ids) for ids, _ in encoded]
+    cell: dict[str, Any] = {"length": max(lengths), "tokens_mean": sum(lengths) / len(lengths),
+                            "answer_unit": "token", "tokenizer": hf.tokenizer_name()}
+    if hf.max_length is not None and max(lengths) > hf.max_length:
+        if on_sample:
+            on_sample(len(encoded))
+        return {**cell, "status": "n/a", "reason": f"needs {max(lengths)} tokens, {hf.ref.name} runs at most "
+                                                   f"{hf.max_length} (max_position_embeddings)"}
+    scores: list[QueryScore] = []
+    try:
+        for i, (ids, ans) in enumerate(encoded):
+            scores += score_encoded(hf, ids, ans, chunk_size, greedy=i < greedy_samples)
+            if on_sample:
+                on_sample(1)
+    except LengthError as e:
+        return {**cell, "status": "n/a", "reason": e.message}
+    return {**cell, "status": "ok", "reason": None, **summarize(scores, hops, cot)}
+
+
 def evaluate_hf(hf: HFModel, grid: HashHopGrid, on_sample: Callable[[int], None] | None = None,
                 on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every cell of `grid`, as `zoo.eval.hashhop.evaluate` returns them. A cell's `length` is its
     longest sample in the model's tokens; a cell past the model's maximum is "n/a"."""
     grid.check()
     hf.eval()
-    chunk = grid.chunk_size or 8192
     cells: list[dict[str, Any]] = []
     seconds: list[float] = []
     for n_chars, hops, cot in grid.cells():
         t0 = time.perf_counter()
-        encoded = [encode_sample(hf.tokenizer, s) for s in grid.cell_samples(n_chars, hops, cot)]
-        lengths = [len(ids) for ids, _ in encoded]
-        cell: dict[str, Any] = {"length": max(lengths), "n_chars": n_chars, "hops": hops, "cot": cot,
-                                "hash_len": grid.hash_len, "queries": grid.queries, "samples": grid.samples,
-                                "seed": grid.seed, "split": grid.split, "tokens_mean": sum(lengths) / len(lengths),
-                                "answer_unit": "token", "tokenizer": hf.tokenizer_name()}
-        if hf.max_length is not None and max(lengths) > hf.max_length:
-            cell.update(status="n/a", reason=f"needs {max(lengths)} tokens, {hf.ref.name} runs at most "
-                                             f"{hf.max_length} (max_position_embeddings)")
-            if on_sample:
-                on_sample(len(encoded))
-        else:
-            scores: list[QueryScore] = []
-            try:
-                for i, (ids, ans) in enumerate(encoded):
-                    scores += score_encoded(hf, ids, ans, chunk, greedy=i < grid.greedy_samples)
-                    if on_sample:
-                        on_sample(1)
-            except LengthError as e:
-                cell.update(status="n/a", reason=e.message)
-            else:
-                cell.update(status="ok", reason=None, **summarize(scores, hops, cot))
+        cell: dict[str, Any] = {"n_chars": n_chars, "hops": hops, "cot": cot, "hash_len": grid.hash_len,
+                                "queries": grid.queries, "samples": grid.samples, "seed": grid.seed,
+                                "split": grid.split}
+        cell.update(score_cell(hf, list(grid.cell_samples(n_chars, hops, cot)), hops, cot, grid.greedy_samples,
+                               grid.chunk_size or 8192, on_sample))
         cells.append(cell)
         seconds.append(time.perf_counter() - t0)
         if on_cell:
             on_cell(cell)
     return {"kind": "hashhop", "grid": grid.model_dump(), "model": hf.info(), "device": str(hf.device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells, "seconds": seconds}
+
+
+def evaluate_hf_file(hf: HFModel, path: Path, greedy_samples: int = 1, chunk_size: int = 8192,
+                     on_sample: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Samples from a JSON Lines file (ours or the original generator's), one cell per (text
+    length, hops, CoT) found in it, as `zoo.eval.hashhop.evaluate_file` groups them."""
+    from zoo.eval.hashhop import read_samples
+
+    hf.eval()
+    groups: dict[tuple[int, int, bool], list[HashHopSample]] = {}
+    for s in read_samples(path):
+        groups.setdefault((len(s.text), s.hops, s.cot), []).append(s)
+    cells: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for (_, hops, cot), group in sorted(groups.items()):
+        t0 = time.perf_counter()
+        cell = {"hops": hops, "cot": cot, "samples": len(group), "source": str(path)}
+        cell.update(score_cell(hf, group, hops, cot, greedy_samples, chunk_size, on_sample))
+        cells.append(cell)
+        seconds.append(time.perf_counter() - t0)
+    return {"kind": "hashhop", "source": str(path), "model": hf.info(), "device": str(hf.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cells": cells, "seconds": seconds}
 
 
