@@ -27,6 +27,7 @@ from transformers import (  # noqa: E402
 )
 
 from zoo.cli import main  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 from zoo.eval.hashhop import HashHopGrid  # noqa: E402
 from zoo.eval.hf import (  # noqa: E402
     HFModel,
@@ -225,6 +226,11 @@ def test_length_past_the_maximum_is_na_and_rope_override_lifts_it(tokenizer, tmp
     assert hf.model.config.rope_parameters["rope_type"] == "yarn"
     assert hf.model.config.rope_parameters["original_max_position_embeddings"] == 256 and hf.max_length == 1024
     assert all(c["status"] == "ok" for c in evaluate_hf(hf, grid)["cells"])
+    ids = torch.arange(60)[None] % len(tokenizer)
+    with torch.no_grad():  # the override reaches the rotary embedding: the same weights compute otherwise
+        plain = load_hf(HFModelRef(name=str(tmp_path)), CPU).model(input_ids=ids).logits
+        assert hf.model.model.rotary_emb.rope_type == "yarn"
+        assert (hf.model(input_ids=ids).logits - plain).abs().max() > 1e-5  # random weights: small, not zero
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -345,3 +351,21 @@ def test_a_spec_lists_an_hf_model_and_the_report_draws_it_beside_zoo_runs(llama_
     (broken,) = [r for r in store.runs(kind="hf") if r["config"]["label"] == "broken"]
     assert broken["status"] == "failed" and "cannot load the Hugging Face model" in broken["reason"]
     assert "1 run(s) failed" in out
+
+
+def test_rope_overrides_map_to_transformers_rope_parameters():
+    from zoo.eval.hf import rope_parameters
+    from zoo.eval.ppl import RopeScaling
+
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=1024)
+    theta = cfg.rope_parameters["rope_theta"]
+    pi, limit = rope_parameters(cfg, RopeScaling(method="pi", factor=4))
+    assert pi == {"rope_type": "linear", "rope_theta": theta, "factor": 4.0,
+                  "original_max_position_embeddings": 1024} and limit == 4096
+    ntk, _ = rope_parameters(cfg, RopeScaling(method="ntk", factor=4))
+    assert ntk["rope_type"] == "default" and ntk["rope_theta"] == pytest.approx(theta * 4 ** (16 / 14))
+    assert rope_parameters(cfg, RopeScaling(method="dynamic-ntk", factor=2))[0]["rope_type"] == "dynamic"
+    with pytest.raises(ZooError, match="has no RoPE parameters"):
+        rope_parameters(MambaConfig(), RopeScaling(method="yarn", factor=2))
+    with pytest.raises(ZooError, match="no transformers counterpart"):
+        rope_parameters(cfg, RopeScaling(method="rerope", factor=2))
