@@ -191,7 +191,9 @@ class HFModel:
         else:
             if self.cache_arg and state["cache"] is not None:
                 kw[self.cache_arg] = state["cache"]
-            out = self.model(input_ids=ids, use_cache=True, **kw)
+            if self.cache_arg:
+                kw["use_cache"] = True
+            out = self.model(input_ids=ids, **kw)
             cache = getattr(out, self.cache_arg, None) if self.cache_arg else None
             if cache is None:
                 state["tokens"] = ids if state["seen"] == 0 else None
@@ -412,19 +414,22 @@ def score_encoded(hf: HFModel, ids: list[int], ans: list[AnswerTokens], chunk_si
 
 def _greedy(hf: HFModel, state: dict[str, Any], last: torch.Tensor, a: AnswerTokens) -> str:
     """Argmax decoding from logits `[1, V]`; the text after `a.lead` up to its first quote
-    (what the model wrote as the answer), or all of it when the lead was not written."""
+    (what the model wrote as the answer), or all of it when the lead was not written. At most
+    one token per character of lead, answer and quote is decoded (every token writes one)."""
+    strip = a.lead[:1].isspace()  # SentencePiece decoders drop a leading space
+    lead = a.lead.lstrip() if strip else a.lead
     out: list[int] = []
     nxt = last.argmax(-1)
-    budget = (a.t1 - a.t0) + 8
     while True:
         out.append(int(nxt[0]))
         text = hf.tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if not text.startswith(a.lead[:len(text)]):
+        text = text.lstrip() if strip else text
+        if not text.startswith(lead[:len(text)]):
             return text
-        rest = text[len(a.lead):] if len(text) >= len(a.lead) else ""
+        rest = text[len(lead):] if len(text) >= len(lead) else ""
         if "'" in rest:
             return rest[:rest.index("'") + 1]
-        if len(out) >= budget:
+        if len(out) > len(a.lead) + len(a.target) + 1:
             return rest
         nxt = hf.forward(nxt[:, None], state)[:, -1].argmax(-1)
 
