@@ -271,6 +271,7 @@ def test_cli_end_to_end_stores_an_hf_run(llama_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("make,match", [
     (lambda d: d / "missing", "cannot load the Hugging Face model"),
+    (lambda d: "no-such-org/no-such-model", "couldn't find them in the cached files"),  # offline: not cached
     (lambda d: _no_lm_head(d), "has no causal language-model head"),
 ])
 def test_bad_model_is_one_line(make, match, tmp_path, capsys):
