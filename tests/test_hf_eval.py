@@ -55,18 +55,22 @@ def bpe(style: str = "gpt2") -> PreTrainedTokenizerFast:
     (the closing quote and its newline become one token), or with one punctuation character
     joined to the letters after it ("quote-letter": the opening quote joins the answer)."""
     tok = Tokenizer(models.BPE())
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     if style == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif style == "sentencepiece":  # words keep the space before them ("▁'Q"), which decoding drops at the start
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        alphabet = [chr(c) for c in range(32, 127)] + ["\n", "▁"]
     else:
         split = pre_tokenizers.Split(Regex(LLAMA3 if style == "llama3" else QUOTE_LETTER), "isolated")
         tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                                      use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
+    tok.decoder = decoders.Metaspace() if style == "sentencepiece" else decoders.ByteLevel()
     texts = [generate(400, 3, 2, 6, cot, seed=s).text for s in range(6) for cot in (False, True)]
-    if style == "quote-letter":  # enough quoted words that a quote and a letter are a learned merge
+    if style in ("quote-letter", "sentencepiece"):  # enough quoted words that quote and letter merge
         texts += [" ".join(f"'{chr(c)}" for c in (*range(65, 91), *range(97, 123)))] * 20
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+                                                       initial_alphabet=alphabet))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
@@ -129,7 +133,7 @@ def oracle_for(tok, grid: HashHopGrid, chunked: bool = True) -> HFModel:
                    chunked=chunked)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama3", "quote-letter"])
+@pytest.mark.parametrize("style", ["gpt2", "llama3", "quote-letter", "sentencepiece"])
 @pytest.mark.parametrize("chunk", [5, 1 << 20])
 def test_scripted_model_scores_one(style, chunk):
     tok = bpe(style)
@@ -138,6 +142,8 @@ def test_scripted_model_scores_one(style, chunk):
     # the boundary cases are really there: a scored token reaches past the answer on one side
     if style == "quote-letter":
         assert all(a.lead == "'" for a in ans)
+    if style == "sentencepiece":
+        assert all(a.lead == " '" for a in ans)
     if style == "llama3":
         assert all(tok.convert_ids_to_tokens(ids[a.t1 - 1]) == "'Ċ" and a.lead == "" for a in ans)
     res = evaluate_hf(oracle_for(tok, grid, chunked=chunk < 100), grid)
