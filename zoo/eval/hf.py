@@ -214,14 +214,28 @@ class HFModel:
 
     def iter_logits(self, tokens: torch.Tensor, chunk_size: int | None = None,
                     dtype: torch.dtype | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """`[B, L]` through the cache in chunks (one chunk where the cache cannot continue them)."""
+        """`[B, L]` through the cache in chunks (one chunk where the cache cannot continue them),
+        after the BOS token where the tokenizer starts text with one; yields (start, logits chunk)."""
+        bos = self.bos_id()
+        if bos is not None:
+            tokens = torch.cat([tokens.new_full((tokens.shape[0], 1), bos), tokens], dim=1)
         L = tokens.shape[1]
         starts = list(range(0, L, chunk_size if (chunk_size and self.chunked) else L))
         if len(starts) > 1 and L - starts[-1] == 1 and tokens.shape[0] > 1:
             starts.pop()  # transformers' RWKV mis-shapes one-token inputs of a batch > 1: no such last chunk
         state = self.new_state()
         for start, end in zip(starts, starts[1:] + [L]):
-            yield start, self.forward(tokens[:, start:end], state)
+            logits = self.forward(tokens[:, start:end], state)
+            if bos is None:
+                yield start, logits
+            else:  # the BOS position predicts the first token
+                yield (0, logits[:, 1:]) if start == 0 else (start - 1, logits)
+
+    def bos_id(self) -> int | None:
+        """The token the tokenizer puts before text (as the model saw documents start), or None."""
+        bos = self.tokenizer.bos_token_id
+        first = self.tokenizer("a", add_special_tokens=True)["input_ids"][:1]
+        return bos if bos is not None and first == [bos] else None
 
     def info(self) -> dict[str, Any]:
         return {"class": type(self.model).__name__, "max_length": self.max_length,
@@ -506,17 +520,19 @@ def evaluate_hf_file(hf: HFModel, path: Path, greedy_samples: int = 1, chunk_siz
 # -- perplexity vs length -----------------------------------------------------------------------------
 
 def evaluate_ppl_hf(hf: HFModel, texts: list[str], lengths: list[int], **kw: Any) -> list[dict[str, Any]]:
-    """`zoo.eval.ppl.evaluate_ppl` on `texts` in the model's tokens; lengths past the model's maximum
-    are "n/a" rows. Past-training rows are those beyond its own maximum (under a RoPE override)."""
+    """`zoo.eval.ppl.evaluate_ppl` on `texts` in the model's tokens, each window after the model's
+    BOS token where its tokenizer starts text with one; lengths past the model's maximum are "n/a"
+    rows. Past-training rows are those beyond its own maximum (under a RoPE override)."""
     from zoo.eval.ppl import evaluate_ppl
 
     native = max_positions(hf.model.config)  # before any override
-    fits = [L for L in sorted(set(lengths)) if hf.max_length is None or L <= hf.max_length]
+    extra = int(hf.bos_id() is not None)
+    fits = [L for L in sorted(set(lengths)) if hf.max_length is None or L + extra <= hf.max_length]
     rows = evaluate_ppl(hf, hf.encode_stream(texts), fits, native or max(lengths), **kw) if fits else []
     for L in sorted(set(lengths) - set(fits)):
         rows.append({"length": L, "scope": "all", "status": "n/a", "stride": kw.get("stride") or L,
-                     "reason": f"needs {L} tokens, {hf.ref.name} runs at most {hf.max_length} "
-                               "(max_position_embeddings)"})
+                     "reason": f"needs {L + extra} tokens{' with BOS' * extra}, {hf.ref.name} runs at most "
+                               f"{hf.max_length} (max_position_embeddings)"})
     return rows
 
 
