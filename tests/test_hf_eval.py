@@ -20,10 +20,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     LlamaConfig,
+    LlamaForCausalLM,
     Mamba2Config,
+    Mamba2ForCausalLM,
     MambaConfig,
+    MambaForCausalLM,
     PreTrainedTokenizerFast,
     RwkvConfig,
+    RwkvForCausalLM,
 )
 
 from zoo.cli import main  # noqa: E402
@@ -92,7 +96,9 @@ def tiny(kind: str, vocab: int):
         "rwkv": lambda: RwkvConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
                                    intermediate_size=64, context_length=1024),
     }[kind]()
-    return AutoModelForCausalLM.from_config(cfg).eval()
+    # transformers' own classes: importing fla (other tests do) registers its Triton Mamba and RWKV in the Auto maps
+    return {"llama": LlamaForCausalLM, "mamba": MambaForCausalLM, "mamba2": Mamba2ForCausalLM,
+            "rwkv": RwkvForCausalLM}[kind](cfg).eval()
 
 
 @pytest.fixture(scope="module")

@@ -277,8 +277,8 @@ def load_hf(ref: HFModelRef, device: torch.device) -> HFModel:
     if local.exists() and not (local / "config.json").is_file():
         raise ZooError(f"{ref.name} has no config.json", "pass a directory written by save_pretrained, or a hub id")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(local) if local.exists() else ref.name, **kw)
-    except (OSError, ValueError) as e:
+        config = _config(transformers, str(local) if local.exists() else ref.name, ref, kw)
+    except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ZooError(f"cannot load the Hugging Face model '{ref.name}': {first}",
                        "pass a local directory with config.json, or a hub id (network or the local hub cache)"
@@ -293,7 +293,7 @@ def load_hf(ref: HFModelRef, device: torch.device) -> HFModel:
         config.rope_parameters, max_length = rope_parameters(config, ref.rope_scaling)
     dtype = DTYPES.get(ref.dtype, "auto")
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        model = _model_class(transformers, config, ref).from_pretrained(
             str(local) if local.exists() else ref.name, config=config, dtype=dtype, **kw)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(local) if local.exists() else ref.name, **kw)
     except (OSError, ValueError) as e:
@@ -313,6 +313,32 @@ def load_hf(ref: HFModelRef, device: torch.device) -> HFModel:
                  keeps_logits="logits_to_keep" in _forward_params(model))
     hf.chunked = hf.cache_arg is not None and _continues_chunks(hf)
     return hf
+
+
+def _config(transformers: Any, where: str, ref: HFModelRef, kw: dict[str, Any]) -> Any:
+    """The checkpoint's config in transformers' own class for its model type, as AutoConfig maps
+    it before other libraries register theirs (importing fla replaces the Mamba and RWKV configs
+    and models with its own); the repository's own class where its code is trusted."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    raw, _ = transformers.PretrainedConfig.get_config_dict(where, **kw)
+    name = CONFIG_MAPPING_NAMES.get(raw.get("model_type", ""))
+    remote = ref.trust_remote_code and "AutoConfig" in (raw.get("auto_map") or {})
+    if name and not remote and hasattr(transformers, name):
+        return getattr(transformers, name).from_pretrained(where, **kw)
+    return transformers.AutoConfig.from_pretrained(where, **kw)
+
+
+def _model_class(transformers: Any, config: Any, ref: HFModelRef) -> Any:
+    """transformers' own causal-LM class for the config (see `_config`), or the repository's own
+    where its code is trusted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+    remote = ref.trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if name and not remote and hasattr(transformers, name):
+        return getattr(transformers, name)
+    return transformers.AutoModelForCausalLM
 
 
 def _forward_params(model: Any) -> set[str]:
@@ -552,7 +578,7 @@ def record_run(store: Any, hf: HFModel, label: str | None = None, experiment: st
                      provenance=provenance(device=hf.device, transformers=_transformers().__version__,
                                            tokenizer=info["tokenizer"], **hf.source),
                      summary={"params": info["params"], "max_length": hf.max_length, "dtype": info["dtype"],
-                              "model_class": info["class"], "chunked": hf.chunked})
+                              "model_class": f"{type(hf.model).__module__}.{info['class']}", "chunked": hf.chunked})
     return hf.ref.run_id()
 
 
