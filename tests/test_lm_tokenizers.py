@@ -58,12 +58,11 @@ def test_bpe_trained_on_the_corpus_is_stored_with_the_run(tmp_path, one_thread):
     assert task.vocab_size <= 600 and data.max() < task.vocab_size
     assert data.size < 0.5 * sum(len(t) for t in split_texts(task.config, "train"))  # words became tokens
 
-    small = RunConfig(model=ModelConfig(d_model=16, n_layers=1), task=TaskRef(name="lm", config=cfg),
-                      train=TrainConfig(steps=2, batch_size=2, seq_len=32, threads=1))
-    with pytest.raises(ZooError, match=f"set model.vocab_size = {task.vocab_size}"):
-        train(small, Store(tmp_path / "store"))
-
-    run = small.model_copy(update={"model": ModelConfig(d_model=16, n_layers=1, vocab_size=task.vocab_size)})
+    parts = {"task": TaskRef(name="lm", config=cfg), "train": TrainConfig(steps=2, batch_size=2, seq_len=32, threads=1)}
+    with pytest.raises(ValueError, match="smaller than"):  # a vocabulary that cannot embed the tokens
+        RunConfig(model=ModelConfig(d_model=16, n_layers=1, vocab_size=100), **parts)
+    run = RunConfig(model=ModelConfig(d_model=16, n_layers=1), **parts)
+    assert run.model.vocab_size == task.vocab_size  # unset: sized from the task's tokenizer
     res = train(run, Store(tmp_path / "store"))
     tok = Tokenizer.from_str((res.run_dir / "tokenizer.json").read_text())
     first = split_texts(task.config, "train")[0]
