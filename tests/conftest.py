@@ -1,5 +1,10 @@
+import os
+
 import pytest
 import torch
+
+# no test downloads: Hugging Face libraries read this when first imported, by whichever test that is
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

@@ -56,6 +56,15 @@ def test_import_zoo_imports_no_optional_kernel():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_hf_extra_is_imported_only_when_used():
+    """The CLI, specs and evaluators load; transformers, tokenizers and datasets wait for --hf."""
+    code = ("import sys, zoo, zoo.cli, zoo.spec, zoo.eval.hf, zoo.tasks.lm, zoo.train.sweep, zoo.report.load; "
+            "bad = [m for m in ('transformers', 'tokenizers', 'datasets') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 import pytest  # noqa: E402
 
 

@@ -19,6 +19,9 @@
     match_params = true                      # hold parameters equal across mixers
     [eval.hashhop]                           # evaluations run after training
     n_chars = [200, 800]
+    [hf]                                     # pretrained Hugging Face causal LMs, evaluated
+    qwen = "Qwen/Qwen2.5-0.5B"               #   beside the mixers (or tables: name, revision,
+                                             #   dtype, trust_remote_code, rope_scaling)
 
 Errors name the file, the key, the bad value and what is allowed. Parameter matching
 adjusts `d_model` (or `mlp_hidden`) of each mixer to the parameter count of the reference
@@ -39,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zoo.errors import ZooError
+from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
 from zoo.model import ModelConfig, ZooLM
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
@@ -166,6 +170,15 @@ class ExperimentSpec(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict, description="training settings (see TrainConfig)")
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    hf: dict[str, HFModelRef] = Field(default_factory=dict, description="pretrained Hugging Face causal LMs "
+                                      "evaluated beside the mixers: label -> hub id / directory, or a table")
+
+    @field_validator("hf", mode="before")
+    @classmethod
+    def _hf_short_form(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: {"name": x} if isinstance(x, str) else x for k, x in v.items()}
+        return v
 
     @field_validator("mixers", mode="before")
     @classmethod

@@ -219,11 +219,29 @@ def register(app: typer.Typer) -> None:
                                          help="evaluation-time RoPE scaling: pi, ntk, dynamic-ntk, yarn, rerope, "
                                               "leaky-rerope (RoPE models only)"),
         rope_factor: float = typer.Option(None, "--rope-factor", help="scale factor s of --rope-scaling"),
+        hf: str = typer.Option(None, "--hf", help="evaluate a Hugging Face causal LM (hub id or local directory) "
+                               "with its own tokenizer instead of a run"),
+        revision: str = typer.Option(None, "--revision", help="hub branch, tag or commit of --hf"),
+        dtype: str = typer.Option("auto", "--dtype", help="weights dtype of --hf: auto, float32, bfloat16, float16"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                               help="let --hf run its repository's own code"),
     ) -> None:
-        """Evaluate a trained run (or a fresh baseline) over a HashHop grid.
+        """Evaluate a trained run (or a fresh baseline, or a Hugging Face model) over a HashHop grid.
 
         Results go to the results store holding the run (or --root), each cell as it finishes (a
         stopped evaluation resumes at the next cell), and to a JSON file."""
+        if hf is not None:
+            from zoo.cli import hf as hf_cli
+
+            if run is not None or untrained is not None:
+                raise ZooError("--hf evaluates a pretrained model alone", "leave out the run directory and --untrained")
+            flags = {"n_chars": n_chars and parse_sizes(n_chars), "hops": hops and parse_ints(hops, "--hops"),
+                     "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
+                     "greedy_samples": greedy, "seed": seed, "chunk_size": chunk_size}
+            grid = {**(spec_grid(spec) if spec is not None else {}),
+                    **{k: v for k, v in flags.items() if v is not None}}
+            ref = hf_cli.model_ref(hf, revision, dtype, trust_remote_code, parse_rope(rope_scaling, rope_factor))
+            return hf_cli.hashhop_eval(ref, grid, device, root, out, samples_file)
         import torch
         from pydantic import ValidationError
 

@@ -248,6 +248,8 @@ def register(app: typer.Typer) -> None:
             console.print(plan_table(runs, store, f"plan of {spec.name}: {len(runs)} runs (dry run)"))
             total = sum(r.flops for r in runs)
             console.print(f"total estimated training FLOPs: {total:.3g}")
+            for label, ref in spec.hf.items():
+                console.print(f"and beside them: {label} = Hugging Face model {ref.name} (run {ref.run_id()})")
             return
         if launcher == "ray":
             from zoo.train.launch import run_ray
@@ -263,6 +265,12 @@ def register(app: typer.Typer) -> None:
         else:
             outcomes = run_experiment(spec, store, console=console, progress=progress, retry_failed=retry_failed,
                                       shard=shard, device=device, only=only or None)
+        hf_failed = []
+        if spec.hf and not only and (not shard or shard.startswith("0/")):  # once per experiment, here
+            from zoo.train.sweep import hf_evals
+
+            hf_status = hf_evals(spec, store, device, console)
+            hf_failed = [k for k, v in hf_status.items() if v not in ("ok", "cached")]
         console.print(summary_table(outcomes, store, f"{spec.name}: {len(outcomes)} runs ({store.root})"))
         for line in stale_warnings(outcomes, store):
             console.print(f"[yellow]warning:[/] {escape(line)}")
@@ -279,12 +287,15 @@ def register(app: typer.Typer) -> None:
         if busy:
             console.print(f"[yellow]{len(busy)} run(s) are being trained by another process:[/] "
                           f"{', '.join(o.planned.run_id for o in busy)} (run the command again once they finish)")
-        if failed or bad_evals or busy:
+        if hf_failed:
+            console.print(f"[red]{len(hf_failed)} pretrained model(s) failed:[/] {escape(', '.join(hf_failed))} "
+                          "(see the lines above)")
+        if failed or bad_evals or busy or hf_failed:
             raise typer.Exit(1)
 
     @app.command("ppl")
     def ppl_cmd(
-        run: str = typer.Argument(..., help="run id (or prefix) or a run / checkpoint directory"),
+        run: str = typer.Argument(None, help="run id (or prefix) or a run / checkpoint directory"),
         lengths: str = typer.Option(None, "--lengths", help="comma-separated lengths (default: 1..64 x training)"),
         multipliers: str = typer.Option("1,2,4,8,16,32,64", "--multipliers"),
         stride: int = typer.Option(None, "--stride"),
@@ -296,8 +307,32 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
         root: Path = typer.Option(None, "--root", help=ROOT_HELP),
         save: bool = typer.Option(True, "--save/--no-save", help="store the rows as results of kind 'ppl'"),
+        hf: str = typer.Option(None, "--hf", help="a Hugging Face causal LM (hub id or local directory) instead "
+                               "of a run, in its own tokens"),
+        revision: str = typer.Option(None, "--revision", help="hub branch, tag or commit of --hf"),
+        dtype: str = typer.Option("auto", "--dtype", help="weights dtype of --hf: auto, float32, bfloat16, float16"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                               help="let --hf run its repository's own code"),
+        text: list[str] = typer.Option(None, "--text", help="with --hf: text files or directories (default: the "
+                                       "lm task's corpus); its held-out split is read"),
+        text_field: str = typer.Option("text", "--text-field", help="JSON Lines key / Parquet column of --text"),
+        chunk_size: int = typer.Option(None, "--chunk-size", help="tokens per chunk through the caches"),
     ) -> None:
-        """Perplexity vs length of a trained lm run, optionally under an evaluation-time RoPE scaling."""
+        """Perplexity vs length of a trained lm run (or of a Hugging Face model), optionally under an
+        evaluation-time RoPE scaling."""
+        if hf is not None:
+            from zoo.cli import hf as hf_cli
+            from zoo.cli.hashhop import parse_rope, parse_sizes
+
+            if run is not None:
+                raise ZooError("give a run or --hf, not both")
+            ref = hf_cli.model_ref(hf, revision, dtype, trust_remote_code, parse_rope(rope_scaling, rope_factor))
+            run_id, rows = hf_cli.ppl(ref, lengths and parse_sizes(lengths), text, text_field, stride, windows,
+                                      buckets, chunk_size, device, root, save)
+            console.print(ppl_table(rows, f"perplexity vs length of {ref.label()} (run {run_id}, kind hf)"))
+            return
+        if run is None:
+            raise ZooError("give a run id or directory, or --hf NAME", "see `zoo ppl --help`")
         from pydantic import ValidationError
 
         from zoo.eval.ppl import PplEval, RopeScaling, evaluate_run
@@ -323,23 +358,27 @@ def register(app: typer.Typer) -> None:
         dev = resolve_device(device)
         model, cfg = load_model(path, dev)
         rows = evaluate_run(model, cfg, spec, rope)
-        t = Table(title=f"perplexity vs length of {run_id or path}"
-                  + (f" ({rope.method} x{rope.factor:g})" if rope else ""))
-        for c in ("length", "windows", "ppl", "bits/byte", "ppl past training length", "status"):
-            t.add_column(c, justify="right")
-        beyond = {r["length"]: r for r in rows if r.get("scope") == "beyond_train"}
-        for r in rows:
-            if r.get("scope") != "all":
-                continue
-            if r["status"] != "ok":
-                t.add_row(str(r["length"]), "-", "-", "-", "-", Text(str(r.get("reason", ""))))
-                continue
-            b = beyond.get(r["length"])
-            t.add_row(str(r["length"]), str(r["windows"]), f"{r['ppl']:.3f}", f"{r['bits_per_byte']:.3f}",
-                      f"{b['ppl']:.3f}" if b else "-", "ok")
-        console.print(t)
+        console.print(ppl_table(rows, f"perplexity vs length of {run_id or path}"
+                                + (f" ({rope.method} x{rope.factor:g})" if rope else "")))
         if save:
             rid = run_id or (path.name if (path / "config.json").is_file() else path.parent.parent.name)
             eid = config_id({"kind": "ppl", "settings": spec.model_dump(), "rope": rope.model_dump() if rope else None})
             store.add_results(rid, "ppl", [{**r, "eval_id": eid} for r in rows], replace=False)
             console.print(f"[dim]stored {len(rows)} rows as results of kind 'ppl' for run {rid}[/]")
+
+
+def ppl_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for c in ("length", "windows", "ppl", "bits/token", "ppl past training length", "status"):
+        t.add_column(c, justify="right")
+    beyond = {r["length"]: r for r in rows if r.get("scope") == "beyond_train"}
+    for r in rows:
+        if r.get("scope") != "all":
+            continue
+        if r["status"] != "ok":
+            t.add_row(str(r["length"]), "-", "-", "-", "-", Text(str(r.get("reason", ""))))
+            continue
+        b = beyond.get(r["length"])
+        t.add_row(str(r["length"]), str(r["windows"]), f"{r['ppl']:.3f}", f"{r['bits_per_byte']:.3f}",
+                  f"{b['ppl']:.3f}" if b else "-", "ok")
+    return t

@@ -21,6 +21,7 @@ from zoo.report.model import BenchPoint, Ceiling, HashHopCell, PplPoint, ReportD
 from zoo.store import Store
 
 STATE_LENGTHS = (8192, 2**20)
+DRAWN_KINDS = ("train", "hf")  # trained mixers, and pretrained models evaluated beside them
 
 
 def open_store(root: str | Path | None) -> Store:
@@ -112,23 +113,35 @@ def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str]
             runs.append(got if got is not None else {
                 "id": p.run_id, "kind": "train", "config": p.run.model_dump(mode="json"), "status": "pending",
                 "reason": "not trained yet", "provenance": {}, "summary": {"params": p.params}, "planned": True})
+        runs += hf_entries(store, spec_obj)
         source = f"experiment {spec_obj.name} ({spec_path})"
     elif run_ids:
         runs = [store.find_run(r) for r in run_ids]
         source = "runs " + ", ".join(r["id"] for r in runs)
     else:
-        runs = store.runs(kind="train")
+        runs = store.runs(kind="train") + store.runs(kind="hf")
         source = "every training run in the store"
     if where:
         tests = [parse_where(w) for w in where]
         runs = [r for r in runs if all(t(r) for t in tests)]
         source += " where " + " and ".join(where)
-    runs = [r for r in runs if r.get("kind", "train") == "train"]
+    runs = [r for r in runs if r.get("kind", "train") in DRAWN_KINDS]
     if not runs and spec is None and not run_ids and not where and store.runs(kind="bench"):
         return [], None, "bench runs only (no training runs in the store)"  # a speed-and-memory report
     if not runs:
         raise ZooError(f"no training runs match ({source})", "see `zoo runs list`")
     return runs, spec, source
+
+
+def hf_entries(store: Store, spec) -> list[dict]:
+    """The spec's pretrained Hugging Face models (`[hf.NAME]`), stored or placeholders."""
+    out = []
+    for label, ref in spec.hf.items():
+        got = store.get_run(ref.run_id())
+        out.append(got if got is not None else {
+            "id": ref.run_id(), "kind": "hf", "config": ref.run_config(label), "status": "pending",
+            "reason": "not evaluated yet", "provenance": {}, "summary": {}, "planned": True})
+    return out
 
 
 # -- reading rows -------------------------------------------------------------------------------

@@ -69,8 +69,13 @@ def mixer_cards(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[dict]
             rows.append((f"{pre}config", shown or "n/a (not recorded in the run config)"))
             rows.append((f"{pre}backends offered", ", ".join(b.name for b in spec.backends)))
         m = run.config.get("model", {})
-        rows.append(("model", f"d_model {m.get('d_model', 'n/a')}, {m.get('n_layers', 'n/a')} blocks, pattern "
-                              f"[{', '.join(m.get('layers', []))}]"))
+        hf = run.config.get("hf")
+        if hf:  # a pretrained Hugging Face model evaluated beside the mixers
+            rows.append(("pretrained", f"{hf.get('name')} (revision {hf.get('revision') or 'default'}, "
+                                       f"{hf.get('dtype')}), in its own tokens"))
+        else:
+            rows.append(("model", f"d_model {m.get('d_model', 'n/a')}, {m.get('n_layers', 'n/a')} blocks, pattern "
+                                  f"[{', '.join(m.get('layers', []))}]"))
         rows.append(("parameters", e.params.display))
         rows.append(("backends used", ", ".join(f"{k}: {v}" for k, v in sorted(run.backends.items()))
                      if run.backends else "n/a (not recorded)"))

@@ -247,6 +247,50 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
     return outcomes
 
 
+def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, console=None) -> dict[str, str]:
+    """The spec's Hugging Face models through its evaluations, each a run of kind "hf"; lengths
+    are in each model's own tokens. Returns label -> "ok", "cached" or why it failed."""
+    from zoo.eval.hashhop import HashHopGrid
+    from zoo.eval.hf import evaluate_hf, evaluate_ppl_hf, load_hf, record_run
+    from zoo.tasks.lm import LMConfig, split_texts
+    from zoo.train.config import TrainConfig
+
+    status: dict[str, str] = {}
+    todo = eval_settings(spec)
+    for label, ref in spec.hf.items():
+        rid = ref.run_id()
+        if store.get_run(rid) is not None and all(eval_done(store, rid, k, v) for k, v in todo.items()):
+            status[label] = "cached"
+            continue
+        if console is not None:
+            console.rule(f"[bold]hf[/] {label} [dim]{rid} {ref.name}[/]")
+        try:
+            hf = load_hf(ref, resolve_device(device or TrainConfig(**spec.train).device))
+            record_run(store, hf, label, spec.name)
+            for kind, settings in todo.items():
+                eid = eval_id(kind, settings)
+                if eval_done(store, rid, kind, settings):
+                    continue
+                if kind == "hashhop":
+                    rows = evaluate_hf(hf, HashHopGrid(**settings))["cells"]
+                else:
+                    texts = split_texts(LMConfig(**spec.task.config), settings.split)
+                    lengths = settings.resolve_lengths(TrainConfig(**spec.train).seq_len)
+                    rows = evaluate_ppl_hf(hf, texts, lengths, stride=settings.stride, windows=settings.windows,
+                                           buckets=settings.buckets, chunk_size=settings.chunk_size)
+                store.add_results(rid, kind, [{**r, "eval_id": eid, "label": label} for r in rows])
+                if console is not None:
+                    console.print(f"  [dim]{kind} {label}: {len(rows)} rows[/]")
+            store.set_status(rid, "done")
+            status[label] = "ok"
+        except ZooError as e:
+            store.upsert_run(rid, ref.run_config(label), kind="hf", status="failed", reason=str(e))
+            status[label] = str(e)
+            if console is not None:
+                console.print(f"[red]failed:[/] {e}")
+    return status
+
+
 def _point(p: PlannedRun) -> str:
     return " ".join(f"{k.split('.')[-1]}={v}" for k, v in p.point.items())
 

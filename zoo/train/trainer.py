@@ -478,6 +478,8 @@ class Trainer:
         model = self.model = build_model(self.run.model, cfg.seed).to(self.device)
         self.n_params = model.num_params()
         task = get_task(self.run.task.name, self.run.task.config)
+        if hasattr(task, "save_with_run") and self.dist.main:  # a real tokenizer goes with the run
+            task.save_with_run(self.run_dir)
         total = total_steps(cfg, lambda L: model.flops_per_token(L, training=True))
         # full weights, before any sharding: a checkpoint fits any number of GPUs. A damaged newest
         # checkpoint falls back to the one before it, with a warning.
