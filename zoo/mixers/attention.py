@@ -467,6 +467,20 @@ def _rotate_pair(q, k, cos_q, sin_q, cos_k, sin_k):
     return apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos_k, sin_k)
 
 
+@torch.library.custom_op("zoo::materialize", mutates_args=())
+def _materialize(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` that Inductor cannot see through: what computes `t` (RoPE's cos/sin tables,
+    `[L, Dh]`) runs once, as its own kernel, and the rotation that follows loads it. Without it
+    Inductor inlines the table into the rotation and recomputes pow, cos and sin for every
+    element of q and k, forward and backward (`[B, H, L, Dh]` instead of `[L, Dh]`)."""
+    return t.clone()
+
+
+@_materialize.register_fake
+def _(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
 @functools.lru_cache(maxsize=256)
 def _inv_freq(head_dim: int, method: str, base: float, factor: float, original_length: int, length: int | None,
               device: torch.device, inference: bool) -> torch.Tensor:
@@ -530,7 +544,9 @@ class Rotary(NoPositions):
         in. Reused across layers and steps while positions and frequencies are the same tensors."""
         m = yarn_attention_factor(self.factor) if self.method == "yarn" else None
         if torch.compiler.is_compiling():  # no id(): Dynamo would guard on these tensors' identity and
-            return self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
+            tables = self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
+            done: dict[int, torch.Tensor] = {}  # q and k at the same positions share their tables
+            return tuple(done.setdefault(id(t), _materialize(t) if not t.requires_grad else t) for t in tables)
         key = (id(pos_q), id(pos_k), id(inv_freq), m, self.scale_base)
         return _ROPE_TABLES.get(key, (pos_q, pos_k, inv_freq), lambda: self._tables(pos_q, pos_k, inv_freq, m))
 
