@@ -234,8 +234,14 @@ def test_cli_eval_baseline_and_trained_run(tmp_path, capsys):
     assert main(["hashhop", "eval", str(store.run_dir(rid)), "--n-chars", "train..200", "--hops", "1,2",
                  "--samples", "1", "--queries", "1", "--greedy", "0"]) == 0
     rows = store.results(run_id=rid, kind="hashhop")
+    # 'train' is the largest problem whose every cell fits the 100 training tokens: 3 chains of 11
+    # characters (the queries and the header take tokens too), not 100 characters
+    from zoo.eval.hashhop import HashHopGrid
+
+    train = HashHopGrid(n_chars=[1], hops=[1, 2], hash_len=4, queries=1).chars_for_tokens(100)
+    assert train == 33 and max(r["length"] for r in rows if r["n_chars"] == train) <= 100
     assert [(r["n_chars"], r["hops"], r["hash_len"], r["greedy_n"]) for r in rows] == [
-        (100, 1, 4, 0), (100, 2, 4, 0), (200, 1, 4, 0), (200, 2, 4, 0)]
+        (n, h, 4, 0) for n in (33, 66, 132, 200) for h in (1, 2)]
     assert (store.run_dir(rid) / "hashhop_eval.json").is_file()
     assert "teacher-forced" in capsys.readouterr().out
 

@@ -13,12 +13,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def _loss(model: ZooLM, tokens: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(tokens[:, :-1])
-    return F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:])
+    return F.cross_entropy(model(tokens[:, :-1]).transpose(1, 2), tokens[:, 1:])
 
 
-def test_compiled_hsa_model_matches_eager():
+def test_compiled_hsa_model_matches_eager(no_tf32):
+    # fp32: in bf16 the two graphs round differently and near-tied chunk scores can pick other chunks
     torch.manual_seed(0)
     hsa = {"n_heads": 4, "n_kv_heads": 1, "head_dim": 64, "chunk_size": 64, "top_k": 8, "window": 16}
     cfg = ModelConfig(d_model=256, n_layers=4, layers=["swa", "hsa"],
@@ -35,7 +34,7 @@ def test_compiled_hsa_model_matches_eager():
     compiled = _loss(torch.compile(model), tokens)
     compiled.backward()
     assert torch.isfinite(compiled)
-    assert abs(compiled.item() - eager.item()) <= 2e-2 * abs(eager.item())
+    assert abs(compiled.item() - eager.item()) <= 1e-4 * abs(eager.item()), (compiled.item(), eager.item())
     for n, p in model.named_parameters():
-        err = (p.grad.float() - ref[n].float()).norm() / ref[n].float().norm().clamp_min(1e-12)
-        assert err < 5e-2, f"{n}: relative gradient error {err:.3g}"
+        err = (p.grad - ref[n]).norm() / ref[n].norm().clamp_min(1e-12)
+        assert err < 1e-3, f"{n}: relative gradient error {err:.3g}"

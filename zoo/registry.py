@@ -199,6 +199,10 @@ def get_spec(name: str) -> MixerSpec:
     REGISTRY.ensure_loaded()
     spec = REGISTRY.specs.get(name)
     if spec is None:
+        broken = next((b for b in REGISTRY.broken if b["name"] == name), None)
+        if broken is not None:  # say why the plugin is missing, not that the name is unknown
+            raise UnknownMixerError(f"mixer '{name}' from {broken['package']} failed to import: {broken['error']}",
+                                    "fix or reinstall that package; `zoo mixers` lists the broken plugins")
         close = difflib.get_close_matches(name, list(REGISTRY.specs), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `zoo mixers`"
         raise UnknownMixerError(f"unknown mixer '{name}'", hint)

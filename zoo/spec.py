@@ -324,6 +324,33 @@ def _set_path(d: dict, path: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
+    """The evaluations run after training, by kind (bench runs once per experiment, apart)."""
+    out: dict[str, Any] = {}
+    if spec.eval.hashhop is not None:
+        out["hashhop"] = spec.eval.hashhop
+    if spec.eval.ppl is not None:
+        out["ppl"] = spec.eval.ppl
+    return out
+
+
+# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
+# hashhop 2: intervals by sample, with per-sample counts
+EVAL_VERSIONS = {"hashhop": 2}
+
+
+def eval_id(kind: str, settings: Any) -> str:
+    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats and
+    a report of the experiment reads exactly the rows its plan produced."""
+    from zoo.store import config_id
+
+    dumped = settings if isinstance(settings, dict) else settings.model_dump()
+    ident = {"kind": kind, "settings": dumped}
+    if EVAL_VERSIONS.get(kind, 1) != 1:
+        ident["version"] = EVAL_VERSIONS[kind]
+    return config_id(ident)
+
+
 # -- planning -------------------------------------------------------------------------------------
 
 @dataclass

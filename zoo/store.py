@@ -11,6 +11,11 @@ its normalized config (`config_id`), so the same run is never trained twice.
     store.log_metrics(rid, step, {"loss": 2.1, "lr": 3e-4})
     store.add_results(rid, "hashhop", [{"length": 1024, "hops": 2, "accuracy": 0.97}])
     store.results(kind="hashhop")        # rows as added, plus run_id and kind
+    store.add_members("smoke", [(rid, "rope", "train")])   # experiment membership, its own labels
+
+A run id leaves the label and the experiment out (the same config is one run, whichever
+spec asks for it), so membership lives in its own table: each experiment keeps its runs
+under its own labels.
 
 Several processes may write at once (parallel runs on several GPUs): every write is one
 `BEGIN IMMEDIATE` transaction, taken with a busy timeout and retried, so writers queue
@@ -77,6 +82,14 @@ CREATE TABLE IF NOT EXISTS results (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_run_kind ON results (run_id, kind);
+CREATE TABLE IF NOT EXISTS members (
+    experiment TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    label TEXT,
+    kind TEXT NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (experiment, run_id)
+);
 """
 
 
@@ -215,6 +228,16 @@ class Store:
         return ZooError(f"results store {self.path} is damaged ({e})",
                         f"run `zoo runs repair --root {self.root}`: it keeps a copy of the file and rebuilds "
                         "the store from what it can read and from the run directories")
+
+    @classmethod
+    def existing(cls, root: str | os.PathLike | None = None) -> Store:
+        """The store at `root` for a command that only reads: an error when there is none, rather
+        than creating an empty one wherever the command runs."""
+        path = Path(root) if root is not None else default_root()
+        if not (path / "zoo.db").is_file():
+            raise ZooError(f"no results store at {path} (no zoo.db)",
+                           "train something first (`zoo compare SPEC.toml`), or pass --root / set ZOO_ROOT")
+        return cls(path)
 
     # -- connections and transactions ---------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -400,6 +423,22 @@ class Store:
             out.append(d)
         return out
 
+    # -- experiments ------------------------------------------------------------------------
+    def add_members(self, experiment: str, members: list[tuple[str, str | None, str]]) -> None:
+        """Record (run id, label, kind) as part of `experiment`; a label given again is updated."""
+        now = time.time()
+        rows = [(experiment, rid, label, kind, now) for rid, label, kind in members]
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT INTO members (experiment, run_id, label, kind, added) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (experiment, run_id) DO UPDATE SET label = excluded.label, kind = excluded.kind", rows))
+
+    def members(self, experiment: str | None = None, run_id: str | None = None) -> list[dict]:
+        """Rows {experiment, run_id, label, kind}, in the order they were added."""
+        where, args = _where(experiment=experiment, run_id=run_id)
+        rows = self._read(f"SELECT experiment, run_id, label, kind FROM members{where} ORDER BY added, rowid", args)
+        return [{"experiment": e, "run_id": r, "label": lab, "kind": k} for e, r, lab, k in rows]
+
     # -- merging ---------------------------------------------------------------------------
     def import_db(self, other: str | os.PathLike, copy_files: bool = True) -> dict[str, Any]:
         """Merge another zoo.db (e.g. from a GPU machine) into this one without duplicates.
@@ -428,11 +467,14 @@ class Store:
             runs = src.execute(f"SELECT {_RUN_COLS} FROM runs").fetchall()
             metrics = src.execute("SELECT run_id, step, name, value FROM metrics").fetchall()
             results = src.execute("SELECT run_id, kind, row FROM results ORDER BY id").fetchall()
+            has_members = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'members'").fetchone()
+            members = src.execute("SELECT experiment, run_id, label, kind, added FROM members").fetchall() \
+                if has_members else []
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{other} is not a zoo results database: {e}") from None
         finally:
             src.close()
-        rejected = {"runs": 0, "metrics": 0, "results": 0}
+        rejected = {"runs": 0, "metrics": 0, "results": 0, "members": 0}
         good_runs = []
         for r in runs:
             if _valid_run_row(r):
@@ -478,6 +520,10 @@ class Store:
                           rs)
             n["results"] = c.total_changes - before
             n["conflicts"] = conflicts
+            ms_rows = [v for v in (_valid_member(m, keep) for m in members) if v is not None]
+            rejected["members"] = len(members) - len(ms_rows)
+            c.executemany("INSERT OR IGNORE INTO members (experiment, run_id, label, kind, added) "
+                          "VALUES (?, ?, ?, ?, ?)", ms_rows)
             return n
 
         counts = self._write(tx)
@@ -651,6 +697,19 @@ def _valid_result(rid: Any, kind: Any, row: Any, runs: set[str]) -> dict | None:
         return None
     obj = _json_object(row)
     return None if obj is None else json.loads(canonical_json(obj))
+
+
+def _valid_member(m: tuple, runs: set[str]) -> tuple | None:
+    experiment, rid, label, kind, added = m
+    if rid not in runs or not isinstance(kind, str) or KIND.fullmatch(kind) is None:
+        return None
+    if not isinstance(experiment, str) or not 0 < len(experiment) <= 256:
+        return None
+    if label is not None and not (isinstance(label, str) and len(label) <= 256):
+        return None
+    if not isinstance(added, (int, float)) or not math.isfinite(added):
+        return None
+    return experiment, rid, label, kind, float(added)
 
 
 def _links_and_specials(folder: str, names: list[str]) -> list[str]:

@@ -24,15 +24,17 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         mixers: str = typer.Option(None, "--mixers", help="comma-separated registry names (default: all)"),
-        seq_lens: str = typer.Option("1k,2k,4k,8k,16k,32k,64k,128k", "--seq-lens",
+        seq_lens: str = typer.Option(None, "--seq-lens",
                                      help="lengths, k/m suffixes, or a doubling range like 1k..128k; "
-                                          "lengths >= 1m run for linear mixers only"),
+                                          "lengths >= 1m run for linear mixers only "
+                                          "(default: 1k..128k on GPU, 256,1k,4k on CPU)"),
         long: bool = typer.Option(None, "--long/--no-long",
                                   help="add --long-lens for linear mixers, fwd and decode "
                                        "(default: on when --seq-lens reach 1m)"),
         long_lens: str = typer.Option("1m", "--long-lens", help="the long lengths"),
-        tokens_per_batch: str = typer.Option("128k", "--tokens-per-batch", help="batch = tokens // L (at least 1)"),
-        d_model: int = typer.Option(1024, "--d-model", help="layer width"),
+        tokens_per_batch: str = typer.Option(None, "--tokens-per-batch", help="batch = tokens // L (at least 1; "
+                                             "default 128k on GPU, 8k on CPU)"),
+        d_model: int = typer.Option(None, "--d-model", help="layer width (default 1024 on GPU, 256 on CPU)"),
         mode: str = typer.Option("fwd,fwdbwd,decode", "--mode", "--modes", help="any of fwd, fwdbwd, decode"),
         dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32"),
         device: str = typer.Option("auto", "--device", help="auto, cuda or cpu"),
@@ -75,9 +77,10 @@ def register(app: typer.Typer) -> None:
                 raise ZooError(f"unknown peer(s): {', '.join(unknown)}", f"known: all, none, {', '.join(peer_names())}")
         try:
             cfg = BenchConfig(
-                mixers=_names(mixers) or [], seq_lens=parse_sizes(seq_lens), long=long,
+                mixers=_names(mixers) or [], seq_lens=parse_sizes(seq_lens) if seq_lens else None, long=long,
                 long_lens=parse_sizes(long_lens),
-                tokens_per_batch=parse_size(tokens_per_batch), d_model=d_model, modes=modes, dtype=dtype,
+                tokens_per_batch=parse_size(tokens_per_batch) if tokens_per_batch else None, d_model=d_model,
+                modes=modes, dtype=dtype,
                 device=device, peers=peer_list, model=model, n_layers=n_layers, warmup=warmup, reps=reps,
                 point_budget_s=point_budget, max_call_s=max_call_s, budget_s=budget_s,
                 fill_chunk=parse_size(fill_chunk),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +194,16 @@ def register(app: typer.Typer) -> None:
 
     @hh.command("eval")
     def eval_cmd(
-        run: Path = typer.Argument(None, help="run directory or checkpoint directory of a trained model"),
+        run: str = typer.Argument(None, help="run id (or a unique prefix), run directory or checkpoint directory "
+                                  "of a trained model"),
         untrained: str = typer.Option(None, "--untrained", help="evaluate a fresh ZooLM with this model config "
                                       "(JSON, e.g. '{\"d_model\": 64}'): a baseline"),
         spec: Path = typer.Option(None, "--spec", help="experiment TOML whose [eval.hashhop] table is the grid"),
         samples_file: Path = typer.Option(None, "--samples-file", help="score samples from a JSON Lines file "
                                           "(ours or the original's) instead of generating"),
         n_chars: str = typer.Option(None, "--n-chars", help="sizes in characters: 1000,4k,1M or 4k..1M (doubling); "
-                                    "'train' is the run's training length, e.g. train..1M"),
+                                    "'train' is the largest problem that fits the run's training length "
+                                    "(in tokens), e.g. train..64k"),
         hops: str = typer.Option(None, "--hops", help="hop counts, e.g. 1,2"),
         cot: str = typer.Option(None, "--cot", help="false, true or both"),
         samples: int = typer.Option(None, "--samples", help="samples per cell"),
@@ -218,23 +222,29 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate a trained run (or a fresh baseline) over a HashHop grid.
 
-        Results go to the results store holding the run (or --root) and to a JSON file."""
+        Results go to the results store holding the run (or --root), each cell as it finishes (a
+        stopped evaluation resumes at the next cell), and to a JSON file."""
         import torch
         from pydantic import ValidationError
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from zoo.env import resolve_device
         from zoo.eval.hashhop import HashHopGrid, evaluate, evaluate_file, read_samples
         from zoo.model import ModelConfig, ZooLM
-        from zoo.store import config_id, provenance
+        from zoo.progress import Progress
+        from zoo.store import Store, config_id, provenance
         from zoo.train.checkpoint import load_model, resolve_checkpoint
+        from zoo.train.sweep import hashhop_eval
 
         if (run is None) == (untrained is None):
             raise ZooError("give either a run directory / checkpoint or --untrained MODEL_JSON")
         dev = resolve_device(device)
         if run is not None:
-            model, trained = load_model(run, dev)
-            run_dir = resolve_checkpoint(run).parent.parent
+            path = Path(run)
+            if not path.exists() and "/" not in run and os.sep not in run:  # a run id, as `zoo ppl` takes them
+                store = Store.existing(root)
+                path = store.root / "runs" / store.find_run(run)["id"]
+            model, trained = load_model(path, dev)
+            run_dir = resolve_checkpoint(path).parent.parent
             run_id, run_config = run_dir.name, None
         else:
             try:
@@ -262,14 +272,22 @@ def register(app: typer.Typer) -> None:
 
             apply_rope_scaling(model, rope.method, rope.factor, train_len)
         grid_dict.update(spec_grid(spec) if spec is not None else {})
-        flags = {"n_chars": n_chars and parse_sizes(n_chars, train_len), "hops": hops and parse_ints(hops, "--hops"),
+        flags = {"hops": hops and parse_ints(hops, "--hops"),
                  "cot": cot and parse_cot(cot), "samples": samples, "queries": queries, "hash_len": hash_len,
                  "greedy_samples": greedy, "seed": seed, "chunk_size": chunk_size}
         grid_dict.update({k: v for k, v in flags.items() if v is not None})
-        try:
-            grid = HashHopGrid(**grid_dict)
-        except ValidationError as e:
-            raise invalid(e, "bad HashHop grid setting", f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+
+        def make_grid(d: dict[str, Any]) -> HashHopGrid:
+            try:
+                return HashHopGrid(**d)
+            except ValidationError as e:
+                raise invalid(e, "bad HashHop grid setting", f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+
+        if n_chars:  # 'train': the largest problem of this grid that fits the training length in tokens
+            train_chars = make_grid({**grid_dict, "n_chars": [1]}).chars_for_tokens(train_len) \
+                if train_len and "train" in n_chars else None
+            grid_dict["n_chars"] = parse_sizes(n_chars, train_chars)
+        grid = make_grid(grid_dict)
 
         store = find_store(run_dir, root)
         if store is not None and run_config is None and store.get_run(run_id) is None:
@@ -280,31 +298,62 @@ def register(app: typer.Typer) -> None:
         else:
             grid.check()
             total = grid.samples * len(grid.cells())
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console) as bar:
-            bar_task = bar.add_task("hashhop", total=total)
+        with Progress(err_console, "hashhop", total, unit="samples") as bar:
 
             def advance(k: int) -> None:
-                bar.advance(bar_task, k)
+                bar.update(advance=k)
 
             def cell_done(c: dict[str, Any]) -> None:
                 acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
-                bar.update(bar_task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
+                bar.update(description=f"hashhop (last: {c['length']} tokens, {c['hops']} hops: {acc})")
 
             if samples_file is not None:
                 results = evaluate_file(model, samples_file, grid.greedy_samples,
                                         grid.chunk_size or model.config.chunk_size, dev, advance)
-            else:
+            elif store is None:
                 results = evaluate(model, grid, dev, advance, cell_done)
+            else:  # through the sweep's evaluator: each finished cell is stored before the next starts
+                if run_config is not None:  # a baseline becomes a run of its own
+                    store.upsert_run(run_id, run_config, kind="baseline", status="done",
+                                     provenance=provenance(model, dev))
+                # scaled evaluations are rows of their own, never merged with unscaled ones
+                tag = {"eval_id": config_id({"kind": "hashhop", "settings": grid.model_dump(),
+                                             "rope": rope.model_dump() if rope else None})}
+                if rope is not None:
+                    tag.update(rope_scaling=rope.method, rope_factor=rope.factor)
+                stored = [r for r in store.results(run_id, "hashhop") if r.get("eval_id") == tag["eval_id"]]
+                wanted = set(grid.cells())
+                cells = [r for r in stored if (r["n_chars"], r["hops"], r["cot"]) in wanted]
+                seconds = [0.0] * len(cells)
+                advance(grid.samples * len(cells))
+                clock = [time.perf_counter()]
+
+                def keep(rows: list[dict[str, Any]], note: str) -> None:
+                    store.add_results(run_id, "hashhop", [{**r, **tag} for r in rows])
+                    cells.extend(rows)
+                    seconds.append(time.perf_counter() - clock[0])
+                    clock[0] = time.perf_counter()
+                    cell_done(rows[-1])
+
+                hashhop_eval(model, trained, grid.model_dump(), dev, stored, keep, on_sample=advance)
+                order = {c: i for i, c in enumerate(grid.cells())}
+                ranked = sorted(zip(cells, seconds), key=lambda cs: order[(cs[0]["n_chars"], cs[0]["hops"],
+                                                                           cs[0]["cot"])])
+                results = {"kind": "hashhop", "grid": grid.model_dump(), "device": str(dev),
+                           "cells": [c for c, _ in ranked], "seconds": [t for _, t in ranked]}
+                if rope is not None:
+                    results["rope"] = rope.model_dump()
+                resumed = sum(t == 0.0 for t in seconds)
+                console.print(f"stored {len(cells) - resumed} cells for run {run_id} in "
+                              f"[bold]{escape(str(store.path))}[/]"
+                              + (f" ({resumed} were stored before)" if resumed else ""))
         results["run_id"] = run_id
         console.print(results_table(results))
-
-        if store is not None:
-            if run_config is not None:  # a baseline becomes a run of its own
-                store.upsert_run(run_id, run_config, kind="baseline", status="done",
-                                 provenance=provenance(model, dev))
+        if store is not None and samples_file is not None:
+            if run_config is not None:
+                store.upsert_run(run_id, run_config, kind="baseline", status="done", provenance=provenance(model, dev))
             rows = results["cells"]
-            if rope is not None:  # scaled evaluations are rows of their own, never merged with unscaled ones
+            if rope is not None:
                 rows = [{**c, "rope_scaling": rope.method, "rope_factor": rope.factor} for c in rows]
             new = store.add_results(run_id, "hashhop", rows)
             console.print(f"{new} new result rows for run {run_id} in [bold]{escape(str(store.path))}[/]")

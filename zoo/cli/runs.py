@@ -102,14 +102,23 @@ def register(app: typer.Typer) -> None:
 
         from zoo.store import Store
 
-        store = Store(root)
-        runs = [r for r in store.runs(kind=kind, status=None if status == "interrupted" else status)
-                if experiment is None or r["config"].get("experiment") == experiment]
+        try:
+            store = Store.existing(root)
+        except ZooError as e:  # nothing trained here yet: an empty list, and no directory made
+            console.print(f"no runs: {e.message}", markup=False, highlight=False)
+            return
+        runs = store.runs(kind=kind, status=None if status == "interrupted" else status)
+        labels: dict[str, str | None] = {}
+        if experiment is not None:  # the experiment's own runs and names, whichever spec trained a config first
+            labels = {m["run_id"]: m["label"] for m in store.members(experiment)}
+            runs = [r for r in runs if r["id"] in labels
+                    or (not labels and r["config"].get("experiment") == experiment)]  # a store from before members
         for r in runs:
             r["status"] = shown_status(store, r)
         if status == "interrupted":
             runs = [r for r in runs if r["status"] == "interrupted"]
-        t = Table(title=f"runs in {store.path} ({len(runs)})")
+        t = Table(title=Text(f"runs in {store.path}" + (f" of experiment {experiment}" if experiment else "")
+                             + f" ({len(runs)})"))
         for c in ("run", "experiment", "mixer", "status", "layers", "d_model", "params", "steps", "loss",
                   "eval acc", "updated"):
             t.add_column(c, no_wrap=c == "run", min_width=12 if c == "run" else None)
@@ -119,7 +128,8 @@ def register(app: typer.Typer) -> None:
             st = Text(str(r["status"]), style={"done": "green", "failed": "red", "running": "yellow",
                                                 "interrupted": "magenta"}.get(r["status"], ""))
             layers = m.get("layers") if isinstance(m.get("layers"), list) else []
-            t.add_row(Text(r["id"]), Text(str(c.get("experiment") or "-")), Text(str(c.get("label") or "-")), st,
+            t.add_row(Text(r["id"]), Text(str(experiment or c.get("experiment") or "-")),
+                      Text(str(labels.get(r["id"]) or c.get("label") or "-")), st,
                       Text("+".join(map(str, layers))), Text(str(m.get("d_model", "-"))),
                       _num(s.get("params"), ",d"), Text(str(s.get("steps", "-"))), _num(s.get("final_loss"), ".4f"),
                       _num(s.get("eval_acc"), ".3f"), time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updated"])))
@@ -144,7 +154,7 @@ def register(app: typer.Typer) -> None:
 
         from zoo.store import Store
 
-        store = Store(root)
+        store = Store.existing(root)
         r = store.find_run(run)
         r["status"] = shown_status(store, r)
         console.print(f"[bold]{escape(r['id'])}[/] {escape(str(r['config'].get('label') or ''))}  status "
@@ -183,7 +193,7 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in FORMATS:
             raise ZooError(f"unknown format '{fmt}'", f"allowed: {', '.join(FORMATS)}")
-        rows = flat_rows(Store(root), what, kind)
+        rows = flat_rows(Store.existing(root), what, kind)
         if fmt == "parquet":
             if out is None:
                 raise ZooError("parquet export needs --out FILE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
         key, value = s.split("=", 1)
         parts = key.strip().split(".")
         if parts[0] not in ("model", "task", "train"):
-            raise ZooError(f"--set key '{key}' must start with model., task. or train.")
+            raise ZooError(f"--set key '{key}' must start with model., task. or train.", set_key_hint(parts[-1]))
         d = doc
         for i, p in enumerate(parts[:-1]):
             d = d.setdefault(p, {})
@@ -44,6 +45,24 @@ def apply_sets(doc: dict, sets: list[str]) -> dict:
                                f"set '{'.'.join(parts[:i + 1])}' itself")
         d[parts[-1]] = parse_value(value.strip())
     return doc
+
+
+SYNONYMS = {"learning_rate": "lr", "max_steps": "steps", "warmup": "warmup_steps", "batch": "batch_size",
+            "context": "seq_len", "seq_length": "seq_len", "width": "d_model", "depth": "n_layers"}
+
+
+def set_key_hint(name: str) -> str:
+    """'did you mean train.lr?' for a bare or misspelt --set key, from the run config's own fields."""
+    from zoo.model import ModelConfig
+    from zoo.train.config import TaskRef, TrainConfig
+
+    fields = {f"{sec}.{f}": f for sec, cls in (("train", TrainConfig), ("model", ModelConfig), ("task", TaskRef))
+              for f in cls.model_fields}
+    want = SYNONYMS.get(name, name)
+    close = [k for k, f in fields.items() if f == want] or [
+        k for f in difflib.get_close_matches(want, list(fields.values()), n=1, cutoff=0.6)
+        for k, f2 in fields.items() if f2 == f]
+    return f"did you mean '{close[0]}'?" if close else "e.g. --set train.warmup_steps=100"
 
 
 def plan_table(runs, store, title: str) -> Table:
@@ -88,7 +107,8 @@ def register(app: typer.Typer) -> None:
         ckpt_minutes: float = typer.Option(5.0, "--ckpt-minutes", help="checkpoint every this many minutes of "
                                            "training (0: off); Ctrl-C and SIGTERM save one before exiting"),
         tensorboard: bool = typer.Option(False, "--tensorboard"),
-        wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases, offline mode"),
+        wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases: offline unless WANDB_MODE is set "
+                                   "(e.g. WANDB_MODE=online)"),
         sets: list[str] = typer.Option([], "--set", help="any setting, e.g. model.mixer_config.nope.n_heads=2, "
                                        "task.config.hops=[1,2], train.max_tokens=1000000 (repeatable)"),
         label: str = typer.Option(None, "--label"),
@@ -141,6 +161,10 @@ def register(app: typer.Typer) -> None:
         try:
             run = RunConfig(**doc)
         except ValidationError as e:
+            err = e.errors()[0]
+            if err["type"] == "extra_forbidden":
+                key = ".".join(str(p) for p in err["loc"])
+                raise ZooError(f"unknown setting '{key}'", set_key_hint(str(err["loc"][-1]))) from None
             raise invalid(e, "bad setting", "see `zoo train --help`") from None
         from zoo.train.distributed import FollowerStore
 

@@ -67,7 +67,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from zoo import env, registry
@@ -133,19 +133,27 @@ def human_size(n: int) -> str:
 
 # -- settings -------------------------------------------------------------------------------
 
+# what `zoo bench` measures when not told: a layer of the GPU experiments' width over the long
+# lengths on a GPU; a narrow layer at short lengths on a CPU, where each call must stay short
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cuda": {"d_model": 1024, "tokens_per_batch": 2**17, "seq_lens": DEFAULT_LENS},
+    "cpu": {"d_model": 256, "tokens_per_batch": 2**13, "seq_lens": "256,1k,4k"},
+}
+
 class BenchConfig(BaseModel):
     """What one bench run measures. Defaults are the GPU run; the CLI narrows them."""
 
     model_config = ConfigDict(extra="forbid")
 
     mixers: list[str] = Field(default_factory=list, description="registry names; empty = every registered mixer")
-    seq_lens: list[int] = Field(default_factory=lambda: parse_sizes(DEFAULT_LENS), min_length=1,
-                                description="sequence lengths; those >= 1M run for linear mixers only")
+    seq_lens: list[int] | None = Field(None, min_length=1, description="sequence lengths; those >= 1M run for "
+                                       "linear mixers only (None: the device's defaults, DEVICE_DEFAULTS)")
     long: bool | None = Field(None, description="add `long_lens` (linear mixers, fwd and decode); "
                                                 "None = when seq_lens already reach 1M")
     long_lens: list[int] = Field(default_factory=lambda: [LONG_MIN], description="the long lengths")
-    tokens_per_batch: int = Field(2**17, ge=1, le=2**32, description="batch = max(1, tokens_per_batch // L)")
-    d_model: int = Field(1024, ge=8, le=16384, description="layer width")
+    tokens_per_batch: int | None = Field(None, ge=1, le=2**32, description="batch = max(1, tokens_per_batch // L) "
+                                         "(None: the device's default)")
+    d_model: int | None = Field(None, ge=8, le=16384, description="layer width (None: the device's default)")
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     device: str = Field("auto", description="auto = cuda when available, else cpu")
@@ -163,10 +171,22 @@ class BenchConfig(BaseModel):
 
     @field_validator("seq_lens", "long_lens")
     @classmethod
-    def _sorted(cls, v: list[int]) -> list[int]:
+    def _sorted(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
         if any(not 1 <= n <= 1 << 26 for n in v):
             raise ValueError(f"lengths must be from 1 to {1 << 26:,}")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _device_defaults(self) -> BenchConfig:
+        """Width, tokens per call and lengths left unset take the device's defaults: a GPU's would
+        keep a CPU busy for hours."""
+        defaults = DEVICE_DEFAULTS["cuda" if self.resolved_device().type == "cuda" else "cpu"]
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, parse_sizes(v) if k == "seq_lens" else v)
+        return self
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -1301,38 +1321,28 @@ def status_counts(rows: list[dict]) -> str:
 
 
 class _progress:
-    """A rich progress bar (or nothing) with `describe` and `advance`."""
+    """The bench's progress (the shared `zoo.progress.Progress`): `describe` and `advance`."""
 
     def __init__(self, console, enabled: bool, total: int):
-        self.bar = None
-        if enabled and console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from zoo.progress import Progress
 
-            self.bar = Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=False)
-            self.task = self.bar.add_task("", total=total)
+        self.p = Progress(console, "bench", total, unit="point", enabled=enabled and console is not None)
 
     def __enter__(self):
-        if self.bar is not None:
-            self.bar.start()
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        self.p.close()
 
     def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=text)
+        self.p.update(description=f"bench {text}")
 
     def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
+        self.p.update(advance=1)
 
     def log(self, text: str) -> None:
-        """A line above the bar (and the only progress a log file gets when output is not a terminal)."""
-        if self.bar is not None:
-            self.bar.console.print(text, highlight=False)
+        """A line above the bar (in a log file, between the periodic progress lines)."""
+        self.p.log(text)
 
 
 # -- tables -----------------------------------------------------------------------------------

@@ -142,6 +142,23 @@ class HashHopGrid(BaseModel):
                                "use longer hashes (hash_len) or fewer characters")
             yield s
 
+    def chars_for_tokens(self, tokens: int) -> int:
+        """The largest problem size in characters whose every cell (hop count, CoT mode) fits in
+        `tokens` tokens: what "the training length" means as an `n_chars` grid point."""
+        best = None
+        for hops in self.hops:
+            for cot in self.cot:
+                per = (2 * self.hash_len + 3) * hops  # characters per chain, as the generator counts them
+                chains = 0
+                while text_len(chains + 1, self.queries, hops, self.hash_len, cot) <= tokens:
+                    chains += 1
+                if chains < self.queries:
+                    raise ZooError(f"{tokens} tokens hold {chains} chains of {hops} hops with "
+                                   f"{self.hash_len}-character hashes, too few for {self.queries} queries",
+                                   "lower --queries or --hash-len, or give --n-chars in characters")
+                best = chains * per if best is None else min(best, chains * per)
+        return best
+
     def cell_tokens(self, n_chars: int, hops: int, cot: bool) -> int:
         """Tokens fed for one sample of the cell: `<bos>` + text less its last character
         (the final newline predicts nothing), i.e. the text length."""

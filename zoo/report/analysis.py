@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from zoo.errors import ZooError
 from zoo.report import fmt
 from zoo.report.fmt import Table, Val, na
 from zoo.report.model import BenchPoint, HashHopCell, ReportData, Run
@@ -21,6 +22,7 @@ PPL_MULTIPLES = (1, 8)
 STATE_LENGTHS = (8192, 2**20)
 THRESHOLD = 0.9
 FAST_AT = 32768  # "which is fastest at 32K"
+LOSS_AT_CHANCE = 0.02  # a final loss within 2% of the task's chance loss counts as "at chance"
 LENGTH_TOLERANCE = 0.25  # a point counts as "k x the training length" within a factor 2^0.25 (19%)
 
 
@@ -98,6 +100,71 @@ def seed_curve(data: ReportData, runs: list[Run], setting: tuple[int, bool]) -> 
         accs = [p.accuracy for p in ok]
         out.append(Point(length, sum(p.n for p in ok), sum(p.correct for p in ok), sum(accs) / len(accs),
                          min(accs), max(accs), cells=[c for p in ok for c in p.cells], seeds=len(ok)))
+
+
+# -- chance levels and intervals -----------------------------------------------------------------
+def cell_chance(c: HashHopCell) -> float | None:
+    """Exact-match chance of a cell, from the task's own declaration for its hash length."""
+    from zoo.tasks.hashhop import chance
+
+    hash_len = c.meta.get("hash_len")
+    return chance("accuracy", int(hash_len), c.hops, c.cot) if hash_len else None
+
+
+def hashhop_chance(data: ReportData, hops: int | None = None, cot: bool | None = None) -> float | None:
+    """The chance level of the cells asked for (the highest, when their hash lengths differ)."""
+    vals = [cell_chance(c) for c in data.hashhop if (hops is None or c.hops == hops) and (cot is None or c.cot == cot)]
+    vals = [v for v in vals if v is not None]
+    return max(vals) if vals else None
+
+
+def run_chance(run: Run, metric: str = "loss") -> float | None:
+    """The chance level of a run's task metric (e.g. its training loss), as the task declares it."""
+    from zoo.tasks.base import get_task
+
+    task = run.config.get("task") or {}
+    try:
+        return get_task(task.get("name", "hashhop"), task.get("config")).chance(metric)
+    except ZooError:  # a task or setting this installation does not know
+        return None
+
+
+def versus_chance(p: Point, chance: float | None) -> str | None:
+    """'above chance' when the interval clears the chance level, 'at chance' when it holds it."""
+    if chance is None or p.low is None or p.high is None:
+        return None
+    if p.low > chance:
+        return "above chance"
+    return "below chance" if p.high < chance else "at chance"
+
+
+def separated(a: Point, b: Point) -> bool:
+    """Two accuracies whose intervals do not overlap."""
+    return None not in (a.low, a.high, b.low, b.high) and (a.low > b.high or b.low > a.high)
+
+
+def compare_sentence(where: str, at: list[tuple[str, Point]], chance: float | None) -> str:
+    """One finding: each mixer's accuracy with its interval and its standing against chance, then
+    which differences the intervals support."""
+    at = sorted(at, key=lambda t: -(t[1].accuracy or 0))
+    groups: dict[str, list[str]] = {}
+    for label, p in at:
+        groups.setdefault(versus_chance(p, chance) or "", []).append(
+            f"{label} {fmt.acc(p.accuracy)} {fmt.interval(p.low, p.high)}")
+    parts = [f"{_names(v)} {'are' if len(v) > 1 else 'is'} {k}" if k else _names(v) for k, v in groups.items()]
+    out = f"{where}: " + "; ".join(parts)
+    if chance is not None:
+        out += f" (chance {fmt.sig(chance, 2)})"
+    out += "."
+    if len(at) >= 2:
+        top_label, top = at[0]
+        below = [label for label, p in at[1:] if separated(top, p)]
+        if below:
+            ties = [label for label, p in at[1:] if not separated(top, p)]
+            out += (f" {top_label} is above {_names(below)} with intervals that do not overlap"
+                    + (f"; {_names([top_label] + ties)} differ within their intervals." if ties else "."))
+        else:
+            out += " The differences are within their intervals."
     return out
 
 
@@ -106,8 +173,15 @@ def near(curve: list[Point], target: int, tolerance: float = LENGTH_TOLERANCE) -
     (in log2 units): grids are set in characters, so 4x the training length is rarely hit exactly."""
     if not curve:
         return None
-    best = min(curve, key=lambda p: abs(math.log2(p.length / target)))
-    return best if abs(math.log2(best.length / target)) <= tolerance else None
+
+    def off(p: Point) -> float:
+        # a grid point set in characters (e.g. 2000 for a 2K-token model) feeds more tokens than
+        # characters (the queries): it counts as near by either measure
+        sizes = [p.length] + [c.n_chars for c in p.cells if c.n_chars]
+        return min(abs(math.log2(x / target)) for x in sizes)
+
+    best = min(curve, key=off)
+    return best if off(best) <= tolerance else None
 
 
 def hashhop_settings(data: ReportData) -> list[tuple[int, bool]]:
@@ -298,8 +372,16 @@ def entry(data: ReportData, label: str) -> Entry:
             state[L] = na(f"max length {fmt.length(run.max_length)}", run_id=rid)
         else:
             state[L] = na(run.state_reason or "not computed", run_id=rid)
-    tps = seed_mean([(r.tokens_per_s, r.run_id) for r in seeds if r.tokens_per_s is not None], fmt.count,
-                    "run summary: training tokens/s") or na("not recorded", run_id=rid)
+    tps_seeds = [(r.tokens_per_s, r.run_id) for r in seeds if r.tokens_per_s is not None]
+    spread = run.tokens_per_s_range
+    if len(tps_seeds) > 1:
+        tps = seed_mean(tps_seeds, fmt.count, "run summary: training tokens/s")
+    elif run.tokens_per_s is not None:
+        tps = Val(run.tokens_per_s, fmt.count(run.tokens_per_s), run_id=rid, source="run summary: training "
+                  "tokens/s, mean over the second half of the log intervals",
+                  sub=f"{fmt.count(spread[0])}–{fmt.count(spread[1])}" if spread else None)
+    else:
+        tps = na("not recorded", run_id=rid)
     mfus = [(r.mfu, r.run_id) for r in seeds if r.mfu is not None]
     if mfus:
         mfu = seed_mean(mfus, fmt.pct, "run summary: MFU"
@@ -390,8 +472,14 @@ def leaderboard(data: ReportData, es: list[Entry]) -> Table:
             "learning-rate figure). With several seeds a number is their mean, with the smallest and largest seed "
             "below it; with one, accuracy carries its 95% interval resampling samples (queries of one sample share "
             f"a haystack). Effective context: the largest length with accuracy >= {THRESHOLD}. State: cache or "
-            "recurrent state of the whole model after that many tokens (batch 1, bf16).")
-    return Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups).add_footnotes(14)
+            "recurrent state of the whole model after that many tokens (batch 1, bf16). Training tokens/s of one "
+            "run: the mean over the second half of its log intervals, with the 10th to 90th percentile of those "
+            "intervals below it (a shared machine moves it between identical runs).")
+    t = Table("leaderboard", "Leaderboard", cols, rows, note, groups=groups)
+    gone = t.drop_empty_columns()
+    if gone:  # a column n/a for every run for one reason says so once, here, instead of in every row
+        t.note += " Left out, n/a for every run: " + "; ".join(gone) + "."
+    return t.add_footnotes(14)
 
 
 # -- side tables beside the figures -------------------------------------------------------------
@@ -614,6 +702,9 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
     """Sentences generated from the numbers above; each names the values it rests on."""
     out: list[str] = []
     scored = [e for e in es if e.run is not None and any(p.accuracy is not None for p in e.curve)]
+    lead = within_training_length(scored)
+    if lead:
+        out.append(lead)
     if scored:
         with_ecl = [e for e in scored if e.ecl.value is not None]
         if with_ecl:
@@ -634,13 +725,21 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
             out.append(f"No mixer reaches HashHop accuracy {THRESHOLD} at any evaluated length; the best is "
                        f"{best.label} with {fmt.acc(top.accuracy)} {fmt.interval(top.low, top.high)} "
                        f"at {fmt.length(top.length)} tokens.")
+        chance = hashhop_chance(data)
+        train_len = common_train_len(scored)
+        if train_len:
+            at_train = [(e.label, near(e.curve, train_len)) for e in scored]
+            at_train = [(label, p) for label, p in at_train if p is not None and p.accuracy is not None]
+            if at_train:
+                L = max(p.length for _, p in at_train)
+                out.append(compare_sentence(f"HashHop exact match near the training length ({fmt.length(L)} tokens)",
+                                            at_train, chance))
         largest = max(p.length for e in scored for p in e.curve if p.accuracy is not None)
-        at = [(e, next((p for p in e.curve if p.length == largest and p.accuracy is not None), None)) for e in scored]
-        at = [(e, p) for e, p in at if p is not None]
-        if len(at) >= 2:
-            at.sort(key=lambda t: -t[1].accuracy)
-            out.append(f"At the largest length evaluated ({fmt.length(largest)} tokens) "
-                       + ", ".join(f"{e.label} scores {fmt.acc(p.accuracy)}" for e, p in at) + ".")
+        at = [(e.label, next((p for p in e.curve if p.length == largest and p.accuracy is not None), None))
+              for e in scored]
+        at = [(label, p) for label, p in at if p is not None]
+        if at and (not train_len or near([Point(largest)], train_len) is None):
+            out.append(compare_sentence(f"At the largest length evaluated ({fmt.length(largest)} tokens)", at, chance))
     for mode in bench_modes(data):
         L = fastest_length(data, mode)
         ours = [b for b in data.bench if not b.peer and b.mode == mode and b.seq_len == L
@@ -679,6 +778,20 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
         out.append("Final loss falls with parameters N as N^b, steepest first: "
                    + ", ".join(f"{f.label} b = {f.fit.exponent:.3f} ({f.fit.n} sizes, R² {f.fit.r2:.2f})" for f in fits)
                    + ".")
+    losses = [(e, run_chance(e.run)) for e in es if e.run is not None and e.run.final_loss is not None]
+    losses = [(e, c) for e, c in losses if c is not None]
+    flat = [e.label for e, c in losses if abs(e.run.final_loss - c) <= c * LOSS_AT_CHANCE]
+    worse = [e.label for e, c in losses if e.run.final_loss > c * (1 + LOSS_AT_CHANCE)]
+    if flat or worse:
+        c = losses[0][1]
+        what = f"the chance loss of the task ({fmt.sig(c, 3)} nats per loss token, the answer format known)"
+        if flat:
+            they = "they" if len(flat) > 1 else "it"
+            out.append(f"{_names(flat)} {'end' if len(flat) > 1 else 'ends'} training at {what}, within "
+                       f"{LOSS_AT_CHANCE:.0%}: {they} learned the format, not the answers.")
+        if worse:
+            out.append(f"{_names(worse)} {'end' if len(worse) > 1 else 'ends'} training above {what}: not even "
+                       "the format was learned.")
     t = totals(data)
     if t["failed"]:
         out.append(f"{len(t['failed'])} of {t['runs']} runs failed: "
@@ -687,6 +800,52 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
     if not out:
         out.append("No finished run has HashHop, perplexity or speed results yet, so there is nothing to compare.")
     return out
+
+
+def _lines(p: Point) -> str | None:
+    """'3 lines' for a HashHop grid point: the key = value lines of its prompts."""
+    from zoo.tasks.hashhop import n_chains
+
+    c = next((c for c in p.cells if c.n_chars and c.meta.get("hash_len")), None)
+    if c is None:
+        return None
+    return str(n_chains(c.n_chars, c.hops, int(c.meta["hash_len"]) ) * c.hops)
+
+
+def within_training_length(scored: list[Entry]) -> str | None:
+    """The headline comparison in words: every length evaluated up to the training length, the
+    leading mixer against each other one, and whether their intervals separate there."""
+    train_len = common_train_len(scored)
+    if not train_len or len(scored) < 2:
+        return None
+    limit = train_len * 2 ** LENGTH_TOLERANCE
+    lengths = sorted({p.length for e in scored for p in e.curve if p.accuracy is not None and p.length <= limit})
+    at = {e.label: {p.length: p for p in e.curve if p.accuracy is not None and p.length in lengths} for e in scored}
+    lengths = [L for L in lengths if all(L in pts for pts in at.values())]
+    if not lengths:
+        return None
+    mean = {label: sum(p.accuracy for p in pts.values() if p.length in lengths) / len(lengths)
+            for label, pts in at.items()}
+    order = sorted(at, key=lambda label: -mean[label])
+    top = order[0]
+    lines = [_lines(at[top][L]) for L in lengths]
+    where = f"{fmt.length(lengths[0])}" + (f" to {fmt.length(lengths[-1])}" if len(lengths) > 1 else "") + " tokens"
+    if all(lines):
+        where += f", {_names(lines)} key-value lines"
+    values = "; ".join(f"{label} " + ", ".join(f"{fmt.acc(at[label][L].accuracy)} "
+                                              f"{fmt.interval(at[label][L].low, at[label][L].high)}" for L in lengths)
+                       for label in order)
+    parts = []
+    for other in order[1:]:
+        sep = [L for L in lengths if separated(at[top][L], at[other][L])]
+        if len(sep) == len(lengths):
+            parts.append(f"{top} is above {other} at every one of these lengths, with intervals that do not overlap")
+        elif sep:
+            parts.append(f"{top} is above {other} at {_names([fmt.length(L) for L in sep])} tokens with intervals "
+                         f"that do not overlap, and within the intervals elsewhere")
+        else:
+            parts.append(f"{top} and {other} differ within their intervals at every one of these lengths")
+    return (f"Up to the training length ({where}), HashHop exact match is: {values}. " + "; ".join(parts) + ".")
 
 
 def _acc_at(e: Entry, length: int) -> float | None:

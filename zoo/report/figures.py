@@ -41,6 +41,7 @@ RC = {
     "figure.dpi": 100,
 }
 TRAIN_LINE = dict(color="#555555", linestyle=(0, (4, 3)), linewidth=1.0, zorder=1)
+CHANCE_LINE = dict(color="#a23b3b", linestyle=(0, (6, 2, 1, 2)), linewidth=0.9, zorder=1)
 
 
 @dataclass
@@ -126,6 +127,26 @@ def _tex(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
+def _chance_line(ax, chance: float | None) -> None:
+    """The task's chance level of the plotted metric, labelled at the right end."""
+    if chance is None:
+        return
+    ax.axhline(chance, **CHANCE_LINE)
+    ax.annotate(f"chance {fmt.sig(chance, 2)}", (1.0, chance), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                textcoords="offset points", fontsize=6.5, color=CHANCE_LINE["color"], ha="right", va="bottom")
+
+
+def _data_ticks(axis, values: list[float]) -> None:
+    """Ticks at the values themselves on a log axis spanning less than a decade or few points,
+    where the decade ticks would leave the axis without a single label."""
+    vals = sorted({v for v in values if v and v > 0})
+    if vals and (len(vals) <= 6 or vals[-1] / vals[0] < 10):
+        if len(vals) > 6:
+            vals = list(np.geomspace(vals[0], vals[-1], 5))
+        axis.set_major_locator(FixedLocator(vals))
+        axis.set_minor_locator(NullLocator())
+
+
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
     if handles:  # "outside": constrained layout makes room for it below the axes
         fits = max(2, int(fig.get_figwidth() / 1.45))  # entries per row that fit the figure's width
@@ -177,8 +198,22 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                 handles.setdefault(e.label, h)
                 if e.run.train_len:
                     train.add(e.run.train_len)
+            for e in es:  # evaluation-time RoPE scalings: their own series, same colour, hollow markers
+                if e.run is None:
+                    continue
+                for name in dict.fromkeys(v for v, _ in data.hashhop_variants):
+                    cells = [c for v, c in data.hashhop_variants if v == name and c.run_id == e.run.run_id
+                             and c.hops == hops and c.cot == cot and c.accuracy is not None]
+                    if cells:
+                        cells.sort(key=lambda c: c.length)
+                        kw = pal[e.label].line_kw()
+                        kw.update(markerfacecolor="white", linewidth=0.9, alpha=0.85)
+                        (h,) = ax.plot([c.length for c in cells], [c.accuracy for c in cells], **kw, zorder=3)
+                        handles.setdefault(f"{e.label} ({name})", h)
+                        all_lengths += [c.length for c in cells]
             _log2_axis(ax, all_lengths or [1])
             _train_lines(ax, train)
+            _chance_line(ax, A.hashhop_chance(data, hops, cot))
             ax.set_ylim(-0.03, 1.05)
             ax.axhline(A.THRESHOLD, color="#999999", linewidth=0.7, linestyle=":", zorder=1)
             ax.set_title(f"{hops} hop{'s' if hops != 1 else ''}, {'with' if cot else 'no'} chain of thought")
@@ -192,8 +227,11 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
         svg = to_svg(fig, "fig-hashhop")
     caption = ("Teacher-forced exact match per query; bands are 95% intervals resampling samples (with several seeds: "
                "their mean, the band from the smallest to the largest seed); the dashed vertical line marks "
-               f"the training length and the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
-               "context length.")
+               f"the training length, the dotted horizontal line the {A.THRESHOLD} threshold of the effective "
+               "context length and the dash-dotted one the task's chance level (hash letters guessed, format "
+               "known).")
+    if data.hashhop_variants:
+        caption += " Hollow markers: the same model under an evaluation-time RoPE scaling, named in the legend."
     return Figure("fig-hashhop", title, svg, caption, A.hashhop_side(data, es), compress(missing, len(settings)))
 
 
@@ -219,6 +257,7 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                 train.add(e.run.train_len)
         _log2_axis(ax, lengths)
         _train_lines(ax, train)
+        _chance_line(ax, A.hashhop_chance(data))
         ax.axhline(A.THRESHOLD, color="#999999", linewidth=0.7, linestyle=":", zorder=1)
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel("context length (tokens)")
@@ -227,7 +266,7 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         svg = to_svg(fig, "fig-headline")
     caption = (f"{A.setting_text(A.headline_setting(data))}; bands: 95% intervals by sample, or the min-max over "
                "seeds; dashed: training length; "
-               f"dotted: the {A.THRESHOLD} threshold. Per hop count and mode in Figure 3.1.")
+               f"dotted: the {A.THRESHOLD} threshold; dash-dotted: chance. Per hop count and mode in Figure 3.1.")
     return Figure("fig-headline", title, svg, caption)
 
 
@@ -407,6 +446,9 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
             ax.plot(xs, ema(ys, alpha), **kw, label=_tex(r.label) if first else None)
             ax.plot(xs[-1:], ema(ys, alpha)[-1:], marker=pal[r.label].marker, color=pal[r.label].color,
                     markersize=5, linestyle="none")
+        chances = {A.run_chance(r) for r in runs} - {None}
+        if len(chances) == 1:  # one task setting: its chance loss
+            _chance_line(ax, chances.pop())
         if use_tokens:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
         ax.set_xlabel("training tokens" if use_tokens else "step")
@@ -415,7 +457,8 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
         svg = to_svg(fig, "fig-loss")
     smooth = f" smoothed by an exponential moving average (weight {alpha:.2f})" if alpha else ""
     caption = (f"Training loss per step{smooth}; the marker shows the final value. Thick lines: each seed of the "
-               "leaderboard's run of each mixer; thin lines: its other runs (other sizes or learning rates).")
+               "leaderboard's run of each mixer; thin lines: its other runs (other sizes or learning rates). "
+               "Dash-dotted: the task's chance loss (for HashHop: the answer format known, the hash letters guessed).")
     return Figure("fig-loss", title, svg, caption, A.loss_side(data, es))
 
 
@@ -542,6 +585,8 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
     fits = A.scaling_fits(data)
     if not any(f.points for f in fits):
         return Figure("fig-scaling", title, None, "", reason="no finished runs with parameters and final loss")
+    if all(len({p[0] for p in f.points}) < 2 for f in fits):  # one point per mixer draws no trend
+        return Figure("fig-scaling", title, None, "", reason="one model size per mixer; scaling needs two or more")
     with rc_context(RC):
         fig = MplFigure(figsize=(7.6, 5.4), layout="constrained")
         axes = fig.subplots(2, 2)
@@ -573,6 +618,7 @@ def scaling(data: ReportData, pal: Palette) -> Figure:
             else:
                 ax.set_ylim(-0.03, 1.05)
             ax.xaxis.set_minor_formatter(NullFormatter())
+            _data_ticks(ax.xaxis, [p[0] for f in fits if f.x == x for p in f.points])
             if ax.get_legend_handles_labels()[0]:  # the fitted exponents, where there are fits
                 ax.legend(frameon=False, fontsize=6.5, handlelength=2.4, loc="best",
                           title="fit: " + ("loss" if y == "loss" else "error 1 - acc") + " ∝", title_fontsize=6.5)

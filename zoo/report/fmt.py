@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -66,15 +66,46 @@ class Table:
         """Long n/a reasons move under the table as lettered notes, so cells stay narrow;
         short ones stay inline. Every missing cell still reads "n/a (...)"."""
         marks: dict[str, str] = {}
+        rows = []
         for row in self.rows:
+            out = []
             for v in row:
                 if v.value is None and v.reason and len(v.reason) > inline_up_to:
                     if v.reason not in marks:
                         marks[v.reason] = "note " + "abcdefghijklmnopqrstuvwxyz"[len(marks) % 26] + \
                             (str(len(marks) // 26) if len(marks) >= 26 else "")
-                    v.note = marks[v.reason]
+                    v = replace(v, note=marks[v.reason])  # a copy: one cell may sit in several tables
+                out.append(v)
+            rows.append(out)
+        self.rows = rows
         self.footnotes = [(m, r) for r, m in marks.items()]
         return self
+
+    def drop_empty_columns(self, keep: int = 1) -> list[str]:
+        """Leave out columns (after the first `keep`) that are n/a in every row, for one reason
+        per column; returns "column: reason" for the table's note."""
+        if not self.rows:
+            return []
+        gone, keep_idx = [], []
+        for j, col in enumerate(self.columns):
+            cells = [row[j] for row in self.rows]
+            reasons = {v.reason for v in cells}
+            if j >= keep and all(v.value is None for v in cells) and len(reasons) == 1:
+                gone.append(f"{col}: {reasons.pop() or 'n/a'}")
+            else:
+                keep_idx.append(j)
+        if gone:
+            if self.groups:  # shrink the header groups with their columns
+                spans, j = [], 0
+                for title, span in self.groups:
+                    kept = sum(1 for k in range(j, j + span) if k in keep_idx)
+                    if kept:
+                        spans.append((title, kept))
+                    j += span
+                self.groups = spans
+            self.columns = [self.columns[j] for j in keep_idx]
+            self.rows = [[row[j] for j in keep_idx] for row in self.rows]
+        return gone
 
     def csv_rows(self) -> list[dict[str, Any]]:
         """One dict per row: each column's raw value, plus `<column> reason` where missing."""

@@ -24,15 +24,8 @@ STATE_LENGTHS = (8192, 2**20)
 
 
 def open_store(root: str | Path | None) -> Store:
-    """The store at `root` (default: $ZOO_ROOT or ./zoo-runs); an error when it has no database,
-    rather than creating an empty one."""
-    from zoo.store import default_root
-
-    root = Path(root) if root is not None else default_root()
-    if not (root / "zoo.db").is_file():
-        raise ZooError(f"no results store at {root} (no zoo.db)",
-                       "train something first (`zoo compare SPEC.toml`), or pass --root / set ZOO_ROOT")
-    return Store(root)
+    """The store at `root` (default: $ZOO_ROOT or ./zoo-runs); an error when it has no database."""
+    return Store.existing(root)
 
 
 # -- choosing runs -----------------------------------------------------------------------------
@@ -114,6 +107,8 @@ def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str]
         runs = []
         for p in plan(spec_obj):
             got = store.get_run(p.run_id)
+            if got is not None:  # the spec's own name for the run, whichever spec trained the config first
+                got = {**got, "config": {**got["config"], "label": p.label, "experiment": spec_obj.name}}
             runs.append(got if got is not None else {
                 "id": p.run_id, "kind": "train", "config": p.run.model_dump(mode="json"), "status": "pending",
                 "reason": "not trained yet", "provenance": {}, "summary": {"params": p.params}, "planned": True})
@@ -210,6 +205,12 @@ def to_run(store: Store, d: dict, state: bool = True) -> Run:
                 by_step.setdefault(r["step"], {})[name] = r["value"]
         run.curve = [(st, v.get("tokens") or 0.0, v["loss"]) for st, v in sorted(by_step.items())
                      if v.get("loss") is not None and _finite(v["loss"]) is not None]
+        tps = [r["value"] for r in store.metrics(d["id"], "tokens_per_s") if _finite(r["value"]) is not None]
+        tail = tps[len(tps) // 2:]  # the steady state the summary's mean is taken over
+        if len(tail) >= 3:
+            import numpy as np
+
+            run.tokens_per_s_range = (float(np.percentile(tail, 10)), float(np.percentile(tail, 90)), len(tail))
     return run
 
 
@@ -270,6 +271,18 @@ def ppl_variant(r: dict) -> str | None:
     if r.get("rope_scaling"):
         return f"{r['rope_scaling']} x{r.get('rope_factor'):g}" if r.get("rope_factor") else str(r["rope_scaling"])
     return None
+
+
+def hashhop_variant(r: dict) -> str | None:
+    """None for the model as trained; e.g. 'yarn x16' for cells evaluated under a RoPE scaling."""
+    return ppl_variant(r)
+
+
+def _plan_eval_ids(spec: dict) -> dict[str, str]:
+    """kind -> the eval_id that the spec's evaluations tag their stored rows with."""
+    from zoo.spec import eval_id, eval_settings, parse_spec
+
+    return {kind: eval_id(kind, settings) for kind, settings in eval_settings(parse_spec(spec)).items()}
 
 
 def to_bench(r: dict) -> BenchPoint:
@@ -338,22 +351,38 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
     raw_runs, spec, source = select(store, spec_path, run_ids, where)
     runs = [to_run(store, d) for d in raw_runs]
     ids = {r.run_id for r in runs}
-    hh_rows = [r for rid in ids for r in store.results(rid, "hashhop")]
-    hh_rows = _dedupe(hh_rows, lambda r: (r["run_id"], r.get("n_chars", r.get("length")), r.get("hops"),
-                                          r.get("cot"), r.get("hash_len")))
-    hashhop = sorted((to_cell(r) for r in hh_rows if (r.get("length") or r.get("n_chars")) is not None),
-                     key=lambda c: (c.run_id, c.point, c.hops, c.cot))
-    ppl_rows = [r for rid in ids for r in store.results(rid, "ppl") if r.get("scope", "all") == "all"]
+    # a report of a spec reads the rows its plan produced (tagged with its evaluations' ids) and
+    # nothing else; an ad-hoc report reads every row of its runs
+    own = _plan_eval_ids(spec) if spec is not None else None
+
+    def rows_of(kind: str) -> list[dict]:
+        rows = [r for rid in ids for r in store.results(rid, kind)]
+        return rows if own is None else [r for r in rows if r.get("eval_id") is not None
+                                         and r.get("eval_id") == own.get(kind)]
+
+    hh_rows = _dedupe(rows_of("hashhop"), lambda r: (r["run_id"], r.get("n_chars", r.get("length")), r.get("hops"),
+                                                     r.get("cot"), r.get("hash_len"), hashhop_variant(r)))
+    cells = [(hashhop_variant(r), to_cell(r)) for r in hh_rows if (r.get("length") or r.get("n_chars")) is not None]
+    hashhop = sorted((c for v, c in cells if v is None), key=lambda c: (c.run_id, c.point, c.hops, c.cot))
+    hh_variants = sorted(((v, c) for v, c in cells if v is not None),
+                         key=lambda vc: (vc[0], vc[1].run_id, vc[1].point, vc[1].hops, vc[1].cot))
+    ppl_rows = [r for r in rows_of("ppl") if r.get("scope", "all") == "all"]
     ppl_rows = _dedupe(ppl_rows, lambda r: (r["run_id"], r.get("length"), ppl_variant(r)))
     ppl = sorted((to_ppl(r) for r in ppl_rows if ppl_variant(r) is None), key=lambda p: (p.run_id, p.length))
     variants = [(ppl_variant(r), to_ppl(r)) for r in ppl_rows if ppl_variant(r) is not None]
     bench: list[BenchPoint] = []
     ceilings: list[Ceiling] = []
-    if with_bench:
+    if with_bench and not (spec is not None and spec.get("eval", {}).get("bench") is None and not bench_ids):
         names = {m for r in runs for m in r.mixers}
-        for rid in ids:  # bench rows attached to the trained runs themselves
-            bench += [to_bench(r) for r in store.results(rid, "bench")]
-        drawn = bench_runs(store, names, bench_ids)
+        if spec is None:
+            for rid in ids:  # bench rows attached to the trained runs themselves
+                bench += [to_bench(r) for r in store.results(rid, "bench")]
+        if spec is not None and not bench_ids:  # the bench runs this experiment started, none other
+            bench_ids = [m["run_id"] for m in store.members(spec["name"]) if m["kind"] == "bench"]
+            drawn = [b for b in (store.get_run(i) for i in bench_ids) if b is not None]
+            drawn.sort(key=lambda r: r["created"], reverse=True)
+        else:
+            drawn = bench_runs(store, names, bench_ids)
         by_run = [[r for r in store.results(b["id"], "bench")
                    if not names or r.get("mixer") in names or r.get("peer_of") in names or r.get("name") in names]
                   for b in drawn]
@@ -376,5 +405,6 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
         else:
             title = "mixer-zoo comparison"
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,
-                      ppl_variants=variants, spec=spec, spec_path=str(spec_path) if spec_path else None,
+                      ppl_variants=variants, hashhop_variants=hh_variants, spec=spec,
+                      spec_path=str(spec_path) if spec_path else None,
                       source=source, store_root=str(store.root))

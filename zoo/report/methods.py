@@ -22,6 +22,9 @@ class Method:
     paragraphs: list[str]
 
 
+_ABSENT = object()  # a setting missing from a stored config (an older version), unlike one left unset
+
+
 def _get(d: dict, path: str, default: Any = None) -> Any:
     for k in path.split("."):
         if not isinstance(d, dict) or k not in d:
@@ -34,8 +37,8 @@ def _values(data: ReportData, path: str, show=str) -> str:
     """One setting across the runs: 'v' when shared, else 'v1 (a, b); v2 (c)'."""
     by: dict[str, list[str]] = defaultdict(list)
     for r in data.runs:
-        v = _get(r.config, path)
-        key = "n/a (not recorded)" if v is None else show(v)
+        v = _get(r.config, path, _ABSENT)
+        key = "n/a (not recorded)" if v is _ABSENT else "not set" if v is None else show(v)
         if r.label not in by[key]:
             by[key].append(r.label)
     if not by:
@@ -43,6 +46,11 @@ def _values(data: ReportData, path: str, show=str) -> str:
     if len(by) == 1:
         return next(iter(by))
     return "; ".join(f"{k} ({', '.join(v)})" for k, v in by.items())
+
+
+def _settings(v: dict) -> str:
+    """k=v, ... with unset values as 'not set', never Python's None."""
+    return ", ".join(f"{k}={'not set' if x is None else x}" for k, x in sorted(v.items()))
 
 
 def _list(xs) -> str:
@@ -75,7 +83,7 @@ def _models(data: ReportData) -> Method:
 def _training(data: ReportData) -> Method:
     ps = [
         f"Task: {_values(data, 'task.name')}; task settings: "
-        f"{_values(data, 'task.config', lambda v: ', '.join(f'{k}={x}' for k, x in sorted(v.items())) or 'defaults')}.",
+        f"{_values(data, 'task.config', lambda v: _settings(v) or 'defaults')}.",
         f"Training length (tokens per sequence): {_values(data, 'train.seq_len')}. Budget: steps "
         f"{_values(data, 'train.steps')}, tokens {_values(data, 'train.max_tokens')}, FLOPs "
         f"{_values(data, 'train.max_flops')}; the first reached stops a run. Batch: "

@@ -27,6 +27,7 @@ class Run:
     tokens: float | None = None      # training tokens seen
     flops: float | None = None       # training FLOPs (model estimate x tokens)
     tokens_per_s: float | None = None
+    tokens_per_s_range: tuple[float, float, int] | None = None  # 10th and 90th percentile over n log intervals
     mfu: float | None = None         # model FLOPs utilisation, fraction of the stated peak
     peak_flops: float | None = None  # the peak the MFU divides by
     peak_source: str | None = None   # where that peak comes from, or why there is none
@@ -133,6 +134,7 @@ class ReportData:
     bench: list[BenchPoint] = field(default_factory=list)
     ceilings: list[Ceiling] = field(default_factory=list)
     ppl_variants: list[tuple[str, PplPoint]] = field(default_factory=list)  # (e.g. "yarn x4", point)
+    hashhop_variants: list[tuple[str, HashHopCell]] = field(default_factory=list)  # evaluation-time RoPE scalings
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)

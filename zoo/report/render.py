@@ -65,8 +65,8 @@ def mixer_cards(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[dict]
             rows.append((f"{pre}capabilities", f"cost {caps.cost}, {caps.state} state, max length "
                                                f"{fmt.length(caps.max_length) if caps.max_length else 'unbounded'}"))
             cfg = (run.config.get("model", {}).get("mixer_config", {}) or {}).get(name)
-            rows.append((f"{pre}config", ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) if cfg
-                         else "n/a (not recorded in the run config)"))
+            shown = ", ".join(f"{k}={'not set' if v is None else v}" for k, v in sorted((cfg or {}).items()))
+            rows.append((f"{pre}config", shown or "n/a (not recorded in the run config)"))
             rows.append((f"{pre}backends offered", ", ".join(b.name for b in spec.backends)))
         m = run.config.get("model", {})
         rows.append(("model", f"d_model {m.get('d_model', 'n/a')}, {m.get('n_layers', 'n/a')} blocks, pattern "
@@ -190,8 +190,8 @@ def _columns(rows: list[dict]) -> list[str]:
 def _write_csv(path: Path, rows: list[dict]) -> None:
     cols = _columns(rows)
     with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols or ["empty"])
-        w.writerow({k: fmt.csv_cell(k) for k in cols or ["empty"]})
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writerow({k: fmt.csv_cell(k) for k in cols})
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else fmt.csv_cell(r.get(k))) for k in cols})
 
@@ -210,7 +210,7 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
         elif kinds and not kinds <= {str} and kinds != {bool}:
             vals = [None if v is None else str(v) for v in vals]
         arrays[c] = vals
-    pq.write_table(pa.table(arrays) if cols else pa.table({"empty": pa.array([], pa.null())}), path)
+    pq.write_table(pa.table(arrays), path)
 
 
 def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Figure]) -> dict[str, list[dict]]:
@@ -278,6 +278,8 @@ def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], boo
         parquet = False
     files = []
     for name, rows in tables.items():
+        if not rows:  # a table with nothing in it is no data file (the report says why it is absent)
+            continue
         _write_csv(out / f"{name}.csv", rows)
         files.append(f"{name}.csv")
         if parquet:
@@ -316,6 +318,9 @@ def render_html(data: ReportData) -> tuple[str, dict]:
         meth = [m for m in meth if m.id == "methods-bench"]
         head = None
         runs_cols, runs_rows = bench_runs_table(data)
+    # a figure with nothing to draw is one line under the Figures heading, not a page of its own
+    absent = [f for f in figs if f.svg is None]
+    figs = [f for f in figs if f.svg is not None]
     names = {"summary": "Summary", "leaderboard": "Leaderboard", "figures": "Figures", "mixers": "Mixers",
              "methods": "Methods", "runs": "Runs and data"}
     number = {sid: i for i, sid in enumerate(sections, 1)}
@@ -332,6 +337,7 @@ def render_html(data: ReportData) -> tuple[str, dict]:
         "source": data.source, "store_root": data.store_root, "toc": toc, "headline": head,
         "heads": {s["id"]: s["title"] for s in toc},
         "findings": A.findings(data, es), "facts": summary_facts(data, es), "leaderboard": lb, "figures": figs,
+        "absent_figures": absent,
         "cards": cards, "card_ids": {c["label"]: c["id"] for c in cards}, "methods": meth,
         "runs_columns": runs_cols, "runs_rows": runs_rows,
         "swatch": lambda label: Markup(pal[label].swatch_svg()) if label in pal.names() else "",

@@ -13,6 +13,7 @@ Training and evaluation draw from disjoint seed streams through `split`.
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -49,6 +50,14 @@ class Task(ABC):
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else self.Config()
 
+    def chance(self, metric: str, **setting: Any) -> float | None:
+        """What a model scores on `metric` without reading its context: the level a result must
+        clear to show anything was learned. `setting` overrides config fields (an evaluation
+        grid may differ from training). Metrics: "loss" (nats per loss token), "accuracy"
+        (exact match per query or next-token accuracy) and "char_accuracy"; None when the
+        task has no such metric."""
+        return None
+
     @abstractmethod
     def batch(self, step: int, batch_size: int, seq_len: int, split: str = "train", seed: int = 0,
               knobs: dict[str, Any] | None = None) -> Batch:
@@ -77,7 +86,9 @@ def get_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
     import zoo.tasks.registry  # noqa: F401  (imports the built-in tasks)
 
     if name not in TASKS:
-        raise ZooError(f"unknown task '{name}'", f"allowed: {', '.join(sorted(TASKS))}")
+        close = difflib.get_close_matches(name, list(TASKS), n=1, cutoff=0.6)
+        raise ZooError(f"unknown task '{name}'", (f"did you mean '{close[0]}'? " if close else "")
+                       + f"allowed: {', '.join(sorted(TASKS))}")
     cls = TASKS[name]
     try:
         return cls(cls.Config(**(overrides or {})))

@@ -222,6 +222,18 @@ class Answer:
     depth: float  # mean relative position in the prompt of the chain's lines, in [0, 1)
 
 
+def chance(metric: str, hash_len: int, hops: int = 1, cot: bool = False) -> float | None:
+    """A query's score for a model that knows the format but not the prompt: it guesses each
+    hash letter uniformly from the 52 and gets the closing quote (and, with CoT, the ` = `
+    separators) right. Exact match: 52^-letters; per answer character: the mean of 1/52 per
+    letter and 1 per format character; "loss": the nats per answer token of that guess."""
+    letters = hash_len * (hops if cot else 1)
+    chars = target_len(hops, hash_len, cot) + 1  # the target and its closing quote
+    p = 1 / len(ALPHABET)
+    return {"accuracy": p ** letters, "char_accuracy": (letters * p + chars - letters) / chars,
+            "loss": letters * math.log(len(ALPHABET)) / chars}.get(metric)
+
+
 def parse_header(completion: str) -> tuple[int, bool]:
     lines = completion.split("\n")
     try:
@@ -327,6 +339,21 @@ class HashHopTask(Task):
             if k in s:
                 s[k] = [int(v)] if k == "hops" and not isinstance(v, (list, tuple)) else v
         return s
+
+    def chance(self, metric: str, **setting: Any) -> float | None:
+        """`chance` of one query; over the training mix of hop counts and CoT, "loss" and
+        "char_accuracy" are weighted by answer characters (the tokens the loss is taken on)
+        and exact match averaged per query."""
+        s = {**self.config.model_dump(), **setting}
+        hops = s["hops"] if isinstance(s["hops"], (list, tuple)) else [s["hops"]]
+        cot_p = float(s["cot"]) if "cot" in setting else s["cot_prob"]
+        mix = [(h, c, w / len(hops)) for h in hops for c, w in ((False, 1 - cot_p), (True, cot_p)) if w > 0]
+        if metric not in ("accuracy", "char_accuracy", "loss"):
+            return None
+        if metric == "accuracy":
+            return sum(w * chance(metric, s["hash_len"], h, c) for h, c, w in mix)
+        chars = [(w * (target_len(h, s["hash_len"], c) + 1), chance(metric, s["hash_len"], h, c)) for h, c, w in mix]
+        return sum(n * v for n, v in chars) / sum(n for n, _ in chars)
 
     @staticmethod
     @functools.lru_cache(maxsize=256)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
@@ -129,6 +130,10 @@ class LMTask(Task):
 
     name = "lm"
     Config = LMConfig
+
+    def chance(self, metric: str, **setting: Any) -> float | None:
+        """A uniform guess over the 256 byte values."""
+        return {"accuracy": 1 / 256, "loss": math.log(256)}.get(metric)
 
     def stream(self, split: str = "train") -> np.ndarray:
         return load_split(self.config, "train" if split == "train" else "eval")

@@ -89,6 +89,11 @@ class MQARTask(Task):
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    def chance(self, metric: str, **setting: Any) -> float | None:
+        """A guess among the V/2 value tokens without reading the pairs."""
+        half = {**self.config.model_dump(), **setting}["vocab_size"] // 2
+        return {"accuracy": 1 / half, "loss": float(np.log(half))}.get(metric)
+
     def batch(self, step: int, batch_size: int, seq_len: int, split: str = "train", seed: int = 0,
               knobs: dict[str, Any] | None = None) -> Batch:
         cfg = self.config

@@ -82,8 +82,8 @@ class TrainConfig(BaseModel):
     data_workers: int | None = Field(None, ge=0, le=64, description="processes building training batches ahead "
                                      "(0: one thread of the run's process; default: 1 on GPU, 0 on CPU)")
     prefetch: int = Field(4, ge=0, le=64, description="training batches built ahead (0: built by the step itself)")
-    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: torch's); "
-                                "tiny models run fastest on one, above all on a busy machine")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for torch (default: one for a "
+                                "model of d_model <= 256, which runs fastest on one, else torch's)")
     ckpt_every: int = Field(0, ge=0, le=10**9, description="steps between checkpoints (0: none by step count)")
     ckpt_minutes: float = Field(5.0, ge=0, le=7 * 24 * 60, description="minutes of training between "
                                 "checkpoints (0: none by time); Ctrl-C and SIGTERM also save one before exiting")
@@ -92,7 +92,8 @@ class TrainConfig(BaseModel):
     peak_tflops: float | None = Field(None, gt=0, le=1e9, description="device peak for MFU (default: datasheet "
                                       "table)")
     tensorboard: bool = Field(False, description="also log to TensorBoard (needs the tensorboard package)")
-    wandb: bool = Field(False, description="also log to Weights & Biases in offline mode (needs wandb)")
+    wandb: bool = Field(False, description="also log to Weights & Biases (needs wandb): offline unless "
+                          "WANDB_MODE is set")
 
     @field_validator("schedules")
     @classmethod

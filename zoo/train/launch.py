@@ -41,6 +41,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from zoo.errors import ZooError
+from zoo.progress import clock, plain_interval
 from zoo.spec import ExperimentSpec, PlannedRun, parse_spec
 from zoo.store import SCHEMA, Store
 from zoo.train.sweep import Outcome, evals_done, run_experiment, select_runs
@@ -168,6 +169,7 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
     A worker that dies costs only its current run (left resumable) and is replaced. Returns
     outcomes in plan order."""
     runs = select_runs(spec, shard, only)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"{len(runs)} runs: {len(todo)} to train or evaluate on {len(slots)} worker(s), "
@@ -180,8 +182,15 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
         slots = plan_slots(slots)
     pending = deque(todo)
     workers = [_Worker(i, slot) for i, slot in enumerate(slots)]
+    interval, last_line = plain_interval(), time.time()
     try:
         while pending or any(w.job for w in workers):
+            if console is not None and time.time() - last_line >= interval:
+                last_line = time.time()
+                for w in workers:  # the workers log to their own files: their progress, from the store
+                    if w.job is not None:
+                        say(_run_progress(store, w.job[0], w.where, time.time() - w.job[1]), markup=False,
+                            highlight=False)
             for w in workers:
                 if w.job is None and pending:
                     p = pending.popleft()
@@ -228,6 +237,24 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [outcomes[p.run_id] for p in runs]
+
+
+def _run_progress(store: Store, p: PlannedRun, where: str, elapsed: float) -> str:
+    """One progress line of a run a worker trains, from what its trainer stored: step, loss,
+    tokens/s and the ETA at the rate since the worker took it."""
+    rows = store.metrics(p.run_id)
+    last = {r["name"]: (r["step"], r["value"]) for r in rows}  # ordered by step: the newest wins
+    step = last.get("loss", (0, None))[0]
+    total = (store.get_run(p.run_id) or {}).get("summary", {}).get("total_steps") or p.steps
+    parts = [f"{p.label} on {where}: step {step}/{total}"]
+    if last.get("loss", (0, None))[1] is not None:
+        parts.append(f"loss {last['loss'][1]:.4f}")
+    if last.get("tokens_per_s", (0, None))[1] is not None:
+        parts.append(f"tok/s {last['tokens_per_s'][1]:,.0f}")
+    parts.append(f"elapsed {clock(elapsed)}")
+    if 0 < step < total:
+        parts.append(f"ETA {clock(elapsed / step * (total - step))}")
+    return " ".join(parts)
 
 
 class _Worker:
@@ -467,6 +494,7 @@ def run_ray(spec: ExperimentSpec, store: Store, address: str | None = None, cons
         raise ZooError("--launcher ray needs the ray package", "pip install 'mixer-zoo[dist]' (or: pip install ray)"
                        ) from None
     runs = select_runs(spec, shard, only)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     started_here = not ray.is_initialized()

@@ -20,10 +20,10 @@ from typing import Any
 from rich.markup import escape
 
 from zoo.errors import ZooError
-from zoo.spec import ExperimentSpec, PlannedRun, plan
-from zoo.store import Store, changed_since, config_id
+from zoo.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
+from zoo.store import Store, changed_since
 from zoo.train.checkpoint import load_model
-from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, resolve_device, train
+from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, default_threads, resolve_device, train
 
 
 @dataclass
@@ -43,9 +43,10 @@ class Outcome:
 Keep = Callable[[list[dict], str], None]
 
 
-def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep) -> None:
+def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep,
+                 on_sample: Callable[[int], None] | None = None) -> None:
     """Each cell of the grid not yet stored, kept as it finishes (a cell's samples depend on the
-    cell alone, not on the rest of the grid)."""
+    cell alone, not on the rest of the grid). `zoo hashhop eval` runs its grids through here too."""
     from zoo.eval.hashhop import HashHopGrid, evaluate
 
     g = HashHopGrid(**grid)
@@ -54,7 +55,7 @@ def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict]
         if (n_chars, hops, cot) in done:
             continue
         one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
-        row = evaluate(model, one, device=device)["cells"][0]
+        row = evaluate(model, one, device=device, on_sample=on_sample)["cells"][0]
         acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
         redrawn = f" ({row['redrawn']} ambiguous samples drawn again)" if row.get("redrawn") else ""
         keep([row], f"{n_chars} characters, {hops} hops: {acc}{redrawn}")
@@ -96,30 +97,9 @@ def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store,
     cfg = BenchConfig(mixers=mixers, seq_lens=b.lengths, modes=b.modes, tokens_per_batch=b.tokens_per_batch,
                       d_model=spec.model.d_model, model=b.model, n_layers=spec.model.n_layers,
                       peers=None if b.peers else [], budget_s=b.budget_s, device=device or "auto")
-    return run_bench(cfg, store=store, console=console, progress=console is not None).run_id
-
-
-def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:
-        out["hashhop"] = spec.eval.hashhop
-    if spec.eval.ppl is not None:
-        out["ppl"] = spec.eval.ppl
-    return out
-
-
-# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
-# hashhop 2: intervals by sample, with per-sample counts
-EVAL_VERSIONS = {"hashhop": 2}
-
-
-def eval_id(kind: str, settings: Any) -> str:
-    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats."""
-    dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    ident = {"kind": kind, "settings": dumped}
-    if EVAL_VERSIONS.get(kind, 1) != 1:
-        ident["version"] = EVAL_VERSIONS[kind]
-    return config_id(ident)
+    rid = run_bench(cfg, store=store, console=console, progress=console is not None).run_id
+    store.add_members(spec.name, [(rid, None, "bench")])
+    return rid
 
 
 def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
@@ -217,6 +197,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
         raise ZooError(f"train settings {sorted(bad)} change what a run learns; they cannot be overridden here",
                        f"allowed: {', '.join(sorted(NON_ID_FIELDS))}")
     runs = select_runs(spec, shard, only, run_ids)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
         if device:
@@ -249,7 +230,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
                     store.set_status(p.run_id, "failed", out.reason)
         if out.status in ("done", "skipped"):
             dev = resolve_device(p.run.train.device)
-            with cpu_threads(p.run.train.threads if dev.type == "cpu" else None):
+            with cpu_threads(default_threads(p.run.train, p.run.model, dev)):
                 out.evals = run_evals(spec, p, store, dev, console)
         if console is not None and out.status == "failed":
             console.print(f"[red]failed:[/] {escape(str(out.reason))}")

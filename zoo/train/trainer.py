@@ -43,6 +43,7 @@ from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and
 from zoo.errors import Interrupted, ZooError
 from zoo.mixer import no_decay_names
 from zoo.model import ModelConfig, ZooLM
+from zoo.progress import Progress
 from zoo.store import LOCK, Store, finite, provenance
 from zoo.tasks.base import IGNORE, Batch, Task, get_task
 from zoo.train import checkpoint as ckpt
@@ -203,7 +204,8 @@ def diagnose(model: nn.Module, what: str, step: int, tokens: torch.Tensor | None
 # -- logging sinks -------------------------------------------------------------------------------
 
 class Sinks:
-    """Store (always), TensorBoard and Weights & Biases offline (when asked) through their libraries."""
+    """Store (always), TensorBoard and Weights & Biases (when asked) through their libraries; W&B runs
+    offline unless WANDB_MODE says otherwise."""
 
     @staticmethod
     def check(cfg: TrainConfig) -> None:
@@ -229,8 +231,9 @@ class Sinks:
         if cfg.wandb:
             import wandb
 
-            self.wandb = wandb.init(mode="offline", dir=str(run_dir), id=run_id, resume="allow",
-                                    project=config.get("experiment") or "mixer-zoo", config=config,
+            # offline unless the user's environment says otherwise (WANDB_MODE=online, disabled, ...)
+            self.wandb = wandb.init(mode=os.environ.get("WANDB_MODE") or "offline", dir=str(run_dir), id=run_id,
+                                    resume="allow", project=config.get("experiment") or "mixer-zoo", config=config,
                                     name=config.get("label") or run_id)
 
     def log(self, step: int, values: dict[str, float | None]) -> None:
@@ -319,6 +322,19 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+TINY_D_MODEL = 256  # up to this width one CPU thread trains fastest (benchmarks/NOTES.md, cpu_threads.py)
+
+
+def default_threads(cfg: TrainConfig, model: ModelConfig, device: torch.device) -> int | None:
+    """CPU threads for a run: `train.threads` when set; else one for a tiny model, whose ops are
+    too small to split across threads; else torch's default. None on GPU."""
+    if device.type != "cpu":
+        return None
+    if cfg.threads is not None:
+        return cfg.threads
+    return 1 if model.d_model <= TINY_D_MODEL else None
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Exclusive per-run lock: two processes never train the same run at once. The kernel drops
@@ -378,6 +394,7 @@ class Trainer:
             self.store = store if isinstance(store, zdist.FollowerStore) else zdist.FollowerStore(
                 store.root if store is not None else None)
         self.run_id = run.run_id()
+        self.check_task()  # a setting the task cannot serve is a user error: no run record, no directory
         self.run_dir = self.store.run_dir(self.run_id)
         self.progress = progress and self.dist.main
         self.console = console
@@ -385,6 +402,13 @@ class Trainer:
         self.precision = self.cfg.precision if self.cfg.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
         self.config_dict = self.run.model_dump()
+
+    def check_task(self) -> None:
+        """Draw one row of the first batch at the first step's length, so that a setting the task cannot
+        serve (a HashHop problem longer than seq_len, an MQAR with too many pairs) fails here."""
+        task = get_task(self.run.task.name, self.run.task.config)
+        task.batch(0, 1, lengths_at(self.cfg, 0)[0], split="train", seed=self.cfg.seed,
+                   knobs=task_knobs(values_at(self.cfg.schedules, 0)))
 
     def autocast(self):
         if self.precision == "bf16":
@@ -405,7 +429,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         lock = run_lock(self.run_dir) if self.dist.main else contextlib.nullcontext()
         with StopSignals() as self.stop, self.dist.together(lock), \
-                cpu_threads(self.cfg.threads if self.device.type == "cpu" else None):
+                cpu_threads(default_threads(self.cfg, self.run.model, self.device)):
             res = self._fit()
         if self.stop.signum is not None:  # the signal came after the last step: the run is done and stored
             name = "Ctrl-C" if self.stop.signum == signal.SIGINT else signal.Signals(self.stop.signum).name
@@ -491,7 +515,8 @@ class Trainer:
         tokens_seen = self._tokens_before(start)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        bar = _Progress(self.progress, self.console, self.run.display_label(), total, start)
+        bar = Progress(self.console, self.run.display_label(), total, start, unit="step", enabled=self.progress,
+                       fields=("loss", "tok_s"))
         t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
         t_ckpt = time.monotonic()  # checkpoints also every ckpt_minutes of training
         step = start
@@ -573,7 +598,7 @@ class Trainer:
                     row["peak_mem_gb"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
                                           if self.device.type == "cuda" else None)
                     t_log, tok_log, flop_log = time.perf_counter(), 0, 0.0
-                    bar.update(step, last_loss, row["tokens_per_s"])
+                    bar.update(step, loss=f"{last_loss:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
                 if eval_now:
                     eval_metrics = self.evaluate(model, task, seq_len, values)
                     row.update(eval_metrics)
@@ -770,30 +795,6 @@ def _defer_host_reads(device: torch.device, strategy: str) -> bool:
 def _is_oom(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(e, (oom, torch.cuda.OutOfMemoryError))
-
-
-class _Progress:
-    """A rich progress bar (step, loss, tokens/s, ETA), or nothing."""
-
-    def __init__(self, enabled: bool, console, label: str, total: int, start: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                          TimeRemainingColumn(), console=console, transient=False)
-        self.p.start()
-        self.t = self.p.add_task(label, total=total, completed=start, loss="-", tps="-")
-
-    def update(self, step: int, loss: float, tps: float) -> None:
-        if self.p is not None:
-            self.p.update(self.t, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
 
 
 def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None,
