@@ -272,7 +272,7 @@ def main() -> None:
         batch, seq, warm, steps, log = 32, 2048, 20, 100, 10
         big_warm, big_steps = 10, 30
         # tiny: one run is launch-bound (its GPU mostly idle); small: the first round's packed shape
-        tiny_p = ((128, 2, 2), 8, 1024, 200, 2200, 100)
+        tiny_p = ((128, 2, 2), 8, 1024, 200, 3000, 100)
         small_p = ((256, 4, 4), 8, 2048, 100, 700, 50)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
