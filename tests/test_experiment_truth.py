@@ -25,8 +25,7 @@ mixers = {mixers}
 d_model = 16
 n_layers = 1
 [model.mixer_config]
-nope = {{ n_heads = 2 }}
-sinusoidal = {{ n_heads = 2 }}
+{mixer_config}
 [task]
 name = "hashhop"
 config = {{ hops = [1], hash_len = 2 }}
@@ -106,8 +105,10 @@ def test_first_finding_compares_every_length_up_to_training():
 def two_specs(tmp_path_factory):
     """Spec a trains nope and sinusoidal; spec b reuses nope's config under its own label."""
     d = tmp_path_factory.mktemp("specs")
-    (d / "a.toml").write_text(TINY.format(name="a", mixers='["nope", "sinusoidal"]'))
-    (d / "b.toml").write_text(TINY.format(name="b", mixers='{ attn = { mixer = "nope" } }'))
+    heads = "nope = { n_heads = 2 }\n"
+    (d / "a.toml").write_text(TINY.format(name="a", mixers='["nope", "sinusoidal"]',
+                                          mixer_config=heads + "sinusoidal = { n_heads = 2 }"))
+    (d / "b.toml").write_text(TINY.format(name="b", mixers='{ attn = { mixer = "nope" } }', mixer_config=heads))
     root = d / "store"
     for spec in ("a", "b"):
         r = zoo("compare", str(d / f"{spec}.toml"), "--root", str(root))
@@ -235,13 +236,16 @@ def test_a_broken_plugin_is_named_by_its_import_error(monkeypatch):
 
 
 def test_wandb_mode_from_the_environment_wins(monkeypatch, tmp_path):
+    import importlib.machinery
     import types
 
     from zoo.train.config import TrainConfig
     from zoo.train.trainer import Sinks
 
     seen = {}
-    fake = types.SimpleNamespace(init=lambda **kw: seen.update(kw) or types.SimpleNamespace(log=None, finish=None))
+    fake = types.ModuleType("wandb")  # a module as the import system knows one: the trainer looks it up first
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: seen.update(kw) or types.SimpleNamespace(log=None, finish=None)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     Sinks(TrainConfig(steps=1, wandb=True), Store(tmp_path), "r", tmp_path, {})
