@@ -1,35 +1,45 @@
 """Training tokens/s of the zoo's trainer beside a minimal hand-written GPT, at the same shapes.
 
-    python benchmarks/train_throughput.py --out benchmarks/results           # one GPU, < 8 minutes
+    python benchmarks/train_throughput.py --out benchmarks/results           # one H100: about 5.5 minutes
     python benchmarks/train_throughput.py --out /tmp/tt --quick              # tiny sizes on the CPU
 
-Cases, in this order (a case is skipped, and says so, when it would start after `--budget-s`
-or when a case of its shape already took longer than what is left of `--limit-s`):
-  d256 x 4 at 32 x 2048 on `lm`, `hashhop`, `mqar`; d768 x 12 at 32 x 2048 on `lm`;
-  packed: 1, 2, 4 and 8 small runs (`hashhop`, d256 x 4 at 8 x 2048) at once on one GPU,
-  each its own process, threads and data workers shared out as `zoo compare --runs-per-gpu`
-  plans them; then d768 x 12 on `hashhop` and `mqar`.
+Cases, in this order (a case is skipped, and its row says why, when it would start after
+`--budget-s` or is expected to end after `--limit-s`: expected = the last case of its kind,
+else a prior; rows are written as they come, so a cut-off call keeps what it finished):
+  1. d256 x 4 at 32 x 2048 on `lm`, `hashhop`, `mqar`, for each of `--mixers` (default
+     `rope`, and `nope`: attention with no positions, the anchor's architectural equal);
+  2. d768 x 12 at 32 x 2048 on `lm`, each mixer;
+  3. packed: 1, 2, 4, 8 tiny runs (`hashhop`, d128 x 2 at 8 x 1024: one run alone is
+     launch-bound) and 1, 2, 4 small ones (d256 x 4 at 8 x 2048) at once on one GPU, each its
+     own process, threads and data workers shared out as `zoo compare --runs-per-gpu` plans;
+  4. on CUDA, `train.compile_mode = reduce-overhead` (CUDA graphs): tiny packed x1 and x4,
+     then d256 x 4 `lm` for each mixer;
+  5. d768 x 12 on `hashhop` and `mqar` (first mixer), if time is left.
+The zoo side runs `train.compile_mode = default` unless the row says otherwise; the anchor
+is always compiled with torch.compile's default mode.
 
 The anchor (`AnchorGPT`, below): token embedding, pre-LayerNorm blocks of SDPA causal
 attention and a GELU MLP (4d), tied head, fp32 cross-entropy, fused AdamW, torch.compile of
 forward + loss, bf16 autocast on CUDA (fp32 on CPU, as the zoo trainer). Its batches are
 random tokens already on the device: it pays nothing for data. The zoo side is a real run
-through `zoo.train.trainer.train` (what `zoo train` calls) with the mixer of `--mixer`
-(default `rope`: attention with RoPE, SwiGLU MLP of about the same width and FLOPs, RMSNorm),
-the same vocabulary (260 bytes, 8192 for `mqar`), batch, length, precision and compile mode.
+through `zoo.train.trainer.train` (what `zoo train` calls) with each mixer of `--mixers`
+(attention, SwiGLU MLP of about the same width and FLOPs, RMSNorm), the same vocabulary
+(260 bytes, 8192 for `mqar`), batch, length and precision.
 
 Timing, both sides: tokens = batch x length per step, the first `warm` steps (compilation,
 autotuning, the data pipeline filling up) are excluded. The anchor times its remaining steps
 between two `torch.cuda.synchronize()` with CUDA events; the zoo side is the trainer's own
 log intervals (each closed by a synchronize), those after `warm`. Torch Dynamo's caches are
-reset between cases, so no case inherits another's compiled code or recompile budget.
+reset between cases, so no case inherits another's compiled code or recompile budget
+(Inductor's on-disk cache does serve a graph compiled before: compilation is not timed).
 
 Writes `<out>/train_throughput_<gpu>.json`: a list of rows
-  {"workload", "shape", "zoo_tokens_per_s", "anchor_tokens_per_s", "ratio", "device", ...}
+  {"workload", "shape", "mixer", "compile", "zoo_tokens_per_s", "anchor_tokens_per_s", "ratio", "device", ...}
 with ratio = zoo / anchor. Packed rows ("hashhop packed xN") give the aggregate tokens/s of
 the N runs as zoo_tokens_per_s, the one-run figure as baseline_tokens_per_s, ratio =
 aggregate / baseline, and `overlap`: the share of the runs' mean wall time during which all
-N were running (near 1: the aggregate is a real concurrent rate).
+N were running (near 1: the aggregate is a real concurrent rate). At the end the rows are
+printed as a markdown table for NOTES.md.
 """
 
 from __future__ import annotations
@@ -212,16 +222,33 @@ def gpu_slug(device: torch.device) -> str:
     return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
 
 
+def summary_table(rows: list[dict]) -> str:
+    """The rows as a markdown table, for NOTES.md."""
+    def m(x):
+        return "-" if x is None else f"{x / 1e6:.3f}M"
+
+    out = ["| workload | shape | mixer | compile | zoo tok/s | anchor (or one run) tok/s | ratio | note |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = r.get("anchor_tokens_per_s") or r.get("baseline_tokens_per_s")
+        note = r.get("skipped") or r.get("error") or (f"overlap {r['overlap']:.2f}" if "overlap" in r else "")
+        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        out.append(f"| {r['workload']} | {r['shape']} | {r.get('mixer', '-')} | {r.get('compile', '-')} | "
+                   f"{m(r.get('zoo_tokens_per_s'))} | {m(base)} | {ratio} | {note} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the JSON")
     ap.add_argument("--quick", action="store_true", help="tiny sizes on the CPU: checks the script end to end")
-    ap.add_argument("--mixer", default="rope", help="the zoo model's mixer")
-    ap.add_argument("--compile-mode", default="default", help="torch.compile mode for both sides")
+    ap.add_argument("--mixers", default="rope,nope", help="the zoo model's mixers, each beside the anchor")
     ap.add_argument("--no-compile", action="store_true", help="eager on both sides (the default with --quick)")
-    ap.add_argument("--budget-s", type=float, default=390.0, help="start no case after this many seconds")
-    ap.add_argument("--limit-s", type=float, default=450.0, help="start no case expected to end after this")
-    ap.add_argument("--packed", default=None, help="runs at once for the packed rows (default 1,2,4,8; 1,2 quick)")
+    ap.add_argument("--budget-s", type=float, default=285.0, help="start no case after this many seconds")
+    ap.add_argument("--limit-s", type=float, default=330.0,
+                    help="start no case expected (from its kind's last time, or a prior) to end after this")
+    ap.add_argument("--packed", default=None, help="runs at once for the tiny packed rows (default 1,2,4,8; 1,2 "
+                    "quick); the small packed rows take those up to 4")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child is not None:
@@ -232,14 +259,21 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)  # as the packed children's share: threads fighting over a few cores time nothing
     compile_on = not (a.no_compile or a.quick)
-    if a.quick:  # (d, layers, heads), batch, seq, warm, steps, log_every
-        small, big, packed_shape = (32, 2, 2), (48, 2, 2), ((32, 2, 2), 2, 256)
+    mixers = [m.strip() for m in a.mixers.split(",") if m.strip()]
+    # (d, layers, heads), batch, seq, warm, steps, log_every
+    if a.quick:
+        small, big = (32, 2, 2), (48, 2, 2)
         batch, seq, warm, steps, log = 2, 256, 2, 4, 2
-        big_warm, big_steps, p_warm, p_steps, p_log = 2, 4, 2, 6, 2
+        big_warm, big_steps = 2, 4
+        tiny_p = ((16, 2, 2), 2, 256, 2, 6, 2)  # shape, batch, seq, warm, steps, log_every
+        small_p = ((32, 2, 2), 2, 256, 2, 6, 2)
     else:
-        small, big, packed_shape = (256, 4, 4), (768, 12, 12), ((256, 4, 4), 8, 2048)
-        batch, seq, warm, steps, log = 32, 2048, 30, 120, 10
-        big_warm, big_steps, p_warm, p_steps, p_log = 20, 40, 100, 600, 50
+        small, big = (256, 4, 4), (768, 12, 12)
+        batch, seq, warm, steps, log = 32, 2048, 20, 100, 10
+        big_warm, big_steps = 10, 30
+        # tiny: one run is launch-bound (its GPU mostly idle); small: the first round's packed shape
+        tiny_p = ((128, 2, 2), 8, 1024, 200, 3000, 100)
+        small_p = ((256, 4, 4), 8, 2048, 100, 700, 50)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"train_throughput_{gpu_slug(device)}.json"
@@ -249,6 +283,7 @@ def main() -> None:
     anchors: dict[tuple, tuple[float, int]] = {}
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="zoo-tt-"))
+    mode_off = "off"
 
     def shape_name(s, b, L):
         return f"d{s[0]}x{s[1]} b{b}x{L}"
@@ -256,16 +291,19 @@ def main() -> None:
     def write():
         path.write_text(json.dumps(rows, indent=1) + "\n")
 
-    took: dict[str, float] = {}  # seconds of the last case of each shape
+    took: dict[str, float] = {}  # seconds of the last case of each kind
 
-    def case(workload, shape, fn):
-        used = time.time() - t0
-        if used > a.budget_s or used + took.get(shape, 0.0) > a.limit_s:
+    def case(workload, shape, mixer, mode, kind, prior, fn):
+        """Run `fn` unless past the budget or expected (the last `kind` case's time, else `prior`
+        seconds) to end past the limit; the row is written either way."""
+        used, expect = time.time() - t0, took.get(kind, prior)
+        base = {"workload": workload, "shape": shape, "mixer": mixer, "compile": mode, "device": dev_name}
+        if used > a.budget_s or used + expect > a.limit_s:
             why = (f"past the {a.budget_s:.0f} s budget" if used > a.budget_s else
-                   f"a {shape} case took {took[shape]:.0f} s, more than the {a.limit_s - used:.0f} s left")
-            rows.append({"workload": workload, "shape": shape, "zoo_tokens_per_s": None, "anchor_tokens_per_s": None,
-                         "ratio": None, "device": dev_name, "skipped": why})
-            print(f"skip {workload} {shape}: {why}", flush=True)
+                   f"expected to take {expect:.0f} s, {a.limit_s - used:.0f} s left of the limit")
+            rows.append({**base, "zoo_tokens_per_s": None, "anchor_tokens_per_s": None, "ratio": None,
+                         "skipped": why})
+            print(f"skip {workload} {shape} {mixer} {mode}: {why}", flush=True)
             write()
             return
         torch._dynamo.reset()
@@ -278,56 +316,74 @@ def main() -> None:
         except Exception as e:  # one failed case must not cost the others
             row = {"zoo_tokens_per_s": None, "anchor_tokens_per_s": None, "ratio": None,
                    "error": f"{type(e).__name__}: {str(e)[:300]}"}
-        took[shape] = time.time() - t
-        row = {"workload": workload, "shape": shape, **row, "device": dev_name, "mixer": a.mixer,
-               "compile": a.compile_mode if compile_on else "off", "case_s": round(took[shape], 1)}
+        took[kind] = time.time() - t
+        row = {**base, **row, "case_s": round(took[kind], 1)}
         rows.append(row)
         write()
         print(json.dumps(row), flush=True)
 
-    def versus(task, shape, w, n):
+    def versus(task, shape, w, n, mixer, mode, prior):
+        d, layers, heads = shape
+        vocab = TASKS[task][1]
+        on = compile_on and mode != mode_off
+
         def fn():
-            d, layers, heads = shape
-            vocab = TASKS[task][1]
             key = (vocab, shape)
-            if key not in anchors:
-                anchors[key] = anchor_tokens_per_s(vocab, d, layers, heads, batch, seq, w, n, device, a.compile_mode,
+            if key not in anchors:  # the anchor as the issue defines it: default torch.compile
+                anchors[key] = anchor_tokens_per_s(vocab, d, layers, heads, batch, seq, w, n, device, "default",
                                                    compile_on)
                 torch._dynamo.reset()
             anchor, anchor_params = anchors[key]
-            run = zoo_run_config(task, d, layers, heads, batch, seq, w + n, log, a.mixer, a.compile_mode, compile_on,
-                                 device)
-            z = zoo_tokens_per_s(run, tmp / f"{task}-{d}", w)
+            run = zoo_run_config(task, d, layers, heads, batch, seq, w + n, log, mixer, mode if on else "default",
+                                 on, device)
+            z = zoo_tokens_per_s(run, tmp / f"{task}-{d}-{mixer}-{mode}", w)
             return {"zoo_tokens_per_s": z["tokens_per_s"], "anchor_tokens_per_s": anchor,
                     "ratio": z["tokens_per_s"] / anchor if z["tokens_per_s"] else None,
                     "zoo_params": z["params"], "anchor_params": anchor_params, "steps_timed": n}
-        case(task, shape_name(shape, batch, seq), fn)
+        case(task, shape_name(shape, batch, seq), mixer, mode if on else mode_off, f"{d}-{mixer}-{mode}", prior, fn)
 
-    def packed_case(n, baseline):
+    baselines: dict[tuple, float] = {}
+
+    def packed_case(n, spec, mixer, mode, prior):
+        (d, layers, heads), pb, pseq, p_warm, p_steps, p_log = spec
+        on = compile_on and mode != mode_off
+        shape = f"d{d}x{layers} b{pb}x{pseq}"
+
         def fn():
-            (d, layers, heads), pb, pseq = packed_shape
             kw = dict(task="hashhop", d=d, layers=layers, heads=heads, batch=pb, seq=pseq, steps=p_steps,
-                      log_every=p_log, mixer=a.mixer, compile_mode=a.compile_mode, compile_on=compile_on,
+                      log_every=p_log, mixer=mixer, compile_mode=mode if on else "default", compile_on=on,
                       device=device)
-            r = packed(n, kw, p_warm, tmp, cpus)
+            r = packed(n, kw, p_warm, tmp / f"{shape}-{mode}".replace(" ", "-"), cpus)
             if n == 1:
-                baseline.append(r["tokens_per_s"])
-            base = baseline[0] if baseline else None
+                baselines[(shape, mode)] = r["tokens_per_s"]
+            base = baselines.get((shape, mode))
             return {"zoo_tokens_per_s": r["tokens_per_s"], "anchor_tokens_per_s": None,
                     "baseline_tokens_per_s": base, "ratio": r["tokens_per_s"] / base if base else None,
                     "overlap": r["overlap"], "per_run": r["per_run"]}
-        (d, layers, _), pb, pseq = packed_shape
-        case(f"hashhop packed x{n}", f"d{d}x{layers} b{pb}x{pseq}", fn)
+        case(f"hashhop packed x{n}", shape, mixer, mode if on else mode_off, f"packed-{d}-{n}-{mode}", prior, fn)
 
     print(f"{dev_name}: torch {torch.__version__}, {cpus} cores, writing {path}", flush=True)
+    # priors: seconds a case of each kind is expected to take on an H100, compilation included
     for task in ("lm", "hashhop", "mqar"):
-        versus(task, small, warm, steps)
-    versus("lm", big, big_warm, big_steps)
-    baseline: list[float] = []
-    for n in [int(x) for x in (a.packed or ("1,2" if a.quick else "1,2,4,8")).split(",") if x.strip()]:
-        packed_case(n, baseline)
+        for mixer in mixers:
+            versus(task, small, warm, steps, mixer, "default", 30)
+    for mixer in mixers:
+        versus("lm", big, big_warm, big_steps, mixer, "default", 45)
+    counts = [int(x) for x in (a.packed or ("1,2" if a.quick else "1,2,4,8")).split(",") if x.strip()]
+    for n in counts:
+        packed_case(n, tiny_p, mixers[0], "default", 30)
+    for n in [c for c in counts if c <= 4]:
+        packed_case(n, small_p, mixers[0], "default", 30)
+    if device.type == "cuda" and compile_on:  # CUDA graphs: the launch-bound cases first
+        for n in [c for c in counts if c in (1, 4)]:
+            packed_case(n, tiny_p, mixers[0], "reduce-overhead", 40)
+        for mixer in mixers:
+            versus("lm", small, warm, steps, mixer, "reduce-overhead", 40)
+    else:
+        print("no reduce-overhead rows: CUDA graphs need CUDA and compilation", flush=True)
     for task in ("hashhop", "mqar"):
-        versus(task, big, big_warm, big_steps)
+        versus(task, big, big_warm, big_steps, mixers[0], "default", 45)
+    print(summary_table(rows), flush=True)
     print(f"done in {time.time() - t0:.0f} s: {path}", flush=True)
 
 

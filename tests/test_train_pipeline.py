@@ -104,6 +104,7 @@ def test_compile_mode_is_validated():
 
 
 def test_upcoming_keys_follow_the_loop(tmp_path):
-    t = tr.Trainer(_run(grad_accum=2, schedules={"seq_len": {"points": [[0, 32], [2, 64]]}}), Store(tmp_path))
+    # lengths the task can fill (the trainer draws one row at the first step's length up front)
+    t = tr.Trainer(_run(grad_accum=2, schedules={"seq_len": {"points": [[0, 64], [2, 128]]}}), Store(tmp_path))
     ks = list(itertools.islice(t._upcoming_keys(1, 4), 6))
-    assert [k.index for k in ks] == [2, 3, 4, 5, 6, 7] and [k.seq_len for k in ks] == [32, 32, 64, 64, 64, 64]
+    assert [k.index for k in ks] == [2, 3, 4, 5, 6, 7] and [k.seq_len for k in ks] == [64, 64, 128, 128, 128, 128]

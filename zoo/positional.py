@@ -82,10 +82,17 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `[..., L, Dh]` by `[L, Dh]` angles (rotate-half layout, as in GPT-NeoX and HF)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rot = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rot * sin).to(x.dtype)
+    """Rotate `[..., L, Dh]` by `[L, Dh]` angles (rotate-half layout, as in GPT-NeoX and HF):
+    x cos + [-x2, x1] sin, with x1, x2 the halves of the head dimension.
+
+    The halves are swapped by a flip (a reindexing that Inductor folds into the one kernel that
+    also multiplies, where a concatenation of the halves is written out first on some devices)
+    and the sign goes onto the table."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    swapped = xf.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [x2, x1]
+    signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    return (xf * cos + swapped * signed).to(x.dtype)
 
 
 def xpos_scale(positions: torch.Tensor, head_dim: int, scale_base: float = 512.0,

@@ -467,6 +467,20 @@ def _rotate_pair(q, k, cos_q, sin_q, cos_k, sin_k):
     return apply_rotary(q, cos_q, sin_q), apply_rotary(k, cos_k, sin_k)
 
 
+@torch.library.custom_op("zoo::materialize", mutates_args=())
+def _materialize(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` that Inductor cannot see through: what computes `t` (RoPE's cos/sin tables,
+    `[L, Dh]`) runs once, as its own kernel, and the rotation that follows loads it. Without it
+    Inductor inlines the table into the rotation and recomputes pow, cos and sin for every
+    element of q and k, forward and backward (`[B, H, L, Dh]` instead of `[L, Dh]`)."""
+    return t.clone()
+
+
+@_materialize.register_fake
+def _(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
 @functools.lru_cache(maxsize=256)
 def _inv_freq(head_dim: int, method: str, base: float, factor: float, original_length: int, length: int | None,
               device: torch.device, inference: bool) -> torch.Tensor:
@@ -530,7 +544,9 @@ class Rotary(NoPositions):
         in. Reused across layers and steps while positions and frequencies are the same tensors."""
         m = yarn_attention_factor(self.factor) if self.method == "yarn" else None
         if torch.compiler.is_compiling():  # no id(): Dynamo would guard on these tensors' identity and
-            return self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
+            tables = self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
+            done: dict[int, torch.Tensor] = {}  # q and k at the same positions share their tables
+            return tuple(done.setdefault(id(t), _materialize(t) if not t.requires_grad else t) for t in tables)
         key = (id(pos_q), id(pos_k), id(inv_freq), m, self.scale_base)
         return _ROPE_TABLES.get(key, (pos_q, pos_k, inv_freq), lambda: self._tables(pos_q, pos_k, inv_freq, m))
 
@@ -723,13 +739,25 @@ class Attention(Mixer):
         B, L, _ = t.shape
         return t.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v from one GEMM over the three weights side by side: x is read once, and the
+        backward is one GEMM for x's gradient instead of three summed. Under torch.compile only,
+        where the concatenation fuses with autocast's cast of the weights; eagerly it would copy
+        the weights on every call (a decoding step costs about that much)."""
+        B, L, _ = x.shape
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
+        return F.linear(x, w).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, L, _ = x.shape
         start = cache.pos if cache is not None else 0
         self.check_length(start + L)
         pos = positions(start, start + L, x.device)
         xqk = self.pe.qk_input(x, pos)
-        q, k, v = self._heads(self.wq(xqk)), self._heads(self.wk(xqk)), self._heads(self.wv(x))
+        if xqk is x and torch.compiler.is_compiling():
+            q, k, v = self._qkv(x)
+        else:
+            q, k, v = self._heads(self.wq(xqk)), self._heads(self.wk(xqk)), self._heads(self.wv(x))
         if cache is not None:  # keys as projected: the positional transform is redone per chunk
             if cache.k is not None:
                 k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
