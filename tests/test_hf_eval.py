@@ -365,7 +365,7 @@ def test_a_spec_lists_an_hf_model_and_the_report_draws_it_beside_zoo_runs(llama_
     rc, out, err = run_cli(capsys, "compare", str(spec), "--root", str(root), "--device", "cpu")
     (broken,) = [r for r in store.runs(kind="hf") if r["config"]["label"] == "broken"]
     assert broken["status"] == "failed" and "cannot load the Hugging Face model" in broken["reason"]
-    assert "1 run(s) failed" in out
+    assert rc == 1 and "1 pretrained model(s) failed: broken" in out
 
 
 def test_rope_overrides_map_to_transformers_rope_parameters():
