@@ -112,6 +112,22 @@ def test_compare_exits_1_when_anything_failed_or_was_busy(tmp_path, monkeypatch,
     assert why in " ".join(out.split()), out
 
 
+def test_compare_exits_1_when_the_bench_fails(tmp_path, monkeypatch):
+    import zoo.train.sweep as sweep
+    from zoo.errors import ZooError
+
+    def broken_bench(*a, **k):
+        raise ZooError("no lengths fit")
+
+    monkeypatch.setattr(sweep, "train", _fake_train(None))
+    monkeypatch.setattr(sweep, "bench_experiment", broken_bench)
+    p = tmp_path / "spec.toml"
+    p.write_text(to_toml({**SPEC, "eval": {"bench": {"lengths": [64]}}}))
+    code, out, err = run_cli(["compare", str(p), "--root", str(tmp_path / "root"), "--no-progress"])
+    assert code == 1, (out, err)
+    assert "bench failed" in out and "(bench)" in " ".join(out.split()), out
+
+
 def test_exit_codes_of_typer_exit_usage_and_interrupt(tmp_path, monkeypatch):
     import zoo.train.sweep as sweep
 

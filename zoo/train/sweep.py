@@ -241,9 +241,11 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
             rid = bench_experiment(spec, runs, store, device, console)
             if console is not None:
                 console.print(f"bench stored as run [bold]{rid}[/] (`zoo runs show {rid}`)")
-        except ZooError as e:
+        except ZooError as e:  # the experiment's evaluation failed: every run's outcome says so
             if console is not None:
-                console.print(f"[yellow]bench failed:[/] {escape(str(e))}")
+                console.print(f"[red]bench failed:[/] {escape(str(e))}")
+            for o in outcomes:
+                o.evals["bench"] = f"failed: {e}"
     return outcomes
 
 
