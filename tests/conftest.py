@@ -24,3 +24,22 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture
+def nan_mixer():
+    """A registered mixer named `test-nan` that is NoPE attention until its third forward, then
+    NaN: for failure diagnosis. Unregistered afterwards."""
+    from zoo.mixers.attention import NoPE
+    from zoo.registry import REGISTRY, register_mixer
+
+    class NaNFrom(NoPE):
+        def forward(self, x, cache=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            y = super().forward(x, cache)
+            return y * float("nan") if self.calls > 2 else y
+
+    register_mixer(name="test-nan", family="test", description="breaks on purpose", citation="-",
+                   capabilities=NoPE.spec.capabilities, backends=NoPE.spec.backends, tiny={"n_heads": 2})(NaNFrom)
+    yield "test-nan"
+    REGISTRY.specs.pop("test-nan", None)

@@ -44,22 +44,8 @@ def test_graph_step_equals_compiled_and_eager_steps(tmp_path):
     torch.testing.assert_close(graphs, eager, rtol=3e-2, atol=3e-2)
 
 
-def test_nan_run_fails_at_its_first_bad_step_with_deferred_reads(tmp_path):
-    from zoo.mixers.attention import NoPE
-    from zoo.registry import REGISTRY, register_mixer
-
-    class NaNFrom(NoPE):
-        def forward(self, x, cache=None):
-            self.calls = getattr(self, "calls", 0) + 1
-            y = super().forward(x, cache)
-            return y * float("nan") if self.calls > 2 else y
-
-    register_mixer(name="test-nan-gpu", family="test", description="breaks on purpose", citation="-",
-                   capabilities=NoPE.spec.capabilities, backends=NoPE.spec.backends, tiny={"n_heads": 2})(NaNFrom)
-    try:
-        assert tr._defer_host_reads(torch.device("cuda"), "none")
-        with pytest.raises(tr.NonFiniteError, match=r"step 2: loss \(nan\) is not finite") as e:
-            tr.train(_run(layers=("test-nan-gpu",), steps=8, log_every=4), Store(tmp_path))
-        assert "blocks.0.mixer (NaNFrom)" in str(e.value)
-    finally:
-        REGISTRY.specs.pop("test-nan-gpu", None)
+def test_nan_run_fails_at_its_first_bad_step_with_deferred_reads(tmp_path, nan_mixer):
+    assert tr._defer_host_reads(torch.device("cuda"), "none")
+    with pytest.raises(tr.NonFiniteError, match=r"step 2: loss \(nan\) is not finite") as e:
+        tr.train(_run(layers=(nan_mixer,), steps=8, log_every=4), Store(tmp_path))
+    assert "blocks.0.mixer (NaNFrom)" in str(e.value)

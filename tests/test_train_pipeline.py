@@ -57,31 +57,17 @@ def test_data_workers_and_prefetch_do_not_change_what_a_run_sees(tmp_path):
     assert len(results[0]) == 5 and results[0] == results[1] == results[2]
 
 
-def test_deferred_host_reads_name_the_first_bad_step(tmp_path, monkeypatch):
+def test_deferred_host_reads_name_the_first_bad_step(tmp_path, monkeypatch, nan_mixer):
     """As on CUDA: the loss is read every 4 steps, the fused AdamW skips the bad steps on the
     device, and the diagnosis still finds the layer that went NaN at its step."""
-    from zoo.mixers.attention import NoPE
-    from zoo.registry import REGISTRY, register_mixer
-
-    class NaNFrom(NoPE):
-        def forward(self, x, cache=None):
-            self.calls = getattr(self, "calls", 0) + 1
-            y = super().forward(x, cache)
-            return y * float("nan") if self.calls > 2 else y
-
-    register_mixer(name="test-nan-from", family="test", description="breaks on purpose", citation="-",
-                   capabilities=NoPE.spec.capabilities, backends=NoPE.spec.backends, tiny={"n_heads": 2})(NaNFrom)
     monkeypatch.setattr(tr, "_defer_host_reads", lambda device, strategy: True)
-    try:
-        run = _run(steps=8, log_every=4).model_copy(update={"model": ModelConfig(
-            d_model=32, n_layers=2, layers=["test-nan-from"], mixer_config={"test-nan-from": {"n_heads": 2}})})
-        store = Store(tmp_path)
-        with pytest.raises(tr.NonFiniteError, match=r"step 2: loss \(nan\) is not finite") as e:
-            tr.train(run, store)
-        assert "blocks.0.mixer (NaNFrom)" in str(e.value)
-        assert len(_losses(store, run.run_id())) == 2  # the good steps before it were logged
-    finally:
-        REGISTRY.specs.pop("test-nan-from", None)
+    run = _run(steps=8, log_every=4).model_copy(update={"model": ModelConfig(
+        d_model=32, n_layers=2, layers=[nan_mixer], mixer_config={nan_mixer: {"n_heads": 2}})})
+    store = Store(tmp_path)
+    with pytest.raises(tr.NonFiniteError, match=r"step 2: loss \(nan\) is not finite") as e:
+        tr.train(run, store)
+    assert "blocks.0.mixer (NaNFrom)" in str(e.value)
+    assert len(_losses(store, run.run_id())) == 2  # the good steps before it were logged
 
 
 def test_compiled_training_traces_once(tmp_path, monkeypatch):
