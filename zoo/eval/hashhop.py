@@ -44,8 +44,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zoo.errors import LengthError, ZooError
-from zoo.stats import Z95, clustered
-from zoo.stats import wilson as wilson_interval
+from zoo.stats import clustered
 from zoo.tasks.hashhop import (
     MAX_CHARS,
     MAX_HASH_LEN,
@@ -163,14 +162,6 @@ class HashHopGrid(BaseModel):
         """Tokens fed for one sample of the cell: `<bos>` + text less its last character
         (the final newline predicts nothing), i.e. the text length."""
         return text_len(n_chains(n_chars, hops, self.hash_len), self.queries, hops, self.hash_len, cot)
-
-
-def wilson(k: int, n: int, z: float = Z95) -> dict[str, float | int | None]:
-    """Accuracy k/n with its Wilson score interval (`zoo.stats.wilson`)."""
-    if n == 0:
-        return {"k": 0, "n": 0, "acc": None, "lo": None, "hi": None}
-    lo, hi = wilson_interval(k, n, z)
-    return {"k": k, "n": n, "acc": k / n, "lo": lo, "hi": hi}
 
 
 # -- scoring one batch of samples ----------------------------------------------------------------
