@@ -15,6 +15,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from zoo.cli import hf as hf_cli
 from zoo.errors import ZooError, invalid
 from zoo.tasks.hashhop import MAX_CHARS
 
@@ -221,17 +222,15 @@ def register(app: typer.Typer) -> None:
         rope_factor: float = typer.Option(None, "--rope-factor", help="scale factor s of --rope-scaling"),
         hf: str = typer.Option(None, "--hf", help="evaluate a Hugging Face causal LM (hub id or local directory) "
                                "with its own tokenizer instead of a run"),
-        revision: str = typer.Option(None, "--revision", help="hub branch, tag or commit of --hf"),
-        dtype: str = typer.Option("auto", "--dtype", help="weights dtype of --hf: auto, float32, bfloat16, float16"),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                               help="let --hf run its repository's own code"),
+        revision: str = hf_cli.REVISION,
+        dtype: str = hf_cli.DTYPE,
+        trust_remote_code: bool = hf_cli.TRUST_REMOTE_CODE,
     ) -> None:
         """Evaluate a trained run (or a fresh baseline, or a Hugging Face model) over a HashHop grid.
 
         Results go to the results store holding the run (or --root), each cell as it finishes (a
         stopped evaluation resumes at the next cell), and to a JSON file."""
         if hf is not None:
-            from zoo.cli import hf as hf_cli
 
             if run is not None or untrained is not None:
                 raise ZooError("--hf evaluates a pretrained model alone", "leave out the run directory and --untrained")

@@ -1,7 +1,8 @@
 """`zoo hashhop eval --hf NAME` and `zoo ppl --hf NAME`: pretrained Hugging Face causal LMs.
 
-The `--hf` options live on those two commands (`zoo.cli.hashhop`, `zoo.cli.train`); this
-module does their work so that a zoo-trained model's path through them stays as it was.
+The `--hf` options are declared once here and used by those two commands (`zoo.cli.hashhop`,
+`zoo.cli.train`); this module does their work so that a zoo-trained model's path through them
+stays as it was.
 An evaluated model is a run of kind "hf" in the results store, beside the trained ones.
 """
 
@@ -12,10 +13,13 @@ from typing import Any
 
 import typer
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
 
-HF_HELP = "a Hugging Face causal LM: hub id or local directory (needs the hf extra)"
-DTYPE_HELP = "weights dtype of --hf: auto (the checkpoint's), float32, bfloat16, float16"
+# the options that say which pretrained model, shared by both commands
+REVISION = typer.Option(None, "--revision", help="hub branch, tag or commit of --hf")
+DTYPE = typer.Option("auto", "--dtype", help="weights dtype of --hf: auto (the checkpoint's), float32, bfloat16, "
+                     "float16")
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="let --hf run its repository's own code")
 
 
 def model_ref(name: str, revision: str | None, dtype: str, trust_remote_code: bool, rope):
@@ -27,9 +31,7 @@ def model_ref(name: str, revision: str | None, dtype: str, trust_remote_code: bo
         return HFModelRef(name=name, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
                           rope_scaling=rope)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ZooError(f"bad --hf setting '{'.'.join(map(str, err['loc']))}' = {err.get('input')!r}: {err['msg']}",
-                       "--dtype is auto, float32, bfloat16 or float16") from None
+        raise invalid(e, "bad --hf setting", "--dtype is auto, float32, bfloat16 or float16") from None
 
 
 def load(ref, device: str):

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from zoo.cli import hf as hf_cli
 from zoo.errors import ZooError, invalid
 
 ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
@@ -309,10 +310,9 @@ def register(app: typer.Typer) -> None:
         save: bool = typer.Option(True, "--save/--no-save", help="store the rows as results of kind 'ppl'"),
         hf: str = typer.Option(None, "--hf", help="a Hugging Face causal LM (hub id or local directory) instead "
                                "of a run, in its own tokens"),
-        revision: str = typer.Option(None, "--revision", help="hub branch, tag or commit of --hf"),
-        dtype: str = typer.Option("auto", "--dtype", help="weights dtype of --hf: auto, float32, bfloat16, float16"),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                               help="let --hf run its repository's own code"),
+        revision: str = hf_cli.REVISION,
+        dtype: str = hf_cli.DTYPE,
+        trust_remote_code: bool = hf_cli.TRUST_REMOTE_CODE,
         text: list[str] = typer.Option(None, "--text", help="with --hf: text files or directories (default: the "
                                        "lm task's corpus); its held-out split is read"),
         text_field: str = typer.Option("text", "--text-field", help="JSON Lines key / Parquet column of --text"),
@@ -321,7 +321,6 @@ def register(app: typer.Typer) -> None:
         """Perplexity vs length of a trained lm run (or of a Hugging Face model), optionally under an
         evaluation-time RoPE scaling."""
         if hf is not None:
-            from zoo.cli import hf as hf_cli
             from zoo.cli.hashhop import parse_rope, parse_sizes
 
             if run is not None:
