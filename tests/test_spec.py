@@ -163,3 +163,20 @@ def test_sweep_selection_metric_is_checked():
         parse_spec({**base, "sweep": {"metric": "hashhop_accuracy"}})
     with pytest.raises(ZooError, match="sweep.select"):
         parse_spec({**base, "sweep": {"select": "worst"}})
+
+
+def test_sizes_set_paths_together_and_tokens_follow_params():
+    spec = parse_spec({"name": "z", "mixers": ["nope"],
+                       "model": {"n_layers": 2, "mixer_config": {"nope": {"n_heads": 2}}},
+                       "task": {"name": "hashhop"}, "train": {"seq_len": 64},
+                       "sweep": {"sizes": [{"d_model": 32, "model.mixer_config.nope.n_heads": 2},
+                                           {"d_model": 64, "model.mixer_config.nope.n_heads": 4}],
+                                 "lr": [1e-3, 3e-3], "tokens_per_param": 20}})
+    runs = plan(spec)
+    assert [r.run.model.d_model for r in runs] == [32, 32, 64, 64]  # small sizes first
+    assert [r.run.model.mixer_config["nope"]["n_heads"] for r in runs] == [2, 2, 4, 4]
+    for r in runs:
+        non_embedding = r.params - r.run.model.vocab_size * r.run.model.d_model
+        assert r.run.train.max_tokens == round(20 * non_embedding)
+    with pytest.raises(ZooError, match="a size sets nothing"):
+        parse_spec({"name": "z", "mixers": ["nope"], "task": {"name": "hashhop"}, "sweep": {"sizes": [{}]}})

@@ -91,6 +91,12 @@ class ModelSpec(BaseModel):
 SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
 
 
+def _check_axis_path(k: str) -> None:
+    if k.split(".")[0] not in ("model", "train", "task") or "." not in k:
+        raise ValueError(f"axis '{k}' must be a dotted path under model., train. or task. "
+                         f"(or one of {', '.join(AXIS_ALIASES)})")
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +106,12 @@ class SweepSpec(BaseModel):
     seed: list[int] | None = Field(None, min_length=1)
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="more axes: dotted path -> values, "
                                        "e.g. 'train.batch_size' = [8, 16]")
+    sizes: list[dict[str, Any]] | None = Field(None, min_length=1, description="model sizes, one axis whose "
+                                               "values set several paths together, e.g. {d_model = 128, "
+                                               "'model.mixer_config.rope.n_heads' = 8}")
+    tokens_per_param: float | None = Field(None, gt=0, le=1e6, description="train each run on this many tokens "
+                                           "per non-embedding parameter (its max_tokens; compute-optimal "
+                                           "budgets across sizes, e.g. 20 as in Hoffmann et al. 2022)")
     match_params: bool = Field(False, description="hold the parameter count equal across mixers")
     match_by: Literal["d_model", "mlp_hidden"] = Field("d_model", description="what matching adjusts")
     match_reference: str | None = Field(None, description="mixer whose count is the target (default: the first)")
@@ -121,15 +133,28 @@ class SweepSpec(BaseModel):
     @classmethod
     def _paths(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for k, vals in v.items():
-            if k.split(".")[0] not in ("model", "train", "task") or "." not in k:
-                raise ValueError(f"axis '{k}' must be a dotted path under model., train. or task.")
+            _check_axis_path(k)
             if not vals:
                 raise ValueError(f"axis '{k}' has no values")
         return v
 
+    @field_validator("sizes")
+    @classmethod
+    def _size_paths(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for size in v or []:
+            if not size:
+                raise ValueError("a size sets nothing; give it at least one path, e.g. d_model = 128")
+            for k in size:
+                if k not in AXIS_ALIASES:
+                    _check_axis_path(k)
+        return v
+
     def all_axes(self) -> dict[str, list[Any]]:
-        out = {AXIS_ALIASES[k]: getattr(self, k) for k in ("d_model", "n_layers", "lr", "seed")
-               if getattr(self, k) is not None}
+        out: dict[str, list[Any]] = {}
+        if self.sizes is not None:  # first, so a plan runs the small models first
+            out["size"] = [{AXIS_ALIASES.get(k, k): v for k, v in size.items()} for size in self.sizes]
+        out.update({AXIS_ALIASES[k]: getattr(self, k) for k in ("d_model", "n_layers", "lr", "seed")
+                    if getattr(self, k) is not None})
         for k, vals in self.axes.items():
             out[AXIS_ALIASES.get(k, k)] = vals
         return out
@@ -283,7 +308,10 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
                 raise ZooError(f"{path}: unknown key 'mixers.{label}.model.{k}'",
                                f"allowed: {', '.join(ModelSpec.model_fields)}")
         try:
-            TrainConfig(**_deep_merge(spec.train, entry.train))
+            train = _deep_merge(spec.train, entry.train)
+            if spec.sweep.tokens_per_param is not None:  # the plan sets max_tokens per run
+                train.setdefault("max_tokens", 1)
+            TrainConfig(**train)
         except ValidationError as e:
             where = ("mixers", label, "train") if entry.train else ("train",)
             raise _validation_error(path, e, TrainConfig, where) from None
@@ -380,19 +408,22 @@ class PlannedRun:
     matched: str | None = None                            # what parameter matching chose
 
 
-def count_params(model_config: ModelConfig) -> int:
+def count_params(model_config: ModelConfig, embedding: bool = True) -> int:
     """Parameters of a ZooLM, built on the meta device when the mixers allow it."""
     try:
         with torch.device("meta"):
-            return ZooLM(model_config).num_params()
+            return ZooLM(model_config).num_params(embedding)
     except Exception:  # some mixers initialise with real tensors
-        return ZooLM(model_config).num_params()
+        return ZooLM(model_config).num_params(embedding)
 
 
 def _model_config(spec: ExperimentSpec, entry: MixerEntry, mixer: str, model_over: dict) -> dict:
     base = spec.model.model_dump(exclude_none=True)
     layers = entry.layers or [mixer]
     shared_cfg = base.pop("mixer_config")
+    model_over = dict(model_over)
+    for name, over in model_over.pop("mixer_config", {}).items():  # a sweep point's mixer settings
+        shared_cfg[name] = {**shared_cfg.get(name, {}), **over}
     mcfg = {n: dict(shared_cfg.get(n, {})) for n in dict.fromkeys(layers) if n in shared_cfg}
     mcfg[mixer] = {**mcfg.get(mixer, {}), **entry.config}
     m = {**base, **model_over, "layers": layers, "mixer_config": {k: v for k, v in mcfg.items() if k in layers}}
@@ -426,6 +457,13 @@ def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
     return best[1], best[2]
 
 
+def _point_paths(point: dict[str, Any]) -> dict[str, Any]:
+    """A sweep point as dotted path -> value, a size's paths spread out."""
+    out = {k: v for k, v in point.items() if k != "size"}
+    out.update(point.get("size") or {})
+    return out
+
+
 def plan(spec: ExperimentSpec) -> list[PlannedRun]:
     """Expand mixers x sweep axes into runs (deduplicated by run id)."""
     from zoo.tasks.base import get_task
@@ -443,7 +481,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                 mixer = entry.mixer or label
                 doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
                                        "task": {"config": copy.deepcopy(spec.task.config)}}
-                for path, value in point.items():
+                for path, value in _point_paths(point).items():
                     _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)
                 doc["train"] = _deep_merge(doc["train"], entry.train)
                 mc = _model_config(spec, entry, mixer, {**doc["model"], **entry.model})
@@ -463,6 +501,9 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                         matched = f"{what} ({params:,} vs {target:,} params, {100 * dev:+.1f}%)"
                         if abs(dev) > 0.05:
                             matched += " [not matched within 5%]"
+                if spec.sweep.tokens_per_param is not None:
+                    per_param = spec.sweep.tokens_per_param * count_params(ModelConfig(**mc), embedding=False)
+                    doc["train"]["max_tokens"] = max(1, round(per_param))
                 run = RunConfig(model=ModelConfig(**mc),
                                 task=TaskRef(name=spec.task.name, config={**doc["task"]["config"], **entry.task}),
                                 train=TrainConfig(**doc["train"]), label=label, experiment=spec.name)
