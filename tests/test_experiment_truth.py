@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from zoo.report import analysis as A
-from zoo.report.model import HashHopCell, ReportData, Run
+from zoo.report.data import HashHopCell, ReportData, Run
 from zoo.store import Store
 from zoo.tasks.base import get_task
 

@@ -5,7 +5,7 @@ import pytest
 
 from zoo.report import analysis as A
 from zoo.report import figures as F
-from zoo.report.model import HashHopCell, ReportData, Run
+from zoo.report.data import HashHopCell, ReportData, Run
 from zoo.report.style import Palette
 from zoo.stats import clustered, wilson
 

@@ -9,9 +9,9 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.report import fmt
+from zoo.report.fits import effective_context, fit_power_law, wilson
 from zoo.report.fmt import Table, Val, na
 from zoo.report.load import parse_where
-from zoo.report.stats import effective_context, fit_power_law, wilson
 from zoo.report.style import Palette
 from zoo.store import Store
 
@@ -132,7 +132,7 @@ def test_open_only_with_a_graphical_browser(monkeypatch):
 def test_empty_results_render_as_reasons(tmp_path):
     pytest.importorskip("jinja2")
     pytest.importorskip("matplotlib")
-    from zoo.report.model import ReportData, Run
+    from zoo.report.data import ReportData, Run
     from zoo.report.render import build
 
     data = ReportData("only a failed run", [Run("r1", "nope", ["nope"], "failed", "step 3: loss (nan) is not finite")],
@@ -205,7 +205,7 @@ def test_labels_reach_figures_and_csv_as_written(tmp_path):
     pytest.importorskip("matplotlib")
     import csv
 
-    from zoo.report.model import ReportData, Run
+    from zoo.report.data import ReportData, Run
     from zoo.report.render import build
 
     label = "=cost $x^$ [/]"  # two dollars: mathtext would parse (and fail on) what lies between

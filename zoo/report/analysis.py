@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from zoo.errors import ZooError
 from zoo.report import fmt
+from zoo.report.data import BenchPoint, HashHopCell, ReportData, Run
+from zoo.report.fits import PowerLaw, clustered, effective_context, fit_power_law, wilson
 from zoo.report.fmt import Table, Val, na
-from zoo.report.model import BenchPoint, HashHopCell, ReportData, Run
-from zoo.report.stats import PowerLaw, clustered, effective_context, fit_power_law, wilson
 
 MULTIPLES = (1, 4, 16, 64)
 PPL_MULTIPLES = (1, 8)

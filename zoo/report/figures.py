@@ -20,8 +20,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from zoo.report import analysis as A
 from zoo.report import fmt
+from zoo.report.data import ReportData
 from zoo.report.fmt import Table
-from zoo.report.model import ReportData
 from zoo.report.style import Palette
 
 RC = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.report.model import BenchPoint, Ceiling, HashHopCell, PplPoint, ReportData, Run
+from zoo.report.data import BenchPoint, Ceiling, HashHopCell, PplPoint, ReportData, Run
 from zoo.store import Store
 
 STATE_LENGTHS = (8192, 2**20)

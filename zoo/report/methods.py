@@ -12,7 +12,7 @@ from typing import Any
 
 from zoo.report import analysis as A
 from zoo.report import fmt
-from zoo.report.model import ReportData
+from zoo.report.data import ReportData
 
 
 @dataclass

@@ -21,8 +21,8 @@ from zoo.errors import ZooError
 from zoo.report import analysis as A
 from zoo.report import figures as F
 from zoo.report import fmt, methods
+from zoo.report.data import ReportData
 from zoo.report.fmt import Table, Val, na
-from zoo.report.model import ReportData
 from zoo.report.style import Palette
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "report"

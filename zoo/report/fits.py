@@ -1,5 +1,4 @@
-"""The few statistics a report needs: Wilson and clustered intervals (from `zoo.stats`), power-law fits,
-effective context length.
+"""Fits for the report: power laws and effective context length, beside the intervals of `zoo.stats`.
 
 Everything here is plain Python/numpy on numbers read from the store, so it is easy to
 check by hand and the report never invents a number.
