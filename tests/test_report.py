@@ -359,16 +359,19 @@ def test_pdf_pages_and_numbers(built):
     # page 1: title, contents and what was compared; 2: figure and findings; 3: leaderboard;
     # one page per figure; the mixer cards; methods on two pages; runs and data
     assert re.search(r"^\s*1 Summary", pages[0].split("What was compared")[0].split("6 Runs and data")[-1], re.M)
-    assert page_of("Findings") == 2 and page_of("2 Leaderboard") == 3
-    assert [page_of(f) for f in figures] == list(range(4, 4 + len(figures)))
+    assert page_of("Findings") == 2
+    board = page_of("2 Leaderboard")  # after the findings, which may run onto a second page
+    assert board in (3, 4)
+    assert [page_of(f) for f in figures] == list(range(board + 1, board + 1 + len(figures)))
     absent = re.sub(r"\s+", " ", pages[page_of(figures[-1]) - 1])
     assert "Not drawn: perplexity vs evaluation length (n/a:" in absent and "throughput and peak memory" in absent
-    assert page_of("4 Mixers") == 8 and page_of("5 Methods") == 9 and page_of("6 Runs and data") == 11
-    assert len(pages) == 11
+    shift = board - 3
+    assert page_of("4 Mixers") == 8 + shift and page_of("5 Methods") == 9 + shift
+    assert page_of("6 Runs and data") == 11 + shift and len(pages) == 11 + shift
     # the leaderboard's numbers, as printed
-    board = [r for r in parse(built["html"]).tables["table-leaderboard"] if r[0]["tag"] == "td"]
-    text = re.sub(r"\s+", " ", pages[2])
-    for row in board:
+    text = re.sub(r"\s+", " ", pages[board - 1])
+    board_rows = [r for r in parse(built["html"]).tables["table-leaderboard"] if r[0]["tag"] == "td"]
+    for row in board_rows:
         for c in row[1:]:
             if "data-value" in c:
                 main_text = c["text"].split("[")[0].split("at ")[0].strip()

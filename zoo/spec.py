@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoo.errors import ZooError
 from zoo.eval.hf import HFModelRef
@@ -197,6 +197,16 @@ class ExperimentSpec(BaseModel):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     hf: dict[str, HFModelRef] = Field(default_factory=dict, description="pretrained Hugging Face causal LMs "
                                       "evaluated beside the mixers: label -> hub id / directory, or a table")
+    companions: list[str] = Field(default_factory=list, description="names of other experiments whose runs this "
+                                  "one's report shows beside its own (e.g. recall at the same model sizes)")
+
+    @model_validator(mode="after")
+    def _companions(self) -> ExperimentSpec:
+        twice = sorted({c for c in self.companions if self.companions.count(c) > 1})
+        if twice or self.name in self.companions or any(not c.strip() for c in self.companions):
+            raise ValueError("companions name other experiments, each once, not this one "
+                             f"(got {self.companions})")
+        return self
 
     @field_validator("hf", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from zoo.errors import ZooError
 from zoo.report import fmt
 from zoo.report.data import BenchPoint, HashHopCell, ReportData, Run
-from zoo.report.fits import PowerLaw, clustered, effective_context, fit_power_law, wilson
+from zoo.report.fits import PowerLaw, clustered, crossing, effective_context, fit_power_law, wilson
 from zoo.report.fmt import Table, Val, na
 
 MULTIPLES = (1, 4, 16, 64)
@@ -622,10 +622,25 @@ def _bench_order(data: ReportData, name: str) -> int:
 @dataclass
 class ScalingFit:
     label: str
-    y: str          # "loss" or "error" (1 - HashHop accuracy at the training length)
-    x: str          # "params" or "flops"
+    y: str          # "loss" (held-out, else training) or "accuracy" (HashHop at the training length; fitted as error)
+    x: str          # "params" (non-embedding) or "flops" (training)
     points: list[tuple[float, float, str]]  # (x, y, run id)
     fit: PowerLaw | None
+
+    @property
+    def sizes(self) -> int:
+        return len({p[0] for p in self.points})
+
+
+def scaling_loss(data: ReportData) -> str:
+    """The loss the scaling fits use: held-out `eval_loss` when every finished run has it (it is
+    what learning rates are selected by), else the final training loss."""
+    done = [r for r in data.runs if r.status == "done"]
+    return "eval_loss" if done and all("eval_loss" in r.evals for r in done) else "final_loss"
+
+
+def _loss(r: Run, which: str) -> float | None:
+    return r.evals.get("eval_loss") if which == "eval_loss" else r.final_loss
 
 
 def scaling_points(data: ReportData, label: str, y: str, x: str) -> list[tuple[float, float, str]]:
@@ -634,13 +649,11 @@ def scaling_points(data: ReportData, label: str, y: str, x: str) -> list[tuple[f
     for r in data.runs_of(label):
         if r.status == "done":
             cells[cell_key(r)].append(r)
+    which = scaling_loss(data)
     # each size at its selected learning rate, every seed a point
     for r in [r for cell in cells.values() for r in cell_sweep(data, label, cell).selected.runs]:
-        xv = r.params if x == "params" else r.flops
-        if y == "loss":
-            yv = r.final_loss
-        else:
-            yv = metric_of(data, r, "hashhop_accuracy")
+        xv = (r.non_embedding_params or r.params) if x == "params" else r.flops
+        yv = _loss(r, which) if y == "loss" else metric_of(data, r, "hashhop_accuracy")
         if xv is not None and yv is not None:
             pts.append((float(xv), float(yv), r.run_id))
     return sorted(pts)
@@ -660,9 +673,18 @@ def scaling_fits(data: ReportData) -> list[ScalingFit]:
     return out
 
 
+def exponent_text(f: PowerLaw) -> str:
+    """'-0.316 (95% CI -0.40 to -0.24)'."""
+    ci = f.exponent_ci
+    return f"{f.exponent:.3f}" + (f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else "")
+
+
 def scaling_side(fits: list[ScalingFit]) -> Table:
-    """One row per mixer: the fitted exponent of each of the four panels."""
+    """One row per mixer: the fitted exponent of each of the four panels, with its interval."""
     order = [("loss", "params"), ("loss", "flops"), ("accuracy", "params"), ("accuracy", "flops")]
+    heads = ["loss ~ N", "loss ~ C", "error ~ N", "error ~ C"]
+    if not any(f.points for f in fits if f.y == "accuracy"):  # no HashHop task: loss columns only
+        order, heads = order[:2], heads[:2]
     by_label: dict[str, dict[tuple[str, str], ScalingFit]] = defaultdict(dict)
     for f in fits:
         by_label[f.label][(f.y, f.x)] = f
@@ -672,15 +694,197 @@ def scaling_side(fits: list[ScalingFit]) -> Table:
         for key in order:
             f = fs.get(key)
             if f is None or f.fit is None:
-                sizes = len({p[0] for p in f.points}) if f else 0
+                sizes = f.sizes if f else 0
                 row.append(na(f"{sizes} size{'s' if sizes != 1 else ''}"))
             else:
-                se = f"±{f.fit.exponent_se:.3f}, " if f.fit.exponent_se is not None else ""
-                row.append(Val(f.fit.exponent, f"{f.fit.exponent:.3f}", sub=f"{se}R² {f.fit.r2:.2f}",
-                               source=f"least squares in log-log space over {f.fit.n} runs"))
+                ci = f.fit.exponent_ci
+                sub = (f"[{ci[0]:.2f}, {ci[1]:.2f}], " if ci else "") + f"R² {f.fit.r2:.2f}"
+                row.append(Val(f.fit.exponent, f"{f.fit.exponent:.3f}", sub=sub,
+                               source=f"least squares in log-log space over {f.fit.n} runs, {f.sizes} sizes; "
+                                      "95% interval from Student's t with n - 2 degrees of freedom"))
         rows.append(row)
-    return Table("scaling-side", "Fitted exponents", ["mixer", "loss ~ N", "loss ~ C", "error ~ N", "error ~ C"], rows,
-                 note="A fit needs 3 or more model sizes; n/a gives how many there are.")
+    return Table("scaling-side", "Fitted exponents", ["mixer", *heads], rows,
+                 note="N: non-embedding parameters; C: training FLOPs. Brackets: 95% interval of the exponent. "
+                      "A fit needs 3 or more model sizes; n/a gives how many there are.")
+
+
+@dataclass
+class Crossing:
+    x: str               # "params" or "flops"
+    at: float            # where the two fitted curves meet
+    below: str           # the mixer with the lower fitted loss below that point
+    above: str           # ... and above it
+
+
+def scaling_crossings(fits: list[ScalingFit]) -> list[Crossing]:
+    """Where two mixers' fitted loss curves cross inside both fits' measured ranges."""
+    out = []
+    for x in ("params", "flops"):
+        fs = [f for f in fits if f.y == "loss" and f.x == x and f.fit is not None]
+        for i, a in enumerate(fs):
+            for b in fs[i + 1:]:
+                at = crossing(a.fit, b.fit)
+                if at is None:
+                    continue
+                lo = at / 2  # which is lower just below the crossing
+                below, above = (a.label, b.label) if a.fit(lo) < b.fit(lo) else (b.label, a.label)
+                out.append(Crossing(x, at, below, above))
+    return sorted(out, key=lambda c: (c.x, c.at))
+
+
+def scaling_findings(data: ReportData) -> list[str]:
+    """What the loss fits say, with their intervals and the caution their range calls for."""
+    fits = [f for f in scaling_fits(data) if f.y == "loss" and f.x == "params" and f.fit is not None]
+    if not fits:
+        return []
+    which = "Held-out loss" if scaling_loss(data) == "eval_loss" else "Final training loss"
+    fits.sort(key=lambda f: f.fit.exponent)
+    sizes = max(f.sizes for f in fits)
+    out = [f"{which} falls with non-embedding parameters N as N^b, steepest first: "
+           + ", ".join(f"{f.label} b = {exponent_text(f.fit)}" for f in fits)
+           + f" ({sizes} sizes each, the selected learning rate at each size)."]
+    cis = {f.label: f.fit.exponent_ci for f in fits}
+    if all(ci is not None for ci in cis.values()) and len(fits) >= 2:
+        apart = [(a.label, b.label) for i, a in enumerate(fits) for b in fits[i + 1:]
+                 if cis[a.label][1] < cis[b.label][0] or cis[b.label][1] < cis[a.label][0]]
+        if apart:
+            pairs = len(fits) * (len(fits) - 1) // 2
+            out.append("Exponent intervals that do not overlap: " + "; ".join(f"{a} and {b}" for a, b in apart)
+                       + ("; every other pair overlaps." if len(apart) < pairs else "."))
+        else:
+            out.append("Every pair of exponent intervals overlaps: at these sizes the exponents do not separate "
+                       "the mixers.")
+    small, large = min(f.points[0][0] for f in fits), max(f.points[-1][0] for f in fits)
+    first = min((f.points[0][1], f.label) for f in fits)   # lowest loss at each mixer's smallest size
+    last = min((f.points[-1][1], f.label) for f in fits)   # ... and at its largest
+    if first[1] == last[1]:
+        out.append(f"{first[1]} has the lowest loss at both the smallest and the largest size "
+                   f"({fmt.sig(first[0], 3)} and {fmt.sig(last[0], 3)}).")
+    else:
+        out.append(f"The ranking changes with size: {first[1]} has the lowest loss at the smallest size "
+                   f"({fmt.sig(first[0], 3)}), {last[1]} at the largest ({fmt.sig(last[0], 3)}).")
+    crossings = scaling_crossings(scaling_fits(data))
+    for x, unit in (("params", "non-embedding parameters"), ("flops", "training FLOPs")):
+        cs = [c for c in crossings if c.x == x]
+        if cs:
+            out.append(f"Fitted loss curves that cross inside the measured range of {unit}: "
+                       + "; ".join(f"{c.below} and {c.above} at {fmt.count(c.at)} ({c.below} lower below it)"
+                                   for c in cs) + ".")
+    edge = lr_at_edge(data, [f.label for f in fits])
+    if edge:
+        out.append("Learning rate selected at the edge of the grid swept: "
+                   + "; ".join(f"{label} at {n} of {m} sizes ({lr:g})" for label, (n, m, lr) in edge.items())
+                   + "; a wider grid may lower those points.")
+    out.append(f"Caution: the fits span {fmt.count(small)} to {fmt.count(large)} non-embedding parameters "
+               f"({large / small:.0f}x) with one seed per point; an exponent from so short a range is indicative, "
+               "and its interval is wide for that reason.")
+    return out
+
+
+def lr_at_edge(data: ReportData, labels: list[str]) -> dict[str, tuple[int, int, float]]:
+    """label -> (sizes whose selected rate is the largest or smallest swept, sizes, that rate)."""
+    out = {}
+    for label in labels:
+        cells: dict[str, list[Run]] = defaultdict(list)
+        for r in data.runs_of(label):
+            if r.status == "done":
+                cells[cell_key(r)].append(r)
+        sweeps = [cell_sweep(data, label, cell) for cell in cells.values()]
+        sweeps = [s for s in sweeps if len(s.points) >= 2 and s.selected.lr is not None]
+        at = [s.selected.lr for s in sweeps if s.selected.lr in (s.points[0].lr, s.points[-1].lr)]
+        if at:
+            out[label] = (len(at), len(sweeps), max(set(at), key=at.count))
+    return out
+
+
+def recall_findings(data: ReportData) -> list[str]:
+    """Per companion: each mixer's recall at its largest size, and the best point of all."""
+    out = []
+    for name, pts in companion_recall(data).items():
+        if not pts:
+            out.append(f"Companion experiment {name} has no finished runs in this store.")
+            continue
+        largest = []
+        for label in dict.fromkeys(p.label for p in pts):
+            p = max((p for p in pts if p.label == label), key=lambda p: p.x)
+            largest.append(f"{label} {fmt.acc(p.accuracy)} {fmt.interval(p.low, p.high)}")
+        best = max(pts, key=lambda p: p.accuracy)
+        chance = best.chance
+        out.append(f"MQAR recall, {recall_setting(data.companions[name])} ({name}), at the largest size: "
+                   + ", ".join(largest) + f". Best of all sizes: {best.label} at {fmt.count(best.x)} parameters, "
+                   f"{fmt.acc(best.accuracy)}" + (f"; chance {fmt.sig(chance, 2)}" if chance else "")
+                   + ". One seed per point.")
+    return out
+
+
+@dataclass
+class RecallPoint:
+    label: str
+    x: float                 # non-embedding parameters
+    accuracy: float
+    low: float
+    high: float
+    n: int                   # rows scored (queries within a row are not independent; rows are the trials)
+    chance: float | None
+    run_id: str
+
+
+def companion_recall(data: ReportData) -> dict[str, list[RecallPoint]]:
+    """Each companion experiment's held-out accuracy (`eval_acc`) per run, at its selected
+    learning rate, with a Wilson interval over the rows scored."""
+    out: dict[str, list[RecallPoint]] = {}
+    for name, runs in data.companions.items():
+        pts = []
+        for r in runs:
+            acc = r.evals.get("eval_acc")
+            x = r.non_embedding_params or r.params
+            if r.status != "done" or acc is None or x is None:
+                continue
+            train = r.config.get("train") or {}
+            n = int(train.get("eval_batches") or 0) * int(train.get("batch_size") or 0)
+            low, high = wilson(acc * n, n) if n else (None, None)
+            pts.append(RecallPoint(r.label, float(x), acc, low, high, n, run_chance(r, "accuracy"), r.run_id))
+        order = data.labels() + sorted({p.label for p in pts} - set(data.labels()))
+        out[name] = sorted(pts, key=lambda p: (order.index(p.label), p.x))
+    return out
+
+
+def recall_setting(runs: list[Run]) -> str:
+    """'16 pairs, 128 tokens, 2000 steps' from the companion's run configs."""
+    if not runs:
+        return ""
+    cfg = runs[0].config
+    task = (cfg.get("task") or {}).get("config") or {}
+    train = cfg.get("train") or {}
+    parts = [f"{task['num_kv_pairs']} pairs" if "num_kv_pairs" in task else None,
+             f"{train['seq_len']} tokens" if train.get("seq_len") else None,
+             f"{train['steps']} steps" if train.get("steps") else None]
+    return ", ".join(p for p in parts if p)
+
+
+def recall_side(data: ReportData) -> Table | None:
+    """Recall per mixer and size, one column per companion experiment."""
+    recall = companion_recall(data)
+    if not any(recall.values()):
+        return None
+    names = list(recall)
+    keys = sorted({(p.label, p.x) for pts in recall.values() for p in pts},
+                  key=lambda k: (data.labels().index(k[0]) if k[0] in data.labels() else 99, k[1]))
+    rows = []
+    for label, x in keys:
+        row = [Val(label, label), Val(x, fmt.count(x))]
+        for name in names:
+            p = next((p for p in recall[name] if p.label == label and p.x == x), None)
+            row.append(na("not run") if p is None else
+                       Val(p.accuracy, fmt.acc(p.accuracy), sub=fmt.interval(p.low, p.high),
+                           source=f"run {p.run_id}, eval_acc over {p.n} rows"))
+        rows.append(row)
+    chance = {p.chance for pts in recall.values() for p in pts if p.chance is not None}
+    note = "Brackets: Wilson 95% interval over the rows scored."
+    if chance:
+        note += " Chance: " + ", ".join(fmt.sig(c, 2) for c in sorted(chance)) + "."
+    cols = ["mixer", "N"] + [f"{n} ({recall_setting(data.companions[n])})" for n in names]
+    return Table("recall-side", "MQAR recall by size", cols, rows, note=note)
 
 
 # -- summary ---------------------------------------------------------------------------------
@@ -697,6 +901,19 @@ def totals(data: ReportData) -> dict:
         "commits": sorted({r.commit for r in data.runs if r.commit}),
         "hosts": sorted({r.host for r in data.runs if r.host}),
     }
+
+
+def busy_seconds(runs: list[Run]) -> float:
+    """Seconds during which at least one of `runs` was training (the union of their start-finish
+    spans): the device time a packed sweep took, where summed wall times would count it per run."""
+    spans = sorted((float(r.started), float(r.finished)) for r in runs
+                   if r.status == "done" and r.started is not None and r.finished is not None)
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def findings(data: ReportData, es: list[Entry]) -> list[str]:
@@ -773,12 +990,8 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
         if hi.state[STATE_LENGTHS[1]].value > lo.state[STATE_LENGTHS[1]].value:
             out.append(f"After 1M tokens {lo.label} holds {lo.state[STATE_LENGTHS[1]].text} of state, "
                        f"{hi.label} {hi.state[STATE_LENGTHS[1]].text}.")
-    fits = [f for f in scaling_fits(data) if f.fit is not None and f.y == "loss" and f.x == "params"]
-    if fits:
-        fits.sort(key=lambda f: f.fit.exponent)
-        out.append("Final loss falls with parameters N as N^b, steepest first: "
-                   + ", ".join(f"{f.label} b = {f.fit.exponent:.3f} ({f.fit.n} sizes, R² {f.fit.r2:.2f})" for f in fits)
-                   + ".")
+    out += scaling_findings(data)
+    out += recall_findings(data)
     losses = [(e, run_chance(e.run)) for e in es if e.run is not None and e.run.final_loss is not None]
     losses = [(e, c) for e, c in losses if c is not None]
     flat = [e.label for e, c in losses if abs(e.run.final_loss - c) <= c * LOSS_AT_CHANCE]

@@ -22,6 +22,7 @@ class Run:
     reason: str | None = None        # why it failed, when it did
     config: dict[str, Any] = field(default_factory=dict)
     params: int | None = None
+    non_embedding_params: int | None = None  # params less the (tied) embedding: what scaling laws count
     train_len: int | None = None     # training context in tokens (the largest, under a length schedule)
     steps: int | None = None
     tokens: float | None = None      # training tokens seen
@@ -136,6 +137,7 @@ class ReportData:
     ppl_variants: list[tuple[str, PplPoint]] = field(default_factory=list)  # (e.g. "yarn x4", point)
     hashhop_variants: list[tuple[str, HashHopCell]] = field(default_factory=list)  # evaluation-time RoPE scalings
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
+    companions: dict[str, list[Run]] = field(default_factory=dict)  # companion experiment -> its runs
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)
     store_root: str | None = None

@@ -240,7 +240,11 @@ def headline(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     title = "HashHop accuracy vs context length"
     curves = [(e, [p for p in e.curve if p.accuracy is not None]) for e in es if e.run is not None]
     curves = [(e, ok) for e, ok in curves if ok]
-    if not curves:
+    if not curves:  # a study without HashHop (e.g. scaling on lm): its scaling figure leads
+        sc = scaling(data, pal, fid="fig-headline")
+        if sc.svg is not None:
+            return Figure("fig-headline", sc.title, sc.svg, sc.caption + " Exponents with intervals in Figure "
+                          "\"Scaling\".")
         return Figure("fig-headline", title, None, "", reason="no HashHop results in the store for these runs")
     with rc_context(RC):
         fig = MplFigure(figsize=(5.6, 3.5), layout="constrained")
@@ -580,61 +584,108 @@ def speed_memory(data: ReportData, pal: Palette, mode: str) -> Figure:
 
 
 # -- scaling ------------------------------------------------------------------------------------
-def scaling(data: ReportData, pal: Palette) -> Figure:
-    title = "Scaling: loss and accuracy vs parameters and training compute"
+def scaling(data: ReportData, pal: Palette, fid: str = "fig-scaling") -> Figure:
+    title = "Scaling: loss vs parameters and training compute"
     fits = A.scaling_fits(data)
     if not any(f.points for f in fits):
-        return Figure("fig-scaling", title, None, "", reason="no finished runs with parameters and final loss")
-    if all(len({p[0] for p in f.points}) < 2 for f in fits):  # one point per mixer draws no trend
-        return Figure("fig-scaling", title, None, "", reason="one model size per mixer; scaling needs two or more")
+        return Figure(fid, title, None, "", reason="no finished runs with parameters and final loss")
+    if all(f.sizes < 2 for f in fits):  # one point per mixer draws no trend
+        return Figure(fid, title, None, "", reason="one model size per mixer; scaling needs two or more")
+    rows = ["loss"] + (["accuracy"] if any(f.points for f in fits if f.y == "accuracy") else [])
+    loss_name = "held-out loss" if A.scaling_loss(data) == "eval_loss" else "final training loss"
     with rc_context(RC):
-        fig = MplFigure(figsize=(7.6, 5.4), layout="constrained")
-        axes = fig.subplots(2, 2)
+        fig = MplFigure(figsize=(7.6, 2.9 * len(rows) + 0.5), layout="constrained")
+        axes = fig.subplots(len(rows), 2, squeeze=False)
         handles = {}
-        for (r, y), (c, x) in [((0, "loss"), (0, "params")), ((0, "loss"), (1, "flops")),
-                               ((1, "accuracy"), (0, "params")), ((1, "accuracy"), (1, "flops"))]:
-            ax = axes[r][c]
-            for f in fits:
-                if f.y != y or f.x != x or not f.points:
-                    continue
-                look = pal[f.label]
-                xs = [p[0] for p in f.points]
-                ys = [p[1] for p in f.points]
-                kw = look.line_kw()
-                kw.update(linestyle="none")
-                (h,) = ax.plot(xs, ys, **kw)
-                handles.setdefault(f.label, h)
-                if f.fit is not None:
-                    grid = np.geomspace(min(xs), max(xs), 50)
-                    fy = f.fit(grid) if y == "loss" else 1 - f.fit(grid)
-                    sym = "N" if x == "params" else "C"
-                    ax.plot(grid, fy, color=look.color, linestyle=look.linestyle, linewidth=1.2,
-                            label=f"{f.label}: {sym}^{f.fit.exponent:.3f}")
-            ax.set_xscale("log")
-            if y == "loss":
-                ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
-                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
-            else:
-                ax.set_ylim(-0.03, 1.05)
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            _data_ticks(ax.xaxis, [p[0] for f in fits if f.x == x for p in f.points])
-            if ax.get_legend_handles_labels()[0]:  # the fitted exponents, where there are fits
-                ax.legend(frameon=False, fontsize=6.5, handlelength=2.4, loc="best",
-                          title="fit: " + ("loss" if y == "loss" else "error 1 - acc") + " ∝", title_fontsize=6.5)
-            ax.set_xlabel("parameters" if x == "params" else "training FLOPs")
-            ax.set_ylabel("final training loss" if y == "loss" else "HashHop acc. at train length")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+        for r, y in enumerate(rows):
+            for c, x in enumerate(("params", "flops")):
+                ax = axes[r][c]
+                for f in fits:
+                    if f.y != y or f.x != x or not f.points:
+                        continue
+                    look = pal[f.label]
+                    xs = [p[0] for p in f.points]
+                    ys = [p[1] for p in f.points]
+                    kw = look.line_kw()
+                    kw.update(linestyle="none")
+                    (h,) = ax.plot(xs, ys, **kw)
+                    handles.setdefault(f.label, h)
+                    if f.fit is not None:
+                        grid = np.geomspace(min(xs), max(xs), 50)
+                        fy = f.fit(grid) if y == "loss" else 1 - f.fit(grid)
+                        sym = "N" if x == "params" else "C"
+                        ax.plot(grid, fy, color=look.color, linestyle=look.linestyle, linewidth=1.2,
+                                label=f"{_tex(f.label)}: {sym}^{f.fit.exponent:.3f}")
+                ax.set_xscale("log")
+                if y == "loss":
+                    ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.sig(v, 3)))
+                else:
+                    ax.set_ylim(-0.03, 1.05)
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                _data_ticks(ax.xaxis, [p[0] for f in fits if f.x == x for p in f.points])
+                if ax.get_legend_handles_labels()[0]:  # the fitted exponents, where there are fits
+                    ax.legend(frameon=False, fontsize=6.5, handlelength=2.4, loc="best",
+                              title="fit: " + ("loss" if y == "loss" else "error 1 - acc") + " ∝",
+                              title_fontsize=6.5)
+                ax.set_xlabel("non-embedding parameters N" if x == "params" else "training FLOPs C")
+                ax.set_ylabel(loss_name if y == "loss" else "HashHop acc. at train length")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
         _legend(fig, list(handles.values()), list(handles.keys()))
-        svg = to_svg(fig, "fig-scaling")
-    caption = ("One point per finished run. Lines: power laws fitted by least squares in log-log space (loss, and "
-               "the error rate 1 - accuracy), drawn only for mixers with at least 3 model sizes.")
+        svg = to_svg(fig, fid)
+    caption = (f"One point per model size at its selected learning rate ({loss_name}, nats per token). Lines: power "
+               "laws fitted by least squares in log-log space (loss, and the error rate 1 - accuracy), drawn only "
+               "for mixers with at least 3 model sizes; the table gives each exponent's 95% interval.")
     if not any(f.fit for f in fits):  # one or two sizes per mixer: say so once instead of a table of n/a
-        sizes = max(len({p[0] for p in f.points}) for f in fits)
-        return Figure("fig-scaling", title, svg, caption, None,
+        sizes = max(f.sizes for f in fits)
+        return Figure(fid, title, svg, caption, None,
                       [f"power-law fits: n/a (at most {sizes} model size{'s' if sizes != 1 else ''} per mixer; "
                        "a fit needs 3)"])
-    return Figure("fig-scaling", title, svg, caption, A.scaling_side(fits))
+    return Figure(fid, title, svg, caption, A.scaling_side(fits))
+
+
+def recall(data: ReportData, pal: Palette) -> Figure:
+    """MQAR recall against size, one panel per companion experiment."""
+    title = "Recall vs parameters (MQAR, companion experiments)"
+    points = A.companion_recall(data)
+    names = [n for n, pts in points.items() if pts]
+    if not names:
+        missing = ", ".join(points) or "none"
+        return Figure("fig-recall", title, None, "",
+                      reason=f"no finished runs of the companion experiments ({missing}) in this store")
+    with rc_context(RC):
+        fig = MplFigure(figsize=(3.8 * len(names), 3.3), layout="constrained")
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+        handles = {}
+        for ax, name in zip(axes, names):
+            pts = points[name]
+            for label in dict.fromkeys(p.label for p in pts):
+                mine = [p for p in pts if p.label == label]
+                look = pal[label]
+                xs = [p.x for p in mine]
+                ys = [p.accuracy for p in mine]
+                err = [[p.accuracy - p.low for p in mine], [p.high - p.accuracy for p in mine]]
+                h = ax.errorbar(xs, ys, yerr=err, color=look.color, linestyle=look.linestyle, marker=look.marker,
+                                markersize=4, linewidth=1.2, capsize=2)
+                handles.setdefault(label, h.lines[0])
+            _chance_line(ax, max((p.chance for p in pts if p.chance is not None), default=None))
+            ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.05)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            _data_ticks(ax.xaxis, [p.x for p in pts])
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+            ax.set_xlabel("non-embedding parameters N")
+            ax.set_ylabel("MQAR accuracy (held out)")
+            ax.set_title(_tex(f"{name}: {A.recall_setting(data.companions[name])}"), fontsize=8)
+        _legend(fig, list(handles.values()), list(handles.keys()))
+        svg = to_svg(fig, "fig-recall")
+    caption = ("Held-out exact recall of each queried value, one run per mixer and size at the companion's learning "
+               "rate; bars: Wilson 95% intervals over the rows scored (queries within a row are not independent, "
+               "so rows are the trials); dashed: chance, a guess among the value tokens.")
+    empty = [n for n, pts in points.items() if not pts]
+    notes = [f"{n}: no finished runs in this store" for n in empty]
+    return Figure("fig-recall", title, svg, caption, A.recall_side(data), notes)
 
 
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
@@ -647,4 +698,6 @@ def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figur
         Figure("fig-speed", "Throughput and peak memory vs sequence length", None, "",
                reason="no bench results in the store (run `zoo bench` on the GPU)")]
     figs.append(scaling(data, pal))
+    if data.companions:
+        figs.append(recall(data, pal))
     return figs

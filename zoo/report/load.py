@@ -133,6 +133,19 @@ def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str]
     return runs, spec, source
 
 
+def companion_runs(store: Store, experiment: str) -> list[Run]:
+    """The training runs the store recorded as members of `experiment`, under its labels (none
+    when it was never compared into this store: the report says so where it would draw them)."""
+    runs = []
+    for m in store.members(experiment):
+        got = store.get_run(m["run_id"]) if m["kind"] == "train" else None
+        if got is not None:
+            got = {**got, "config": {**got["config"], "label": m["label"] or got["config"].get("label"),
+                                     "experiment": experiment}}
+            runs.append(to_run(store, got, state=False))
+    return runs
+
+
 def hf_entries(store: Store, spec) -> list[dict]:
     """The spec's pretrained Hugging Face models (`[hf.NAME]`), stored or placeholders."""
     out = []
@@ -209,6 +222,8 @@ def to_run(store: Store, d: dict, state: bool = True) -> Run:
         started=p.get("started"), finished=p.get("finished"),
         run_dir=str(store.root / "runs" / d["id"]) if not d.get("planned") else None,
     )
+    if run.params is not None and model.get("d_model") and model.get("vocab_size"):
+        run.non_embedding_params = run.params - int(model["d_model"]) * int(model["vocab_size"])
     if state and model:
         run.max_length, run.state_bytes, run.state_reason = state_sizes(model)
     if not d.get("planned"):
@@ -417,7 +432,8 @@ def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] |
             title = "mixer-zoo: speed and memory vs sequence length"
         else:
             title = "mixer-zoo comparison"
+    companions = {name: companion_runs(store, name) for name in (spec or {}).get("companions") or []}
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,
-                      ppl_variants=variants, hashhop_variants=hh_variants, spec=spec,
+                      ppl_variants=variants, hashhop_variants=hh_variants, spec=spec, companions=companions,
                       spec_path=str(spec_path) if spec_path else None,
                       source=source, store_root=str(store.root))

@@ -236,9 +236,19 @@ def _leaderboard(data: ReportData) -> Method:
         f"Effective context length: the largest evaluated length with HashHop accuracy >= {A.THRESHOLD}, shown "
         "with that accuracy and its interval.",
         "Scaling fits: y = a x^b by least squares on log y against log x (the pure power-law form of Kaplan et al. "
-        "2020, without an irreducible term), for final training loss and for the error rate 1 - accuracy, against "
-        "parameters N and training FLOPs C; fitted only with at least 3 model sizes. The exponent's standard error "
-        "comes from the regression.",
+        "2020, without an irreducible term), for the loss (held out when every run has it) and for the error rate "
+        "1 - accuracy, against non-embedding parameters N (all parameters less the tied embedding, as Kaplan et al. "
+        "count) and training FLOPs C; fitted only with at least 3 model sizes, each size at its selected learning "
+        "rate. The exponent's 95% interval is b ± t(n - 2) times its regression standard error (Student's t: "
+        "4.30 at 4 points), so few sizes give a wide interval. Where two fitted curves cross inside both fits' "
+        "measured range, the crossing is named; none is extrapolated.",
+        "Training FLOPs C = 3 x forward FLOPs per token x training tokens (backward counted as twice the forward). "
+        "The forward count per token adds each mixer's own estimate, the MLPs (2 per multiply-add of each matrix) "
+        "and the output head (2 d V): matmuls of the work a mixer needs, causal attention its lower triangle "
+        "only, FFT convolutions and scans by their own arithmetic. Each estimate is held in the test suite to "
+        "torch's FlopCounterMode on the mixer's torch reference, within the differences that counter's "
+        "conventions explain (it counts the full masked score matrix, misses FFTs and elementwise scans, and sees "
+        "the intra-chunk matrices of chunked references).",
         "Every number in this report is read from the results store; data/ holds each table and series as CSV with "
         "the run id it comes from.",
     ]

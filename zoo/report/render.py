@@ -145,6 +145,15 @@ def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
     facts.append(("commit", ", ".join(t["commits"]) or "n/a (not recorded)"))
     facts.append(("total training compute", f"{fmt.count(t['tokens'])} tokens, {fmt.flops(t['flops'])}, "
                                             f"{fmt.seconds(t['wall_s'])} of training wall time"))
+    if any(r.started is not None for r in data.runs):
+        parts = [f"{fmt.seconds(A.busy_seconds(data.runs))} while this experiment's runs trained"]
+        parts += [f"{name} {fmt.seconds(A.busy_seconds(runs))}" for name, runs in data.companions.items() if runs]
+        everything = data.runs + [r for runs in data.companions.values() for r in runs]
+        gpu = any(r.device and "cpu" not in r.device.lower() for r in data.runs)
+        if len(parts) > 1:
+            parts.append(f"{fmt.seconds(A.busy_seconds(everything))} in all")
+        facts.append(("GPU time" if gpu else "device time",
+                      "; ".join(parts) + " (elapsed: runs packed side by side count once)"))
     if data.ceilings:
         facts.append(("device ceilings", ceiling_facts(data)))
     facts.append(("source", data.source))
@@ -255,13 +264,23 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
     t["ceilings"] = [{"device": c.device, "matmul_tflops": c.matmul_tflops, "copy_gbps": c.copy_gbps,
                       "run_id": c.run_id} for c in data.ceilings]
     fits = A.scaling_fits(data)
-    t["scaling_fits"] = [{"label": f.label, "y": f.y, "x": f.x, "points": len(f.points),
+    t["scaling_fits"] = [{"label": f.label, "y": f.y, "x": f.x, "points": len(f.points), "sizes": f.sizes,
                           "coef": f.fit.coef if f.fit else None, "exponent": f.fit.exponent if f.fit else None,
-                          "exponent_se": f.fit.exponent_se if f.fit else None, "r2": f.fit.r2 if f.fit else None}
+                          "exponent_se": f.fit.exponent_se if f.fit else None,
+                          "exponent_low": f.fit.exponent_ci[0] if f.fit and f.fit.exponent_ci else None,
+                          "exponent_high": f.fit.exponent_ci[1] if f.fit and f.fit.exponent_ci else None,
+                          "r2": f.fit.r2 if f.fit else None,
+                          "source": "least squares in log-log space; 95% interval from Student's t, n - 2 df"}
                          for f in fits]
     t["scaling_points"] = [{"label": f.label, "y": f.y, "x": f.x, "x_value": x, "y_value": y, "run_id": rid}
                            for f in fits for x, y, rid in f.points]
+    t["scaling_crossings"] = [{"x": c.x, "at": c.at, "lower_below": c.below, "lower_above": c.above}
+                              for c in A.scaling_crossings(fits)]
+    t["recall"] = [{"experiment": name, "label": p.label, "non_embedding_params": p.x, "accuracy": p.accuracy,
+                    "low": p.low, "high": p.high, "rows": p.n, "chance": p.chance, "run_id": p.run_id}
+                   for name, pts in A.companion_recall(data).items() for p in pts]
     t["runs"] = [{"label": r.label, "run_id": r.run_id, "status": r.status, "reason": r.reason, "params": r.params,
+                  "non_embedding_params": r.non_embedding_params,
                   "train_len": r.train_len, "steps": r.steps, "tokens": r.tokens, "flops": r.flops,
                   "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "peak_flops": r.peak_flops, "peak_mem": r.peak_mem,
                   "final_loss": r.final_loss, "wall_s": r.wall_s, "seed": r.seed, "device": r.device,
