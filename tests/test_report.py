@@ -82,8 +82,8 @@ def need_tool(name: str) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from zoo.cli import main
-    from zoo.spec import load_spec
-    from zoo.train.sweep import run_experiment
+    from zoo.experiment.spec import load_spec
+    from zoo.experiment.sweep import run_experiment
 
     tmp = tmp_path_factory.mktemp("report")
     spec_path = tmp / "spec.toml"
@@ -422,9 +422,9 @@ windows = 2
 @pytest.fixture(scope="module")
 def built_lm(tmp_path_factory):
     from zoo.eval import bench
+    from zoo.experiment.spec import load_spec
+    from zoo.experiment.sweep import run_experiment
     from zoo.report import build_report
-    from zoo.spec import load_spec
-    from zoo.train.sweep import run_experiment
 
     tmp = tmp_path_factory.mktemp("report_lm")
     spec_path = tmp / "lm.toml"

@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import ValidationError
 
-        from zoo.spec import PlannedRun, count_params
+        from zoo.experiment.spec import PlannedRun, count_params
         from zoo.store import Store
         from zoo.train.config import RunConfig
         from zoo.train.trainer import budget, build_model, train
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
         store = Store(root) if int(os.environ.get("RANK", "0")) == 0 else FollowerStore(root)
         rid = run.run_id()
         if nproc > 1 and not dry_run:
-            from zoo.train.launch import torchrun_train
+            from zoo.experiment.launch import torchrun_train
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
@@ -225,9 +225,9 @@ def register(app: typer.Typer) -> None:
         """Train and evaluate every run of an experiment, then print the comparison table."""
         import os
 
-        from zoo.spec import load_spec, plan
+        from zoo.experiment.spec import load_spec, plan
+        from zoo.experiment.sweep import failed_evals, run_experiment, select_shard, stale_warnings, summary_table
         from zoo.store import Store
-        from zoo.train.sweep import failed_evals, run_experiment, select_shard, stale_warnings, summary_table
 
         if launcher not in ("local", "ray"):
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
@@ -253,12 +253,12 @@ def register(app: typer.Typer) -> None:
                 console.print(f"and beside them: {label} = Hugging Face model {ref.name} (run {ref.run_id()})")
             return
         if launcher == "ray":
-            from zoo.train.launch import run_ray
+            from zoo.experiment.launch import run_ray
 
             outcomes = run_ray(spec, store, address=address, console=console, retry_failed=retry_failed,
                                device=device, shard=shard, only=only or None)
         elif gpus is not None or workers is not None:
-            from zoo.train.launch import parse_gpus, plan_slots, run_local
+            from zoo.experiment.launch import parse_gpus, plan_slots, run_local
 
             slots = plan_slots(parse_gpus(gpus) if gpus is not None else [None] * workers, runs_per_gpu)
             outcomes = run_local(spec, store, slots, console=console, retry_failed=retry_failed, device=device,
@@ -268,7 +268,7 @@ def register(app: typer.Typer) -> None:
                                       shard=shard, device=device, only=only or None)
         hf_failed = []
         if spec.hf and not only and (not shard or shard.startswith("0/")):  # once per experiment, here
-            from zoo.train.sweep import hf_evals
+            from zoo.experiment.sweep import hf_evals
 
             hf_status = hf_evals(spec, store, device, console)
             hf_failed = [k for k, v in hf_status.items() if v not in ("ok", "cached")]

@@ -101,7 +101,7 @@ def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str]
     description of the selection)."""
     spec = None
     if spec_path is not None:
-        from zoo.spec import load_spec, plan
+        from zoo.experiment.spec import load_spec, plan
 
         spec_obj = load_spec(spec_path)
         spec = spec_obj.model_dump(mode="json")
@@ -293,7 +293,7 @@ def hashhop_variant(r: dict) -> str | None:
 
 def _plan_eval_ids(spec: dict) -> dict[str, str]:
     """kind -> the eval_id that the spec's evaluations tag their stored rows with."""
-    from zoo.spec import eval_id, eval_settings, parse_spec
+    from zoo.experiment.spec import eval_id, eval_settings, parse_spec
 
     return {kind: eval_id(kind, settings) for kind, settings in eval_settings(parse_spec(spec)).items()}
 

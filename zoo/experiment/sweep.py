@@ -20,7 +20,7 @@ from typing import Any
 from rich.markup import escape
 
 from zoo.errors import ZooError
-from zoo.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
+from zoo.experiment.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store, changed_since
 from zoo.train.checkpoint import load_model
 from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, default_threads, resolve_device, train
