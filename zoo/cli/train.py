@@ -133,10 +133,11 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import ValidationError
 
-        from zoo.experiment.spec import PlannedRun, count_params
+        from zoo.experiment.spec import PlannedRun
         from zoo.store import Store
         from zoo.train.config import RunConfig
-        from zoo.train.trainer import budget, build_model, train
+        from zoo.train.cost import budget, count_params
+        from zoo.train.trainer import build_model, train
 
         doc: dict[str, Any] = {
             "model": {"d_model": d_model, "n_layers": n_layers, "layers": mixer.split(",")},

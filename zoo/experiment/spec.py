@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zoo.errors import ZooError
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
-from zoo.model import ModelConfig, ZooLM
+from zoo.model import ModelConfig
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
+from zoo.train.cost import count_params, run_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -408,15 +408,6 @@ class PlannedRun:
     matched: str | None = None                            # what parameter matching chose
 
 
-def count_params(model_config: ModelConfig, embedding: bool = True) -> int:
-    """Parameters of a ZooLM, built on the meta device when the mixers allow it."""
-    try:
-        with torch.device("meta"):
-            return ZooLM(model_config).num_params(embedding)
-    except Exception:  # some mixers initialise with real tensors
-        return ZooLM(model_config).num_params(embedding)
-
-
 def _model_config(spec: ExperimentSpec, entry: MixerEntry, mixer: str, model_over: dict) -> dict:
     base = spec.model.model_dump(exclude_none=True)
     layers = entry.layers or [mixer]
@@ -467,7 +458,6 @@ def _point_paths(point: dict[str, Any]) -> dict[str, Any]:
 def plan(spec: ExperimentSpec) -> list[PlannedRun]:
     """Expand mixers x sweep axes into runs (deduplicated by run id)."""
     from zoo.tasks.base import get_task
-    from zoo.train.trainer import budget
 
     axes = spec.sweep.all_axes()
     points = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())] or [{}]
@@ -517,15 +507,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                 if rid in seen:  # the same run reached from two sweep points: trained once
                     continue
                 seen.add(rid)
-                model_cfg = ModelConfig(**mc)
-                with torch.device("meta"):
-                    try:
-                        fpt_model = ZooLM(model_cfg)
-                    except Exception:
-                        fpt_model = None
-                if fpt_model is None:
-                    fpt_model = ZooLM(model_cfg)
-                steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
+                steps, tokens, flops = run_budget(run)
                 out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
             except ValidationError as e:  # a sweep value or a per-mixer override out of bounds
                 where = f"mixers.{label}" + (f" at sweep point {point}" if point else "")
