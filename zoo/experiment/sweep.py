@@ -20,6 +20,7 @@ from typing import Any
 from rich.markup import escape
 
 from zoo.errors import ZooError
+from zoo.experiment.record import enlist
 from zoo.experiment.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store, changed_since
 from zoo.train.checkpoint import load_model
@@ -168,9 +169,10 @@ def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
 
 
 def select_runs(spec: ExperimentSpec, shard: str | None = None, only: list[str] | None = None,
-                run_ids: list[str] | None = None) -> list[PlannedRun]:
-    """The planned runs a process takes: its shard, the mixers in `only`, the ids in `run_ids`."""
-    runs = select_shard(plan(spec), shard)
+                run_ids: list[str] | None = None, planned: list[PlannedRun] | None = None) -> list[PlannedRun]:
+    """The planned runs a process takes: its shard, the mixers in `only`, the ids in `run_ids`
+    (out of `planned`, the spec's plan unless given)."""
+    runs = select_shard(plan(spec) if planned is None else planned, shard)
     if only:
         unknown = set(only) - {r.label for r in runs}
         if unknown:
@@ -196,7 +198,9 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
     if bad := set(train_overrides or {}) - NON_ID_FIELDS:
         raise ZooError(f"train settings {sorted(bad)} change what a run learns; they cannot be overridden here",
                        f"allowed: {', '.join(sorted(NON_ID_FIELDS))}")
-    runs = select_runs(spec, shard, only, run_ids)
+    planned = plan(spec)
+    enlist(spec, store, planned)
+    runs = select_runs(spec, shard, only, run_ids, planned)
     store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
