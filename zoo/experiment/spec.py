@@ -44,6 +44,7 @@ from zoo.errors import ZooError
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
 from zoo.model import ModelConfig
+from zoo.stats import SELECT_METRICS
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
 from zoo.train.cost import count_params, run_budget
 
@@ -86,9 +87,6 @@ class ModelSpec(BaseModel):
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                     description="config overrides by mixer name (hybrid partners)")
 
-
-# metrics a sweep can select by, all measured at the training length -> which way is better
-SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
 
 
 def _check_axis_path(k: str) -> None:
