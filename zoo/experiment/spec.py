@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from zoo.errors import ZooError
+from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
 from zoo.model import ModelConfig
@@ -70,6 +71,16 @@ class MixerEntry(BaseModel):
     model: dict[str, Any] = Field(default_factory=dict, description="model overrides for this mixer")
     train: dict[str, Any] = Field(default_factory=dict, description="training overrides for this mixer")
     task: dict[str, Any] = Field(default_factory=dict, description="task config overrides for this mixer")
+
+
+class TrainSpec(TrainConfig):
+    """The training settings every run shares (TrainConfig's keys, bounds and defaults). The
+    budget may come from a sweep axis, `tokens_per_param` or a mixer's own overrides, so it is
+    checked on each planned run rather than here."""
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> TrainSpec:  # replaces TrainConfig's check of the same name
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -177,9 +188,14 @@ class BenchEval(BaseModel):
 class EvalSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hashhop: dict[str, Any] | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
+    hashhop: HashHopGrid | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
     ppl: PplEval | None = Field(None, description="perplexity vs length (lm task)")
     bench: BenchEval | None = Field(None, description="speed and memory of each trained model")
+
+    @field_serializer("hashhop")
+    def _as_written(self, grid: HashHopGrid | None) -> dict[str, Any] | None:
+        # the keys the spec set, so the evaluation's id does not move when a default is added
+        return None if grid is None else grid.model_dump(mode="json", exclude_unset=True)
 
 
 class ExperimentSpec(BaseModel):
@@ -190,11 +206,15 @@ class ExperimentSpec(BaseModel):
     mixers: dict[str, MixerEntry] = Field(..., min_length=1, description="contestants: a list of names or tables")
     model: ModelSpec = Field(default_factory=ModelSpec)
     task: TaskRef = Field(default_factory=TaskRef)
-    train: dict[str, Any] = Field(default_factory=dict, description="training settings (see TrainConfig)")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="training settings (see TrainConfig)")
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     hf: dict[str, HFModelRef] = Field(default_factory=dict, description="pretrained Hugging Face causal LMs "
                                       "evaluated beside the mixers: label -> hub id / directory, or a table")
+
+    @field_serializer("train")
+    def _train_as_written(self, train: TrainSpec) -> dict[str, Any]:
+        return train.model_dump(mode="json", exclude_unset=True)
 
     @field_validator("hf", mode="before")
     @classmethod
@@ -306,7 +326,7 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
                 raise ZooError(f"{path}: unknown key 'mixers.{label}.model.{k}'",
                                f"allowed: {', '.join(ModelSpec.model_fields)}")
         try:
-            train = _deep_merge(spec.train, entry.train)
+            train = _deep_merge(spec.train.model_dump(exclude_unset=True), entry.train)
             if spec.sweep.tokens_per_param is not None:  # the plan sets max_tokens per run
                 train.setdefault("max_tokens", 1)
             TrainConfig(**train)
@@ -327,12 +347,8 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
         except ZooError as e:
             raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
     if spec.eval.hashhop is not None:
-        from zoo.eval.hashhop import HashHopGrid
-
         try:
-            HashHopGrid(**spec.eval.hashhop).check()
-        except ValidationError as e:
-            raise _validation_error(path, e, HashHopGrid, ("eval", "hashhop")) from None
+            spec.eval.hashhop.check()
         except ZooError as e:
             raise ZooError(f"{path}: eval.hashhop: {e.message}", e.hint) from None
     if spec.eval.ppl is not None and spec.task.name != "lm":
@@ -366,8 +382,8 @@ def _set_path(d: dict, path: str, value: Any) -> None:
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     """The evaluations run after training, by kind (bench runs once per experiment, apart)."""
     out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:
-        out["hashhop"] = spec.eval.hashhop
+    if spec.eval.hashhop is not None:  # as written: its id hashes the keys the spec set
+        out["hashhop"] = spec.eval.hashhop.model_dump(exclude_unset=True)
     if spec.eval.ppl is not None:
         out["ppl"] = spec.eval.ppl
     return out
@@ -467,7 +483,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
         for label, entry in sorted(spec.mixers.items(), key=lambda kv: kv[0] != ref_label):
             try:
                 mixer = entry.mixer or label
-                doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
+                doc: dict[str, Any] = {"model": {}, "train": spec.train.model_dump(exclude_unset=True),
                                        "task": {"config": copy.deepcopy(spec.task.config)}}
                 for path, value in _point_paths(point).items():
                     _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)

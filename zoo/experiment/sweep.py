@@ -259,7 +259,6 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
     from zoo.eval.hashhop import HashHopGrid
     from zoo.eval.hf import evaluate_hf, evaluate_ppl_hf, load_hf, record_run
     from zoo.tasks.lm import LMConfig, split_texts
-    from zoo.train.config import TrainConfig
 
     status: dict[str, str] = {}
     todo = eval_settings(spec)
@@ -271,7 +270,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
         if console is not None:
             console.rule(f"[bold]hf[/] {label} [dim]{rid} {ref.name}[/]")
         try:
-            hf = load_hf(ref, resolve_device(device or TrainConfig(**spec.train).device))
+            hf = load_hf(ref, resolve_device(device or spec.train.device))
             record_run(store, hf, label, spec.name)
             for kind, settings in todo.items():
                 eid = eval_id(kind, settings)
@@ -281,7 +280,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
                     rows = evaluate_hf(hf, HashHopGrid(**settings))["cells"]
                 else:
                     texts = split_texts(LMConfig(**spec.task.config), settings.split)
-                    lengths = settings.resolve_lengths(TrainConfig(**spec.train).seq_len)
+                    lengths = settings.resolve_lengths(spec.train.seq_len)
                     rows = evaluate_ppl_hf(hf, texts, lengths, stride=settings.stride, windows=settings.windows,
                                            buckets=settings.buckets, chunk_size=settings.chunk_size)
                 store.add_results(rid, kind, [{**r, "eval_id": eid, "label": label} for r in rows])
