@@ -88,13 +88,14 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    d_model: int = Field(64, ge=8, le=16384)
-    n_layers: int = Field(2, ge=1, le=512)
-    mlp_hidden: int | None = Field(None, ge=1, le=1 << 18)
+    # ModelConfig's own fields (defaults, bounds), so a spec and a run agree on every default
+    d_model: int = ModelConfig.model_fields["d_model"]
+    n_layers: int = ModelConfig.model_fields["n_layers"]
+    mlp_hidden: int | None = ModelConfig.model_fields["mlp_hidden"]
     vocab_size: int | None = Field(None, ge=2, le=1 << 21, description="default: the task's (the byte "
                                    "tokenizer's 260, or mqar's vocab_size)")
-    norm_eps: float = Field(1e-5, gt=0, le=1)
-    chunk_size: int = Field(8192, ge=1, le=1 << 24)
+    norm_eps: float = ModelConfig.model_fields["norm_eps"]
+    chunk_size: int = ModelConfig.model_fields["chunk_size"]
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                     description="config overrides by mixer name (hybrid partners)")
 
