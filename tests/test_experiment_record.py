@@ -48,13 +48,14 @@ def test_enlisting_is_idempotent_and_read_back_without_planning(tmp_path, monkey
         recorded(other, store)
 
 
-def test_a_store_older_than_the_record_gets_the_table_and_the_plan(tmp_path):
-    Store(tmp_path)
-    conn = sqlite3.connect(tmp_path / "zoo.db")
-    conn.execute("DROP TABLE experiments")
-    conn.commit()
-    conn.close()
-    store = Store(tmp_path)  # opening it adds the table, empty
-    assert store.experiment("rec") is None
+def test_a_store_older_than_the_record_is_read_as_it_is_and_planned(tmp_path):
+    Store(tmp_path).add_members("rec", [])  # a store as made before experiments were recorded
+    db = tmp_path / "zoo.db"
+    before = db.read_bytes()
+    store = Store(tmp_path)
+    assert store.experiment("rec") is None and db.read_bytes() == before  # reading leaves the file be
     spec = parse_spec(SPEC)
     assert recorded(spec, store)["runs"] == experiment_record(spec)["runs"]
+    enlist(spec, store)  # the first record brings the table
+    tables = {n for (n,) in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "experiments" in tables and store.experiment("rec")["name"] == "rec"

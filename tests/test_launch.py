@@ -74,6 +74,8 @@ def test_killed_worker_loses_nothing_and_only_its_run_resumes(tmp_path):
         assert store.get_run(rid)["status"] == "done"
         assert store.results(rid, "hashhop") and len(store.metrics(rid, "loss")) == runs[label].steps
     assert store.get_run(runs["long"].run_id)["status"] == "running"  # resumable, not failed
+    recorded = store.experiment(spec.name)  # the driver recorded the whole plan, in order
+    assert [r["id"] for r in recorded["runs"]] == [p.run_id for p in runs.values()]
 
     again = {o.planned.label: o for o in run_local(spec, store, [None, None])}
     assert again["b"].status == again["c"].status == "skipped"  # no worker was started for them

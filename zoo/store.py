@@ -19,7 +19,7 @@ spec asks for it), so membership lives in its own table: each experiment keeps i
 under its own labels. The experiment itself is recorded too (`enlist`: its spec, the id of
 the spec, its planned runs in order with labels and configs, its evaluations' ids), so a
 report finds an experiment's runs from the store rather than by planning its spec again.
-Stores made before that table get it, empty, when opened.
+Stores made before that table get it with their first recorded experiment.
 
 Several processes may write at once (parallel runs on several GPUs): every write is one
 `BEGIN IMMEDIATE` transaction, taken with a busy timeout and retried, so writers queue
@@ -94,13 +94,16 @@ CREATE TABLE IF NOT EXISTS members (
     added REAL NOT NULL,
     PRIMARY KEY (experiment, run_id)
 );
+"""
+# made by the first `enlist`, so opening an older store to read it leaves its file as it was
+EXPERIMENTS = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT NOT NULL,
     spec_id TEXT NOT NULL,
     record TEXT NOT NULL,
     added REAL NOT NULL,
     PRIMARY KEY (name, spec_id)
-);
+)
 """
 
 
@@ -464,11 +467,17 @@ class Store:
             if key not in record:
                 raise ZooError(f"an experiment record needs '{key}'", "build it with zoo.experiment.record")
         row = (record["name"], record["spec_id"], json.dumps(finite(record), sort_keys=True), time.time())
-        self._write(lambda c: c.execute(
-            "INSERT OR IGNORE INTO experiments (name, spec_id, record, added) VALUES (?, ?, ?, ?)", row))
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(EXPERIMENTS)
+            c.execute("INSERT OR IGNORE INTO experiments (name, spec_id, record, added) VALUES (?, ?, ?, ?)", row)
+
+        self._write(write)
 
     def experiment(self, name: str, spec_id: str | None = None) -> dict | None:
         """The recorded experiment `name` with that spec id (default: the latest recorded), or None."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'", ()):
+            return None  # a store from before experiments were recorded
         where, args = _where(name=name, spec_id=spec_id)
         rows = self._read(f"SELECT record FROM experiments{where} ORDER BY added DESC, rowid DESC LIMIT 1", args)
         return json.loads(rows[0][0]) if rows else None
