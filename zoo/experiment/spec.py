@@ -100,7 +100,6 @@ class ModelSpec(BaseModel):
                                                     description="config overrides by mixer name (hybrid partners)")
 
 
-
 def _check_axis_path(k: str) -> None:
     if k.split(".")[0] not in ("model", "train", "task") or "." not in k:
         raise ValueError(f"axis '{k}' must be a dotted path under model., train. or task. "
