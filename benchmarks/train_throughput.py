@@ -190,7 +190,7 @@ def child_main(arg: str) -> None:
 
 def packed(n, run_kw, warm, root: Path, cpus: int) -> dict:
     """`n` runs (seeds 0..n-1) started together as separate processes on one GPU."""
-    from zoo.train.launch import plan_slots
+    from zoo.experiment.launch import plan_slots
 
     procs = []
     for i, slot in enumerate(plan_slots(["0"], n, cpus=cpus)):

@@ -58,7 +58,8 @@ def test_import_zoo_imports_no_optional_kernel():
 
 def test_hf_extra_is_imported_only_when_used():
     """The CLI, specs and evaluators load; transformers, tokenizers and datasets wait for --hf."""
-    code = ("import sys, zoo, zoo.cli, zoo.spec, zoo.eval.hf, zoo.tasks.lm, zoo.train.sweep, zoo.report.load; "
+    code = ("import sys, zoo, zoo.cli, zoo.experiment.spec, zoo.eval.hf, zoo.tasks.lm, zoo.experiment.sweep, "
+            "zoo.report.load; "
             "bad = [m for m in ('transformers', 'tokenizers', 'datasets') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -125,7 +125,16 @@ def test_runs_list_by_experiment_uses_that_experiments_labels(two_specs):
     assert [(m["label"], m["kind"]) for m in members] == [("attn", "train")]
 
 
+def test_compare_records_the_experiment(two_specs):
+    d, root = two_specs
+    record = Store(root).experiment("b")
+    assert [(r["label"], r["kind"]) for r in record["runs"]] == [("attn", "train")]
+    assert record["runs"][0]["id"] == Store(root).members("b")[0]["run_id"] and "hashhop" in record["eval_ids"]
+
+
 def test_a_spec_report_holds_only_its_own_rows(two_specs):
+    from zoo.experiment.record import recorded
+    from zoo.experiment.spec import load_spec
     from zoo.report.load import load
 
     d, root = two_specs
@@ -138,7 +147,7 @@ def test_a_spec_report_holds_only_its_own_rows(two_specs):
     r = zoo("bench", "--mixers", "nope", "--seq-lens", "32", "--mode", "fwd", "--d-model", "16",
             "--tokens-per-batch", "64", "--peers", "none", "--root", str(root))
     assert r.returncode == 0, r.stderr + r.stdout
-    data = load(store, spec_path=d / "b.toml")
+    data = load(store, recorded(load_spec(d / "b.toml"), store), spec_path=d / "b.toml")
     assert [r.label for r in data.runs] == ["attn"]
     assert {c.n_chars for c in data.hashhop} == {14} and not data.bench
     adhoc = load(store, run_ids=[rid])

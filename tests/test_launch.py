@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from zoo.errors import ZooError
-from zoo.spec import parse_spec
+from zoo.experiment.launch import _export_run, _pack, merge_returned, parse_gpus, run_local, split_todo
+from zoo.experiment.spec import parse_spec
+from zoo.experiment.sweep import run_experiment, select_runs
 from zoo.store import Store
-from zoo.train.launch import _export_run, _pack, merge_returned, parse_gpus, run_local, split_todo
-from zoo.train.sweep import run_experiment, select_runs
 
 TOL = 1e-5
 
@@ -74,6 +74,8 @@ def test_killed_worker_loses_nothing_and_only_its_run_resumes(tmp_path):
         assert store.get_run(rid)["status"] == "done"
         assert store.results(rid, "hashhop") and len(store.metrics(rid, "loss")) == runs[label].steps
     assert store.get_run(runs["long"].run_id)["status"] == "running"  # resumable, not failed
+    recorded = store.experiment(spec.name)  # the driver recorded the whole plan, in order
+    assert [r["id"] for r in recorded["runs"]] == [p.run_id for p in runs.values()]
 
     again = {o.planned.label: o for o in run_local(spec, store, [None, None])}
     assert again["b"].status == again["c"].status == "skipped"  # no worker was started for them
@@ -93,7 +95,7 @@ def test_killed_worker_loses_nothing_and_only_its_run_resumes(tmp_path):
 
 def test_ray_runs_a_sweep_into_the_driver_store(tmp_path):
     ray = pytest.importorskip("ray")
-    from zoo.train.launch import run_ray
+    from zoo.experiment.launch import run_ray
 
     spec = _spec({"a": 6, "b": 4}, keep=2)
     runs = _by_label(spec)

@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from zoo.errors import ZooError
-from zoo.spec import parse_spec
+from zoo.experiment.launch import Slot, plan_slots, run_local
+from zoo.experiment.spec import parse_spec
+from zoo.experiment.sweep import run_experiment
 from zoo.store import Store
-from zoo.train.launch import Slot, plan_slots, run_local
-from zoo.train.sweep import run_experiment
 
 
 def test_slots_share_out_gpus_and_cores():

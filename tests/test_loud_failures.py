@@ -100,7 +100,7 @@ def _fake_train(outcome):
     ("busy", "being trained by another process"),
 ])
 def test_compare_exits_1_when_anything_failed_or_was_busy(tmp_path, monkeypatch, outcome, why):
-    import zoo.train.sweep as sweep
+    import zoo.experiment.sweep as sweep
     from zoo.train.trainer import RunBusy, RunFailed
 
     fake = {"trained": None, "failed": RunFailed("loss is not finite"), "busy": RunBusy("run x is busy")}[outcome]
@@ -113,7 +113,7 @@ def test_compare_exits_1_when_anything_failed_or_was_busy(tmp_path, monkeypatch,
 
 
 def test_compare_exits_1_when_the_bench_fails(tmp_path, monkeypatch):
-    import zoo.train.sweep as sweep
+    import zoo.experiment.sweep as sweep
     from zoo.errors import ZooError
 
     def broken_bench(*a, **k):
@@ -129,7 +129,7 @@ def test_compare_exits_1_when_the_bench_fails(tmp_path, monkeypatch):
 
 
 def test_exit_codes_of_typer_exit_usage_and_interrupt(tmp_path, monkeypatch):
-    import zoo.train.sweep as sweep
+    import zoo.experiment.sweep as sweep
 
     assert run_cli(["train", "--steps", "x"])[0] == 2  # usage
     assert run_cli(["runs", "list", "--root", str(tmp_path)])[0] == 0

@@ -8,10 +8,10 @@ import pytest
 
 from zoo import registry
 from zoo.errors import RegistryError
+from zoo.experiment.sweep import Outcome, stale_mixer_files, stale_warnings
 from zoo.model import ModelConfig
 from zoo.store import Store
 from zoo.train.config import RunConfig, TrainConfig
-from zoo.train.sweep import Outcome, stale_mixer_files, stale_warnings
 
 REPO = Path(__file__).resolve().parents[1]
 

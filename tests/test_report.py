@@ -82,8 +82,8 @@ def need_tool(name: str) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from zoo.cli import main
-    from zoo.spec import load_spec
-    from zoo.train.sweep import run_experiment
+    from zoo.experiment.spec import load_spec
+    from zoo.experiment.sweep import run_experiment
 
     tmp = tmp_path_factory.mktemp("report")
     spec_path = tmp / "spec.toml"
@@ -425,9 +425,10 @@ windows = 2
 @pytest.fixture(scope="module")
 def built_lm(tmp_path_factory):
     from zoo.eval import bench
+    from zoo.experiment.record import recorded
+    from zoo.experiment.spec import load_spec
+    from zoo.experiment.sweep import run_experiment
     from zoo.report import build_report
-    from zoo.spec import load_spec
-    from zoo.train.sweep import run_experiment
 
     tmp = tmp_path_factory.mktemp("report_lm")
     spec_path = tmp / "lm.toml"
@@ -441,8 +442,8 @@ def built_lm(tmp_path_factory):
                                 modes=["fwd"], reps=1, warmup=0, dtype="fp32", device="cpu")
         measured = bench.Bench(cfg, progress=False).run(store)
         # a bench the experiment did not start enters its report only when asked for (--bench)
-        built = build_report(spec=spec_path, root=store.root, out=tmp / "out", pdf=False,
-                             bench_ids=[measured.run_id])
+        built = build_report(recorded(load_spec(spec_path), store), spec_path=spec_path, root=store.root,
+                             out=tmp / "out", pdf=False, bench_ids=[measured.run_id])
     finally:
         torch.set_num_threads(threads)
     assert [(o.status, o.evals) for o in outcomes] == [("done", {"ppl": "ok"})] * 2

@@ -4,7 +4,7 @@ import pytest
 
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.spec import load_spec, parse_spec, plan
+from zoo.experiment.spec import load_spec, parse_spec, plan
 
 BASE = """
 name = "t"
@@ -120,8 +120,8 @@ def test_cli_reports_spec_errors_in_one_line(tmp_path, capsys):
 
 
 def test_sweep_runs_named_evaluations_once(tmp_path):
+    from zoo.experiment.sweep import run_experiment, summary_table
     from zoo.store import Store
-    from zoo.train.sweep import run_experiment, summary_table
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -4,11 +4,11 @@ sweep trains the other runs; non-finite gradients are named too."""
 import pytest
 import torch
 
+from zoo.experiment.spec import parse_spec
+from zoo.experiment.sweep import run_experiment, summary_table
 from zoo.mixers.attention import NoPE
 from zoo.registry import REGISTRY, register_mixer
-from zoo.spec import parse_spec
 from zoo.store import Store
-from zoo.train.sweep import run_experiment, summary_table
 from zoo.train.trainer import diagnose
 
 NAN_AFTER = 3  # forward calls before the test mixer starts returning NaN
@@ -95,7 +95,7 @@ def test_killed_hashhop_evaluation_resumes_at_the_next_cell(tmp_path, monkeypatc
     """Each finished HashHop cell is stored as it ends: an evaluation stopped after its first cell
     evaluates only the rest when the sweep runs again, and then counts as done."""
     import zoo.eval.hashhop as hh
-    from zoo.train.sweep import evals_done
+    from zoo.experiment.sweep import evals_done
 
     spec = parse_spec({
         "name": "eval-resume",

@@ -33,8 +33,8 @@ class ModelConfig(BaseModel):
 
     vocab_size: int = Field(VOCAB_SIZE, ge=2, le=1 << 21, description="tokens (byte tokenizer: 256 bytes + 4 "
                             "specials; a task with its own vocabulary, such as mqar, sets it)")
-    d_model: int = Field(128, ge=8, le=16384)
-    n_layers: int = Field(4, ge=1, le=512)
+    d_model: int = Field(64, ge=8, le=16384)
+    n_layers: int = Field(2, ge=1, le=512)
     layers: list[str] = Field(default_factory=lambda: ["nope"], min_length=1,
                               description="layer pattern of mixer names, repeated to n_layers")
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,

@@ -1,9 +1,13 @@
 """Intervals shared by the evaluators and the reports: Wilson for independent trials,
-`clustered` for trials grouped in clusters (queries of one HashHop sample)."""
+`clustered` for trials grouped in clusters (queries of one HashHop sample); and which way each
+metric a sweep selects by is better."""
 
 from __future__ import annotations
 
 import math
+
+# metrics a sweep can select by, all measured at the training length -> which way is better
+SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

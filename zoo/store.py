@@ -12,10 +12,14 @@ its normalized config (`config_id`), so the same run is never trained twice.
     store.add_results(rid, "hashhop", [{"length": 1024, "hops": 2, "accuracy": 0.97}])
     store.results(kind="hashhop")        # rows as added, plus run_id and kind
     store.add_members("smoke", [(rid, "rope", "train")])   # experiment membership, its own labels
+    store.enlist(record)                 # an experiment as planned: its spec and runs, in order
 
 A run id leaves the label and the experiment out (the same config is one run, whichever
 spec asks for it), so membership lives in its own table: each experiment keeps its runs
-under its own labels.
+under its own labels. The experiment itself is recorded too (`enlist`: its spec, the id of
+the spec, its planned runs in order with labels and configs, its evaluations' ids), so a
+report finds an experiment's runs from the store rather than by planning its spec again.
+Stores made before that table get it with their first recorded experiment.
 
 Several processes may write at once (parallel runs on several GPUs): every write is one
 `BEGIN IMMEDIATE` transaction, taken with a busy timeout and retried, so writers queue
@@ -90,6 +94,16 @@ CREATE TABLE IF NOT EXISTS members (
     added REAL NOT NULL,
     PRIMARY KEY (experiment, run_id)
 );
+"""
+# made by the first `enlist`, so opening an older store to read it leaves its file as it was
+EXPERIMENTS = """
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT NOT NULL,
+    spec_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (name, spec_id)
+)
 """
 
 
@@ -444,6 +458,29 @@ class Store:
         where, args = _where(experiment=experiment, run_id=run_id)
         rows = self._read(f"SELECT experiment, run_id, label, kind FROM members{where} ORDER BY added, rowid", args)
         return [{"experiment": e, "run_id": r, "label": lab, "kind": k} for e, r, lab, k in rows]
+
+    def enlist(self, record: dict) -> None:
+        """Record an experiment as planned: {"name", "spec_id", "spec", "runs", ...} (see
+        `zoo.experiment.record`). The first record of a (name, spec_id) stays: the same spec
+        planned again is the same record."""
+        for key in ("name", "spec_id", "runs"):
+            if key not in record:
+                raise ZooError(f"an experiment record needs '{key}'", "build it with zoo.experiment.record")
+        row = (record["name"], record["spec_id"], json.dumps(finite(record), sort_keys=True), time.time())
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(EXPERIMENTS)
+            c.execute("INSERT OR IGNORE INTO experiments (name, spec_id, record, added) VALUES (?, ?, ?, ?)", row)
+
+        self._write(write)
+
+    def experiment(self, name: str, spec_id: str | None = None) -> dict | None:
+        """The recorded experiment `name` with that spec id (default: the latest recorded), or None."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'", ()):
+            return None  # a store from before experiments were recorded
+        where, args = _where(name=name, spec_id=spec_id)
+        rows = self._read(f"SELECT record FROM experiments{where} ORDER BY added DESC, rowid DESC LIMIT 1", args)
+        return json.loads(rows[0][0]) if rows else None
 
     # -- merging ---------------------------------------------------------------------------
     def import_db(self, other: str | os.PathLike, copy_files: bool = True) -> dict[str, Any]:

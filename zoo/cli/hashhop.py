@@ -246,11 +246,11 @@ def register(app: typer.Typer) -> None:
 
         from zoo.env import resolve_device
         from zoo.eval.hashhop import HashHopGrid, evaluate, evaluate_file, read_samples
+        from zoo.experiment.sweep import hashhop_eval
         from zoo.model import ModelConfig, ZooLM
         from zoo.progress import Progress
         from zoo.store import Store, config_id, provenance
         from zoo.train.checkpoint import load_model, resolve_checkpoint
-        from zoo.train.sweep import hashhop_eval
 
         if (run is None) == (untrained is None):
             raise ZooError("give either a run directory / checkpoint or --untrained MODEL_JSON")

@@ -57,8 +57,17 @@ def register(app: typer.Typer) -> None:
         if out_dir.exists() and not out_dir.is_dir():
             raise ZooError(f"--out {out_dir} is a file", "give a directory for index.html, report.pdf and data/")
         with console.status("building the report"):
-            built = build_report(spec=spec, run_ids=_split(runs) or None, where=where or None, out=out_dir,
-                                 root=root, title=title, bench_ids=_split(bench) or None, pdf=pdf)
+            record = None
+            if spec is not None:  # the experiment as the store recorded it (older stores: as planned now)
+                from zoo.experiment.record import recorded
+                from zoo.experiment.spec import load_spec
+                from zoo.report.load import open_store
+
+                store = open_store(root)
+                record = recorded(load_spec(spec), store)
+            built = build_report(experiment=record, spec_path=spec, run_ids=_split(runs) or None,
+                                 where=where or None, out=out_dir, root=root, title=title,
+                                 bench_ids=_split(bench) or None, pdf=pdf)
         n_csv = sum(f.endswith(".csv") for f in built.data_files)
         pages = f", report.pdf ({built.pages} pages)" if built.pdf else ""
         console.print(f"[dim]index.html{pages}, data/ ({n_csv} CSV"

@@ -14,8 +14,21 @@ from rich.text import Text
 
 from zoo.cli import hf as hf_cli
 from zoo.errors import ZooError, invalid
+from zoo.model import ModelConfig
+from zoo.train.config import TrainConfig
 
 ROOT_HELP = "results root (default $ZOO_ROOT or ./zoo-runs)"
+# flags that set a model or training field take its default from the pydantic model, the one source;
+# only --steps has its own (a run from flags needs a budget, which TrainConfig leaves unset)
+STEPS = 200
+
+
+def _model(name: str) -> Any:
+    return ModelConfig.model_fields[name].default
+
+
+def _train(name: str) -> Any:
+    return TrainConfig.model_fields[name].default
 
 
 def parse_value(text: str) -> Any:
@@ -90,26 +103,26 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         mixer: str = typer.Option("nope", "--mixer", "-m", help="mixer name, or a comma-separated layer pattern"),
-        d_model: int = typer.Option(64, "--d-model"),
-        n_layers: int = typer.Option(2, "--n-layers"),
+        d_model: int = typer.Option(_model("d_model"), "--d-model"),
+        n_layers: int = typer.Option(_model("n_layers"), "--n-layers"),
         task: str = typer.Option("hashhop", "--task", help="hashhop, mqar, lm, ..."),
-        steps: int = typer.Option(200, "--steps", help="optimizer steps"),
-        batch_size: int = typer.Option(8, "--batch-size"),
-        grad_accum: int = typer.Option(1, "--grad-accum"),
-        seq_len: int = typer.Option(256, "--seq-len"),
-        lr: float = typer.Option(1e-3, "--lr"),
-        warmup: int = typer.Option(0, "--warmup", help="warm-up steps"),
-        lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine, wsd or constant"),
-        seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device"),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the model"),
-        eval_every: int = typer.Option(0, "--eval-every"),
-        ckpt_every: int = typer.Option(0, "--ckpt-every", help="also checkpoint every N steps"),
-        ckpt_minutes: float = typer.Option(5.0, "--ckpt-minutes", help="checkpoint every this many minutes of "
-                                           "training (0: off); Ctrl-C and SIGTERM save one before exiting"),
-        tensorboard: bool = typer.Option(False, "--tensorboard"),
-        wandb: bool = typer.Option(False, "--wandb", help="Weights & Biases: offline unless WANDB_MODE is set "
-                                   "(e.g. WANDB_MODE=online)"),
+        steps: int = typer.Option(STEPS, "--steps", help="optimizer steps"),
+        batch_size: int = typer.Option(_train("batch_size"), "--batch-size"),
+        grad_accum: int = typer.Option(_train("grad_accum"), "--grad-accum"),
+        seq_len: int = typer.Option(_train("seq_len"), "--seq-len"),
+        lr: float = typer.Option(_train("lr"), "--lr"),
+        warmup: int = typer.Option(_train("warmup_steps"), "--warmup", help="warm-up steps"),
+        lr_schedule: str = typer.Option(_train("lr_schedule"), "--lr-schedule", help="cosine, wsd or constant"),
+        seed: int = typer.Option(_train("seed"), "--seed"),
+        device: str = typer.Option(_train("device"), "--device"),
+        compile_: bool = typer.Option(_train("compile"), "--compile", help="torch.compile the model"),
+        eval_every: int = typer.Option(_train("eval_every"), "--eval-every"),
+        ckpt_every: int = typer.Option(_train("ckpt_every"), "--ckpt-every", help="also checkpoint every N steps"),
+        ckpt_minutes: float = typer.Option(_train("ckpt_minutes"), "--ckpt-minutes", help="checkpoint every this many "
+                                           "minutes of training (0: off); Ctrl-C and SIGTERM save one before exiting"),
+        tensorboard: bool = typer.Option(_train("tensorboard"), "--tensorboard"),
+        wandb: bool = typer.Option(_train("wandb"), "--wandb", help="Weights & Biases: offline unless WANDB_MODE is "
+                                   "set (e.g. WANDB_MODE=online)"),
         sets: list[str] = typer.Option([], "--set", help="any setting, e.g. model.mixer_config.nope.n_heads=2, "
                                        "task.config.hops=[1,2], train.max_tokens=1000000 (repeatable)"),
         label: str = typer.Option(None, "--label"),
@@ -133,10 +146,11 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import ValidationError
 
-        from zoo.spec import PlannedRun, count_params
+        from zoo.experiment.spec import PlannedRun
         from zoo.store import Store
         from zoo.train.config import RunConfig
-        from zoo.train.trainer import budget, build_model, train
+        from zoo.train.cost import budget, count_params
+        from zoo.train.trainer import build_model, train
 
         doc: dict[str, Any] = {
             "model": {"d_model": d_model, "n_layers": n_layers, "layers": mixer.split(",")},
@@ -173,7 +187,7 @@ def register(app: typer.Typer) -> None:
         store = Store(root) if int(os.environ.get("RANK", "0")) == 0 else FollowerStore(root)
         rid = run.run_id()
         if nproc > 1 and not dry_run:
-            from zoo.train.launch import torchrun_train
+            from zoo.experiment.launch import torchrun_train
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
@@ -225,9 +239,9 @@ def register(app: typer.Typer) -> None:
         """Train and evaluate every run of an experiment, then print the comparison table."""
         import os
 
-        from zoo.spec import load_spec, plan
+        from zoo.experiment.spec import load_spec, plan
+        from zoo.experiment.sweep import failed_evals, run_experiment, select_shard, stale_warnings, summary_table
         from zoo.store import Store
-        from zoo.train.sweep import failed_evals, run_experiment, select_shard, stale_warnings, summary_table
 
         if launcher not in ("local", "ray"):
             raise ZooError(f"unknown --launcher '{launcher}'", "allowed: local, ray")
@@ -253,12 +267,12 @@ def register(app: typer.Typer) -> None:
                 console.print(f"and beside them: {label} = Hugging Face model {ref.name} (run {ref.run_id()})")
             return
         if launcher == "ray":
-            from zoo.train.launch import run_ray
+            from zoo.experiment.launch import run_ray
 
             outcomes = run_ray(spec, store, address=address, console=console, retry_failed=retry_failed,
                                device=device, shard=shard, only=only or None)
         elif gpus is not None or workers is not None:
-            from zoo.train.launch import parse_gpus, plan_slots, run_local
+            from zoo.experiment.launch import parse_gpus, plan_slots, run_local
 
             slots = plan_slots(parse_gpus(gpus) if gpus is not None else [None] * workers, runs_per_gpu)
             outcomes = run_local(spec, store, slots, console=console, retry_failed=retry_failed, device=device,
@@ -268,7 +282,7 @@ def register(app: typer.Typer) -> None:
                                       shard=shard, device=device, only=only or None)
         hf_failed = []
         if spec.hf and not only and (not shard or shard.startswith("0/")):  # once per experiment, here
-            from zoo.train.sweep import hf_evals
+            from zoo.experiment.sweep import hf_evals
 
             hf_status = hf_evals(spec, store, device, console)
             hf_failed = [k for k, v in hf_status.items() if v not in ("ok", "cached")]
@@ -305,7 +319,7 @@ def register(app: typer.Typer) -> None:
         rope_scaling: str = typer.Option(None, "--rope-scaling",
                                          help="pi, ntk, dynamic-ntk, yarn, rerope or leaky-rerope"),
         rope_factor: float = typer.Option(None, "--rope-factor"),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option(_train("device"), "--device"),
         root: Path = typer.Option(None, "--root", help=ROOT_HELP),
         save: bool = typer.Option(True, "--save/--no-save", help="store the rows as results of kind 'ppl'"),
         hf: str = typer.Option(None, "--hf", help="a Hugging Face causal LM (hub id or local directory) instead "

@@ -289,7 +289,7 @@ def cell_sweep(data: ReportData, label: str, cell: list[Run]) -> Sweep:
         points.append(pt)
     scored = [p for p in points if p.mean is not None]
     if scored:
-        from zoo.spec import SELECT_METRICS
+        from zoo.stats import SELECT_METRICS
 
         sign = 1 if SELECT_METRICS.get(metric, "min") == "min" else -1
         selected = min(scored, key=lambda p: sign * p.mean)

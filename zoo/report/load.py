@@ -1,7 +1,7 @@
 """From the results store to `ReportData`: choose the runs, read their rows.
 
-Runs are chosen by an experiment spec (its planned run ids, in the spec's order), by run
-ids, or by `--where` filters over the stored runs. Rows are read as the evaluators wrote
+Runs are chosen by an experiment (the record the store keeps of it: its planned run ids, in
+the spec's order), by run ids, or by `--where` filters over the stored runs. Rows are read as the evaluators wrote
 them (`zoo.eval.hashhop`, `zoo.eval.ppl`, `zoo.eval.bench`) and the trainer's summary,
 provenance and metrics; nothing is recomputed except the state sizes, which come from the
 mixers' own `state_bytes` declarations for the run's model config.
@@ -95,26 +95,22 @@ def parse_where(expr: str):
     return test
 
 
-def select(store: Store, spec_path: str | Path | None = None, run_ids: list[str] | None = None,
-           where: list[str] | None = None) -> tuple[list[dict], dict | None, str]:
+def select(store: Store, experiment: dict | None = None, run_ids: list[str] | None = None,
+           where: list[str] | None = None, spec_path: str | Path | None = None) -> tuple[list[dict], dict | None, str]:
     """(stored runs or placeholders for planned ones not yet in the store, the spec as a dict, a
-    description of the selection)."""
+    description of the selection). `experiment` is the store's record of an experiment
+    (`zoo.experiment.record`): its runs, in its order, under its labels."""
     spec = None
-    if spec_path is not None:
-        from zoo.spec import load_spec, plan
-
-        spec_obj = load_spec(spec_path)
-        spec = spec_obj.model_dump(mode="json")
+    if experiment is not None:
+        spec = experiment["spec"]
         runs = []
-        for p in plan(spec_obj):
-            got = store.get_run(p.run_id)
-            if got is not None:  # the spec's own name for the run, whichever spec trained the config first
-                got = {**got, "config": {**got["config"], "label": p.label, "experiment": spec_obj.name}}
-            runs.append(got if got is not None else {
-                "id": p.run_id, "kind": "train", "config": p.run.model_dump(mode="json"), "status": "pending",
-                "reason": "not trained yet", "provenance": {}, "summary": {"params": p.params}, "planned": True})
-        runs += hf_entries(store, spec_obj)
-        source = f"experiment {spec_obj.name} ({spec_path})"
+        for planned in experiment["runs"]:
+            got = store.get_run(planned["id"])
+            if got is not None and planned["kind"] == "train":  # the spec's own name for the run, whichever
+                got = {**got, "config": {**got["config"], "label": planned["label"],  # spec trained it first
+                                         "experiment": experiment["name"]}}
+            runs.append(got if got is not None else placeholder(planned))
+        source = f"experiment {experiment['name']}" + (f" ({spec_path})" if spec_path else "")
     elif run_ids:
         runs = [store.find_run(r) for r in run_ids]
         source = "runs " + ", ".join(r["id"] for r in runs)
@@ -146,15 +142,12 @@ def companion_runs(store: Store, experiment: str) -> list[Run]:
     return runs
 
 
-def hf_entries(store: Store, spec) -> list[dict]:
-    """The spec's pretrained Hugging Face models (`[hf.NAME]`), stored or placeholders."""
-    out = []
-    for label, ref in spec.hf.items():
-        got = store.get_run(ref.run_id())
-        out.append(got if got is not None else {
-            "id": ref.run_id(), "kind": "hf", "config": ref.run_config(label), "status": "pending",
-            "reason": "not evaluated yet", "provenance": {}, "summary": {}, "planned": True})
-    return out
+def placeholder(planned: dict) -> dict:
+    """A planned run the store does not hold yet, as the report shows it."""
+    trained = planned["kind"] == "train"
+    return {"id": planned["id"], "kind": planned["kind"], "config": planned["config"], "status": "pending",
+            "reason": "not trained yet" if trained else "not evaluated yet", "provenance": {},
+            "summary": {"params": planned["params"]} if trained else {}, "planned": True}
 
 
 # -- reading rows -------------------------------------------------------------------------------
@@ -306,13 +299,6 @@ def hashhop_variant(r: dict) -> str | None:
     return ppl_variant(r)
 
 
-def _plan_eval_ids(spec: dict) -> dict[str, str]:
-    """kind -> the eval_id that the spec's evaluations tag their stored rows with."""
-    from zoo.spec import eval_id, eval_settings, parse_spec
-
-    return {kind: eval_id(kind, settings) for kind, settings in eval_settings(parse_spec(spec)).items()}
-
-
 def to_bench(r: dict) -> BenchPoint:
     raw = str(r.get("status") or "ok")
     kind, _, detail = raw.partition(":")
@@ -373,15 +359,17 @@ def newest_points(rows_by_run: list[list[dict]]) -> list[dict]:
     return list(best.values())
 
 
-def load(store: Store, spec_path: str | Path | None = None, run_ids: list[str] | None = None,
+def load(store: Store, experiment: dict | None = None, run_ids: list[str] | None = None,
          where: list[str] | None = None, title: str | None = None, bench_ids: list[str] | None = None,
-         with_bench: bool = True) -> ReportData:
-    raw_runs, spec, source = select(store, spec_path, run_ids, where)
+         with_bench: bool = True, spec_path: str | Path | None = None) -> ReportData:
+    """The report's data: an experiment's runs (its stored record, see `select`), runs by id, or
+    runs matching `where` filters."""
+    raw_runs, spec, source = select(store, experiment, run_ids, where, spec_path)
     runs = [to_run(store, d) for d in raw_runs]
     ids = {r.run_id for r in runs}
     # a report of a spec reads the rows its plan produced (tagged with its evaluations' ids) and
     # nothing else; an ad-hoc report reads every row of its runs
-    own = _plan_eval_ids(spec) if spec is not None else None
+    own = experiment["eval_ids"] if experiment is not None else None
 
     def rows_of(kind: str) -> list[dict]:
         rows = [r for rid in ids for r in store.results(rid, kind)]

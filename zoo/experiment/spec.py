@@ -38,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from zoo.errors import ZooError
+from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
-from zoo.model import ModelConfig, ZooLM
+from zoo.model import ModelConfig
+from zoo.stats import SELECT_METRICS
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
+from zoo.train.cost import count_params, run_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,24 +73,31 @@ class MixerEntry(BaseModel):
     task: dict[str, Any] = Field(default_factory=dict, description="task config overrides for this mixer")
 
 
+class TrainSpec(TrainConfig):
+    """The training settings every run shares (TrainConfig's keys, bounds and defaults). The
+    budget may come from a sweep axis, `tokens_per_param` or a mixer's own overrides, so it is
+    checked on each planned run rather than here."""
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> TrainSpec:  # replaces TrainConfig's check of the same name
+        return self
+
+
 class ModelSpec(BaseModel):
     """The shared model; layers come from the mixers."""
 
     model_config = ConfigDict(extra="forbid")
 
-    d_model: int = Field(64, ge=8, le=16384)
-    n_layers: int = Field(2, ge=1, le=512)
-    mlp_hidden: int | None = Field(None, ge=1, le=1 << 18)
+    # ModelConfig's own fields (defaults, bounds), so a spec and a run agree on every default
+    d_model: int = ModelConfig.model_fields["d_model"]
+    n_layers: int = ModelConfig.model_fields["n_layers"]
+    mlp_hidden: int | None = ModelConfig.model_fields["mlp_hidden"]
     vocab_size: int | None = Field(None, ge=2, le=1 << 21, description="default: the task's (the byte "
                                    "tokenizer's 260, or mqar's vocab_size)")
-    norm_eps: float = Field(1e-5, gt=0, le=1)
-    chunk_size: int = Field(8192, ge=1, le=1 << 24)
+    norm_eps: float = ModelConfig.model_fields["norm_eps"]
+    chunk_size: int = ModelConfig.model_fields["chunk_size"]
     mixer_config: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                     description="config overrides by mixer name (hybrid partners)")
-
-
-# metrics a sweep can select by, all measured at the training length -> which way is better
-SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
 
 
 def _check_axis_path(k: str) -> None:
@@ -179,9 +188,14 @@ class BenchEval(BaseModel):
 class EvalSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hashhop: dict[str, Any] | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
+    hashhop: HashHopGrid | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
     ppl: PplEval | None = Field(None, description="perplexity vs length (lm task)")
     bench: BenchEval | None = Field(None, description="speed and memory of each trained model")
+
+    @field_serializer("hashhop")
+    def _as_written(self, grid: HashHopGrid | None) -> dict[str, Any] | None:
+        # the keys the spec set, so the evaluation's id does not move when a default is added
+        return None if grid is None else grid.model_dump(mode="json", exclude_unset=True)
 
 
 class ExperimentSpec(BaseModel):
@@ -192,7 +206,7 @@ class ExperimentSpec(BaseModel):
     mixers: dict[str, MixerEntry] = Field(..., min_length=1, description="contestants: a list of names or tables")
     model: ModelSpec = Field(default_factory=ModelSpec)
     task: TaskRef = Field(default_factory=TaskRef)
-    train: dict[str, Any] = Field(default_factory=dict, description="training settings (see TrainConfig)")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="training settings (see TrainConfig)")
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     hf: dict[str, HFModelRef] = Field(default_factory=dict, description="pretrained Hugging Face causal LMs "
@@ -207,6 +221,10 @@ class ExperimentSpec(BaseModel):
             raise ValueError("companions name other experiments, each once, not this one "
                              f"(got {self.companions})")
         return self
+
+    @field_serializer("train")
+    def _train_as_written(self, train: TrainSpec) -> dict[str, Any]:
+        return train.model_dump(mode="json", exclude_unset=True)
 
     @field_validator("hf", mode="before")
     @classmethod
@@ -318,7 +336,7 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
                 raise ZooError(f"{path}: unknown key 'mixers.{label}.model.{k}'",
                                f"allowed: {', '.join(ModelSpec.model_fields)}")
         try:
-            train = _deep_merge(spec.train, entry.train)
+            train = _deep_merge(spec.train.model_dump(exclude_unset=True), entry.train)
             if spec.sweep.tokens_per_param is not None:  # the plan sets max_tokens per run
                 train.setdefault("max_tokens", 1)
             TrainConfig(**train)
@@ -339,12 +357,8 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
         except ZooError as e:
             raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
     if spec.eval.hashhop is not None:
-        from zoo.eval.hashhop import HashHopGrid
-
         try:
-            HashHopGrid(**spec.eval.hashhop).check()
-        except ValidationError as e:
-            raise _validation_error(path, e, HashHopGrid, ("eval", "hashhop")) from None
+            spec.eval.hashhop.check()
         except ZooError as e:
             raise ZooError(f"{path}: eval.hashhop: {e.message}", e.hint) from None
     if spec.eval.ppl is not None and spec.task.name != "lm":
@@ -378,8 +392,8 @@ def _set_path(d: dict, path: str, value: Any) -> None:
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
     """The evaluations run after training, by kind (bench runs once per experiment, apart)."""
     out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:
-        out["hashhop"] = spec.eval.hashhop
+    if spec.eval.hashhop is not None:  # as written: its id hashes the keys the spec set
+        out["hashhop"] = spec.eval.hashhop.model_dump(exclude_unset=True)
     if spec.eval.ppl is not None:
         out["ppl"] = spec.eval.ppl
     return out
@@ -416,15 +430,6 @@ class PlannedRun:
     flops: float
     point: dict[str, Any] = field(default_factory=dict)  # sweep values of this run
     matched: str | None = None                            # what parameter matching chose
-
-
-def count_params(model_config: ModelConfig, embedding: bool = True) -> int:
-    """Parameters of a ZooLM, built on the meta device when the mixers allow it."""
-    try:
-        with torch.device("meta"):
-            return ZooLM(model_config).num_params(embedding)
-    except Exception:  # some mixers initialise with real tensors
-        return ZooLM(model_config).num_params(embedding)
 
 
 def _model_config(spec: ExperimentSpec, entry: MixerEntry, mixer: str, model_over: dict) -> dict:
@@ -477,7 +482,6 @@ def _point_paths(point: dict[str, Any]) -> dict[str, Any]:
 def plan(spec: ExperimentSpec) -> list[PlannedRun]:
     """Expand mixers x sweep axes into runs (deduplicated by run id)."""
     from zoo.tasks.base import get_task
-    from zoo.train.trainer import budget
 
     axes = spec.sweep.all_axes()
     points = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())] or [{}]
@@ -489,7 +493,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
         for label, entry in sorted(spec.mixers.items(), key=lambda kv: kv[0] != ref_label):
             try:
                 mixer = entry.mixer or label
-                doc: dict[str, Any] = {"model": {}, "train": copy.deepcopy(spec.train),
+                doc: dict[str, Any] = {"model": {}, "train": spec.train.model_dump(exclude_unset=True),
                                        "task": {"config": copy.deepcopy(spec.task.config)}}
                 for path, value in _point_paths(point).items():
                     _set_path(doc, path if not path.startswith("task.") else "task.config." + path[5:], value)
@@ -527,15 +531,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                 if rid in seen:  # the same run reached from two sweep points: trained once
                     continue
                 seen.add(rid)
-                model_cfg = ModelConfig(**mc)
-                with torch.device("meta"):
-                    try:
-                        fpt_model = ZooLM(model_cfg)
-                    except Exception:
-                        fpt_model = None
-                if fpt_model is None:
-                    fpt_model = ZooLM(model_cfg)
-                steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
+                steps, tokens, flops = run_budget(run)
                 out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
             except ValidationError as e:  # a sweep value or a per-mixer override out of bounds
                 where = f"mixers.{label}" + (f" at sweep point {point}" if point else "")

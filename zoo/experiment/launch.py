@@ -41,10 +41,11 @@ from pathlib import Path
 from rich.markup import escape
 
 from zoo.errors import ZooError
+from zoo.experiment.record import enlist
+from zoo.experiment.spec import ExperimentSpec, PlannedRun, parse_spec, plan
+from zoo.experiment.sweep import Outcome, evals_done, run_experiment, select_runs
 from zoo.progress import clock, plain_interval
-from zoo.spec import ExperimentSpec, PlannedRun, parse_spec
 from zoo.store import SCHEMA, Store
-from zoo.train.sweep import Outcome, evals_done, run_experiment, select_runs
 
 # -- what is left to do ----------------------------------------------------------------------------
 
@@ -164,11 +165,13 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
 
     A slot (see `plan_slots`) is a CUDA_VISIBLE_DEVICES value (a GPU index) or None for a CPU
     process that sees no GPU, with its share of the host's cores. A worker (`python -m
-    zoo.train.launch --serve`) takes runs one at a time from this process, so it pays its
+    zoo.experiment.launch --serve`) takes runs one at a time from this process, so it pays its
     start-up (imports, CUDA, data) once; each run's output goes to `<run_dir>/worker.log`.
     A worker that dies costs only its current run (left resumable) and is replaced. Returns
     outcomes in plan order."""
-    runs = select_runs(spec, shard, only)
+    planned = plan(spec)
+    enlist(spec, store, planned)
+    runs = select_runs(spec, shard, only, planned=planned)
     store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -268,7 +271,7 @@ class _Worker:
         self.log: Path | None = None
 
     def start(self, spec_file: Path, root: Path, tmp: Path, device, retry_failed: bool) -> None:
-        cmd = [sys.executable, "-m", "zoo.train.launch", "--serve", "--spec", str(spec_file), "--root", str(root),
+        cmd = [sys.executable, "-m", "zoo.experiment.launch", "--serve", "--spec", str(spec_file), "--root", str(root),
                "--outcomes", str(tmp)]
         cmd += (["--device", device] if device else []) + (["--retry-failed"] if retry_failed else [])
         if self.slot.data_workers is not None:
@@ -319,7 +322,7 @@ def _collect(p: PlannedRun, rc: int, out_file: Path, store: Store, seconds: floa
 def worker_main(argv: list[str] | None = None) -> int:
     """A sweep worker: reads run ids (one per line) on stdin, trains and evaluates each in this
     process, writes `<outcomes>/<run_id>.json` after each; exits at the end of input."""
-    ap = argparse.ArgumentParser(prog="python -m zoo.train.launch", description=worker_main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m zoo.experiment.launch", description=worker_main.__doc__)
     ap.add_argument("--serve", action="store_true", help="take run ids from stdin")
     ap.add_argument("--spec", required=True, help="experiment as JSON (ExperimentSpec)")
     ap.add_argument("--root", required=True, help="results root")
@@ -493,7 +496,9 @@ def run_ray(spec: ExperimentSpec, store: Store, address: str | None = None, cons
     except ImportError:
         raise ZooError("--launcher ray needs the ray package", "pip install 'mixer-zoo[dist]' (or: pip install ray)"
                        ) from None
-    runs = select_runs(spec, shard, only)
+    planned = plan(spec)
+    enlist(spec, store, planned)
+    runs = select_runs(spec, shard, only, planned=planned)
     store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)

@@ -20,7 +20,8 @@ from typing import Any
 from rich.markup import escape
 
 from zoo.errors import ZooError
-from zoo.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
+from zoo.experiment.record import enlist
+from zoo.experiment.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store, changed_since
 from zoo.train.checkpoint import load_model
 from zoo.train.trainer import RunBusy, RunFailed, cpu_threads, default_threads, resolve_device, train
@@ -168,9 +169,10 @@ def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
 
 
 def select_runs(spec: ExperimentSpec, shard: str | None = None, only: list[str] | None = None,
-                run_ids: list[str] | None = None) -> list[PlannedRun]:
-    """The planned runs a process takes: its shard, the mixers in `only`, the ids in `run_ids`."""
-    runs = select_shard(plan(spec), shard)
+                run_ids: list[str] | None = None, planned: list[PlannedRun] | None = None) -> list[PlannedRun]:
+    """The planned runs a process takes: its shard, the mixers in `only`, the ids in `run_ids`
+    (out of `planned`, the spec's plan unless given)."""
+    runs = select_shard(plan(spec) if planned is None else planned, shard)
     if only:
         unknown = set(only) - {r.label for r in runs}
         if unknown:
@@ -196,7 +198,9 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
     if bad := set(train_overrides or {}) - NON_ID_FIELDS:
         raise ZooError(f"train settings {sorted(bad)} change what a run learns; they cannot be overridden here",
                        f"allowed: {', '.join(sorted(NON_ID_FIELDS))}")
-    runs = select_runs(spec, shard, only, run_ids)
+    planned = plan(spec)
+    enlist(spec, store, planned)
+    runs = select_runs(spec, shard, only, run_ids, planned)
     store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
@@ -255,7 +259,6 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
     from zoo.eval.hashhop import HashHopGrid
     from zoo.eval.hf import evaluate_hf, evaluate_ppl_hf, load_hf, record_run
     from zoo.tasks.lm import LMConfig, split_texts
-    from zoo.train.config import TrainConfig
 
     status: dict[str, str] = {}
     todo = eval_settings(spec)
@@ -267,7 +270,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
         if console is not None:
             console.rule(f"[bold]hf[/] {label} [dim]{rid} {ref.name}[/]")
         try:
-            hf = load_hf(ref, resolve_device(device or TrainConfig(**spec.train).device))
+            hf = load_hf(ref, resolve_device(device or spec.train.device))
             record_run(store, hf, label, spec.name)
             for kind, settings in todo.items():
                 eid = eval_id(kind, settings)
@@ -277,7 +280,7 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
                     rows = evaluate_hf(hf, HashHopGrid(**settings))["cells"]
                 else:
                     texts = split_texts(LMConfig(**spec.task.config), settings.split)
-                    lengths = settings.resolve_lengths(TrainConfig(**spec.train).seq_len)
+                    lengths = settings.resolve_lengths(spec.train.seq_len)
                     rows = evaluate_ppl_hf(hf, texts, lengths, stride=settings.stride, windows=settings.windows,
                                            buckets=settings.buckets, chunk_size=settings.chunk_size)
                 store.add_results(rid, kind, [{**r, "eval_id": eid, "label": label} for r in rows])

@@ -1,0 +1,125 @@
+"""One registry shape for everything a package can plug in: mixers, tasks, evaluators, bench peers.
+
+A registry holds named objects of one kind. Built-ins register when `builtins` (a module) is
+imported; installed packages register through the entry-point group `group` (each entry point
+names a module or object whose import registers). A plugin that fails to import is recorded,
+not raised, so one broken package never breaks the zoo; asking for its name says why it is
+missing.
+
+    TASKS = PluginRegistry("zoo.tasks", kind="task", builtins="zoo.tasks.builtin")
+    TASKS.add("copy", CopyTask)      # from a @register_task decorator
+    TASKS.get("copy")                # -> CopyTask, or a one-line ZooError with a "did you mean"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import importlib.metadata
+import threading
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+from zoo.errors import ZooError
+
+BUILTIN_SOURCE = "mixer-zoo"
+T = TypeVar("T")
+
+
+class PluginRegistry(Generic[T]):
+    def __init__(self, group: str, kind: str, builtins: str, listing: str) -> None:
+        self.group = group        # entry-point group, e.g. "zoo.tasks"
+        self.kind = kind          # what one entry is called in messages, e.g. "task"
+        self.builtins = builtins  # module whose import registers the built-ins
+        self.listing = listing    # the command that lists them, e.g. "zoo tasks"
+        self.items: dict[str, T] = {}
+        self.sources: dict[str, str] = {}          # name -> package that registered it
+        self.broken: list[dict[str, str]] = []     # {name, package, error}
+        self._source = BUILTIN_SOURCE
+        self._discovered = False
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def _loading_from(self, source: str) -> Iterator[None]:
+        prev, self._source = self._source, source
+        try:
+            yield
+        finally:
+            self._source = prev
+
+    def add(self, name: str, obj: T) -> None:
+        old = self.items.get(name)
+        if old is not None and old is not obj:
+            raise ZooError(f"{self.kind} name '{name}' registered twice: by {self.sources[name]} "
+                           f"({_where(old)}) and by {self._source} ({_where(obj)})", "rename one of them")
+        self.items[name] = obj
+        self.sources[name] = self._source
+
+    def ensure_loaded(self) -> None:
+        with self._lock:
+            if self._discovered:
+                return
+            self._discovered = True
+            importlib.import_module(self.builtins)
+            for ep in importlib.metadata.entry_points(group=self.group):
+                self._load(ep)
+
+    def _load(self, ep: importlib.metadata.EntryPoint) -> None:
+        package = ep.dist.name if ep.dist is not None else "?"
+        before = (dict(self.items), dict(self.sources))
+        try:
+            with self._loading_from(package):
+                ep.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # a broken plugin must never break the zoo, sys.exit() at import included
+            self.items, self.sources = before
+            self.broken.append({"name": ep.name, "package": package, "error": f"{type(e).__name__}: {e}"})
+
+    def names(self) -> list[str]:
+        self.ensure_loaded()
+        return sorted(self.items)
+
+    def all(self) -> dict[str, T]:
+        self.ensure_loaded()
+        return {n: self.items[n] for n in sorted(self.items)}
+
+    def source(self, name: str) -> str:
+        self.ensure_loaded()
+        return self.sources[name]
+
+    def broken_plugins(self) -> list[dict[str, str]]:
+        self.ensure_loaded()
+        return list(self.broken)
+
+    def why_missing(self, name: str) -> ZooError:
+        """The error for an unknown name: the broken plugin that should have provided it, else the
+        nearest names."""
+        broken = next((b for b in self.broken if b["name"] == name), None)
+        if broken is not None:
+            return ZooError(f"{self.kind} '{name}' from {broken['package']} failed to import: {broken['error']}",
+                            f"fix or reinstall that package; `{self.listing}` lists the broken plugins")
+        close = difflib.get_close_matches(name, list(self.items), n=3, cutoff=0.5)
+        hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
+            f"allowed: {', '.join(sorted(self.items))}"
+        return ZooError(f"unknown {self.kind} '{name}'", hint)
+
+    def get(self, name: str) -> T:
+        self.ensure_loaded()
+        if name not in self.items:
+            raise self.why_missing(name)
+        return self.items[name]
+
+    def reset(self) -> None:
+        """Forget discovered plugins (tests install plugins at run time)."""
+        with self._lock:
+            keep = [n for n, s in self.sources.items() if s == BUILTIN_SOURCE]
+            self.items = {n: self.items[n] for n in keep}
+            self.sources = {n: BUILTIN_SOURCE for n in keep}
+            self.broken = []
+            self._discovered = False
+
+
+def _where(obj: Any) -> str:
+    return getattr(obj, "__module__", None) or type(obj).__module__
