@@ -31,7 +31,7 @@ def model_ref(name: str, revision: str | None, dtype: str, trust_remote_code: bo
         return HFModelRef(name=name, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
                           rope_scaling=rope)
     except ValidationError as e:
-        raise invalid(e, "bad --hf setting", "--dtype is auto, float32, bfloat16 or float16") from None
+        raise invalid(e, "--hf", "--dtype is auto, float32, bfloat16 or float16") from None
 
 
 def load(ref, device: str):
@@ -57,10 +57,7 @@ def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None,
     try:
         grid = HashHopGrid(**grid_dict)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                       f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+        raise invalid(e, "HashHop grid", f"fields: {', '.join(HashHopGrid.model_fields)}", model=HashHopGrid) from None
     if samples_file is not None:
         samples = read_samples(samples_file)
         total = len(samples)
