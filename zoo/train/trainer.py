@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
+from zoo.env import is_oom, resolve_device  # noqa: F401  (resolve_device re-exported for the sweep and CLI)
 from zoo.errors import Interrupted, ZooError
 from zoo.mixer import no_decay_names
 from zoo.model import ModelConfig, ZooLM
@@ -456,7 +456,7 @@ class Trainer:
         except (KeyboardInterrupt, Interrupted):  # left "running": shown as interrupted once we exit
             raise
         except Exception as e:
-            if _is_oom(e):
+            if is_oom(e):
                 msg = self._oom_message(e)
                 store.set_status(rid, "failed", msg)
                 raise OutOfMemory(msg, "lower train.batch_size and raise train.grad_accum to keep tokens per step, "
@@ -793,10 +793,6 @@ def _defer_host_reads(device: torch.device, strategy: str) -> bool:
     before the bad step. FSDP2's AdamW is not fused: it reads every step."""
     return device.type == "cuda" and strategy != "fsdp"
 
-
-def _is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(e, (oom, torch.cuda.OutOfMemoryError))
 
 
 def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None,
