@@ -14,8 +14,8 @@ mixers' caches (`iter_logits`), so memory stays bounded for recurrent mixers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,18 @@ from zoo.errors import ZooError
 from zoo.mixer import Mixer
 from zoo.registry import build_mixer, get_spec
 from zoo.tasks.tokenizer import VOCAB_SIZE
+
+T = TypeVar("T")
+
+
+def build_on_meta(make: Callable[[], T]) -> T:
+    """`make()` on the meta device, where weights cost nothing (counting parameters, FLOPs, state
+    sizes); on the default device when the build needs real tensors (some mixers' inits do)."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except Exception:
+        return make()
 
 
 class ModelConfig(BaseModel):

@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zoo.errors import ZooError, invalid
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
-from zoo.model import ModelConfig, ZooLM
+from zoo.model import ModelConfig, ZooLM, build_on_meta
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
 
 if sys.version_info >= (3, 11):
@@ -369,11 +368,7 @@ class PlannedRun:
 
 def count_params(model_config: ModelConfig, embedding: bool = True) -> int:
     """Parameters of a ZooLM, built on the meta device when the mixers allow it."""
-    try:
-        with torch.device("meta"):
-            return ZooLM(model_config).num_params(embedding)
-    except Exception:  # some mixers initialise with real tensors
-        return ZooLM(model_config).num_params(embedding)
+    return build_on_meta(lambda: ZooLM(model_config)).num_params(embedding)
 
 
 def _model_config(spec: ExperimentSpec, entry: MixerEntry, mixer: str, model_over: dict) -> dict:
@@ -477,13 +472,7 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                     continue
                 seen.add(rid)
                 model_cfg = ModelConfig(**mc)
-                with torch.device("meta"):
-                    try:
-                        fpt_model = ZooLM(model_cfg)
-                    except Exception:
-                        fpt_model = None
-                if fpt_model is None:
-                    fpt_model = ZooLM(model_cfg)
+                fpt_model = build_on_meta(lambda c=model_cfg: ZooLM(c))
                 steps, tokens, flops = budget(run.train, lambda L, m=fpt_model: m.flops_per_token(L, training=True))
                 out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
             except ValidationError as e:  # a sweep value or a per-mixer override out of bounds

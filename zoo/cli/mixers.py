@@ -19,12 +19,10 @@ REF_D_MODEL = 1024
 
 def reference_mixer(spec: registry.MixerSpec, d_model: int = REF_D_MODEL):
     """The mixer at the reference width with its default config, without allocating weights."""
+    from zoo.model import build_on_meta
+
     cfg = spec.make_config()
-    try:
-        with torch.device("meta"):
-            return spec.cls(d_model, cfg)
-    except Exception:  # some inits need real tensors
-        return spec.cls(d_model, cfg)
+    return build_on_meta(lambda: spec.cls(d_model, cfg))
 
 
 def register(app: typer.Typer) -> None:

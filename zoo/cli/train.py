@@ -177,13 +177,9 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
-            import torch
+            from zoo.model import build_on_meta
 
-            try:  # counting needs no weights: on the meta device a huge model costs nothing
-                with torch.device("meta"):
-                    model = build_model(run.normalized().model, run.train.seed)
-            except Exception:  # some mixers initialise with real tensors
-                model = build_model(run.normalized().model, run.train.seed)
+            model = build_on_meta(lambda: build_model(run.normalized().model, run.train.seed))
             n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
             p = PlannedRun(run.display_label(), run.model.layers[0], run, rid, count_params(run.model), n, tokens,
                            flops)
