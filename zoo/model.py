@@ -24,6 +24,7 @@ from torch import nn
 
 from zoo.errors import ZooError
 from zoo.mixer import Mixer
+from zoo.norm import RMSNorm
 from zoo.registry import build_mixer, get_spec
 from zoo.tasks.tokenizer import VOCAB_SIZE
 
@@ -73,16 +74,6 @@ class ModelConfig(BaseModel):
 
     def hidden(self) -> int:
         return self.mlp_hidden or 64 * -(-(8 * self.d_model // 3) // 64)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class SwiGLU(nn.Module):

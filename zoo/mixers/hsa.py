@@ -39,6 +39,7 @@ from zoo.errors import ZooError
 from zoo.kernels import flex
 from zoo.kernels.hsa_naive import hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
+from zoo.norm import RMSNorm
 from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
 from zoo.registry import register_mixer
 
@@ -47,6 +48,7 @@ HSA_CITATION = (
     "(HSA-UltraLong), arXiv:2511.23319; Hu et al. 2025, Hardware-aligned Hierarchical Sparse Attention, "
     "arXiv:2504.16795"
 )
+NORM_EPS = 1e-6  # its query, key, landmark and chunk-encoder norms, tighter than the blocks'
 SCORE_BUDGET = 1 << 26  # landmark scores materialised at once (elements): keeps memory linear in L
 
 
@@ -90,16 +92,6 @@ class HSAConfig(MixerConfig):
         return self
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-
-
 class ChunkEncoderLayer(nn.Module):
     """Pre-norm bidirectional transformer layer over one chunk and its CLS token (RoPE inside
     the chunk only, so it never sees absolute positions)."""
@@ -107,7 +99,7 @@ class ChunkEncoderLayer(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads, self.hd = heads, d // heads
-        self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
+        self.norm1, self.norm2 = RMSNorm(d, NORM_EPS), RMSNorm(d, NORM_EPS)
         self.wqkv = nn.Linear(d, 3 * d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
         self.w_gate = nn.Linear(d, 2 * d, bias=False)
@@ -304,16 +296,16 @@ class HSA(Mixer):
         self.wq_swa = nn.Linear(d, H * Dh, bias=False)
         self.wk_swa = nn.Linear(d, Hkv * Dh, bias=False)
         self.wv_swa = nn.Linear(d, Hkv * Dh, bias=False)
-        self.q_norm_swa, self.k_norm_swa = RMSNorm(Dh), RMSNorm(Dh)
+        self.q_norm_swa, self.k_norm_swa = RMSNorm(Dh, NORM_EPS), RMSNorm(Dh, NORM_EPS)
         # retrieval branch: no positions anywhere
         self.wq_hsa = nn.Linear(d, H * Dh, bias=False)
-        self.q_norm_hsa = RMSNorm(Dh)
+        self.q_norm_hsa = RMSNorm(Dh, NORM_EPS)
         self.wk_chunk = nn.Linear(d, Hkv * Dh, bias=False)
         self.wv_chunk = nn.Linear(d, Hkv * Dh, bias=False)
-        self.k_norm_chunk = RMSNorm(Dh)
+        self.k_norm_chunk = RMSNorm(Dh, NORM_EPS)
         self.wq_ret = nn.Linear(d, Hkv * Dr, bias=False)
         self.w_lmk = nn.Linear(d, Hkv * Dr, bias=False)
-        self.ret_norm, self.lmk_norm = RMSNorm(Dr), RMSNorm(Dr)
+        self.ret_norm, self.lmk_norm = RMSNorm(Dr, NORM_EPS), RMSNorm(Dr, NORM_EPS)
         # chunk encoder: depth 0 = mean pooling of the normed chunk
         self.enc_heads = c.encoder_heads or max(1, d // 64)
         if Dh % 2:
@@ -326,7 +318,7 @@ class HSA(Mixer):
             self.encoder = nn.ModuleList(ChunkEncoderLayer(d, self.enc_heads) for _ in range(c.encoder_layers))
         else:
             self.encoder = None
-        self.enc_norm = RMSNorm(d)
+        self.enc_norm = RMSNorm(d, NORM_EPS)
         self.wo = nn.Linear(2 * H * Dh, d, bias=False)
 
     # -- sliding-window branch -------------------------------------------------------------
