@@ -39,6 +39,7 @@ from zoo.errors import ZooError
 from zoo.kernels import flex
 from zoo.kernels.hsa_naive import hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
+from zoo.mixers.attention import attention_reference
 from zoo.norm import RMSNorm
 from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
 from zoo.registry import register_mixer
@@ -129,9 +130,9 @@ def window_attention_reference(q, k, v, window: int) -> torch.Tensor:
     k/v `[B, Hkv, Lk, Dh]` with the queries at the last Lq key positions -> `[B, H, Lq, Dh]`."""
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
-    s = s.masked_fill(~band_mask(q.shape[2], k.shape[2], window, q.device), float("-inf"))
-    return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v.float()).to(q.dtype)
+    lq, lk = q.shape[2], k.shape[2]
+    pos_k = torch.arange(lk, device=q.device)
+    return attention_reference(q, k, v, pos_k[lk - lq:], pos_k, window=window, scale=q.shape[-1] ** -0.5)
 
 
 def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
