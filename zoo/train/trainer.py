@@ -50,7 +50,8 @@ from zoo.train import checkpoint as ckpt
 from zoo.train import distributed as zdist
 from zoo.train.config import RunConfig, TrainConfig
 from zoo.train.data import BatchKey, Prefetcher, build
-from zoo.train.perf import device_peak_flops, micro_seq_len
+from zoo.train.lengths import micro_seq_len
+from zoo.train.mfu import device_peak_flops
 from zoo.train.schedule import apply_mixer_knobs, task_knobs, values_at
 
 
