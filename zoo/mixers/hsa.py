@@ -271,7 +271,7 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
 
 @register_mixer(
     name="hsa",
-    family="sparse-attention",
+    family="sparse attention",
     description="hierarchical sparse attention: top-K chunk retrieval by landmarks, plus sliding-window RoPE attention",
     citation=HSA_CITATION,
     capabilities=Capabilities(cost="O(L^2)", state="growing"),  # O(L^2 / S) landmark scoring, O(L (K S + W)) attention
