@@ -64,7 +64,6 @@ class Capabilities:
 
     cost: Cost
     state: Literal["fixed", "growing"]
-    causal: bool = True
     max_length: int | None = None
 
 

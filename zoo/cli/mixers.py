@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         console.print(spec.description, markup=False)
         console.print(f"[dim]cite:[/] {escape(spec.citation)}")
         caps = spec.capabilities
-        console.print(f"cost {caps.cost}, {caps.state} state, causal={caps.causal}, "
+        console.print(f"cost {caps.cost}, {caps.state} state, "
                       f"max length {caps.max_length or 'unbounded'}")
         doc = (spec.cls.__doc__ or "").strip()
         if doc:
