@@ -240,10 +240,10 @@ def _flash_window_check(dev: torch.device, dtype: torch.dtype, g: torch.Generato
 
 
 def window_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, q_len: int) -> tuple[str, str]:
-    """(kernel, why) for the CUDA window: 'flex' (FlexAttention over the band; on the H100 it
-    measured 5.2-7.4 ms fwd+bwd at 128K tokens of 16 heads x 64 against 7.1-7.9 ms for torch's
-    flash kernel with a window, `benchmarks/hsa_bench.py`), 'flash' where FlexAttention is
-    missing, 'sdpa' (band mask) for short query chunks and as the last fallback."""
+    """(kernel, why) for the CUDA window: 'flex' (FlexAttention over the band, faster than torch's
+    flash kernel with a window: `benchmarks/hsa_bench.py`, numbers in benchmarks/NOTES.md, HSA),
+    'flash' where FlexAttention is missing, 'sdpa' (band mask) for short query chunks and as the
+    last fallback."""
     if q_len < 128:
         return "sdpa", "short query chunk"
     if (why := flex.unavailable(torch.device(device))) is None:
