@@ -248,7 +248,7 @@ def test_cli_eval_baseline_and_trained_run(tmp_path, capsys):
     (["--untrained", "{}", "--n-chars", "train..1M"], "needs a trained run"),
     (["--n-chars", "1000"], "either a run"),
     (["--untrained", "{}", "--rope-scaling", "yarn"], "go together"),
-    (["--untrained", "{}", "--rope-scaling", "linear", "--rope-factor", "4"], "bad RoPE scaling 'method'"),
+    (["--untrained", "{}", "--rope-scaling", "linear", "--rope-factor", "4"], "RoPE scaling: key 'method'"),
     (["--untrained", "{}", "--rope-scaling", "yarn", "--rope-factor", "4"], "RoPE"),
     (["/nonexistent/run"], "no checkpoint"),
 ])

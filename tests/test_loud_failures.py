@@ -361,3 +361,26 @@ def test_invalid_helper_is_one_line():
 def test_spec_file_path_is_reported(tmp_path):
     code, _, err = run_cli(["compare", str(Path(tmp_path) / "missing.toml"), "--dry-run"])
     assert_truthful(code, err, (2,))
+
+
+def test_invalid_helper_names_unknown_and_bad_keys_alike():
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from zoo.errors import invalid
+
+    class Inner(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        lr: float = 1.0
+
+    class Outer(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        train: Inner = Inner()
+
+    with pytest.raises(ValidationError) as e:
+        Outer(train={"lrr": 2})
+    err = invalid(e.value, "spec.toml", model=Outer)
+    assert err.message == "spec.toml: unknown key 'train.lrr'" and err.hint == "did you mean 'lr'? allowed: lr"
+    with pytest.raises(ValidationError) as e:
+        Inner(lr="fast")
+    err = invalid(e.value, "setting", prefix=("train",))
+    assert err.message.startswith("setting: key 'train.lr' = 'fast' is invalid:")

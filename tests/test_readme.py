@@ -43,3 +43,33 @@ def test_main_command_plans_the_smoke_spec(tmp_path):
     assert r.returncode == 0, r.stderr
     for mixer in ("rope", "retnet"):
         assert mixer in r.stdout
+
+
+def readme_mixer_table() -> list[tuple[str, str, list[str]]]:
+    """(family, file, registry names) of each row of the README's mixer table."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| family | file | registry names |"):].split("\n\n")[0].splitlines()[2:]
+    rows = []
+    for line in table:
+        family, file, names = [c.strip() for c in line.strip("|").split("|")][:3]
+        rows.append((family, file.strip("`"), re.findall(r"`([a-z0-9-]+)`", names)))
+    return rows
+
+
+def test_readme_mixer_table_matches_the_registry():
+    """Every built-in mixer is in the table once, in its own family and the file it lives in."""
+    from zoo import registry
+    from zoo.mixer import FAMILIES
+
+    specs = [registry.get_spec(n) for n in registry.names()]
+    builtin = {s.name: s for s in specs if s.source == registry.BUILTIN_SOURCE}
+    listed = {}
+    for family, file, names in readme_mixer_table():
+        assert family in FAMILIES, family
+        for name in names:
+            assert name not in listed, f"{name} listed twice"
+            listed[name] = (family, file)
+    assert set(listed) == set(builtin), set(listed) ^ set(builtin)
+    for name, spec in builtin.items():
+        module_file = spec.cls.__module__.replace(".", "/") + ".py"
+        assert listed[name] == (spec.family, module_file), (name, listed[name], spec.family, module_file)

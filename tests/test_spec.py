@@ -36,7 +36,7 @@ def _write(tmp_path, text, name="spec.toml"):
     (('"sinusoidal"]', '"sinusoidall"]'), "key 'mixers.sinusoidall' = 'sinusoidall' is not a registered mixer",
      "did you mean sinusoidal"),
     (("d_model = 32", "d_model = 'wide'"), "key 'model.d_model' = 'wide' is invalid", "valid integer"),
-    (("hash_len = 4", "hash_len = 0"), "task: task 'hashhop': bad setting 'hash_len' = 0", "fields:"),
+    (("hash_len = 4", "hash_len = 0"), "task: task 'hashhop': key 'hash_len' = 0 is invalid", "fields:"),
     (("steps = 10", "steps = 10\nschedules = { 'mixer.nope' = { points = [[0, 1]] } }"),
      "key 'train.schedules'", "task.NAME or mixer.MIXER.ATTR"),
     (("steps = 10", "steps = 10\n[sweep]\nmatch_by = 'heads'"), "key 'sweep.match_by' = 'heads'", "'d_model'"),

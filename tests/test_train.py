@@ -15,7 +15,7 @@ from zoo.store import Store
 from zoo.tasks.base import get_task
 from zoo.train.checkpoint import latest_checkpoint, list_checkpoints, load_model, save_checkpoint
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
-from zoo.train.perf import micro_seq_len
+from zoo.train.lengths import micro_seq_len
 from zoo.train.schedule import Schedule, apply_mixer_knobs, set_knob
 from zoo.train.trainer import budget, lr_at, train
 

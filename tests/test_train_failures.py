@@ -4,6 +4,7 @@ sweep trains the other runs; non-finite gradients are named too."""
 import pytest
 import torch
 
+from zoo.errors import ZooError
 from zoo.experiment.spec import parse_spec
 from zoo.experiment.sweep import run_experiment, summary_table
 from zoo.mixers.attention import NoPE
@@ -128,3 +129,17 @@ def test_killed_hashhop_evaluation_resumes_at_the_next_cell(tmp_path, monkeypatc
     assert again.evals["hashhop"] == "ok" and seen == [40, 60] and evals_done(spec, store, run_id)
     rows = store.results(run_id, "hashhop")
     assert sorted(r["n_chars"] for r in rows) == [20, 40, 60] and len({r["eval_id"] for r in rows}) == 1
+
+
+@pytest.mark.parametrize("exc, oom", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory."), True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (RuntimeError("boom"), False),
+    (ZooError("file out of memory.txt not found"), False),
+    (ValueError("the model ran out of memory last time"), False),
+])
+def test_is_oom_is_the_device_not_the_words(exc, oom):
+    from zoo.env import is_oom
+
+    assert is_oom(exc) is oom

@@ -77,3 +77,13 @@ def resolve_device(name: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ZooError(f"device '{name}' is not supported", "use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether `e` is the device running out of memory: PyTorch's allocator raises
+    `torch.OutOfMemoryError`; memory taken outside it (cuBLAS workspaces, cuDNN, Triton launches)
+    fails as a plain RuntimeError carrying CUDA's own "CUDA error: out of memory". An error that
+    merely mentions the words (a user message, a file name) is not one."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "CUDA error: out of memory" in str(e)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 
 class ZooError(Exception):
     """An error the user can fix. The CLI prints `message (hint)` and exits 2."""
@@ -39,11 +42,48 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
-def invalid(e, what: str, hint: str | None = None) -> ZooError:
-    """One line for a pydantic ValidationError: `{what} '{key}' = {value}: {reason}`, with the
-    value's text cut short so a huge or nested input still reads on one line."""
+def fields_at(model: Any, loc: tuple) -> list[str] | None:
+    """The field names of the pydantic model that `loc` (a ValidationError location) ends in,
+    walking nested models (through Optional, lists and dicts); None where the walk leaves models."""
+    from pydantic import BaseModel
+
+    cls: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None:
+            continue
+        f = getattr(cls, "model_fields", {}).get(part)
+        if f is None:
+            return None
+        ann = f.annotation
+        nxt = None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                nxt = cand
+            for sub in getattr(cand, "__args__", ()):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    nxt = sub
+        cls = nxt
+    return list(cls.model_fields) if cls is not None and hasattr(cls, "model_fields") else None
+
+
+def invalid(e: Any, what: str, hint: str | None = None, *, model: Any = None, prefix: tuple = ()) -> ZooError:
+    """One line for a pydantic ValidationError, the same shape wherever settings are checked:
+    `{what}: unknown key '{key}'` (with the closest field name and the allowed ones when `model`
+    is given), `{what}: missing key '{key}'` or `{what}: key '{key}' = {value} is invalid: {reason}`.
+    The value's text is cut short so a huge or nested input still reads on one line. `prefix` is
+    where the validated table sits in a larger document (a spec file's `("train",)`)."""
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = tuple(prefix) + tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden" and model is not None:
+        allowed = fields_at(model, tuple(err["loc"]))
+        close = difflib.get_close_matches(str(loc[-1]), allowed or [], n=1)
+        return ZooError(f"{what}: unknown key '{key}'", (f"did you mean '{close[0]}'? " if close else "")
+                        + (f"allowed: {', '.join(allowed)}" if allowed else "remove it"))
+    if err["type"] == "missing":
+        return ZooError(f"{what}: missing key '{key}'", hint or err["msg"])
     value = repr(err.get("input"))
     value = value if len(value) <= 80 else value[:77] + "..."
-    return ZooError(f"{what} '{key}' = {value}: {err['msg']}", hint)
+    ctx = err.get("ctx") or {}
+    return ZooError(f"{what}: key '{key}' = {value} is invalid: {err['msg']}",
+                    hint or (f"allowed: {ctx['expected']}" if "expected" in ctx else err["msg"]))

@@ -28,6 +28,9 @@ from zoo.errors import LengthError, ZooError
 if TYPE_CHECKING:
     from zoo.registry import MixerSpec
 
+# the built-in mixers' families, the words the README's mixer table uses; a plugin may name its own
+FAMILIES = ("attention", "sparse attention", "state space", "linear recurrence", "long convolution")
+
 Cost = Literal["O(L)", "O(L log L)", "O(L^2)", "O(T*L^2)"]
 
 
@@ -61,7 +64,6 @@ class Capabilities:
 
     cost: Cost
     state: Literal["fixed", "growing"]
-    causal: bool = True
     max_length: int | None = None
 
 

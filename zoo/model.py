@@ -14,8 +14,8 @@ mixers' caches (`iter_logits`), so memory stays bounded for recurrent mixers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,21 @@ from torch import nn
 
 from zoo.errors import ZooError
 from zoo.mixer import Mixer
+from zoo.norm import RMSNorm
 from zoo.registry import build_mixer, get_spec
 from zoo.tasks.tokenizer import VOCAB_SIZE
+
+T = TypeVar("T")
+
+
+def build_on_meta(make: Callable[[], T]) -> T:
+    """`make()` on the meta device, where weights cost nothing (counting parameters, FLOPs, state
+    sizes); on the default device when the build needs real tensors (some mixers' inits do)."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except Exception:
+        return make()
 
 
 class ModelConfig(BaseModel):
@@ -61,16 +74,6 @@ class ModelConfig(BaseModel):
 
     def hidden(self) -> int:
         return self.mlp_hidden or 64 * -(-(8 * self.d_model // 3) // 64)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 class SwiGLU(nn.Module):

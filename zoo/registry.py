@@ -68,7 +68,7 @@ class MixerSpec:
         except ValidationError as e:
             allowed = ", ".join(self.config_cls.model_fields)
             raise invalid(
-                e, f"mixer '{self.name}': bad config key",
+                e, f"mixer '{self.name}' config",
                 f"fields: {allowed}; see `zoo mixers show {self.name}`",
             ) from None
 

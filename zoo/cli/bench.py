@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 fill_chunk=parse_size(fill_chunk),
             )
         except ValidationError as e:
-            raise invalid(e, "bad bench setting", "see `zoo bench --help`") from None
+            raise invalid(e, "bench setting", "see `zoo bench --help`") from None
         store = Store(root)
         try:
             result = run_bench(cfg, store=store, json_path=json_out, console=console, progress=progress)

@@ -90,7 +90,7 @@ def parse_rope(method: str | None, factor: float | None):
     try:
         return RopeScaling(method=method, factor=factor)
     except ValidationError as e:
-        raise invalid(e, "bad RoPE scaling", "methods: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope; "
+        raise invalid(e, "RoPE scaling", "methods: pi, ntk, dynamic-ntk, yarn, rerope, leaky-rerope; "
                       "factor >= 1") from None
 
 
@@ -270,8 +270,8 @@ def register(app: typer.Typer) -> None:
                 raise ZooError(f"--untrained is not JSON: {e.msg}",
                                "e.g. '{\"d_model\": 64, \"n_layers\": 2}'") from None
             except ValidationError as e:
-                raise invalid(e, "--untrained: bad model setting",
-                              f"fields: {', '.join(ModelConfig.model_fields)}") from None
+                raise invalid(e, "--untrained", f"fields: {', '.join(ModelConfig.model_fields)}",
+                              model=ModelConfig) from None
             torch.manual_seed(0)
             model = ZooLM(cfg).to(dev)
             run_config = {"model": cfg.model_dump(), "untrained": True, "init_seed": 0}
@@ -298,7 +298,8 @@ def register(app: typer.Typer) -> None:
             try:
                 return HashHopGrid(**d)
             except ValidationError as e:
-                raise invalid(e, "bad HashHop grid setting", f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+                raise invalid(e, "HashHop grid", f"fields: {', '.join(HashHopGrid.model_fields)}",
+                              model=HashHopGrid) from None
 
         if n_chars:  # 'train': the largest problem of this grid that fits the training length in tokens
             train_chars = make_grid({**grid_dict, "n_chars": [1]}).chars_for_tokens(train_len) \

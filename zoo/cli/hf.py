@@ -31,7 +31,7 @@ def model_ref(name: str, revision: str | None, dtype: str, trust_remote_code: bo
         return HFModelRef(name=name, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
                           rope_scaling=rope)
     except ValidationError as e:
-        raise invalid(e, "bad --hf setting", "--dtype is auto, float32, bfloat16 or float16") from None
+        raise invalid(e, "--hf", "--dtype is auto, float32, bfloat16 or float16") from None
 
 
 def load(ref, device: str):
@@ -46,21 +46,18 @@ def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None,
     """Evaluate `ref` over a HashHop grid (or the samples of a file); rows go to the store (run
     kind "hf") and a JSON file."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from zoo.cli import console, err_console
     from zoo.cli.hashhop import results_table
     from zoo.eval.hashhop import HashHopGrid, read_samples
     from zoo.eval.hf import dumps, evaluate_hf, evaluate_hf_file, record_run
+    from zoo.progress import Progress
     from zoo.store import Store
 
     try:
         grid = HashHopGrid(**grid_dict)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ZooError(f"bad HashHop grid setting '{key}' = {err.get('input')!r}: {err['msg']}",
-                       f"fields: {', '.join(HashHopGrid.model_fields)}") from None
+        raise invalid(e, "HashHop grid", f"fields: {', '.join(HashHopGrid.model_fields)}", model=HashHopGrid) from None
     if samples_file is not None:
         samples = read_samples(samples_file)
         total = len(samples)
@@ -70,19 +67,17 @@ def hashhop_eval(ref, grid_dict: dict[str, Any], device: str, root: Path | None,
     hf = load(ref, device)
     store = Store(root)
     run_id = record_run(store, hf)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task("hashhop", total=total)
+    with Progress(err_console, "hashhop", total, unit="samples") as bar:
 
         def cell_done(c: dict[str, Any]) -> None:
             acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
-            bar.update(task, description=f"{c['length']} tokens, {c['hops']} hops: {acc}")
+            bar.update(description=f"hashhop (last: {c['length']} tokens, {c['hops']} hops: {acc})")
 
         if samples_file is not None:
             results = evaluate_hf_file(hf, samples_file, grid.greedy_samples, grid.chunk_size or 8192,
-                                       lambda k: bar.advance(task, k))
+                                       lambda k: bar.update(advance=k))
         else:
-            results = evaluate_hf(hf, grid, lambda k: bar.advance(task, k), cell_done)
+            results = evaluate_hf(hf, grid, lambda k: bar.update(advance=k), cell_done)
     results["run_id"] = run_id
     console.print(results_table(results))
     new = store.add_results(run_id, "hashhop", [{**c, "label": ref.label()} for c in results["cells"]])
@@ -98,6 +93,8 @@ def ppl(ref, lengths: list[int] | None, text: list[str] | None, text_field: str,
         windows: int, buckets: int, chunk_size: int | None, device: str, root: Path | None, save: bool):
     """Perplexity vs length of `ref` on held-out text (the lm task's corpus, or `text`) in its own
     tokens. Returns (run id, rows)."""
+    from pydantic import ValidationError
+
     from zoo.eval.hf import evaluate_ppl_hf, record_run
     from zoo.store import Store, config_id
     from zoo.tasks.lm import LMConfig, split_texts
@@ -106,8 +103,8 @@ def ppl(ref, lengths: list[int] | None, text: list[str] | None, text_field: str,
         raise ZooError("--hf needs --lengths", "a pretrained model has no training length here, e.g. --lengths 512,2k")
     try:
         cfg = LMConfig(paths=list(text or []), text_field=text_field)
-    except ValueError as e:
-        raise ZooError(f"bad text setting: {e}".splitlines()[0]) from None
+    except ValidationError as e:
+        raise invalid(e, "text setting", "see `zoo ppl --help`") from None
     texts = split_texts(cfg, "eval")
     hf = load(ref, device)
     rows = evaluate_ppl_hf(hf, texts, lengths, stride=stride, windows=windows, buckets=buckets, chunk_size=chunk_size)

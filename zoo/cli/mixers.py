@@ -19,12 +19,10 @@ REF_D_MODEL = 1024
 
 def reference_mixer(spec: registry.MixerSpec, d_model: int = REF_D_MODEL):
     """The mixer at the reference width with its default config, without allocating weights."""
+    from zoo.model import build_on_meta
+
     cfg = spec.make_config()
-    try:
-        with torch.device("meta"):
-            return spec.cls(d_model, cfg)
-    except Exception:  # some inits need real tensors
-        return spec.cls(d_model, cfg)
+    return build_on_meta(lambda: spec.cls(d_model, cfg))
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +69,7 @@ def register(app: typer.Typer) -> None:
         console.print(spec.description, markup=False)
         console.print(f"[dim]cite:[/] {escape(spec.citation)}")
         caps = spec.capabilities
-        console.print(f"cost {caps.cost}, {caps.state} state, causal={caps.causal}, "
+        console.print(f"cost {caps.cost}, {caps.state} state, "
                       f"max length {caps.max_length or 'unbounded'}")
         doc = (spec.cls.__doc__ or "").strip()
         if doc:

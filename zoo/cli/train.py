@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
             if err["type"] == "extra_forbidden":
                 key = ".".join(str(p) for p in err["loc"])
                 raise ZooError(f"unknown setting '{key}'", set_key_hint(str(err["loc"][-1]))) from None
-            raise invalid(e, "bad setting", "see `zoo train --help`") from None
+            raise invalid(e, "setting", "see `zoo train --help`") from None
         from zoo.train.distributed import FollowerStore
 
         # under torchrun only rank 0 opens the store
@@ -191,13 +191,9 @@ def register(app: typer.Typer) -> None:
 
             raise typer.Exit(torchrun_train(run, nproc, parallel=parallel, root=store.root, progress=progress))
         if dry_run:
-            import torch
+            from zoo.model import build_on_meta
 
-            try:  # counting needs no weights: on the meta device a huge model costs nothing
-                with torch.device("meta"):
-                    model = build_model(run.normalized().model, run.train.seed)
-            except Exception:  # some mixers initialise with real tensors
-                model = build_model(run.normalized().model, run.train.seed)
+            model = build_on_meta(lambda: build_model(run.normalized().model, run.train.seed))
             n, tokens, flops = budget(run.train, lambda L: model.flops_per_token(L, training=True))
             p = PlannedRun(run.display_label(), run.model.layers[0], run, rid, count_params(run.model), n, tokens,
                            flops)
@@ -366,8 +362,10 @@ def register(app: typer.Typer) -> None:
                            multipliers=[int(x) for x in multipliers.split(",")], stride=stride, windows=windows,
                            buckets=buckets)
             rope = RopeScaling(method=rope_scaling, factor=rope_factor) if rope_scaling else None
-        except (ValidationError, ValueError) as e:
-            raise ZooError(f"bad perplexity setting: {e}".splitlines()[0], "see `zoo ppl --help`") from None
+        except ValidationError as e:
+            raise invalid(e, "perplexity setting", "see `zoo ppl --help`") from None
+        except ValueError as e:  # a length that is not a number
+            raise ZooError(f"bad perplexity setting: {e}", "see `zoo ppl --help`") from None
         dev = resolve_device(device)
         model, cfg = load_model(path, dev)
         rows = evaluate_run(model, cfg, spec, rope)

@@ -9,7 +9,7 @@ registry) and every sequence length L, with batch B = max(1, tokens_per_batch //
              is filled through the mixer's own chunked forward, `fill_chunk` tokens at a time, so
              attention decodes over a grown KV cache while recurrent mixers hold a fixed state
 
-Timing follows the performance method of DESIGN.md: warm-up calls first (compilation and
+Timing follows the method of benchmarks/NOTES.md: warm-up calls first (compilation and
 Triton autotuning land there), then every call between two CUDA events, median of up to
 `reps` calls (fewer when a point would take longer than `point_budget_s`, at least 3, or 1
 for a call slower than the point budget); on CPU `time.perf_counter`, smoke numbers only.

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, invalid
 from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.hf import HFModelRef
 from zoo.eval.ppl import PplEval
@@ -248,47 +248,6 @@ class ExperimentSpec(BaseModel):
 
 # -- loading and validation ----------------------------------------------------------------------
 
-def _allowed_fields(root: type[BaseModel], loc: tuple) -> list[str] | None:
-    """Field names of the model at `loc` (minus its last part), for 'unknown key' errors."""
-    cls: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int) or cls is None:
-            continue
-        f = getattr(cls, "model_fields", {}).get(part)
-        if f is None:
-            return None
-        ann = f.annotation
-        nxt = None
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                nxt = cand
-            for sub in getattr(cand, "__args__", ()):
-                if isinstance(sub, type) and issubclass(sub, BaseModel):
-                    nxt = sub
-        cls = nxt
-    return list(cls.model_fields) if cls is not None and hasattr(cls, "model_fields") else None
-
-
-def _validation_error(path: Path, e: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> ZooError:
-    err = e.errors()[0]
-    loc = prefix + tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_fields(root, tuple(err["loc"]))
-        close = difflib.get_close_matches(str(loc[-1]), allowed or [], n=1)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + (f"allowed: {', '.join(allowed)}" if allowed
-                                                                    else "remove it")
-        return ZooError(f"{path}: unknown key '{key}'", hint)
-    if err["type"] == "missing":
-        return ZooError(f"{path}: missing key '{key}'", err["msg"])
-    allowed_msg = err["msg"]
-    ctx = err.get("ctx") or {}
-    if "expected" in ctx:
-        allowed_msg = f"allowed: {ctx['expected']}"
-    value = err.get("input")
-    return ZooError(f"{path}: key '{key}' = {value!r} is invalid: {err['msg']}", allowed_msg)
-
-
 def load_spec(path: str | Path) -> ExperimentSpec:
     path = Path(path)
     try:
@@ -309,7 +268,7 @@ def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> ExperimentSp
     try:
         spec = ExperimentSpec(**raw)
     except ValidationError as e:
-        raise _validation_error(path, e, ExperimentSpec) from None
+        raise invalid(e, str(path), model=ExperimentSpec) from None
     _check_semantics(spec, path)
     return spec
 
@@ -342,7 +301,7 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
             TrainConfig(**train)
         except ValidationError as e:
             where = ("mixers", label, "train") if entry.train else ("train",)
-            raise _validation_error(path, e, TrainConfig, where) from None
+            raise invalid(e, str(path), model=TrainConfig, prefix=where) from None
         try:
             get_task(spec.task.name, {**spec.task.config, **entry.task})
         except ZooError as e:
@@ -535,5 +494,5 @@ def plan(spec: ExperimentSpec) -> list[PlannedRun]:
                 out.append(PlannedRun(label, mixer, run, rid, params, steps, tokens, flops, point, matched))
             except ValidationError as e:  # a sweep value or a per-mixer override out of bounds
                 where = f"mixers.{label}" + (f" at sweep point {point}" if point else "")
-                raise _validation_error(Path(f"{spec.name}: {where}"), e, RunConfig) from None
+                raise invalid(e, f"{spec.name}: {where}", model=RunConfig) from None
     return out

@@ -197,8 +197,8 @@ def distance_bias_score_mod(bias: torch.Tensor, offset: int) -> ScoreMod:
 # backward 64 x 64 in both of its loops (BLOCK_M1/N1: dK and dV, BLOCK_M2/N2: dQ), 3 stages, 4 warps.
 # At head_dim 64 that is, by our count of the tiles, about half the H100's shared memory. Keys without
 # a fwd_/bwd_ prefix apply to both passes in every torch that has FlexAttention. A detached table
-# (`distance_bias_attend`) has no gradient buffer, but both passes still gather it per tile: whether
-# the default tiles would fit now is unmeasured, so these stay.
+# (`distance_bias_attend`) has no gradient buffer, but both passes still gather it per tile, which
+# is what the default tiles did not fit; these stay until the defaults are shown to fit.
 TABLE_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
                         "BLOCK_N2": 64, "num_stages": 3, "num_warps": 4}
 

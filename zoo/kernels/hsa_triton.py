@@ -618,9 +618,9 @@ def hsa_attention(
     (indices int, -1 = empty slot). Same contract as `hsa_naive.hsa_attention_naive`.
     `index`: the chunk -> pairs index of `indices` when the caller has it (`hsa_select`
     returns it); otherwise it is built here. `layout`: the forward's loop, "token" (a program
-    per token and KV head, the default: 2.2-2.3 ms against 2.4-2.7 ms for "chunk" at 128K
-    tokens on the H100, and no partial buffer) or "chunk" (a program per work item of one
-    chunk); the backward is chunk-major either way.
+    per token and KV head, the default: faster than "chunk" in `benchmarks/hsa_bench.py`, and
+    no partial buffer) or "chunk" (a program per work item of one chunk); the backward is
+    chunk-major either way.
     """
     if layout not in ("chunk", "token"):
         raise ValueError(f"layout {layout!r} is not 'chunk' or 'token'")

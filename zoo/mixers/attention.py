@@ -33,12 +33,11 @@ backend only has to be able to run it):
   which computes each score once instead of both scores everywhere. T5's table reaches the
   kernel detached and is differentiated outside it (`flex.distance_bias_attend`: the kernel's
   own gradient of a captured table is atomic adds from every score into a few entries).
-- `flash`: flash-attn, when installed (ALiBi slopes, sliding window). It could not be
-  measured against FlexAttention on our GPU machine (it does not install there), so
-  FlexAttention keeps the first place; `backend = "flash"` forces it.
+- `flash`: flash-attn, when installed (ALiBi slopes, sliding window). FlexAttention keeps
+  the first place until the two are timed on one machine; `backend = "flash"` forces it.
 - `sdpa`: torch scaled_dot_product_attention for schemes that change q and k only, with
-  torch's own kernel choice (on the H100 with torch 2.11 it measured faster than forcing even
-  the fastest kernel, cuDNN); rotary is applied outside the kernel, on CUDA by one fused
+  torch's own kernel choice (no slower than forcing even the fastest kernel, cuDNN:
+  benchmarks/NOTES.md, attention); rotary is applied outside the kernel, on CUDA by one fused
   Triton pass over q and k each way (`zoo.kernels.rotary`).
 - `torch`: the reference: explicit scores, bias, mask and softmax (any scheme, any device).
 
@@ -135,9 +134,9 @@ REROPE_BACKENDS = [FLEX_BACKEND, _refused(FLASH_BACKEND, "flash-attn has no two-
 
 
 def _sdpa(q, k, v, **kwargs):
-    """torch's own SDPA dispatch, no kernel forced: on the H100 (torch 2.11, fwd + bwd at 32K
-    tokens) it measured 4.50 ms against 4.68 ms for cuDNN forced through `sdpa_kernel`, the
-    fastest forced kernel; `benchmarks/attention_bench.py` times both."""
+    """torch's own SDPA dispatch, no kernel forced: its choice is at least as fast as any kernel
+    forced through `sdpa_kernel` (`benchmarks/attention_bench.py` times both; the numbers are in
+    benchmarks/NOTES.md, attention)."""
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 

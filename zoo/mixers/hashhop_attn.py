@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
+from zoo.mixers.attention import attention_reference
 from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
 from zoo.registry import register_mixer
 
@@ -44,13 +45,11 @@ class HashHopAttnConfig(MixerConfig):
 
 
 def causal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Explicit causal softmax attention, queries at the last Lq key positions.
+    """The attention oracle with the queries at the last Lq key positions.
     q `[B, H, Lq, Dh]`, k/v `[B, H, Lk, Dh]` -> `[B, H, Lq, Dh]`."""
     lq, lk = q.shape[2], k.shape[2]
-    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
-    keep = torch.arange(lq, device=q.device)[:, None] + (lk - lq) >= torch.arange(lk, device=q.device)[None, :]
-    s = s.masked_fill(~keep, float("-inf"))
-    return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v.float()).to(q.dtype)
+    pos_k = torch.arange(lk, device=q.device)
+    return attention_reference(q, k, v, pos_k[lk - lq:], pos_k, scale=q.shape[-1] ** -0.5)
 
 
 def causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ from zoo.errors import ZooError
 from zoo.kernels import flex
 from zoo.kernels.hsa_naive import hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
+from zoo.mixers.attention import attention_reference
+from zoo.norm import RMSNorm
 from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
 from zoo.registry import register_mixer
 
@@ -47,6 +49,7 @@ HSA_CITATION = (
     "(HSA-UltraLong), arXiv:2511.23319; Hu et al. 2025, Hardware-aligned Hierarchical Sparse Attention, "
     "arXiv:2504.16795"
 )
+NORM_EPS = 1e-6  # its query, key, landmark and chunk-encoder norms, tighter than the blocks'
 SCORE_BUDGET = 1 << 26  # landmark scores materialised at once (elements): keeps memory linear in L
 
 
@@ -90,16 +93,6 @@ class HSAConfig(MixerConfig):
         return self
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-
-
 class ChunkEncoderLayer(nn.Module):
     """Pre-norm bidirectional transformer layer over one chunk and its CLS token (RoPE inside
     the chunk only, so it never sees absolute positions)."""
@@ -107,7 +100,7 @@ class ChunkEncoderLayer(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads, self.hd = heads, d // heads
-        self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
+        self.norm1, self.norm2 = RMSNorm(d, NORM_EPS), RMSNorm(d, NORM_EPS)
         self.wqkv = nn.Linear(d, 3 * d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
         self.w_gate = nn.Linear(d, 2 * d, bias=False)
@@ -137,9 +130,9 @@ def window_attention_reference(q, k, v, window: int) -> torch.Tensor:
     k/v `[B, Hkv, Lk, Dh]` with the queries at the last Lq key positions -> `[B, H, Lq, Dh]`."""
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * q.shape[-1] ** -0.5
-    s = s.masked_fill(~band_mask(q.shape[2], k.shape[2], window, q.device), float("-inf"))
-    return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v.float()).to(q.dtype)
+    lq, lk = q.shape[2], k.shape[2]
+    pos_k = torch.arange(lk, device=q.device)
+    return attention_reference(q, k, v, pos_k[lk - lq:], pos_k, window=window, scale=q.shape[-1] ** -0.5)
 
 
 def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
@@ -247,10 +240,10 @@ def _flash_window_check(dev: torch.device, dtype: torch.dtype, g: torch.Generato
 
 
 def window_kernel(device: torch.device, dtype: torch.dtype, head_dim: int, q_len: int) -> tuple[str, str]:
-    """(kernel, why) for the CUDA window: 'flex' (FlexAttention over the band; on the H100 it
-    measured 5.2-7.4 ms fwd+bwd at 128K tokens of 16 heads x 64 against 7.1-7.9 ms for torch's
-    flash kernel with a window, `benchmarks/hsa_bench.py`), 'flash' where FlexAttention is
-    missing, 'sdpa' (band mask) for short query chunks and as the last fallback."""
+    """(kernel, why) for the CUDA window: 'flex' (FlexAttention over the band, faster than torch's
+    flash kernel with a window: `benchmarks/hsa_bench.py`, numbers in benchmarks/NOTES.md, HSA),
+    'flash' where FlexAttention is missing, 'sdpa' (band mask) for short query chunks and as the
+    last fallback."""
     if q_len < 128:
         return "sdpa", "short query chunk"
     if (why := flex.unavailable(torch.device(device))) is None:
@@ -278,7 +271,7 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
 
 @register_mixer(
     name="hsa",
-    family="sparse-attention",
+    family="sparse attention",
     description="hierarchical sparse attention: top-K chunk retrieval by landmarks, plus sliding-window RoPE attention",
     citation=HSA_CITATION,
     capabilities=Capabilities(cost="O(L^2)", state="growing"),  # O(L^2 / S) landmark scoring, O(L (K S + W)) attention
@@ -304,16 +297,16 @@ class HSA(Mixer):
         self.wq_swa = nn.Linear(d, H * Dh, bias=False)
         self.wk_swa = nn.Linear(d, Hkv * Dh, bias=False)
         self.wv_swa = nn.Linear(d, Hkv * Dh, bias=False)
-        self.q_norm_swa, self.k_norm_swa = RMSNorm(Dh), RMSNorm(Dh)
+        self.q_norm_swa, self.k_norm_swa = RMSNorm(Dh, NORM_EPS), RMSNorm(Dh, NORM_EPS)
         # retrieval branch: no positions anywhere
         self.wq_hsa = nn.Linear(d, H * Dh, bias=False)
-        self.q_norm_hsa = RMSNorm(Dh)
+        self.q_norm_hsa = RMSNorm(Dh, NORM_EPS)
         self.wk_chunk = nn.Linear(d, Hkv * Dh, bias=False)
         self.wv_chunk = nn.Linear(d, Hkv * Dh, bias=False)
-        self.k_norm_chunk = RMSNorm(Dh)
+        self.k_norm_chunk = RMSNorm(Dh, NORM_EPS)
         self.wq_ret = nn.Linear(d, Hkv * Dr, bias=False)
         self.w_lmk = nn.Linear(d, Hkv * Dr, bias=False)
-        self.ret_norm, self.lmk_norm = RMSNorm(Dr), RMSNorm(Dr)
+        self.ret_norm, self.lmk_norm = RMSNorm(Dr, NORM_EPS), RMSNorm(Dr, NORM_EPS)
         # chunk encoder: depth 0 = mean pooling of the normed chunk
         self.enc_heads = c.encoder_heads or max(1, d // 64)
         if Dh % 2:
@@ -326,7 +319,7 @@ class HSA(Mixer):
             self.encoder = nn.ModuleList(ChunkEncoderLayer(d, self.enc_heads) for _ in range(c.encoder_layers))
         else:
             self.encoder = None
-        self.enc_norm = RMSNorm(d)
+        self.enc_norm = RMSNorm(d, NORM_EPS)
         self.wo = nn.Linear(2 * H * Dh, d, bias=False)
 
     # -- sliding-window branch -------------------------------------------------------------

@@ -117,7 +117,7 @@ class HyenaFilter(nn.Module):
 
 @register_mixer(
     name="hyena",
-    family="convolution",
+    family="long convolution",
     description="Hyena order-2 operator: short conv, implicit long filters (sine FFN, decay window), FFT conv",
     citation=HYENA,
     capabilities=Capabilities(cost="O(L log L)", state="growing"),

@@ -206,7 +206,7 @@ class MambaConfig(MixerConfig):
 
 @register_mixer(
     name="mamba",
-    family="ssm",
+    family="state space",
     description="Mamba-1 selective SSM: input-dependent delta, B, C; diagonal A; SiLU gate",
     citation=MAMBA,
     capabilities=Capabilities(cost="O(L)", state="fixed"),

@@ -189,7 +189,7 @@ INT32_ELEMENTS = 2**31 - 1
 
 @register_mixer(
     name="mamba2",
-    family="ssm",
+    family="state space",
     description="Mamba-2 (SSD): scalar decay per head, grouped B/C, chunked matmul algorithm, gated RMSNorm",
     citation=MAMBA2,
     capabilities=Capabilities(cost="O(L)", state="fixed"),

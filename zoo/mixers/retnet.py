@@ -160,7 +160,7 @@ class RetNetConfig(MixerConfig):
 
 @register_mixer(
     name="retnet",
-    family="linear",
+    family="linear recurrence",
     description="multi-scale retention: fixed per-head decay, xPos-style rotation, GroupNorm, swish gate",
     citation=RETNET_PAPER,
     capabilities=Capabilities(cost="O(L)", state="fixed"),

@@ -186,7 +186,7 @@ class RWKV7Config(MixerConfig):
 
 @register_mixer(
     name="rwkv7",
-    family="linear",
+    family="linear recurrence",
     description="RWKV-7 time-mix: generalized delta rule with vector decay, in-context learning rate, value residual",
     citation=RWKV7_PAPER,
     capabilities=Capabilities(cost="O(L)", state="fixed"),

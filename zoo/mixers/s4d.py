@@ -75,7 +75,7 @@ class S4DConfig(MixerConfig):
 
 @register_mixer(
     name="s4d",
-    family="ssm",
+    family="state space",
     description="S4D diagonal SSM: FFT convolution to train, recurrence to decode; GELU + GLU output",
     citation=S4D,
     capabilities=Capabilities(cost="O(L log L)", state="fixed"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from zoo.errors import ZooError
 from zoo.report import fmt
-from zoo.report.data import BenchPoint, HashHopCell, ReportData, Run
+from zoo.report.data import HashHopCell, ReportData, Run
 from zoo.report.fits import PowerLaw, clustered, crossing, effective_context, fit_power_law, wilson
 from zoo.report.fmt import Table, Val, na
 
@@ -545,11 +545,6 @@ def loss_side(data: ReportData, es: list[Entry]) -> Table:
 def bench_modes(data: ReportData) -> list[str]:
     order = {"fwd": 0, "fwdbwd": 1, "decode": 2}
     return sorted({b.mode for b in data.bench}, key=lambda m: (order.get(m, 9), m))
-
-
-def bench_series(data: ReportData, name: str, mode: str, peer: bool) -> list[BenchPoint]:
-    return sorted((b for b in data.bench if b.name == name and b.mode == mode and b.peer == peer),
-                  key=lambda b: b.seq_len)
 
 
 def fastest_length(data: ReportData, mode: str) -> int | None:

@@ -170,15 +170,11 @@ def state_sizes(model_cfg: dict) -> tuple[int | None, dict[int, float], str | No
         return _MODEL_CACHE[key]
     import torch
 
-    from zoo.model import ModelConfig, ZooLM
+    from zoo.model import ModelConfig, ZooLM, build_on_meta
 
     try:
         cfg = ModelConfig(**model_cfg)
-        try:
-            with torch.device("meta"):
-                model = ZooLM(cfg)
-        except Exception:  # some mixers initialise with real tensors
-            model = ZooLM(cfg)
+        model = build_on_meta(lambda: ZooLM(cfg))
         max_len = model.max_length
         sizes = {}
         for L in STATE_LENGTHS:

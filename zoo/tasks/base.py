@@ -93,4 +93,4 @@ def get_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
     try:
         return cls(cls.Config(**(overrides or {})))
     except ValidationError as e:
-        raise invalid(e, f"task '{name}': bad setting", f"fields: {', '.join(cls.Config.model_fields)}") from None
+        raise invalid(e, f"task '{name}'", f"fields: {', '.join(cls.Config.model_fields)}", model=cls.Config) from None

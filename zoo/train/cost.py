@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from zoo.errors import ZooError
-from zoo.model import ModelConfig, ZooLM
+from zoo.model import ModelConfig, ZooLM, build_on_meta
 from zoo.train.config import RunConfig, TrainConfig
 from zoo.train.schedule import values_at
 
 
-def lm_skeleton(cfg: ModelConfig) -> ZooLM:
-    """A ZooLM to count and price, on the meta device, else on the CPU (some mixers initialise
-    with real tensors)."""
-    try:
-        with torch.device("meta"):
-            return ZooLM(cfg)
-    except Exception:
-        return ZooLM(cfg)
-
-
 def count_params(cfg: ModelConfig, embedding: bool = True) -> int:
     """Parameters of a ZooLM (`embedding=False`: without the embedding table, which the head shares)."""
-    return lm_skeleton(cfg).num_params(embedding)
+    return build_on_meta(lambda: ZooLM(cfg)).num_params(embedding)
 
 
 def run_budget(run: RunConfig) -> tuple[int, float, float]:
     """(steps, tokens, FLOPs) the run will train for; see `budget`."""
-    model = lm_skeleton(run.model)
+    model = build_on_meta(lambda: ZooLM(run.model))
     return budget(run.train, lambda L: model.flops_per_token(L, training=True))
 
 

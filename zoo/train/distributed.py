@@ -230,13 +230,11 @@ def _plain_copy(model: nn.Module, full_state: dict) -> nn.Module:
     """An unsharded module of the same class and config holding `full_state` (no copies)."""
     from torch.distributed.fsdp import FSDPModule
 
+    from zoo.model import build_on_meta
+
     cfg = getattr(model, "config", None)
     cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDPZooLM -> ZooLM
-    try:
-        with torch.device("meta"):
-            plain = cls(cfg)
-    except Exception:  # some mixers initialise with real tensors
-        plain = cls(cfg)
+    plain = build_on_meta(lambda: cls(cfg))
     plain.load_state_dict(full_state, assign=True)
     return plain
 

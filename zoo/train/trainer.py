@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.env import resolve_device  # noqa: F401  (re-exported for the sweep and CLI)
+from zoo.env import is_oom, resolve_device  # noqa: F401  (resolve_device re-exported for the sweep and CLI)
 from zoo.errors import Interrupted, ZooError
 from zoo.mixer import no_decay_names
 from zoo.model import ModelConfig, ZooLM
@@ -51,7 +51,8 @@ from zoo.train import distributed as zdist
 from zoo.train.config import RunConfig, TrainConfig
 from zoo.train.cost import budget, lengths_at, total_steps  # noqa: F401  (budget re-exported)
 from zoo.train.data import BatchKey, Prefetcher, build
-from zoo.train.perf import device_peak_flops, micro_seq_len
+from zoo.train.lengths import micro_seq_len
+from zoo.train.mfu import device_peak_flops
 from zoo.train.schedule import apply_mixer_knobs, task_knobs, values_at
 
 
@@ -393,7 +394,7 @@ class Trainer:
         except (KeyboardInterrupt, Interrupted):  # left "running": shown as interrupted once we exit
             raise
         except Exception as e:
-            if _is_oom(e):
+            if is_oom(e):
                 msg = self._oom_message(e)
                 store.set_status(rid, "failed", msg)
                 raise OutOfMemory(msg, "lower train.batch_size and raise train.grad_accum to keep tokens per step, "
@@ -730,10 +731,6 @@ def _defer_host_reads(device: torch.device, strategy: str) -> bool:
     before the bad step. FSDP2's AdamW is not fused: it reads every step."""
     return device.type == "cuda" and strategy != "fsdp"
 
-
-def _is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(e, (oom, torch.cuda.OutOfMemoryError))
 
 
 def train(run: RunConfig, store: Store | None = None, progress: bool = False, console=None,

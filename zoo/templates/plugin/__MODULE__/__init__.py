@@ -23,7 +23,7 @@ class __CLASS__Config(MixerConfig):
 
 @register_mixer(
     name="__NAME__",
-    family="convolution",
+    family="long convolution",
     description="causal depthwise convolution with a SiLU gate",
     citation="your paper here",
     capabilities=Capabilities(cost="O(L)", state="fixed"),

@@ -1,4 +1,4 @@
-"""Device peaks for MFU, and the training length mixture.
+"""Device peaks for MFU (model FLOPs utilisation).
 
 MFU = achieved FLOP/s / peak FLOP/s, with achieved FLOPs from the model's own estimate
 (`ZooLM.flops_per_token`: matmuls at 2 FLOPs per multiply-add, attention over the average
@@ -8,8 +8,6 @@ stated peak, so MFU is not reported there unless a peak is given.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import torch
 
@@ -43,14 +41,3 @@ def device_peak_flops(device: torch.device, precision: str, override_tflops: flo
         if key in name:
             return tflops * 1e12, f"{tflops:g} TFLOP/s ({key} dense bf16 datasheet)"
     return None, f"no datasheet peak known for {name}; pass peak_tflops"
-
-
-def micro_seq_len(seed: int, step: int, micro: int, seq_len: int, long_fraction: float, short_seq_len: int) -> int:
-    """Length of one micro-batch: `seq_len` with probability `long_fraction`, else `short_seq_len`.
-
-    A pure function of (seed, step, micro), so a resumed run draws the same lengths."""
-    if long_fraction >= 1.0 or short_seq_len >= seq_len:
-        return seq_len
-    h = hashlib.sha256(f"len/{seed}/{step}/{micro}".encode()).digest()
-    u = int.from_bytes(h[:8], "little") / 2**64
-    return seq_len if u < long_fraction else short_seq_len
