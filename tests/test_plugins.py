@@ -17,7 +17,7 @@ import torch
 from zoo import conformance, registry
 from zoo.errors import UnknownMixerError
 from zoo.model import ModelConfig, ZooLM
-from zoo.registry import REGISTRY
+from zoo.registry import MIXERS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "plugins" / "zoo-example-mixer"
@@ -47,7 +47,7 @@ class on_path:
     def __enter__(self):
         sys.path.insert(0, self.site)
         importlib.invalidate_caches()
-        REGISTRY.reset()
+        MIXERS.reset()
         return self
 
     def __exit__(self, *exc):
@@ -55,7 +55,7 @@ class on_path:
         for m in self.modules:
             sys.modules.pop(m, None)
         importlib.invalidate_caches()
-        REGISTRY.reset()
+        MIXERS.reset()
 
 
 @pytest.fixture(scope="module")

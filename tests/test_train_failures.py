@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zoo.mixers.attention import NoPE
-from zoo.registry import REGISTRY, register_mixer
+from zoo.registry import MIXERS, register_mixer
 from zoo.spec import parse_spec
 from zoo.store import Store
 from zoo.train.sweep import run_experiment, summary_table
@@ -35,7 +35,7 @@ def faulty_mixers():
                        capabilities=base.capabilities, backends=base.backends, tiny={"n_heads": 2})(cls)
     yield names
     for n in names:
-        REGISTRY.specs.pop(n, None)
+        MIXERS.items.pop(n, None)
 
 
 def _spec(mixers, corpus):
