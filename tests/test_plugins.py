@@ -223,3 +223,14 @@ def test_new_plugin_rejects_bad_names_and_kinds(kind, bad, tmp_path):
     r = zoo_cli("new-plugin", kind, bad, "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "x").exists()
+
+
+def test_every_kind_has_one_registry_shape():
+    for kind in plugins.REGISTRIES:
+        reg = plugins.registry(kind)
+        assert isinstance(reg, plugins.PluginRegistry) and reg.kind == kind and reg.group.startswith("zoo.")
+        assert reg.names() and all(reg.source(n) == "mixer-zoo" for n in reg.names())
+        with pytest.raises(ZooError, match=f"unknown {kind} 'no-such-entry'"):
+            reg.get("no-such-entry")
+    with pytest.raises(ZooError, match="unknown plugin kind 'nonsense'"):
+        plugins.registry("nonsense")
