@@ -55,7 +55,7 @@ class PluginRegistry(Generic[T]):
         old = self.items.get(name)
         if old is not None and not self.same(old, obj):
             raise self.clash_error(f"{self.kind} name '{name}' registered twice: by {self.sources[name]} "
-                           f"({_where(old)}) and by {self._source} ({_where(obj)})", "rename one of them")
+                                   f"({_where(old)}) and by {self._source} ({_where(obj)})", "rename one of them")
         self.items[name] = obj
         self.sources[name] = self._source
 
