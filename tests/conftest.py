@@ -31,7 +31,7 @@ def nan_mixer():
     """A registered mixer named `test-nan` that is NoPE attention until its third forward, then
     NaN: for failure diagnosis. Unregistered afterwards."""
     from zoo.mixers.attention import NoPE
-    from zoo.registry import REGISTRY, register_mixer
+    from zoo.registry import MIXERS, register_mixer
 
     class NaNFrom(NoPE):
         def forward(self, x, cache=None):
@@ -42,4 +42,4 @@ def nan_mixer():
     register_mixer(name="test-nan", family="test", description="breaks on purpose", citation="-",
                    capabilities=NoPE.spec.capabilities, backends=NoPE.spec.backends, tiny={"n_heads": 2})(NaNFrom)
     yield "test-nan"
-    REGISTRY.specs.pop("test-nan", None)
+    MIXERS.items.pop("test-nan", None)

@@ -25,6 +25,14 @@ def test_mixers_table_lists_builtins_with_costs():
     assert "O(L^2)" in r.stdout and "attention" in r.stdout
 
 
+def test_tasks_table_lists_builtins_with_chance_and_source():
+    r = run("tasks")
+    assert r.returncode == 0, r.stderr
+    for name in ("hashhop", "lm", "mqar"):
+        assert name in r.stdout
+    assert "0.00391" in r.stdout and "mixer-zoo" in r.stdout  # lm: a uniform guess over 256 bytes
+
+
 def test_mixers_show_lists_config_bounds_and_citation():
     r = run("mixers", "show", "sinusoidal")
     assert r.returncode == 0, r.stderr

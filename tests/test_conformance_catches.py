@@ -149,12 +149,12 @@ def test_zoo_check_fails_zero_and_constant_mixers(cls, capsys):
     from zoo.cli import main
 
     spec = spec_of(cls)
-    registry.REGISTRY.ensure_loaded()
-    registry.REGISTRY.specs[spec.name] = spec
+    registry.MIXERS.ensure_loaded()
+    registry.MIXERS.items[spec.name] = spec
     try:
         code = main(["check", spec.name])
     finally:
-        del registry.REGISTRY.specs[spec.name]
+        del registry.MIXERS.items[spec.name]
     out = capsys.readouterr()
     assert code != 0
     assert "fails" in out.err + out.out and "responds" in out.err + out.out

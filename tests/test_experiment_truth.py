@@ -237,8 +237,8 @@ def test_a_broken_plugin_is_named_by_its_import_error(monkeypatch):
     from zoo import registry
     from zoo.errors import ZooError
 
-    registry.REGISTRY.ensure_loaded()
-    monkeypatch.setattr(registry.REGISTRY, "broken", [{"name": "myconv", "package": "zoo-myconv",
+    registry.MIXERS.ensure_loaded()
+    monkeypatch.setattr(registry.MIXERS, "broken", [{"name": "myconv", "package": "zoo-myconv",
                                                        "error": "ImportError: no module named 'fancy'"}])
     with pytest.raises(ZooError, match="failed to import: ImportError: no module named 'fancy'"):
         registry.get_spec("myconv")

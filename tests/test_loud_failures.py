@@ -158,7 +158,7 @@ def test_markup_in_user_text_prints_literally(tmp_path):
 
 
 def test_plugin_calling_sys_exit_is_reported_broken(monkeypatch):
-    from zoo.registry import REGISTRY
+    from zoo.registry import MIXERS
 
     class EP:
         name, value, dist = "exits", "exits:Mixer", None
@@ -166,10 +166,10 @@ def test_plugin_calling_sys_exit_is_reported_broken(monkeypatch):
         def load(self):
             raise SystemExit(3)
 
-    before = list(REGISTRY.broken)
-    REGISTRY._load_entry_point(EP())
-    assert REGISTRY.broken[-1]["name"] == "exits" and "SystemExit" in REGISTRY.broken[-1]["error"]
-    REGISTRY.broken[:] = before
+    before = list(MIXERS.broken)
+    MIXERS._load(EP())
+    assert MIXERS.broken[-1]["name"] == "exits" and "SystemExit" in MIXERS.broken[-1]["error"]
+    MIXERS.broken[:] = before
 
 
 def test_mqar_trains_with_its_own_vocabulary(tmp_path):

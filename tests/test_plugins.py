@@ -1,6 +1,7 @@
-"""Plugins: the example package installs, lists, passes conformance and trains by name;
-a broken or clashing plugin is reported without breaking anything else; `zoo new-mixer`
-scaffolds a package that passes conformance as generated."""
+"""Plugins: the example package installs, lists its mixer and its task, both pass their
+conformance checks and train by name; a broken or clashing plugin is reported without
+breaking anything else; `zoo new-plugin` scaffolds a mixer or task package that passes its
+checks as generated."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo import conformance, registry
-from zoo.errors import UnknownMixerError
+from zoo import conformance, plugins, registry
+from zoo.errors import UnknownMixerError, ZooError
 from zoo.model import ModelConfig, ZooLM
-from zoo.registry import REGISTRY
+from zoo.tasks import conformance as task_conformance
+from zoo.tasks.base import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "plugins" / "zoo-example-mixer"
+EXAMPLE_MODULES = ("zoo_example_mixer", "zoo_example_mixer.mixer", "zoo_example_mixer.selective_copy")
 
 
 def pip_install(src: Path, target: Path) -> None:
@@ -38,6 +41,11 @@ def zoo_cli(*args: str, site: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, env=env)
 
 
+def reset_all() -> None:
+    for kind in plugins.REGISTRIES:
+        plugins.registry(kind).reset()
+
+
 class on_path:
     """Put an install target on sys.path and rediscover plugins; undo on exit."""
 
@@ -47,7 +55,7 @@ class on_path:
     def __enter__(self):
         sys.path.insert(0, self.site)
         importlib.invalidate_caches()
-        REGISTRY.reset()
+        reset_all()
         return self
 
     def __exit__(self, *exc):
@@ -55,7 +63,7 @@ class on_path:
         for m in self.modules:
             sys.modules.pop(m, None)
         importlib.invalidate_caches()
-        REGISTRY.reset()
+        reset_all()
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +78,42 @@ def test_example_plugin_is_listed(example_site):
     assert r.returncode == 0, r.stderr
     assert "short-conv-glr" in r.stdout and "zoo-example-mixer" in r.stdout
     assert "nope" in r.stdout and "broken" not in r.stdout
+    r = zoo_cli("tasks", site=example_site)
+    assert r.returncode == 0, r.stderr
+    assert "selective-copy" in r.stdout and "zoo-example-mixer" in r.stdout
+    assert "hashhop" in r.stdout and "broken" not in r.stdout
 
 
 def test_example_plugin_passes_conformance(example_site):
-    with on_path(example_site, ("zoo_example_mixer",)):
+    with on_path(example_site, EXAMPLE_MODULES):
         spec = registry.get_spec("short-conv-glr")
         assert spec.source == "zoo-example-mixer"
         assert conformance.run_all(spec) == dict.fromkeys(conformance.CHECKS)
 
 
+def test_example_task_passes_conformance(example_site):
+    with on_path(example_site, EXAMPLE_MODULES):
+        assert TASKS.source("selective-copy") == "zoo-example-mixer"
+        assert task_conformance.run_all(TASKS.get("selective-copy")) == dict.fromkeys(task_conformance.CHECKS)
+    r = zoo_cli("check-task", "selective-copy", site=example_site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("pass") == len(task_conformance.CHECKS)
+
+
+def test_example_task_trains_by_name(example_site, tmp_path):
+    r = zoo_cli("train", "--mixer", "short-conv-glr", "--task", "selective-copy", "--seq-len", "64", "--steps", "2",
+                "--d-model", "16", "--n-layers", "1", "--batch-size", "2", "--no-progress", "--root", str(tmp_path),
+                "--set", "train.threads=1", site=example_site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from zoo.store import Store
+
+    (run,) = Store(tmp_path).runs()
+    assert run["config"]["task"]["name"] == "selective-copy"
+    assert run["config"]["model"]["vocab_size"] == 18  # sized from the task's own vocabulary
+
+
 def test_example_plugin_trains_by_name(example_site):
-    with on_path(example_site, ("zoo_example_mixer",)):
+    with on_path(example_site, EXAMPLE_MODULES):
         torch.manual_seed(0)
         model = ZooLM(ModelConfig(d_model=32, n_layers=2, layers=["short-conv-glr"]))
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -99,15 +132,32 @@ def test_example_plugin_trains_by_name(example_site):
 def test_broken_plugin_is_reported_not_raised(example_site, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(example_site, site)
-    (site / "zoo_example_mixer" / "__init__.py").write_text("raise ImportError('deliberately broken')\n")
+    (site / "zoo_example_mixer" / "mixer.py").write_text("raise ImportError('deliberately broken')\n")
     r = zoo_cli("mixers", site=site)
     assert r.returncode == 0, r.stderr
     assert "broken plugins" in r.stdout and "deliberately broken" in r.stdout and "zoo-example-mixer" in r.stdout
     assert "nope" in r.stdout  # the built-ins are still listed
-    with on_path(site, ("zoo_example_mixer",)):
+    with on_path(site, EXAMPLE_MODULES):
         assert "nope" in registry.names() and "short-conv-glr" not in registry.names()
         [b] = registry.broken_plugins()
         assert b["name"] == "short-conv-glr" and b["package"] == "zoo-example-mixer"
+        assert "selective-copy" in TASKS.names()  # the package's task loads without its mixer
+
+
+def test_broken_task_plugin_is_reported_by_tasks_and_doctor(example_site, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(example_site, site)
+    (site / "zoo_example_mixer" / "selective_copy.py").write_text("raise ImportError('task deliberately broken')\n")
+    for args in (("tasks",), ("doctor",)):
+        r = zoo_cli(*args, site=site)
+        assert r.returncode == 0, r.stderr
+        assert "broken plugins" in r.stdout and "task deliberately broken" in r.stdout, args
+    with on_path(site, EXAMPLE_MODULES):
+        [b] = TASKS.broken_plugins()
+        assert b["name"] == "selective-copy" and b["package"] == "zoo-example-mixer"
+        with pytest.raises(ZooError, match="task 'selective-copy' from zoo-example-mixer failed to import"):
+            get_task("selective-copy")
+        assert "short-conv-glr" in registry.names()
 
 
 def test_name_clash_names_both_sources(tmp_path):
@@ -138,9 +188,9 @@ def test_unknown_mixer_suggests_close_names():
     assert "Traceback" not in r.stderr
 
 
-def test_new_mixer_scaffold_passes_conformance(tmp_path):
+def test_new_plugin_mixer_passes_conformance(tmp_path):
     out = tmp_path / "zoo-my-conv"
-    r = zoo_cli("new-mixer", "my-conv", "--out", str(out))
+    r = zoo_cli("new-plugin", "mixer", "my-conv", "--out", str(out))
     assert r.returncode == 0, r.stderr
     site = tmp_path / "site"
     pip_install(out, site)
@@ -152,7 +202,35 @@ def test_new_mixer_scaffold_passes_conformance(tmp_path):
         assert conformance.run_all(registry.get_spec("my-conv")) == dict.fromkeys(conformance.CHECKS)
 
 
-@pytest.mark.parametrize("bad", ["Bad_Name", "nope"])
-def test_new_mixer_rejects_bad_names(bad, tmp_path):
-    r = zoo_cli("new-mixer", bad, "--out", str(tmp_path / "x"))
+def test_new_plugin_task_passes_check_task(tmp_path):
+    out = tmp_path / "zoo-my-copy"
+    r = zoo_cli("new-plugin", "task", "my-copy", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "zoo check-task my-copy" in r.stdout
+    site = tmp_path / "site"
+    pip_install(out, site)
+    r = zoo_cli("check-task", "my-copy", site=site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("pass") == len(task_conformance.CHECKS)
+    with on_path(site, ("zoo_my_copy",)):
+        assert TASKS.source("my-copy") == "zoo-my-copy"
+        assert get_task("my-copy").batch(0, 2, 64).tokens.shape == (2, 64)
+
+
+@pytest.mark.parametrize("kind, bad", [("mixer", "Bad_Name"), ("mixer", "nope"), ("task", "lm"), ("task", "x_y"),
+                                       ("nonsense", "my-thing")])
+def test_new_plugin_rejects_bad_names_and_kinds(kind, bad, tmp_path):
+    r = zoo_cli("new-plugin", kind, bad, "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_kind_has_one_registry_shape():
+    for kind in plugins.REGISTRIES:
+        reg = plugins.registry(kind)
+        assert isinstance(reg, plugins.PluginRegistry) and reg.kind == kind and reg.group.startswith("zoo.")
+        assert reg.names() and all(reg.source(n) == "mixer-zoo" for n in reg.names())
+        with pytest.raises(ZooError, match=f"unknown {kind} 'no-such-entry'"):
+            reg.get("no-such-entry")
+    with pytest.raises(ZooError, match="unknown plugin kind 'nonsense'"):
+        plugins.registry("nonsense")

@@ -8,7 +8,7 @@ from zoo.errors import ZooError
 from zoo.experiment.spec import parse_spec
 from zoo.experiment.sweep import run_experiment, summary_table
 from zoo.mixers.attention import NoPE
-from zoo.registry import REGISTRY, register_mixer
+from zoo.registry import MIXERS, register_mixer
 from zoo.store import Store
 from zoo.train.trainer import diagnose
 
@@ -36,7 +36,7 @@ def faulty_mixers():
                        capabilities=base.capabilities, backends=base.backends, tiny={"n_heads": 2})(cls)
     yield names
     for n in names:
-        REGISTRY.specs.pop(n, None)
+        MIXERS.items.pop(n, None)
 
 
 def _spec(mixers, corpus):

@@ -6,7 +6,7 @@ names a module or object whose import registers). A plugin that fails to import 
 not raised, so one broken package never breaks the zoo; asking for its name says why it is
 missing.
 
-    TASKS = PluginRegistry("zoo.tasks", kind="task", builtins="zoo.tasks.builtin")
+    TASKS = PluginRegistry("zoo.tasks", kind="task", builtins="zoo.tasks.builtin", listing="zoo tasks")
     TASKS.add("copy", CopyTask)      # from a @register_task decorator
     TASKS.get("copy")                # -> CopyTask, or a one-line ZooError with a "did you mean"
 """
@@ -28,6 +28,9 @@ T = TypeVar("T")
 
 
 class PluginRegistry(Generic[T]):
+    unknown_error: type[ZooError] = ZooError  # raised for a name nobody registered
+    clash_error: type[ZooError] = ZooError    # raised when two packages register one name
+
     def __init__(self, group: str, kind: str, builtins: str, listing: str) -> None:
         self.group = group        # entry-point group, e.g. "zoo.tasks"
         self.kind = kind          # what one entry is called in messages, e.g. "task"
@@ -50,11 +53,18 @@ class PluginRegistry(Generic[T]):
 
     def add(self, name: str, obj: T) -> None:
         old = self.items.get(name)
-        if old is not None and old is not obj:
-            raise ZooError(f"{self.kind} name '{name}' registered twice: by {self.sources[name]} "
-                           f"({_where(old)}) and by {self._source} ({_where(obj)})", "rename one of them")
+        if old is not None and not self.same(old, obj):
+            raise self.clash_error(f"{self.kind} name '{name}' registered twice: by {self.sources[name]} "
+                                   f"({_where(old)}) and by {self._source} ({_where(obj)})", "rename one of them")
         self.items[name] = obj
         self.sources[name] = self._source
+
+    def same(self, old: T, new: T) -> bool:
+        """Whether registering `new` under a taken name is the same object coming again."""
+        return old is new
+
+    def check_loaded(self, ep: importlib.metadata.EntryPoint, obj: Any) -> None:
+        """Called with what an entry point loaded; raise to record the plugin as broken."""
 
     def ensure_loaded(self) -> None:
         with self._lock:
@@ -70,7 +80,7 @@ class PluginRegistry(Generic[T]):
         before = (dict(self.items), dict(self.sources))
         try:
             with self._loading_from(package):
-                ep.load()
+                self.check_loaded(ep, ep.load())
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # a broken plugin must never break the zoo, sys.exit() at import included
@@ -98,12 +108,13 @@ class PluginRegistry(Generic[T]):
         nearest names."""
         broken = next((b for b in self.broken if b["name"] == name), None)
         if broken is not None:
-            return ZooError(f"{self.kind} '{name}' from {broken['package']} failed to import: {broken['error']}",
-                            f"fix or reinstall that package; `{self.listing}` lists the broken plugins")
+            return self.unknown_error(
+                f"{self.kind} '{name}' from {broken['package']} failed to import: {broken['error']}",
+                f"fix or reinstall that package; `{self.listing}` lists the broken plugins")
         close = difflib.get_close_matches(name, list(self.items), n=3, cutoff=0.5)
         hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
             f"allowed: {', '.join(sorted(self.items))}"
-        return ZooError(f"unknown {self.kind} '{name}'", hint)
+        return self.unknown_error(f"unknown {self.kind} '{name}'", hint)
 
     def get(self, name: str) -> T:
         self.ensure_loaded()
@@ -114,7 +125,7 @@ class PluginRegistry(Generic[T]):
     def reset(self) -> None:
         """Forget discovered plugins (tests install plugins at run time)."""
         with self._lock:
-            keep = [n for n, s in self.sources.items() if s == BUILTIN_SOURCE]
+            keep = [n for n in self.items if self.sources.get(n) == BUILTIN_SOURCE]
             self.items = {n: self.items[n] for n in keep}
             self.sources = {n: BUILTIN_SOURCE for n in keep}
             self.broken = []
@@ -122,4 +133,21 @@ class PluginRegistry(Generic[T]):
 
 
 def _where(obj: Any) -> str:
+    obj = getattr(obj, "cls", obj)  # a spec object names the class it registers
     return getattr(obj, "__module__", None) or type(obj).__module__
+
+
+# Every kind a package can plug in: kind -> "module:attribute" of its registry, imported on
+# first use so listing the kinds loads nothing. A new kind is one line here.
+REGISTRIES: dict[str, str] = {
+    "mixer": "zoo.registry:MIXERS",
+    "task": "zoo.tasks.base:TASKS",
+}
+
+
+def registry(kind: str) -> PluginRegistry[Any]:
+    """The registry of one plugin kind, e.g. `registry("task").names()`."""
+    if kind not in REGISTRIES:
+        raise ZooError(f"unknown plugin kind '{kind}'", f"allowed: {', '.join(REGISTRIES)}")
+    module, attr = REGISTRIES[kind].split(":")
+    return getattr(importlib.import_module(module), attr)

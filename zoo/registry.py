@@ -5,27 +5,24 @@
                     capabilities=Capabilities(cost="O(L^2)", state="growing"),
                     backends=[SDPA_BACKEND, TORCH_BACKEND], tiny={"n_heads": 2})
 
-Backends are listed in order of preference; `auto` takes the first one usable on the
-device. The `torch` reference must be among them.
     class Rope(Mixer): ...
 
     build_mixer("rope", d_model=256, overrides={"base": 500000})
 
+Backends are listed in order of preference; `auto` takes the first one usable on the
+device. The `torch` reference must be among them.
+
 A plugin package declares, in its pyproject,
 `[project.entry-points."zoo.mixers"] my-mixer = "my_pkg.module"`; loading the entry
 point imports the module, whose decorators register its mixers under the plugin's
-distribution name. A plugin that fails to load is reported, never raised.
+distribution name. A plugin that fails to load is reported, never raised. `MIXERS` is a
+`zoo.plugins.PluginRegistry`, the shape every pluggable kind shares.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import importlib
 import importlib.metadata
 import inspect
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +32,9 @@ from pydantic import ValidationError
 
 from zoo.errors import RegistryError, UnknownMixerError, invalid
 from zoo.mixer import Backend, BackendChoice, Capabilities, Mixer, MixerConfig, check_forced_backend
+from zoo.plugins import BUILTIN_SOURCE, PluginRegistry
 
 ENTRY_POINT_GROUP = "zoo.mixers"
-BUILTIN_SOURCE = "mixer-zoo"
 
 
 @dataclass
@@ -88,65 +85,23 @@ class MixerSpec:
         return BackendChoice(chosen, reasons)
 
 
-class _Registry:
-    def __init__(self) -> None:
-        self.specs: dict[str, MixerSpec] = {}
-        self.broken: list[dict[str, str]] = []  # {name, package, error}
-        self._discovered = False
-        self._source = BUILTIN_SOURCE
-        self._lock = threading.RLock()
+class MixerRegistry(PluginRegistry[MixerSpec]):
+    unknown_error = UnknownMixerError
+    clash_error = RegistryError
 
-    @contextlib.contextmanager
-    def loading_from(self, source: str) -> Iterator[None]:
-        prev, self._source = self._source, source
-        try:
-            yield
-        finally:
-            self._source = prev
-
-    def add(self, spec: MixerSpec) -> None:
+    def add(self, name: str, spec: MixerSpec) -> None:
         spec.source = self._source
-        old = self.specs.get(spec.name)
-        if old is not None and old.cls is not spec.cls:
-            raise RegistryError(
-                f"mixer name '{spec.name}' registered twice: by {old.source} "
-                f"({old.cls.__module__}) and by {spec.source} ({spec.cls.__module__})",
-                "rename one of them",
-            )
-        self.specs[spec.name] = spec
+        super().add(name, spec)
 
-    def ensure_loaded(self) -> None:
-        with self._lock:
-            if self._discovered:
-                return
-            self._discovered = True
-            importlib.import_module("zoo.mixers")
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                self._load_entry_point(ep)
+    def same(self, old: MixerSpec, new: MixerSpec) -> bool:
+        return old.cls is new.cls
 
-    def _load_entry_point(self, ep: importlib.metadata.EntryPoint) -> None:
-        package = ep.dist.name if ep.dist is not None else "?"
-        before = dict(self.specs)
-        try:
-            with self.loading_from(package):
-                obj = ep.load()
-                if isinstance(obj, type) and issubclass(obj, Mixer) and not hasattr(obj, "spec"):
-                    raise RegistryError(f"{ep.value} is a Mixer without @register_mixer")
-        except KeyboardInterrupt:
-            raise
-        except BaseException as e:  # a broken plugin must never break the zoo, sys.exit() at import included
-            self.specs = before
-            self.broken.append({"name": ep.name, "package": package, "error": f"{type(e).__name__}: {e}"})
-
-    def reset(self) -> None:
-        """Forget discovered plugins (tests install plugins at run time)."""
-        with self._lock:
-            self.specs = {k: v for k, v in self.specs.items() if v.source == BUILTIN_SOURCE}
-            self.broken = []
-            self._discovered = False
+    def check_loaded(self, ep: importlib.metadata.EntryPoint, obj: Any) -> None:
+        if isinstance(obj, type) and issubclass(obj, Mixer) and not hasattr(obj, "spec"):
+            raise RegistryError(f"{ep.value} is a Mixer without @register_mixer")
 
 
-REGISTRY = _Registry()
+MIXERS = MixerRegistry(ENTRY_POINT_GROUP, kind="mixer", builtins="zoo.mixers", listing="zoo mixers")
 
 
 def register_mixer(
@@ -174,39 +129,26 @@ def register_mixer(
         spec = MixerSpec(name, family, description, citation, cls, capabilities, list(backends), dict(tiny or {}),
                          version=version, check_length=check_length)
         cls.spec = spec
-        REGISTRY.add(spec)
+        MIXERS.add(name, spec)
         return cls
 
     return deco
 
 
 def names() -> list[str]:
-    REGISTRY.ensure_loaded()
-    return sorted(REGISTRY.specs)
+    return MIXERS.names()
 
 
 def specs() -> list[MixerSpec]:
-    REGISTRY.ensure_loaded()
-    return [REGISTRY.specs[n] for n in sorted(REGISTRY.specs)]
+    return list(MIXERS.all().values())
 
 
 def broken_plugins() -> list[dict[str, str]]:
-    REGISTRY.ensure_loaded()
-    return list(REGISTRY.broken)
+    return MIXERS.broken_plugins()
 
 
 def get_spec(name: str) -> MixerSpec:
-    REGISTRY.ensure_loaded()
-    spec = REGISTRY.specs.get(name)
-    if spec is None:
-        broken = next((b for b in REGISTRY.broken if b["name"] == name), None)
-        if broken is not None:  # say why the plugin is missing, not that the name is unknown
-            raise UnknownMixerError(f"mixer '{name}' from {broken['package']} failed to import: {broken['error']}",
-                                    "fix or reinstall that package; `zoo mixers` lists the broken plugins")
-        close = difflib.get_close_matches(name, list(REGISTRY.specs), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `zoo mixers`"
-        raise UnknownMixerError(f"unknown mixer '{name}'", hint)
-    return spec
+    return MIXERS.get(name)
 
 
 def source_file(name: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""`zoo doctor`: what this machine can run, and which backend each mixer would use."""
+"""`zoo doctor`: what this machine can run, which backend each mixer would use, and the
+plugins of every kind that failed to load."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zoo import env, registry
+from zoo import env, plugins, registry
 
 
 def register(app: typer.Typer) -> None:
     from zoo.cli import console
+    from zoo.cli.plugins import broken_table
 
     @app.command("doctor")
     def doctor() -> None:
@@ -37,6 +39,4 @@ def register(app: typer.Typer) -> None:
             choice = spec.choose_backend(device)
             mt.add_row(spec.name, choice.chosen, escape("; ".join(f"{b}: {r}" for b, r in choice.reasons.items())))
         console.print(mt)
-        for b in registry.broken_plugins():
-            console.print(f"[red]broken plugin[/] {escape(b['name'])} from {escape(b['package'])}: "
-                          f"{escape(b['error'])}")
+        broken_table(*(plugins.registry(kind) for kind in plugins.REGISTRIES))

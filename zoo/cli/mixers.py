@@ -1,8 +1,6 @@
-"""`zoo mixers`, `zoo mixers show NAME`, `zoo check NAME`, `zoo new-mixer NAME`."""
+"""`zoo mixers`, `zoo mixers show NAME`, `zoo check NAME`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import typer
@@ -27,6 +25,7 @@ def reference_mixer(spec: registry.MixerSpec, d_model: int = REF_D_MODEL):
 
 def register(app: typer.Typer) -> None:
     from zoo.cli import console
+    from zoo.cli.plugins import broken_table
 
     mixers_app = typer.Typer(help="List and inspect the registered mixers.", invoke_without_command=True)
     app.add_typer(mixers_app, name="mixers")
@@ -51,14 +50,7 @@ def register(app: typer.Typer) -> None:
                 choice.chosen + (f" [dim](no {escape(unavailable)})[/]" if unavailable else ""), escape(spec.source),
             )
         console.print(t)
-        broken = registry.broken_plugins()
-        if broken:
-            bt = Table(title="broken plugins (not loaded)", title_style="bold red")
-            for col in ("entry point", "package", "error"):
-                bt.add_column(col)
-            for b in broken:
-                bt.add_row(escape(b["name"]), escape(b["package"]), escape(b["error"]))
-            console.print(bt)
+        broken_table(registry.MIXERS)
 
     @mixers_app.command("show")
     def mixers_show(name: str = typer.Argument(..., help="registry name")) -> None:
@@ -120,15 +112,3 @@ def register(app: typer.Typer) -> None:
         if failed:
             raise ZooError(f"mixer '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
                            "see the table above")
-
-    @app.command("new-mixer")
-    def new_mixer(
-        name: str = typer.Argument(..., help="registry name of the new mixer, e.g. my-conv"),
-        out: Path = typer.Option(None, "--out", help="where to write the package (default ./zoo-NAME)"),
-    ) -> None:
-        """Scaffold an installable plugin package with a mixer that passes the conformance suite."""
-        from zoo.scaffold import scaffold
-
-        path = scaffold(name, out)
-        console.print(f"wrote plugin package [bold]{path}[/]")
-        console.print(f"next: pip install -e {path} && zoo check {name}")

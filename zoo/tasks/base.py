@@ -1,4 +1,4 @@
-"""The task interface the trainer consumes.
+"""The task contract the trainer consumes, and the task registry.
 
 A task turns (split, seed, step) into a batch, deterministically, so a resumed run sees
 exactly the data an uninterrupted one would: the data position is just the step.
@@ -8,12 +8,20 @@ exactly the data an uninterrupted one would: the data position is just the step.
 
 `knobs` carries the values of scheduled settings at this step (e.g. hop mixture,
 fraction of sequences at the current maximum length); a task ignores knobs it lacks.
-Training and evaluation draw from disjoint seed streams through `split`.
+
+The contract (`zoo.tasks.conformance` checks it, `zoo check-task NAME` runs the checks):
+- deterministic: the same (seed, split, step) gives the same batch, from a fresh instance too;
+- disjoint splits: training and evaluation never draw the same rows;
+- aligned targets: `targets[:, t]` is what to predict after reading `tokens[:, :t+1]`, both
+  `[B, L]` int64 inside the task's `vocab_size`, IGNORE where no loss is taken;
+- a declared chance level: `chance("accuracy")` in (0, 1], what a guess scores.
+
+Built-ins register with `@register_task` from `zoo.tasks.builtin`; plugins through the
+`zoo.tasks` entry-point group, like mixers.
 """
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoo.errors import ZooError, invalid
+from zoo.plugins import PluginRegistry
 from zoo.tasks.tokenizer import VOCAB_SIZE
 
 
@@ -46,6 +55,9 @@ class Task(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     vocab_size: int = VOCAB_SIZE  # token ids the task uses (the model's vocabulary is sized from it)
+    # settings and sequence length the conformance checks use: small enough for CPU in seconds
+    tiny: ClassVar[dict[str, Any]] = {}
+    check_seq_len: ClassVar[int] = 256
 
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -74,22 +86,23 @@ def stream_seed(seed: int, split: str, step: int) -> int:
     return (seed * 1_000_003 + SPLITS[split]) * 1_000_000_007 + step & 0x7FFF_FFFF_FFFF
 
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: PluginRegistry[type[Task]] = PluginRegistry("zoo.tasks", kind="task", builtins="zoo.tasks.builtin",
+                                                   listing="zoo tasks")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
+    """Class decorator: register a `Task` subclass under its `name`."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ZooError(f"@register_task needs a zoo.tasks.base.Task subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    if not (isinstance(name, str) and name):
+        raise ZooError(f"task class {cls.__qualname__} has no name", "set the class attribute name = \"my-task\"")
+    TASKS.add(name, cls)
     return cls
 
 
 def get_task(name: str, overrides: dict[str, Any] | None = None) -> Task:
-    import zoo.tasks.registry  # noqa: F401  (imports the built-in tasks)
-
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=1, cutoff=0.6)
-        raise ZooError(f"unknown task '{name}'", (f"did you mean '{close[0]}'? " if close else "")
-                       + f"allowed: {', '.join(sorted(TASKS))}")
-    cls = TASKS[name]
+    cls = TASKS.get(name)
     try:
         return cls(cls.Config(**(overrides or {})))
     except ValidationError as e:

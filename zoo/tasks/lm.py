@@ -205,6 +205,7 @@ class LMTask(Task):
 
     name = "lm"
     Config = LMConfig
+    tiny = {"max_bytes": 1 << 16}  # a slice of the default corpus is enough to check the contract
 
     @property
     def vocab_size(self) -> int:
