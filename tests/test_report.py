@@ -421,7 +421,7 @@ windows = 2
 
 @pytest.fixture(scope="module")
 def built_lm(tmp_path_factory):
-    from zoo.eval import bench
+    from zoo import bench
     from zoo.report import build_report
     from zoo.spec import load_spec
     from zoo.train.sweep import run_experiment
