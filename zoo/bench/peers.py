@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo import registry
 from zoo.plugins import PluginRegistry
 
 
@@ -49,8 +50,16 @@ class Peer:
     unsupported_example: tuple[int, int] | None = None  # a (B, L) it declares it cannot run, for conformance
 
 
-PEERS: PluginRegistry[Peer] = PluginRegistry("zoo.bench_peers", kind="bench peer",
-                                             builtins="zoo.bench.builtin_peers", listing="zoo bench --list-peers")
+class PeerRegistry(PluginRegistry[Peer]):
+    def ensure_loaded(self) -> None:
+        # mixers first: a plugin's peer module that imports its own mixer package must find that
+        # mixer already registered under its package, not register it as a built-in
+        registry.REGISTRY.ensure_loaded()
+        super().ensure_loaded()
+
+
+PEERS = PeerRegistry("zoo.bench_peers", kind="bench peer", builtins="zoo.bench.builtin_peers",
+                     listing="zoo bench --list-peers")
 
 
 def register_peer(peer: Peer) -> Peer:
