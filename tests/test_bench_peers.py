@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import torch
 import torch.nn.functional as F
 from test_plugins import EXAMPLE, pip_install, zoo_cli
 
+from zoo import conformance as mixer_conformance
+from zoo import registry
 from zoo.bench import conformance
 from zoo.bench.builtin_peers import SdpaPeer
 from zoo.bench.peers import PEERS, Peer, get_peer, peer_names
@@ -132,3 +135,16 @@ def test_example_plugin_peer_is_listed_and_passes_check_peer(example_site):
 def test_check_peer_needs_a_device_it_can_run_on():
     with pytest.raises(ZooError, match="cannot run on cpu"):
         conformance.case_for("flex", "cpu")
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("name", ["flex", "flex-alibi", "flex-t5", "flex-swa"])
+def test_flex_peers_keep_the_contract_eagerly(name):
+    """FlexAttention peers are timed compiled on CUDA only; run eagerly here, they still run,
+    stay causal, decode as they forward and (where they claim it) compute their mixer's layer."""
+    peer = get_peer(name)
+    cpu = torch.device("cpu")
+    mixer = mixer_conformance.make(registry.get_spec(peer.peer_of))
+    case = conformance.PeerCase(peer, mixer, peer.make(mixer, cpu, torch.float32), cpu, torch.float32)
+    for check in ("forward", "causal", "decode", "matches_mixer", "unsupported"):
+        conformance.CHECKS[check](case)

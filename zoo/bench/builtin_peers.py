@@ -390,7 +390,8 @@ def _sdpa_make(kernel: str) -> Callable[[nn.Module, torch.device, torch.dtype], 
 
 # -- the built-ins, in the order the bench runs them -------------------------------------------
 # `matches_mixer`: the same weights give the mixer's output (flex-t5 keeps its bias table apart
-# from the mixer's; mamba_ssm's and fla's layers parametrise their weights their own way)
+# from the mixer's, flex-swa runs without the swa mixer's RoPE, mamba_ssm's and fla's layers
+# parametrise their weights their own way)
 
 for _peer in [
     Peer("sdpa-cudnn", "nope", "torch SDPA, cuDNN kernel", _sdpa_make("cudnn"), _sdpa_check("cudnn"), True),
@@ -401,8 +402,7 @@ for _peer in [
     Peer("flex", "nope", "compiled FlexAttention, causal block mask", _flex_make("causal"), _flex_check, True),
     Peer("flex-alibi", "alibi", "compiled FlexAttention, ALiBi score_mod", _flex_make("alibi"), _flex_check, True),
     Peer("flex-t5", "t5-bias", "compiled FlexAttention, T5 bucket score_mod", _flex_make("t5"), _flex_check),
-    Peer("flex-swa", "swa", "compiled FlexAttention, sliding-window block mask", _flex_make("swa"), _flex_check,
-         True),
+    Peer("flex-swa", "swa", "compiled FlexAttention, sliding-window block mask", _flex_make("swa"), _flex_check),
     Peer("flash-attn", "nope", "flash-attn flash_attn_func", lambda m, d, t: FlashAttnPeer.like(m),
          _needs_cuda("flash_attn"), True),
     Peer("mamba_ssm-mamba", "mamba", "mamba_ssm Mamba layer", lambda m, d, t: MambaSsmPeer.like(m, 1),
