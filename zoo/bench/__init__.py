@@ -10,7 +10,7 @@ The package, one module per job:
     conformance    `zoo check-peer`: a peer runs, decodes, and computes its mixer's layer
     run            the loop, the ceilings, the store and the JSON
 
-Tables and the progress bar's text are the command line's (`zoo.cli.bench`).
+The rich tables are the command line's (`zoo.cli.bench`); the progress bar is the shared `zoo.progress`.
 
 FLOPs. Forward FLOPs per token come from `Mixer.flops_per_token(L)`, a count each mixer
 derives and states itself (matmuls at 2 FLOPs per multiply-add, averaged over the causal
