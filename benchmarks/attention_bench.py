@@ -59,6 +59,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: E402
 
+from zoo.bench.timing import Timer  # noqa: E402
 from zoo.conformance import run_chunks  # noqa: E402
 from zoo.kernels import flex  # noqa: E402
 from zoo.positional import alibi_slopes, apply_rotary, rope_cos_sin, rope_inv_freq  # noqa: E402
@@ -87,14 +88,7 @@ def time_ms(step, reps: int = 10) -> float:
     runs them: the host queues the next step while the GPU works, so launch latency of the
     Python around a kernel is not counted as GPU time (with a sync per step it would be, and
     more for a mixer's Python than for a bare kernel call)."""
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
-        step()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps
+    return Timer(CUDA).time(step, calls=reps) * 1e3
 
 
 def error_text(e: BaseException) -> str:

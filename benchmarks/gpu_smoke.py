@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 
 import torch
 
 from zoo import registry
+from zoo.bench.timing import Timer
 from zoo.conformance import make
 
 
@@ -23,17 +23,7 @@ def ceilings() -> dict:
     y = torch.empty_like(x)
 
     def timed(fn, reps=20):
-        for _ in range(3):
-            fn()
-        ts = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e) / 1e3)
-        return statistics.median(ts)
+        return Timer("cuda").median(fn, warmup=3, reps=reps)
 
     t_mm = timed(lambda: a @ b)
     t_cp = timed(lambda: y.copy_(x))

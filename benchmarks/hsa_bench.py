@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -52,6 +51,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from zoo.bench.timing import Timer  # noqa: E402
 from zoo.kernels.hsa_naive import hsa_attention_naive  # noqa: E402
 from zoo.kernels.hsa_triton import hsa_attention  # noqa: E402
 from zoo.mixers.hsa import window_attention_fast, window_attention_reference, window_kernel  # noqa: E402
@@ -216,19 +216,7 @@ def accuracy_layer(kv_heads: int, B: int = 1, L: int = 4096) -> dict:
 def cuda_ms(fn, warmup: int, reps: int, rounds: int = 3) -> float:
     """ms per call: the median over `rounds` of `reps` calls run back to back between two CUDA
     events (steady state, as in training: host work overlaps the GPU's)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / reps)
-    return statistics.median(times)
+    return Timer("cuda").median(fn, warmup, rounds, calls=reps) * 1e3
 
 
 def peak_mib(fn) -> float:

@@ -16,21 +16,12 @@ import argparse
 import torch
 
 import zoo.mixers.mamba2 as mod
+from zoo.bench.timing import Timer
 from zoo.registry import build_mixer
 
 
 def median_ms(fn, n: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[n // 2]
+    return Timer("cuda").median(fn, warmup=1, reps=n) * 1e3
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from zoo.bench.timing import Timer
 from zoo.conformance import run_chunks
 from zoo.mixers.retnet import retention_chunkwise, retention_fla, retention_log_gamma
 from zoo.mixers.rwkv7 import LOG_DECAY_FLOOR, V_FIRST, wkv7_chunked, wkv7_fla
@@ -154,12 +155,7 @@ class Target:
 
     def once(self) -> None:
         args = self.prepare()                        # fresh inputs, outside the timed region
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        self.step(*args)
-        e.record()
-        torch.cuda.synchronize()
-        self.times.append(s.elapsed_time(e) / 1e3)
+        self.times.append(Timer("cuda").time(lambda: self.step(*args)))
 
 
 def targets_for(name: str, L: int, device, iters: int, torch_iters: int, with_torch: bool) -> list[Target]:

@@ -29,6 +29,7 @@ import traceback
 import torch
 
 from zoo import env
+from zoo.bench.timing import Timer
 from zoo.conformance import run_chunks
 from zoo.mixers.mamba import causal_conv1d_fn, check_mamba_ssm
 from zoo.mixers.s4d import fft_causal_conv
@@ -164,15 +165,8 @@ def cases(names: list[str]) -> list[Case]:
 
 
 def time_steps(step, iters: int) -> list[float]:
-    ts = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        step()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    return ts
+    """ms of each of `iters` calls."""
+    return [t * 1e3 for t in Timer("cuda").times(step, warmup=0, reps=iters)]
 
 
 def timing(names: list[str], lengths: list[int], rounds: int = 3) -> list[dict]:

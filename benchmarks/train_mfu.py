@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,21 +39,14 @@ DATASHEET_TFLOPS = 989.0  # H100 SXM5 dense bf16
 
 def matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
     """Median bf16 n x n x n matmul throughput, FLOP/s, timed with CUDA events after warm-up."""
+    from zoo.bench.timing import Timer
+
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        a @ b
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    del a, b
+    seconds = Timer("cuda").median(lambda: a @ b, warmup=5, reps=reps)
+    a = b = None  # the operands leave the device before the training run
     torch.cuda.empty_cache()
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / seconds
 
 
 def main() -> int:

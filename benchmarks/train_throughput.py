@@ -97,6 +97,8 @@ class AnchorGPT(nn.Module):
 
 
 def anchor_tokens_per_s(vocab, d, layers, heads, batch, seq, warm, steps, device, compile_mode, compile_on):
+    from zoo.bench.timing import Timer
+
     torch.manual_seed(0)
     model = AnchorGPT(vocab, d, layers, heads).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
@@ -123,19 +125,11 @@ def anchor_tokens_per_s(vocab, d, layers, heads, batch, seq, warm, steps, device
     for i in range(warm):
         step(i)
     sync(device)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    def run() -> None:
         for i in range(steps):
             step(i)
-        end.record()
-        sync(device)
-        seconds = start.elapsed_time(end) / 1e3
-    else:
-        t = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        seconds = time.perf_counter() - t
+
+    seconds = Timer(device).time(run)
     return batch * seq * steps / seconds, sum(p.numel() for p in model.parameters())
 
 

@@ -8,10 +8,13 @@ import time
 import pytest
 import torch
 
+from zoo import bench
+from zoo.bench import builtin_peers, run, targets
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.eval import bench
+from zoo.kernels import flex
 from zoo.mixers.attention import NoPE, Sinusoidal, attention_reference, causal_mask
+from zoo.positional import alibi_slopes, t5_bucket
 from zoo.registry import build_mixer
 from zoo.store import Store
 
@@ -128,7 +131,7 @@ def test_shape_a_kernel_would_crash_on_is_not_attempted(tmp_path, monkeypatch):
 
     orig = NoPE.forward
     monkeypatch.setattr(NoPE, "forward", crash_past_256)
-    monkeypatch.setattr(bench.MixerTarget, "unsupported",
+    monkeypatch.setattr(targets.MixerTarget, "unsupported",
                         lambda self, B, L: "int32 offsets: too many elements" if B * L > 256 else None)
     rc = main(["bench", *TINY, "--seq-lens", "64,512", "--tokens-per-batch", "256", "--mixers", "nope",
                "--peers", "none", "--fill-chunk", "64", "--root", str(tmp_path)])
@@ -141,10 +144,10 @@ def test_shape_a_kernel_would_crash_on_is_not_attempted(tmp_path, monkeypatch):
 def test_mamba2_peer_declares_where_its_int32_offsets_overflow():
     layer = torch.nn.Module()
     layer.in_proj = torch.nn.Linear(8, 4384)  # mamba_ssm.Mamba2 at d_model 1024
-    peer = bench.MambaSsmPeer(layer, 2)
+    peer = builtin_peers.MambaSsmPeer(layer, 2)
     assert peer.unsupported(4, 32768) is None and peer.unsupported(1, 131072) is None
     assert "int32" in peer.unsupported(1, 2**20)
-    assert bench.MambaSsmPeer(layer, 1).unsupported(1, 2**20) is None  # Mamba's CUDA scan offsets in 64 bits
+    assert builtin_peers.MambaSsmPeer(layer, 1).unsupported(1, 2**20) is None  # Mamba's CUDA scan offsets in 64 bits
 
 
 def test_bench_rejects_bad_flags(tmp_path):
@@ -160,23 +163,23 @@ def test_skip_prediction_and_long_lengths():
     b = bench.Bench(cfg, progress=False)
     (t,) = b.targets
     assert t.quadratic
-    assert bench.predicted_seconds(t, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.2)  # same tokens, L twice
+    assert run.predicted_seconds(t, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.2)  # same tokens, L twice
     assert b.point(t, "fwd", 2**20)["status"].startswith("skipped: O(L^2) mixer")
-    b.trackers[(t.name, "fwd")] = bench.Tracker(last=(64, 4, 0.9))
+    b.trackers[(t.name, "fwd")] = run.Tracker(last=(64, 4, 0.9))
     assert b.point(t, "fwd", 128)["status"].startswith("skipped: predicted 2 s per call")
     linear = bench.Bench(cfg.model_copy(update={"mixers": ["s4d"]}), progress=False).targets[0]
     assert not linear.quadratic
     assert b.point(linear, "fwdbwd", 2**20)["status"] == "skipped: lengths >= 1M run fwd and decode only"
-    assert bench.predicted_seconds(linear, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.1)
+    assert run.predicted_seconds(linear, (1024, 4, 0.1), 2048, 2) == pytest.approx(0.1)
 
 
 def _peer_pair(variant: str | None, kernel: str = "math", **flex):
     torch.manual_seed(0)
     mixer = NoPE(32, NoPE.Config(n_heads=4))
     if variant is None:
-        peer = bench.SdpaPeer.like(mixer, kernel=kernel)
+        peer = builtin_peers.SdpaPeer.like(mixer, kernel=kernel)
     else:
-        peer = bench.FlexPeer.like(mixer, variant=variant, compiled=False, **flex)
+        peer = builtin_peers.FlexPeer.like(mixer, variant=variant, compiled=False, **flex)
     missing = peer.load_state_dict(mixer.state_dict(), strict=False)
     assert not missing.unexpected_keys and set(missing.missing_keys) <= {"t5_bias"}
     return mixer, peer
@@ -203,9 +206,9 @@ def test_attention_peers_compute_the_same_layer(variant):
         q, k, v = _heads(peer, x)
         bias, window = None, None
         if variant == "alibi":
-            bias = -bench.alibi_slopes(4)[:, None, None] * (pos[:, None] - pos[None, :]).float()
+            bias = -alibi_slopes(4)[:, None, None] * (pos[:, None] - pos[None, :]).float()
         elif variant == "t5":
-            bias = peer.t5_bias[:, bench.t5_bucket(pos[:, None] - pos[None, :])]
+            bias = peer.t5_bias[:, t5_bucket(pos[:, None] - pos[None, :])]
         elif variant == "swa":
             window = W
         o = attention_reference(q, k, v, pos, pos, bias=bias, window=window)
@@ -224,7 +227,7 @@ def test_band_block_mask_is_exact():
     from torch.nn.attention.flex_attention import create_mask
 
     for L, window in ((600, None), (600, 300), (1000, 129), (256, 1)):
-        bm = bench.band_block_mask(L, window, torch.device("cpu"))
+        bm = flex.band_block_mask(L, L, 0, window, "cpu")
         dense = create_mask(bm.mask_mod, None, None, L, L, "cpu")[0, 0]
         want = causal_mask(torch.arange(L), torch.arange(L), window)
         assert torch.equal(dense, want)
@@ -258,15 +261,15 @@ def test_fla_peers_hold_our_mixers_weights():
     pytest.importorskip("fla.layers")
     for name, which in (("retnet", "retention"), ("rwkv7", "rwkv7")):
         mixer = build_mixer(name, 64)
-        peer = bench.FlaPeer.like(mixer, which)
+        peer = builtin_peers.FlaPeer.like(mixer, which)
         ours, theirs = (sum(p.numel() for p in m.parameters()) for m in (mixer, peer))
         assert abs(ours - theirs) <= 0.01 * ours, (name, ours, theirs)
 
 
 def test_time_calls_spends_little_on_slow_calls():
     calls = []
-    clock = bench.Clock(torch.device("cpu"))
-    fast = bench.time_calls(clock, lambda: calls.append(1), warmup=2, reps=5, budget_s=10.0)
+    timer = bench.Timer(torch.device("cpu"))
+    fast = bench.time_calls(timer, lambda: calls.append(1), warmup=2, reps=5, budget_s=10.0)
     assert len(fast) == 5 and len(calls) == 7
     calls.clear()
 
@@ -274,7 +277,7 @@ def test_time_calls_spends_little_on_slow_calls():
         calls.append(1)
         time.sleep(0.03)
 
-    slow_times = bench.time_calls(clock, slow, warmup=4, reps=5, budget_s=0.01)
+    slow_times = bench.time_calls(timer, slow, warmup=4, reps=5, budget_s=0.01)
     assert len(slow_times) == 1 and len(calls) == 3  # two warm-ups, one timed call
     assert slow_times[0] >= 0.03
 
@@ -282,14 +285,14 @@ def test_time_calls_spends_little_on_slow_calls():
 def test_time_calls_decides_after_the_compiling_call():
     """A first call that compiles is slow; the time that counts is the second call's."""
     calls = []
-    clock = bench.Clock(torch.device("cpu"))
+    timer = bench.Timer(torch.device("cpu"))
 
     def compiles_once():
         calls.append(1)
         if len(calls) == 1:
             time.sleep(0.05)
 
-    times = bench.time_calls(clock, compiles_once, warmup=2, reps=5, budget_s=0.02)
+    times = bench.time_calls(timer, compiles_once, warmup=2, reps=5, budget_s=0.02)
     assert len(times) == 5 and len(calls) == 7
 
 
@@ -297,7 +300,7 @@ def test_kernel_that_refuses_a_shape_is_na_not_error():
     _, peer = _peer_pair(None, kernel="efficient")  # no memory-efficient SDPA kernel on CPU
     with pytest.raises(RuntimeError) as info:
         peer(torch.randn(1, 8, 32))
-    assert bench.is_unsupported(info.value) and not bench.is_oom(info.value)
+    assert run.is_unsupported(info.value) and not run.is_oom(info.value)
 
 
 def test_killed_bench_keeps_the_points_it_finished(tmp_path, monkeypatch):

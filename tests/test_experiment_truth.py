@@ -226,7 +226,7 @@ def test_did_you_mean(tmp_path, args, hint):
 
 
 def test_bench_defaults_follow_the_device():
-    from zoo.eval.bench import BenchConfig
+    from zoo.bench import BenchConfig
 
     cpu = BenchConfig(device="cpu")
     assert (cpu.d_model, cpu.tokens_per_batch, cpu.seq_lens) == (256, 8192, [256, 1024, 4096])

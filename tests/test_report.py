@@ -424,7 +424,7 @@ windows = 2
 
 @pytest.fixture(scope="module")
 def built_lm(tmp_path_factory):
-    from zoo.eval import bench
+    from zoo import bench
     from zoo.experiment.record import recorded
     from zoo.experiment.spec import load_spec
     from zoo.experiment.sweep import run_experiment

@@ -1,11 +1,15 @@
-"""`zoo bench`: speed and memory of every mixer vs sequence length, beside the peer kernels."""
+"""`zoo bench`, `zoo bench --list-peers`, `zoo check-peer NAME`: speed and memory of every mixer vs
+sequence length, beside the peer kernels; the bench's rich tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
+from zoo.bench.config import MODES, human_size
 from zoo.errors import ZooError, invalid
 
 
@@ -16,6 +20,117 @@ def _names(text: str | None) -> list[str] | None:
     if not names:
         raise ZooError(f"--mixers '{text}' names no mixer", "e.g. --mixers nope,mamba2, or leave it out for all")
     return names
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+def peer_ratios(rows: list[dict]) -> dict[tuple[str, str, int], tuple[float, str]]:
+    """(mixer, mode, L) -> (our time / fastest peer's time, that peer) where both ran."""
+    best: dict[tuple[str, str, int], tuple[float, str]] = {}
+    for r in rows:
+        if r["target"] == "peer" and r["status"] == "ok":
+            key = (r["peer_of"], r["mode"], r["seq_len"])
+            if key not in best or r["time_ms"] < best[key][0]:
+                best[key] = (r["time_ms"], r["name"])
+    out = {}
+    for r in rows:
+        key = (r["name"], r["mode"], r["seq_len"])
+        if r["target"] == "mixer" and r["status"] == "ok" and key in best:
+            out[key] = (r["time_ms"] / best[key][0], best[key][1])
+    return out
+
+
+def _cell(r: dict | None, ratio: tuple[float, str] | None) -> str:
+    if r is None:
+        return ""
+    s = r["status"]
+    if s == "ok":
+        t = r["time_ms"]
+        text = f"{t:.3g} ms" if t < 1000 else f"{t / 1e3:.3g} s"
+        if ratio is not None:
+            colour = "green" if ratio[0] <= 1.1 else ("yellow" if ratio[0] <= 1.5 else "red")
+            text += f"\n[{colour}]x{ratio[0]:.2f}[/]"
+        return text
+    if s == "oom":
+        return "[red]OOM[/]"
+    if s.startswith("n/a"):
+        return "[dim]n/a[/]"
+    if s.startswith("skipped"):
+        return "[dim]skip[/]"
+    return "[red]error[/]"
+
+
+def tables(result) -> list:
+    """Rich tables: per mode, rows = mixers (each followed by its peers), columns = lengths;
+    a cell is the median time per call, and under our mixer's time its ratio to the fastest
+    peer (x1.00 = as fast; > 1 slower)."""
+    rows = result.rows
+    ratios = peer_ratios(rows)
+    lengths = sorted({r["seq_len"] for r in rows})
+    index = {(r["name"], r["mode"], r["seq_len"]): r for r in rows}
+    order: list[tuple[str, str]] = []  # (name, kind) in first-seen order, peers after their mixer
+    for r in rows:
+        if (r["name"], r["target"]) not in order:
+            order.append((r["name"], r["target"]))
+    out = []
+    tok = result.config.get("tokens_per_batch")
+    for mode in [m for m in MODES if any(r["mode"] == m for r in rows)]:
+        what = {"fwd": f"forward, {tok} tokens per call", "fwdbwd": f"forward + backward, {tok} tokens per call",
+                "decode": f"one decode step, batch {tok} // L, cache filled to L"}[mode]
+        t = Table(title=f"{mode}: median time per call ({what}); xN = ours / fastest peer",
+                  title_justify="left")
+        t.add_column("name", no_wrap=True)
+        t.add_column("backend", overflow="fold", max_width=24)
+        for L in lengths:
+            t.add_column(human_size(L), justify="right")
+        for name, kind in order:
+            cells = [index.get((name, mode, L)) for L in lengths]
+            if not any(cells):
+                continue
+            backend = next((c["backend"] for c in cells if c and c["backend"]), "")
+            label = f"  [dim]{name}[/]" if kind == "peer" else name
+            t.add_row(label, f"[dim]{backend}[/]",
+                      *[_cell(c, ratios.get((name, mode, L))) for c, L in zip(cells, lengths)])
+        out.append(t)
+    ct = Table(title="device ceilings", title_justify="left")
+    for col in ("what", "value", "unit"):
+        ct.add_column(col)
+    for c in result.ceilings:
+        ct.add_row(str(c.get("what")), f"{c['value']:.4g}" if c.get("value") is not None else "n/a",
+                   str(c.get("unit") or ""))
+    out.append(ct)
+    if result.skipped_peers:
+        st = Table(title="peers not run", title_justify="left")
+        st.add_column("peer")
+        st.add_column("why")
+        for k, v in result.skipped_peers.items():
+            st.add_row(escape(k), escape(v))  # reasons such as "pip install 'mixer-zoo[gpu]'" print as written
+        out.append(st)
+    return out
+
+
+def peers_table(device) -> Table:
+    """Every registered peer: the mixer it stands beside, what runs, where it comes from, and
+    whether it can run on `device`."""
+    from zoo.bench.peers import PEERS, peers
+
+    t = Table(title=f"bench peers (available on {device.type})", title_justify="left")
+    for col in ("name", "beside", "what runs", "here", "source"):
+        t.add_column(col, no_wrap=col == "name")
+    for p in peers():
+        why = p.check(device)
+        t.add_row(escape(p.name), escape(p.peer_of), escape(p.description),
+                  "[green]yes[/]" if why is None else f"[dim]no: {escape(why)}[/]", escape(PEERS.source(p.name)))
+    return t
+
+
+def broken_table(broken: list[dict[str, str]]) -> Table:
+    bt = Table(title="broken bench peer plugins (not loaded)", title_style="bold red")
+    for col in ("entry point", "package", "error"):
+        bt.add_column(col)
+    for b in broken:
+        bt.add_row(escape(b["name"]), escape(b["package"]), escape(b["error"]))
+    return bt
 
 
 def register(app: typer.Typer) -> None:
@@ -53,15 +168,24 @@ def register(app: typer.Typer) -> None:
         json_out: Path = typer.Option(None, "--json", help="also write every row and the ceilings to this file"),
         root: Path = typer.Option(None, "--root", help="results store root (default $ZOO_ROOT or ./zoo-runs)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+        list_peers: bool = typer.Option(False, "--list-peers",
+                                        help="list the registered peers (built-in and plugin) and exit"),
     ) -> None:
         """Time each mixer layer (and its peer kernels) per sequence length: median time with CUDA
         events, tokens/s, TFLOP/s, peak memory; fwd, fwd+bwd and decode. Rows go to the results
         store (kind "bench", device ceilings as kind "ceiling") and to --json."""
         from pydantic import ValidationError
 
-        from zoo.eval.bench import BenchConfig, parse_size, parse_sizes, peer_names, run_bench, status_counts, tables
+        from zoo.bench import BenchConfig, get_peer, parse_size, parse_sizes, run_bench, status_counts
+        from zoo.bench.peers import PEERS
+        from zoo.env import resolve_device
         from zoo.store import Store
 
+        if list_peers:
+            console.print(peers_table(resolve_device(device)))
+            if PEERS.broken_plugins():
+                console.print(broken_table(PEERS.broken_plugins()))
+            return
         modes = _names(mode) or []
         bad = [m for m in modes if m not in ("fwd", "fwdbwd", "decode")]
         if bad or not modes:
@@ -72,9 +196,8 @@ def register(app: typer.Typer) -> None:
             peer_list = []
         else:
             peer_list = _names(peers)
-            unknown = [p for p in peer_list if p not in peer_names()]
-            if unknown:
-                raise ZooError(f"unknown peer(s): {', '.join(unknown)}", f"known: all, none, {', '.join(peer_names())}")
+            for p in peer_list:
+                get_peer(p)  # unknown names: one line with the nearest names
         try:
             cfg = BenchConfig(
                 mixers=_names(mixers) or [], seq_lens=parse_sizes(seq_lens) if seq_lens else None, long=long,
@@ -96,3 +219,26 @@ def register(app: typer.Typer) -> None:
             console.print(t)
         console.print(f"bench run [bold]{result.run_id}[/]: {len(result.rows)} rows ({status_counts(result.rows)}) "
                       f"in {result.seconds:.0f} s -> {store.path}" + (f" and {json_out}" if json_out else ""))
+
+    @app.command("check-peer")
+    def check_peer(
+        name: str = typer.Argument(..., help="name of the bench peer to test (see `zoo bench --list-peers`)"),
+        device: str = typer.Option("auto", "--device", help="auto, cuda or cpu"),
+    ) -> None:
+        """Run the bench-peer conformance checks on one peer: it runs at small shapes, is causal,
+        decodes as it forwards, computes its mixer's layer on the mixer's weights (where it claims
+        to), declares the shapes it cannot run in one line, and the bench times it."""
+        from zoo.bench import conformance
+
+        results = conformance.run_all(name, device)
+        t = Table(title=f"conformance of bench peer {name}")
+        t.add_column("check")
+        t.add_column("result")
+        for k, (outcome, detail) in results.items():
+            text = {"pass": "[green]pass[/]", "n/a": "[dim]n/a[/]", "fail": "[red]FAIL[/]"}[outcome]
+            t.add_row(k, text + (f" {escape(detail)}" if detail else ""))
+        console.print(t)
+        failed = [k for k, (outcome, _) in results.items() if outcome == "fail"]
+        if failed:
+            raise ZooError(f"bench peer '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
+                           "see the table above")

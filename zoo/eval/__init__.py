@@ -1,1 +1,1 @@
-"""Evaluators: HashHop, perplexity vs length, speed and memory."""
+"""Evaluators: HashHop and perplexity vs length (speed and memory: `zoo.bench`)."""

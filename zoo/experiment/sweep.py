@@ -91,7 +91,7 @@ COMPLETE = {"hashhop": hashhop_complete}
 def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store, device: str | None = None,
                      console=None) -> str:
     """One `zoo bench` run over the experiment's mixers at its width; returns its bench run id."""
-    from zoo.eval.bench import BenchConfig, run_bench
+    from zoo.bench import BenchConfig, run_bench
 
     b = spec.eval.bench
     mixers = sorted({name for r in runs for name in r.run.model.layers})

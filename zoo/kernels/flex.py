@@ -206,7 +206,8 @@ TABLE_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1
 # -- the kernel -------------------------------------------------------------------------------
 
 @functools.cache
-def _compiled():
+def compiled_flex_attention():
+    """`flex_attention` under `torch.compile`, made once for the process (the mixers and the bench peers)."""
     # one compiled entry per (score function, mask, dtype, grad mode, return_lse) and later one
     # dynamic-shape entry each: a hybrid model evaluated at several lengths passes torch's default
     # of 8, after which it would silently run the unfused eager path
@@ -234,7 +235,7 @@ def flex_attend(q, k, v, *, lo: int = 0, hi: int | None = None, score_mod: Score
     if return_lse:
         kwargs.update({"return_aux": AuxRequest(lse=True)} if AuxRequest is not None else {"return_lse": True})
     if q.is_cuda:
-        out = _compiled()(q, k, v, **kwargs)
+        out = compiled_flex_attention()(q, k, v, **kwargs)
     else:
         with warnings.catch_warnings():  # eager CPU use is deliberate (tests, no gradients)
             warnings.simplefilter("ignore")

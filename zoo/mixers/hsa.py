@@ -141,13 +141,6 @@ def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
     return (dist >= 0) & (dist < window)
 
 
-@functools.cache
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention)  # automatic dynamic shapes: chunked inference varies the lengths
-
-
 # -- the window on CUDA: torch's FlashAttention-2 kernel has a sliding window ------------------------
 # Dao 2023 (FlashAttention-2, arXiv:2307.08691), local attention: key j is seen by query i (at key
 # position i + Lk - Lq) iff i + Lk - Lq - left <= j <= i + Lk - Lq + right; left = W - 1, right = 0
@@ -265,7 +258,7 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
         return _FlashWindow.apply(q, k, v, window)
     if kernel == "flex":
         mask = flex.band_block_mask(Lq, Lk, 0, window, q.device)
-        return _compiled_flex()(q, k, v, block_mask=mask, enable_gqa=gqa)
+        return flex.compiled_flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(Lq, Lk, window, q.device), enable_gqa=gqa)
 
 

@@ -2,7 +2,7 @@
 
 Runs are chosen by an experiment (the record the store keeps of it: its planned run ids, in
 the spec's order), by run ids, or by `--where` filters over the stored runs. Rows are read as the evaluators wrote
-them (`zoo.eval.hashhop`, `zoo.eval.ppl`, `zoo.eval.bench`) and the trainer's summary,
+them (`zoo.eval.hashhop`, `zoo.eval.ppl`, `zoo.bench`) and the trainer's summary,
 provenance and metrics; nothing is recomputed except the state sizes, which come from the
 mixers' own `state_bytes` declarations for the run's model config.
 """
