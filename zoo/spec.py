@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoo.errors import ZooError
 from zoo.eval.hf import HFModelRef
-from zoo.eval.ppl import PplEval
 from zoo.model import ModelConfig, ZooLM
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
 
@@ -177,11 +176,24 @@ class BenchEval(BaseModel):
 
 
 class EvalSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """`[eval.NAME]` tables: `bench`, and any registered evaluator (`zoo evaluators`), e.g.
+    `[eval.hashhop]` (zoo.eval.hashhop.HashHopGrid) or `[eval.ppl]` (zoo.eval.ppl.PplEval). An
+    evaluator's table is kept as written and checked against its config in `_check_semantics`."""
 
-    hashhop: dict[str, Any] | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
-    ppl: PplEval | None = Field(None, description="perplexity vs length (lm task)")
+    model_config = ConfigDict(extra="allow")
+
     bench: BenchEval | None = Field(None, description="speed and memory of each trained model")
+
+    @model_validator(mode="after")
+    def _tables(self) -> EvalSpec:
+        for name, table in (self.model_extra or {}).items():
+            if not isinstance(table, dict):
+                raise ValueError(f"eval.{name} must be a table of the evaluator's settings, got {table!r}")
+        return self
+
+    def evaluators(self) -> dict[str, dict[str, Any]]:
+        """Evaluator name -> its table, in the order written."""
+        return dict(self.model_extra or {})
 
 
 class ExperimentSpec(BaseModel):
@@ -328,19 +340,23 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
             registry.get_spec(name).make_config(spec.model.mixer_config[name])
         except ZooError as e:
             raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
-    if spec.eval.hashhop is not None:
-        from zoo.eval.hashhop import HashHopGrid
+    from zoo.eval.base import EVALUATORS
 
+    for name, table in spec.eval.evaluators().items():
+        if name not in EVALUATORS.names():
+            e = EVALUATORS.why_missing(name)
+            raise ZooError(f"{path}: key 'eval.{name}': {e.message}", f"{e.hint}; or bench")
+        ev = EVALUATORS.get(name)
         try:
-            HashHopGrid(**spec.eval.hashhop).check()
+            ev.check(ev.config_cls(**table))
         except ValidationError as e:
-            raise _validation_error(path, e, HashHopGrid, ("eval", "hashhop")) from None
+            raise _validation_error(path, e, ev.config_cls, ("eval", name)) from None
         except ZooError as e:
-            raise ZooError(f"{path}: eval.hashhop: {e.message}", e.hint) from None
-    if spec.eval.ppl is not None and spec.task.name != "lm":
-        raise ZooError(f"{path}: key 'eval.ppl' needs task.name = 'lm', got '{spec.task.name}'",
-                       "perplexity is measured on held-out text")
-    if spec.sweep.metric == "hashhop_accuracy" and spec.eval.hashhop is None:
+            raise ZooError(f"{path}: eval.{name}: {e.message}", e.hint) from None
+        if ev.task is not None and spec.task.name != ev.task:
+            raise ZooError(f"{path}: key 'eval.{name}' needs task.name = '{ev.task}', got '{spec.task.name}'",
+                           ev.description)
+    if spec.sweep.metric == "hashhop_accuracy" and "hashhop" not in spec.eval.evaluators():
         raise ZooError(f"{path}: key 'sweep.metric' = 'hashhop_accuracy' needs an [eval.hashhop] grid",
                        "add one whose lengths include the training length, or select by eval_loss")
     if spec.sweep.match_reference is not None and spec.sweep.match_reference not in spec.mixers:
@@ -366,30 +382,17 @@ def _set_path(d: dict, path: str, value: Any) -> None:
 
 
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
-    """The evaluations run after training, by kind (bench runs once per experiment, apart)."""
-    out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:
-        out["hashhop"] = spec.eval.hashhop
-    if spec.eval.ppl is not None:
-        out["ppl"] = spec.eval.ppl
-    return out
-
-
-# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
-# hashhop 2: intervals by sample, with per-sample counts
-EVAL_VERSIONS = {"hashhop": 2}
+    """The evaluations run after training: evaluator name -> its table (bench runs once per
+    experiment, apart)."""
+    return spec.eval.evaluators()
 
 
 def eval_id(kind: str, settings: Any) -> str:
-    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats and
-    a report of the experiment reads exactly the rows its plan produced."""
-    from zoo.store import config_id
+    """The evaluator's id of these settings: stored rows carry it, so an evaluation never repeats
+    and a report of the experiment reads exactly the rows its plan produced."""
+    from zoo.eval.base import get_evaluator
 
-    dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    ident = {"kind": kind, "settings": dumped}
-    if EVAL_VERSIONS.get(kind, 1) != 1:
-        ident["version"] = EVAL_VERSIONS[kind]
-    return config_id(ident)
+    return get_evaluator(kind).eval_id(settings)
 
 
 # -- planning -------------------------------------------------------------------------------------
