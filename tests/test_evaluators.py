@@ -231,3 +231,29 @@ def test_broken_evaluator_plugin_is_reported_not_raised(example_site, tmp_path):
     with on_path(site, ("zoo_example_mixer",)):
         with pytest.raises(ZooError, match="failed to import: ImportError: deliberately broken"):
             get_evaluator("position-accuracy")
+
+
+def test_new_evaluator_scaffold_passes_conformance(tmp_path):
+    out = tmp_path / "zoo-my-eval"
+    r = zoo_cli("new-evaluator", "my-eval", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert not (out / "evaluator").exists()
+    site = tmp_path / "site"
+    pip_install(out, site)
+    r = zoo_cli("check-evaluator", "my-eval", site=site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("pass") == len(conformance.CHECKS)
+    r = zoo_cli("evaluators", site=site)
+    assert "my-eval" in r.stdout and "zoo-my-eval" in r.stdout
+
+
+def test_new_mixer_scaffold_leaves_the_evaluator_template_out(tmp_path):
+    r = zoo_cli("new-mixer", "my-conv", "--out", str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "m" / "evaluator").exists() and (tmp_path / "m" / "zoo_my_conv").is_dir()
+
+
+@pytest.mark.parametrize("bad", ["Bad_Name", "hashhop"])
+def test_new_evaluator_rejects_bad_names(bad, tmp_path):
+    r = zoo_cli("new-evaluator", bad, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0

@@ -1,4 +1,5 @@
-"""`zoo new-mixer NAME`: write an installable plugin package from the template."""
+"""`zoo new-mixer NAME`, `zoo new-evaluator NAME`: write an installable plugin package from a template
+(`templates/plugin` for a mixer, `templates/plugin/evaluator` for an evaluator)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ from zoo.errors import ZooError
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
-def scaffold(name: str, out: Path | None = None) -> Path:
+KIND_TEMPLATES = {"mixer": "plugin", "evaluator": "plugin/evaluator"}
+
+
+def scaffold(name: str, out: Path | None = None, kind: str = "mixer") -> Path:
     if not NAME_RE.match(name):
-        raise ZooError(f"'{name}' is not a valid mixer name",
+        raise ZooError(f"'{name}' is not a valid {kind} name",
                        "use lowercase letters, digits and single hyphens, starting with a letter (e.g. my-conv)")
-    if name in registry.names():
+    if kind == "evaluator":
+        from zoo.eval.base import EVALUATORS
+
+        if name in EVALUATORS.names():
+            raise ZooError(f"an evaluator named '{name}' already exists (from {EVALUATORS.source(name)})",
+                           "pick another name")
+    elif name in registry.names():
         raise ZooError(f"a mixer named '{name}' already exists (from {registry.get_spec(name).source})",
                        "pick another name")
     module = "zoo_" + name.replace("-", "_")
@@ -29,7 +39,8 @@ def scaffold(name: str, out: Path | None = None) -> Path:
     out = Path(out) if out is not None else Path.cwd() / f"zoo-{name}"
     if out.exists() and any(out.iterdir()):
         raise ZooError(f"{out} exists and is not empty", "choose another --out directory")
-    template = resources.files("zoo") / "templates" / "plugin"
+    template = resources.files("zoo").joinpath("templates", *KIND_TEMPLATES[kind].split("/"))
+    nested = {Path(t).name for t in KIND_TEMPLATES.values() if t.startswith(KIND_TEMPLATES[kind] + "/")}
 
     def fill(text: str) -> str:
         for k, v in subst.items():
@@ -38,7 +49,7 @@ def scaffold(name: str, out: Path | None = None) -> Path:
 
     def copy(src, rel: Path) -> None:
         for entry in src.iterdir():
-            if entry.name == "__pycache__":
+            if entry.name == "__pycache__" or (rel == Path(".") and entry.name in nested):
                 continue
             target = out / rel / fill(entry.name)
             if entry.is_dir():

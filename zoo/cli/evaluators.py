@@ -1,6 +1,8 @@
-"""`zoo evaluators`, `zoo check-evaluator NAME`."""
+"""`zoo evaluators`, `zoo check-evaluator NAME`, `zoo new-evaluator NAME`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -51,3 +53,15 @@ def register(app: typer.Typer) -> None:
         if failed:
             raise ZooError(f"evaluator '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
                            "see the table above")
+
+    @app.command("new-evaluator")
+    def new_evaluator(
+        name: str = typer.Argument(..., help="registry name of the new evaluator, e.g. my-eval"),
+        out: Path = typer.Option(None, "--out", help="where to write the package (default ./zoo-NAME)"),
+    ) -> None:
+        """Scaffold an installable plugin package with an evaluator that passes the conformance suite."""
+        from zoo.scaffold import scaffold
+
+        path = scaffold(name, out, kind="evaluator")
+        console.print(f"wrote plugin package [bold]{path}[/]")
+        console.print(f"next: pip install -e {path} && zoo check-evaluator {name}")
