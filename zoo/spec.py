@@ -17,8 +17,8 @@
     seed = [0, 1]                            # reports show the mean over seeds with min-max
     metric = "eval_loss"                     # or eval_acc, hashhop_accuracy (at the training length)
     match_params = true                      # hold parameters equal across mixers
-    [eval.hashhop]                           # evaluations run after training
-    n_chars = [200, 800]
+    [eval.hashhop]                           # evaluations run after training: any registered
+    n_chars = [200, 800]                     #   evaluator's table (`zoo evaluators`), and bench
     [hf]                                     # pretrained Hugging Face causal LMs, evaluated
     qwen = "Qwen/Qwen2.5-0.5B"               #   beside the mixers (or tables: name, revision,
                                              #   dtype, trust_remote_code, rope_scaling)
