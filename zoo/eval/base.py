@@ -22,6 +22,7 @@ Built-ins (HashHop, perplexity) register in `zoo.eval.builtin`; installed packag
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -47,7 +48,7 @@ class EvalTarget:
     on_sample: Callable[[int], None] | None = None  # progress, in the evaluator's own units
 
 
-class Evaluator:
+class Evaluator(ABC):
     """Subclass, set the class attributes, implement `cells` and `evaluate`."""
 
     name: ClassVar[str]
@@ -65,15 +66,15 @@ class Evaluator:
     example: ClassVar[dict[str, Any]] = {}
     example_task: ClassVar[dict[str, Any]] = {}
 
+    @abstractmethod
     def cells(self, config: Any) -> list[Cell]:
         """Every cell of an evaluation, in the order they run."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, target: EvalTarget, config: Any, cell: Cell) -> list[dict[str, Any]]:
         """The rows of one cell; deterministic given (model, config, cell)."""
-        raise NotImplementedError
 
-    def check(self, config: Any) -> None:
+    def check(self, config: Any) -> None:  # noqa: B027 (optional: most configs say it all)
         """What the config's fields cannot say alone (raise a ZooError)."""
 
     def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
