@@ -142,6 +142,8 @@ def _where(obj: Any) -> str:
 REGISTRIES: dict[str, str] = {
     "mixer": "zoo.registry:MIXERS",
     "task": "zoo.tasks.base:TASKS",
+    "evaluator": "zoo.eval.base:EVALUATORS",
+    "peer": "zoo.bench.peers:PEERS",
 }
 
 

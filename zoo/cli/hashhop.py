@@ -245,8 +245,8 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from zoo.env import resolve_device
+        from zoo.eval.base import EvalTarget, get_evaluator
         from zoo.eval.hashhop import HashHopGrid, evaluate, evaluate_file, read_samples
-        from zoo.experiment.sweep import hashhop_eval
         from zoo.model import ModelConfig, ZooLM
         from zoo.progress import Progress
         from zoo.store import Store, config_id, provenance
@@ -353,7 +353,7 @@ def register(app: typer.Typer) -> None:
                     clock[0] = time.perf_counter()
                     cell_done(rows[-1])
 
-                hashhop_eval(model, trained, grid.model_dump(), dev, stored, keep, on_sample=advance)
+                get_evaluator("hashhop").run(EvalTarget(model, trained, dev, on_sample=advance), grid, stored, keep)
                 order = {c: i for i, c in enumerate(grid.cells())}
                 ranked = sorted(zip(cells, seconds), key=lambda cs: order[(cs[0]["n_chars"], cs[0]["hops"],
                                                                            cs[0]["cot"])])

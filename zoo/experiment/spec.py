@@ -17,8 +17,8 @@
     seed = [0, 1]                            # reports show the mean over seeds with min-max
     metric = "eval_loss"                     # or eval_acc, hashhop_accuracy (at the training length)
     match_params = true                      # hold parameters equal across mixers
-    [eval.hashhop]                           # evaluations run after training
-    n_chars = [200, 800]
+    [eval.hashhop]                           # evaluations run after training: any registered
+    n_chars = [200, 800]                     #   evaluator's table (`zoo evaluators`), and bench
     [hf]                                     # pretrained Hugging Face causal LMs, evaluated
     qwen = "Qwen/Qwen2.5-0.5B"               #   beside the mixers (or tables: name, revision,
                                              #   dtype, trust_remote_code, rope_scaling)
@@ -41,9 +41,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from zoo.errors import ZooError, invalid
-from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.hf import HFModelRef
-from zoo.eval.ppl import PplEval
 from zoo.model import ModelConfig
 from zoo.stats import SELECT_METRICS
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
@@ -186,16 +184,24 @@ class BenchEval(BaseModel):
 
 
 class EvalSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """`[eval.NAME]` tables: `bench`, and any registered evaluator (`zoo evaluators`), e.g.
+    `[eval.hashhop]` (zoo.eval.hashhop.HashHopGrid) or `[eval.ppl]` (zoo.eval.ppl.PplEval). An
+    evaluator's table is kept as written and checked against its config in `_check_semantics`."""
 
-    hashhop: HashHopGrid | None = Field(None, description="a HashHop grid (see zoo.eval.hashhop.HashHopGrid)")
-    ppl: PplEval | None = Field(None, description="perplexity vs length (lm task)")
+    model_config = ConfigDict(extra="allow")
+
     bench: BenchEval | None = Field(None, description="speed and memory of each trained model")
 
-    @field_serializer("hashhop")
-    def _as_written(self, grid: HashHopGrid | None) -> dict[str, Any] | None:
-        # the keys the spec set, so the evaluation's id does not move when a default is added
-        return None if grid is None else grid.model_dump(mode="json", exclude_unset=True)
+    @model_validator(mode="after")
+    def _tables(self) -> EvalSpec:
+        for name, table in (self.model_extra or {}).items():
+            if not isinstance(table, dict):
+                raise ValueError(f"eval.{name} must be a table of the evaluator's settings, got {table!r}")
+        return self
+
+    def evaluators(self) -> dict[str, dict[str, Any]]:
+        """Evaluator name -> its table, in the order written."""
+        return dict(self.model_extra or {})
 
 
 class ExperimentSpec(BaseModel):
@@ -315,15 +321,23 @@ def _check_semantics(spec: ExperimentSpec, path: Path) -> None:
             registry.get_spec(name).make_config(spec.model.mixer_config[name])
         except ZooError as e:
             raise ZooError(f"{path}: model.mixer_config.{name}: {e.message}", e.hint) from None
-    if spec.eval.hashhop is not None:
+    from zoo.eval.base import EVALUATORS
+
+    for name, table in spec.eval.evaluators().items():
+        if name not in EVALUATORS.names():
+            e = EVALUATORS.why_missing(name)
+            raise ZooError(f"{path}: key 'eval.{name}': {e.message}", f"{e.hint}; or bench")
+        ev = EVALUATORS.get(name)
         try:
-            spec.eval.hashhop.check()
+            ev.check(ev.config_cls(**table))
+        except ValidationError as e:
+            raise invalid(e, str(path), model=ev.config_cls, prefix=("eval", name)) from None
         except ZooError as e:
-            raise ZooError(f"{path}: eval.hashhop: {e.message}", e.hint) from None
-    if spec.eval.ppl is not None and spec.task.name != "lm":
-        raise ZooError(f"{path}: key 'eval.ppl' needs task.name = 'lm', got '{spec.task.name}'",
-                       "perplexity is measured on held-out text")
-    if spec.sweep.metric == "hashhop_accuracy" and spec.eval.hashhop is None:
+            raise ZooError(f"{path}: eval.{name}: {e.message}", e.hint) from None
+        if ev.task is not None and spec.task.name != ev.task:
+            raise ZooError(f"{path}: key 'eval.{name}' needs task.name = '{ev.task}', got '{spec.task.name}'",
+                           ev.description)
+    if spec.sweep.metric == "hashhop_accuracy" and "hashhop" not in spec.eval.evaluators():
         raise ZooError(f"{path}: key 'sweep.metric' = 'hashhop_accuracy' needs an [eval.hashhop] grid",
                        "add one whose lengths include the training length, or select by eval_loss")
     if spec.sweep.match_reference is not None and spec.sweep.match_reference not in spec.mixers:
@@ -349,30 +363,17 @@ def _set_path(d: dict, path: str, value: Any) -> None:
 
 
 def eval_settings(spec: ExperimentSpec) -> dict[str, Any]:
-    """The evaluations run after training, by kind (bench runs once per experiment, apart)."""
-    out: dict[str, Any] = {}
-    if spec.eval.hashhop is not None:  # as written: its id hashes the keys the spec set
-        out["hashhop"] = spec.eval.hashhop.model_dump(exclude_unset=True)
-    if spec.eval.ppl is not None:
-        out["ppl"] = spec.eval.ppl
-    return out
-
-
-# evaluator versions, bumped when what an evaluator stores changes (version 1 stays out of the id);
-# hashhop 2: intervals by sample, with per-sample counts
-EVAL_VERSIONS = {"hashhop": 2}
+    """The evaluations run after training: evaluator name -> its table (bench runs once per
+    experiment, apart)."""
+    return spec.eval.evaluators()
 
 
 def eval_id(kind: str, settings: Any) -> str:
-    """Hash of an evaluation's settings: stored rows carry it, so an evaluation never repeats and
-    a report of the experiment reads exactly the rows its plan produced."""
-    from zoo.store import config_id
+    """The evaluator's id of these settings: stored rows carry it, so an evaluation never repeats
+    and a report of the experiment reads exactly the rows its plan produced."""
+    from zoo.eval.base import get_evaluator
 
-    dumped = settings if isinstance(settings, dict) else settings.model_dump()
-    ident = {"kind": kind, "settings": dumped}
-    if EVAL_VERSIONS.get(kind, 1) != 1:
-        ident["version"] = EVAL_VERSIONS[kind]
-    return config_id(ident)
+    return get_evaluator(kind).eval_id(settings)
 
 
 # -- planning -------------------------------------------------------------------------------------

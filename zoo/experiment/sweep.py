@@ -13,13 +13,13 @@ evaluation settings), so an evaluation is never repeated and a changed one runs 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.markup import escape
 
 from zoo.errors import ZooError
+from zoo.eval.base import EvalTarget, get_evaluator
 from zoo.experiment.record import enlist
 from zoo.experiment.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store, changed_since
@@ -37,56 +37,7 @@ class Outcome:
     seconds: float = 0.0
 
 
-# -- evaluations (each evaluator is called from exactly one place) -------------------------------
-
-# An evaluator gets the rows of its evaluation already stored for the run and `keep(rows, note)`,
-# which stores rows as they are ready: a long evaluation that is killed resumes where it stopped.
-Keep = Callable[[list[dict], str], None]
-
-
-def hashhop_eval(model, run_config: dict, grid: dict, device, stored: list[dict], keep: Keep,
-                 on_sample: Callable[[int], None] | None = None) -> None:
-    """Each cell of the grid not yet stored, kept as it finishes (a cell's samples depend on the
-    cell alone, not on the rest of the grid). `zoo hashhop eval` runs its grids through here too."""
-    from zoo.eval.hashhop import HashHopGrid, evaluate
-
-    g = HashHopGrid(**grid)
-    done = {(r["n_chars"], r["hops"], r["cot"]) for r in stored}
-    for n_chars, hops, cot in g.cells():
-        if (n_chars, hops, cot) in done:
-            continue
-        one = g.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
-        row = evaluate(model, one, device=device, on_sample=on_sample)["cells"][0]
-        acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
-        redrawn = f" ({row['redrawn']} ambiguous samples drawn again)" if row.get("redrawn") else ""
-        keep([row], f"{n_chars} characters, {hops} hops: {acc}{redrawn}")
-
-
-def hashhop_complete(grid: dict, stored: list[dict]) -> bool:
-    from zoo.eval.hashhop import HashHopGrid
-
-    return set(HashHopGrid(**grid).cells()) <= {(r["n_chars"], r["hops"], r["cot"]) for r in stored}
-
-
-def ppl_eval(model, run_config: dict, ppl_spec, device, stored: list[dict], keep: Keep) -> None:
-    """Perplexity vs length, and under each evaluation-time RoPE scaling; kept as one unit."""
-    from zoo.eval.ppl import evaluate_run
-
-    rows = evaluate_run(model, run_config, ppl_spec)
-    for rope in ppl_spec.rope_scaling:  # each scaling on a fresh copy of the trained model
-        fresh, _ = load_model(run_config["_run_dir"], device)
-        try:
-            rows += evaluate_run(fresh, run_config, ppl_spec, rope)
-        except ZooError as e:
-            rows.append({"length": None, "scope": "all", "status": "n/a", "rope_scaling": rope.method,
-                         "rope_factor": rope.factor, "reason": e.message})
-    keep(rows, f"{len(rows)} rows")
-
-
-EVALUATORS = {"hashhop": hashhop_eval, "ppl": ppl_eval}
-# whether an evaluation's stored rows are all of it (default: any row)
-COMPLETE = {"hashhop": hashhop_complete}
-
+# -- evaluations: looked up in the evaluator registry (`zoo.eval.base`) -----------------------------
 
 def bench_experiment(spec: ExperimentSpec, runs: list[PlannedRun], store: Store, device: str | None = None,
                      console=None) -> str:
@@ -108,7 +59,7 @@ def stored_rows(store: Store, run_id: str, kind: str, eid: str) -> list[dict]:
 
 
 def complete(kind: str, settings: Any, stored: list[dict]) -> bool:
-    return bool(stored) and COMPLETE.get(kind, lambda _, rows: True)(settings, stored)
+    return get_evaluator(kind).complete(settings, stored)
 
 
 def eval_done(store: Store, run_id: str, kind: str, settings: Any) -> bool:
@@ -134,7 +85,6 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
         try:
             if model is None:
                 model, run_config = load_model(store.run_dir(p.run_id), device)
-                run_config = {**run_config, "_run_dir": str(store.run_dir(p.run_id))}
             if console is not None:
                 console.print(f"  [dim]evaluating {kind} on {escape(p.label)} ({p.run_id})[/]")
             if not stored:  # other settings' rows go; this evaluation's own are kept to resume from
@@ -145,7 +95,9 @@ def run_evals(spec: ExperimentSpec, p: PlannedRun, store: Store, device, console
                 if console is not None:
                     console.print(f"  [dim]{kind} {escape(p.label)}: {escape(note)}[/]")
 
-            EVALUATORS[kind](model, run_config, settings, device, stored, keep)
+            run_dir = store.run_dir(p.run_id)  # scaled variants modify the model: each gets a fresh copy
+            target = EvalTarget(model, run_config, device, reload=lambda d=run_dir: load_model(d, device)[0])
+            get_evaluator(kind).run(target, settings, stored, keep)
             status[kind] = "ok"
         except ZooError as e:
             status[kind] = str(e)
@@ -253,18 +205,21 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
     return outcomes
 
 
+# the evaluators that also run on Hugging Face models (in the models' own tokens)
+HF_EVALUATORS = ("hashhop", "ppl")
+
+
 def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, console=None) -> dict[str, str]:
-    """The spec's Hugging Face models through its evaluations, each a run of kind "hf"; lengths
-    are in each model's own tokens. Returns label -> "ok", "cached" or why it failed."""
-    from zoo.eval.hashhop import HashHopGrid
+    """The spec's Hugging Face models through its HashHop and perplexity evaluations, each a run
+    of kind "hf"; lengths are in each model's own tokens. Returns label -> "ok", "cached" or why it failed."""
     from zoo.eval.hf import evaluate_hf, evaluate_ppl_hf, load_hf, record_run
     from zoo.tasks.lm import LMConfig, split_texts
 
     status: dict[str, str] = {}
-    todo = eval_settings(spec)
+    todo = {k: v for k, v in eval_settings(spec).items() if k in HF_EVALUATORS}
     for label, ref in spec.hf.items():
         rid = ref.run_id()
-        if store.get_run(rid) is not None and all(eval_done(store, rid, k, v) for k, v in todo.items()):
+        if store.get_run(rid) is not None and all(_hf_done(store, rid, k, v) for k, v in todo.items()):
             status[label] = "cached"
             continue
         if console is not None:
@@ -274,10 +229,11 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
             record_run(store, hf, label, spec.name)
             for kind, settings in todo.items():
                 eid = eval_id(kind, settings)
-                if eval_done(store, rid, kind, settings):
+                if _hf_done(store, rid, kind, settings):
                     continue
+                settings = get_evaluator(kind).make_config(settings)
                 if kind == "hashhop":
-                    rows = evaluate_hf(hf, HashHopGrid(**settings))["cells"]
+                    rows = evaluate_hf(hf, settings)["cells"]
                 else:
                     texts = split_texts(LMConfig(**spec.task.config), settings.split)
                     lengths = settings.resolve_lengths(spec.train.seq_len)
@@ -294,6 +250,13 @@ def hf_evals(spec: ExperimentSpec, store: Store, device: str | None = None, cons
             if console is not None:
                 console.print(f"[red]failed:[/] {e}")
     return status
+
+
+def _hf_done(store: Store, run_id: str, kind: str, settings: Any) -> bool:
+    """A Hugging Face model's perplexity is one unit (RoPE scalings apply to our models only)."""
+    if kind == "ppl":
+        return bool(stored_rows(store, run_id, kind, eval_id(kind, settings)))
+    return eval_done(store, run_id, kind, settings)
 
 
 def _point(p: PlannedRun) -> str:

@@ -1,0 +1,253 @@
+"""Evaluators: the registry and its built-ins (ids of stored results pinned), `[eval.NAME]` tables,
+the conformance suite (and that it can fail), and the example plugin's evaluator: listed,
+conformant, and run from an experiment file into the store."""
+
+from __future__ import annotations
+
+import importlib
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+from zoo.spec import eval_id, eval_settings, load_spec, parse_spec
+
+from zoo import registry
+from zoo.errors import ZooError
+from zoo.eval import conformance
+from zoo.eval.base import EVALUATORS, Evaluator, get_evaluator, schema_errors
+from zoo.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_plugins import EXAMPLE, pip_install, zoo_cli  # noqa: E402
+
+# eval ids of the committed experiment files: rows already stored under them must stay found
+PINNED = {
+    "benchmarks/hashhop_recipe.toml": {"hashhop": "911cdcccfa89"},
+    "benchmarks/hsa_hashhop.toml": {"hashhop": "42295ce390a0"},
+    "experiments/hashhop_extrapolation.toml": {"hashhop": "5cf42bd31e24"},
+    "experiments/pe_extrapolation.toml": {"ppl": "79c6495fcc8d"},
+    "experiments/smoke.toml": {"hashhop": "e8964cf65b1e"},
+}
+
+BASE = {"name": "t", "mixers": ["nope"], "model": {"d_model": 32, "n_layers": 1},
+        "task": {"name": "hashhop", "config": {"hops": [1], "hash_len": 4}}, "train": {"steps": 2}}
+
+
+@pytest.mark.parametrize("path", sorted(PINNED))
+def test_eval_ids_of_committed_specs_are_pinned(path):
+    spec = load_spec(ROOT / path)
+    assert {k: eval_id(k, v) for k, v in eval_settings(spec).items()} == PINNED[path]
+
+
+def test_eval_ids_of_builtins_are_pinned():
+    # HashHop hashes its table as written (defaults left out), perplexity its validated config
+    assert eval_id("hashhop", {"n_chars": [200, 800]}) == "bde01d42366b"
+    assert eval_id("ppl", {"multipliers": [1, 2], "windows": 1}) == "2f81447e1b46"
+    assert eval_id("ppl", {"multipliers": [1, 2], "windows": 1, "buckets": 8}) == "2f81447e1b46"
+
+
+def test_builtins_are_registered():
+    assert {"hashhop", "ppl"} <= set(EVALUATORS.names())
+    assert EVALUATORS.source("hashhop") == "mixer-zoo"
+    with pytest.raises(ZooError, match="did you mean 'hashhop'"):
+        get_evaluator("hashop")
+
+
+@pytest.mark.parametrize("name", ["hashhop", "ppl"])
+def test_builtins_pass_conformance(name):
+    assert conformance.run_all(get_evaluator(name)) == dict.fromkeys(conformance.CHECKS)
+
+
+class LooseConfig(BaseModel):  # accepts unknown keys
+    n: int = 2
+
+
+class StrictConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = 2
+
+
+class Toy(Evaluator):
+    """Rows of the cell index; subclasses below break one rule each."""
+
+    name = "toy"
+    config_cls = StrictConfig
+    columns = {"i": int, "value": float}
+    cell_columns = ("i",)
+    example = {"n": 2}
+
+    def cells(self, config):
+        return [(i,) for i in range(config.n)]
+
+    def evaluate(self, target, config, cell):
+        return [{"i": cell[0], "value": 0.5 * cell[0]}]
+
+
+class Random(Toy):
+    def evaluate(self, target, config, cell):
+        return [{"i": cell[0], "value": random.random()}]
+
+
+class Undeclared(Toy):
+    def evaluate(self, target, config, cell):
+        return [{"i": cell[0], "value": "high", "extra": 1}]
+
+
+class Forgetful(Toy):  # rows name another cell, so stored cells are never found
+    def evaluate(self, target, config, cell):
+        return [{"i": cell[0] + 1, "value": 0.0}]
+
+
+class Loose(Toy):
+    config_cls = LooseConfig
+
+
+def test_conformance_passes_a_good_evaluator_and_catches_bad_ones():
+    assert conformance.run_all(Toy()) == dict.fromkeys(conformance.CHECKS)
+    failing = {cls.__name__: {k for k, v in conformance.run_all(cls()).items() if v is not None}
+               for cls in (Random, Undeclared, Forgetful, Loose)}
+    assert failing == {"Random": {"deterministic", "resumable"}, "Undeclared": {"rows_match_schema"},
+                       "Forgetful": {"rows_match_schema", "resumable"}, "Loose": {"config_errors_are_one_line"}}
+
+
+def test_schema_errors_name_the_column():
+    ev = Toy()
+    assert schema_errors(ev, [{"i": 1, "value": 2}, {"i": 2, "value": None}]) == []  # an int is a fine float
+    assert schema_errors(ev, [{"value": 1.0}]) == ["row 0: no cell column 'i'"]
+    assert schema_errors(ev, [{"i": True, "value": 1.0}]) == ["row 0: column 'i' = True is not int"]
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(ZooError, match="eval.hashhop: unknown key 'n_char'") as e:
+        get_evaluator("hashhop").make_config({"n_char": [100]})
+    assert "\n" not in str(e.value)
+    with pytest.raises(ZooError, match="eval.ppl: key 'windows' = 0 is invalid"):
+        get_evaluator("ppl").make_config({"windows": 0})
+
+
+def test_spec_eval_tables_are_checked_by_their_evaluator():
+    spec = parse_spec({**BASE, "eval": {"hashhop": {"n_chars": [200], "hops": [1]}}})
+    assert eval_settings(spec) == {"hashhop": {"n_chars": [200], "hops": [1]}}
+    with pytest.raises(ZooError, match="'eval.hashop': unknown evaluator 'hashop'.*did you mean 'hashhop'"):
+        parse_spec({**BASE, "eval": {"hashop": {}}})
+    with pytest.raises(ZooError, match="unknown key 'eval.hashhop.n_char'.*did you mean 'n_chars'"):
+        parse_spec({**BASE, "eval": {"hashhop": {"n_char": [100]}}})
+    with pytest.raises(ZooError, match="eval.hashhop must be a table"):
+        parse_spec({**BASE, "eval": {"hashhop": 3}})
+    with pytest.raises(ZooError, match="key 'eval.ppl' needs task.name = 'lm', got 'hashhop'"):
+        parse_spec({**BASE, "eval": {"ppl": {}}})
+    with pytest.raises(ZooError, match="unknown key 'eval.bench.length'"):
+        parse_spec({**BASE, "eval": {"bench": {"length": [16]}}})
+
+
+def test_cli_lists_and_checks_builtins():
+    r = zoo_cli("evaluators")
+    assert r.returncode == 0, r.stderr
+    assert "hashhop" in r.stdout and "ppl" in r.stdout and "mixer-zoo" in r.stdout
+    r = zoo_cli("check-evaluator", "hashop")
+    assert r.returncode == 2 and "unknown evaluator 'hashop'" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+# -- the example plugin's evaluator --------------------------------------------------------------
+
+class on_path:
+    """Put an install target on sys.path and rediscover mixers and evaluators; undo on exit."""
+
+    def __init__(self, site: Path, modules: tuple[str, ...]):
+        self.site, self.modules = str(site), modules
+
+    def _reset(self):
+        importlib.invalidate_caches()
+        REGISTRY.reset()
+        EVALUATORS.reset()
+
+    def __enter__(self):
+        sys.path.insert(0, self.site)
+        self._reset()
+        return self
+
+    def __exit__(self, *exc):
+        sys.path.remove(self.site)
+        for m in [m for m in sys.modules if m.split(".")[0] in self.modules]:
+            del sys.modules[m]
+        self._reset()
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("example-eval") / "site"
+    pip_install(EXAMPLE, site)
+    return site
+
+
+def test_example_evaluator_is_listed_and_conformant(example_site):
+    r = zoo_cli("evaluators", site=example_site)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "position-accuracy" in x)
+    assert "zoo-example-mixer" in line and "broken" not in r.stdout
+    r = zoo_cli("check-evaluator", "position-accuracy", site=example_site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("pass") == len(conformance.CHECKS)
+
+
+def test_example_evaluator_runs_from_a_spec_into_the_store(example_site, tmp_path):
+    from zoo.train.sweep import run_experiment
+
+    from zoo.store import Store
+
+    toml = tmp_path / "pos.toml"
+    toml.write_text('name = "pos"\nmixers = ["nope", "short-conv-glr"]\n'
+                    '[model]\nd_model = 32\nn_layers = 1\n'
+                    '[task]\nname = "hashhop"\nconfig = { hops = [1], hash_len = 4 }\n'
+                    '[train]\nsteps = 2\nbatch_size = 2\nseq_len = 64\nthreads = 1\n'
+                    '[eval.position-accuracy]\nlengths = [64, 96]\nbuckets = 2\nbatches = 1\n')
+    with on_path(example_site, ("zoo_example_mixer",)):
+        assert registry.get_spec("short-conv-glr").source == "zoo-example-mixer"
+        assert EVALUATORS.source("position-accuracy") == "zoo-example-mixer"
+        spec = load_spec(toml)
+        store = Store(tmp_path / "store")
+        outcomes = run_experiment(spec, store)
+        assert [o.evals for o in outcomes] == [{"position-accuracy": "ok"}] * 2
+        eid = eval_id("position-accuracy", eval_settings(spec)["position-accuracy"])
+        for o in outcomes:
+            rows = store.results(o.planned.run_id, "position-accuracy")
+            assert [(r["length"], r["bucket"]) for r in rows] == [(64, 0), (64, 1), (96, 0), (96, 1)]
+            assert all(r["eval_id"] == eid for r in rows) and sum(r["tokens"] for r in rows) > 0
+            assert all(r["accuracy"] is None if r["tokens"] == 0 else 0 <= r["accuracy"] <= 1 for r in rows)
+        again = run_experiment(spec, store)
+        assert [o.evals for o in again] == [{"position-accuracy": "cached"}] * 2
+
+
+def test_broken_evaluator_plugin_is_reported_not_raised(example_site, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(example_site, site)
+    (site / "zoo_example_mixer" / "position_accuracy.py").write_text("raise ImportError('deliberately broken')\n")
+    r = zoo_cli("evaluators", site=site)
+    assert r.returncode == 0, r.stderr
+    assert "broken plugins" in r.stdout and "deliberately broken" in r.stdout and "hashhop" in r.stdout
+    with on_path(site, ("zoo_example_mixer",)):
+        with pytest.raises(ZooError, match="failed to import: ImportError: deliberately broken"):
+            get_evaluator("position-accuracy")
+
+
+def test_new_evaluator_scaffold_passes_conformance(tmp_path):
+    out = tmp_path / "zoo-my-eval"
+    r = zoo_cli("new-plugin", "evaluator", "my-eval", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    site = tmp_path / "site"
+    pip_install(out, site)
+    r = zoo_cli("check-evaluator", "my-eval", site=site)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("pass") == len(conformance.CHECKS)
+    r = zoo_cli("evaluators", site=site)
+    assert "my-eval" in r.stdout and "zoo-my-eval" in r.stdout
+
+
+@pytest.mark.parametrize("bad", ["Bad_Name", "hashhop"])
+def test_new_evaluator_rejects_bad_names(bad, tmp_path):
+    r = zoo_cli("new-plugin", "evaluator", bad, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0

@@ -1,0 +1,102 @@
+"""The built-in evaluators: HashHop (`zoo.eval.hashhop`) and perplexity vs length (`zoo.eval.ppl`).
+
+Both wrap their modules without changing what they compute or the eval ids of rows already
+stored: HashHop hashes its table as written (its defaults stay out of the id), perplexity its
+validated config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.eval.base import Cell, EvalTarget, Evaluator, register_evaluator
+from zoo.eval.hashhop import HashHopGrid
+from zoo.eval.ppl import PplEval
+from zoo.registry import REGISTRY
+
+# a plugin's evaluator module imports its package, which may register mixers: discover the mixer
+# plugins first, so those mixers are recorded under their package and not as built-ins
+REGISTRY.ensure_loaded()
+
+
+@register_evaluator
+class HashHop(Evaluator):
+    """Exact match per query, per hop and per length, one cell per (n_chars, hops, cot)."""
+
+    name = "hashhop"
+    description = "HashHop exact match per query, per hop, per length (teacher-forced and greedy)"
+    config_cls = HashHopGrid
+    version = 2  # intervals by sample, with per-sample counts
+    example = {"n_chars": [120], "hops": [1, 2], "samples": 2, "queries": 2}
+    cell_columns = ("n_chars", "hops", "cot")
+    columns = {
+        "length": int, "n_chars": int, "hops": int, "cot": bool, "hash_len": int, "queries": int, "samples": int,
+        "seed": int, "split": str, "status": str, "reason": str, "redrawn": int,
+        "n": int, "correct": int, "accuracy": float, "low": float, "high": float, "n_eff": float, "interval": str,
+        "greedy_n": int, "greedy_correct": int, "greedy_accuracy": float, "greedy_low": float, "greedy_high": float,
+        "greedy_agreement": float, "chars": int, "char_accuracy": float, "char_low": float, "char_high": float,
+        "nll": float, "hop_accuracy": list, "hop_low": list, "hop_high": list, "depth_reached": float,
+        "depth": list, "depth_low": list, "depth_high": list, "per_sample": list,
+    }
+
+    def identity(self, raw: Any) -> Any:
+        return raw if isinstance(raw, dict) else self.make_config(raw).model_dump()
+
+    def check(self, config: HashHopGrid) -> None:
+        config.check()
+
+    def cells(self, config: HashHopGrid) -> list[Cell]:
+        return config.cells()
+
+    def evaluate(self, target: EvalTarget, config: HashHopGrid, cell: Cell) -> list[dict[str, Any]]:
+        """A cell's samples depend on the cell alone, not on the rest of the grid."""
+        from zoo.eval.hashhop import evaluate
+
+        n_chars, hops, cot = cell
+        one = config.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
+        return evaluate(target.model, one, device=target.device, on_sample=target.on_sample)["cells"]
+
+    def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
+        row = rows[0]
+        acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
+        redrawn = f" ({row['redrawn']} ambiguous samples drawn again)" if row.get("redrawn") else ""
+        return f"{cell[0]} characters, {cell[1]} hops: {acc}{redrawn}"
+
+
+@register_evaluator
+class Perplexity(Evaluator):
+    """Perplexity vs length on the lm task's held-out text; one cell unscaled, one per RoPE scaling."""
+
+    name = "ppl"
+    description = "perplexity vs length on held-out text, by position bucket and under RoPE scalings"
+    config_cls = PplEval
+    task = "lm"
+    example = {"lengths": [32, 96], "windows": 1, "buckets": 2, "rope_scaling": [{"method": "pi", "factor": 2}]}
+    example_task = {"max_bytes": 1 << 16}
+    cell_columns = ("rope_scaling", "rope_factor")
+    columns = {
+        "length": int, "train_len": int, "stride": int, "rope_scaling": str, "rope_factor": float,
+        "scope": str, "status": str, "reason": str, "bucket": int, "start": int, "end": int,
+        "loss": float, "ppl": float, "bits_per_byte": float, "tokens": int, "windows": int,
+    }
+
+    def cells(self, config: PplEval) -> list[Cell]:
+        return [(None, None)] + [(r.method, r.factor) for r in config.rope_scaling]
+
+    def evaluate(self, target: EvalTarget, config: PplEval, cell: Cell) -> list[dict[str, Any]]:
+        from zoo.eval.ppl import RopeScaling, evaluate_run
+
+        method, factor = cell
+        if method is None:
+            return evaluate_run(target.model, target.run_config, config)
+        rope = RopeScaling(method=method, factor=factor)
+        fresh = target.reload() if target.reload is not None else target.model  # scalings change the model
+        try:
+            return evaluate_run(fresh, target.run_config, config, rope)
+        except ZooError as e:
+            return [{"length": None, "scope": "all", "status": "n/a", "rope_scaling": rope.method,
+                     "rope_factor": rope.factor, "reason": e.message}]
+
+    def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
+        return f"{len(rows)} rows" + (f" ({cell[0]} x{cell[1]:g})" if cell[0] is not None else "")
