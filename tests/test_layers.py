@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "experiment": 5,
     "train": 4, "eval": 4, "bench": 4,
     "model": 3, "mixers": 3, "tasks": 3, "conformance": 3,
-    "kernels": 2, "positional": 2,
+    "kernels": 2, "positional": 2, "norm": 2,
     "errors": 1, "env": 1, "stats": 1, "progress": 1, "plugins": 1, "registry": 1, "mixer": 1, "store": 1,
     "__init__": 1,
 }
