@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict
-from zoo.spec import eval_id, eval_settings, load_spec, parse_spec
 
 from zoo import registry
 from zoo.errors import ZooError
 from zoo.eval import conformance
 from zoo.eval.base import EVALUATORS, Evaluator, get_evaluator, schema_errors
-from zoo.registry import REGISTRY
+from zoo.experiment.spec import eval_id, eval_settings, load_spec, parse_spec
+from zoo.plugins import REGISTRIES
+from zoo.plugins import registry as plugin_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -162,8 +163,8 @@ class on_path:
 
     def _reset(self):
         importlib.invalidate_caches()
-        REGISTRY.reset()
-        EVALUATORS.reset()
+        for kind in REGISTRIES:  # a plugin package may register any kind
+            plugin_registry(kind).reset()
 
     def __enter__(self):
         sys.path.insert(0, self.site)
@@ -195,7 +196,7 @@ def test_example_evaluator_is_listed_and_conformant(example_site):
 
 
 def test_example_evaluator_runs_from_a_spec_into_the_store(example_site, tmp_path):
-    from zoo.train.sweep import run_experiment
+    from zoo.experiment.sweep import run_experiment
 
     from zoo.store import Store
 

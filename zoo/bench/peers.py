@@ -54,7 +54,7 @@ class PeerRegistry(PluginRegistry[Peer]):
     def ensure_loaded(self) -> None:
         # mixers first: a plugin's peer module that imports its own mixer package must find that
         # mixer already registered under its package, not register it as a built-in
-        registry.REGISTRY.ensure_loaded()
+        registry.MIXERS.ensure_loaded()
         super().ensure_loaded()
 
 
