@@ -155,8 +155,18 @@ def schema_errors(ev: Evaluator, rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-EVALUATORS: PluginRegistry[Evaluator] = PluginRegistry(
-    "zoo.evaluators", kind="evaluator", builtins="zoo.eval.builtin", listing="zoo evaluators")
+class EvaluatorRegistry(PluginRegistry[Evaluator]):
+    def ensure_loaded(self) -> None:
+        # a plugin's evaluator module imports its package, which may register mixers: discover the
+        # mixer plugins first, so those mixers are recorded under their package, not as built-ins
+        from zoo.registry import MIXERS
+
+        MIXERS.ensure_loaded()
+        super().ensure_loaded()
+
+
+EVALUATORS = EvaluatorRegistry("zoo.evaluators", kind="evaluator", builtins="zoo.eval.builtin",
+                               listing="zoo evaluators")
 
 
 def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:

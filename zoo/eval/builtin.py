@@ -13,11 +13,6 @@ from zoo.errors import ZooError
 from zoo.eval.base import Cell, EvalTarget, Evaluator, register_evaluator
 from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.ppl import PplEval
-from zoo.registry import MIXERS
-
-# a plugin's evaluator module imports its package, which may register mixers: discover the mixer
-# plugins first, so those mixers are recorded under their package and not as built-ins
-MIXERS.ensure_loaded()
 
 
 @register_evaluator
