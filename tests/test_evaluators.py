@@ -197,7 +197,6 @@ def test_example_evaluator_is_listed_and_conformant(example_site):
 
 def test_example_evaluator_runs_from_a_spec_into_the_store(example_site, tmp_path):
     from zoo.experiment.sweep import run_experiment
-
     from zoo.store import Store
 
     toml = tmp_path / "pos.toml"
