@@ -42,7 +42,7 @@ def test_unknown_peer_is_one_line_with_a_suggestion(capsys):
     assert main(["bench", "--peers", "sdpa-fast", "--no-progress"]) == 2
     assert main(["check-peer", "sdpa-mat"]) == 2
     out = capsys.readouterr()
-    assert "unknown bench peer 'sdpa-fast'" in out.err + out.out
+    assert "unknown peer 'sdpa-fast'" in out.err + out.out
     assert "did you mean 'sdpa-math'" in out.err + out.out
 
 

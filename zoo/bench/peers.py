@@ -58,7 +58,7 @@ class PeerRegistry(PluginRegistry[Peer]):
         super().ensure_loaded()
 
 
-PEERS = PeerRegistry("zoo.bench_peers", kind="bench peer", builtins="zoo.bench.builtin_peers",
+PEERS = PeerRegistry("zoo.bench_peers", kind="peer", builtins="zoo.bench.builtin_peers",
                      listing="zoo bench --list-peers")
 
 

@@ -35,11 +35,8 @@ from zoo.bench.config import DTYPES, FLOP_FACTOR, LONG_MIN, LONG_MODES, BenchCon
 from zoo.bench.peers import get_peer, peers
 from zoo.bench.targets import MixerTarget, ModelTarget, PeerTarget, Target, decode_flops
 from zoo.bench.timing import Timer, time_calls
+from zoo.env import is_oom
 from zoo.errors import LengthError
-
-
-def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def is_unsupported(e: BaseException) -> bool:
