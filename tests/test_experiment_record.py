@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -59,3 +60,20 @@ def test_a_store_older_than_the_record_is_read_as_it_is_and_planned(tmp_path):
     enlist(spec, store)  # the first record brings the table
     tables = {n for (n,) in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "experiments" in tables and store.experiment("rec")["name"] == "rec"
+
+
+def test_importing_a_store_brings_its_experiment_records_and_refuses_forged_ones(tmp_path):
+    spec = parse_spec(SPEC)
+    src = Store(tmp_path / "gpu")
+    first = enlist(spec, src)
+    forged = {**first, "spec_id": "f" * 12, "runs": [{"id": "../../etc", "label": "x", "kind": "train"}]}
+    renamed = {**first, "spec_id": "e" * 12, "name": "other"}  # the row's name differs from the record's
+    with sqlite3.connect(tmp_path / "gpu" / "zoo.db") as c:
+        c.execute("INSERT INTO experiments VALUES (?, ?, ?, ?)", ("rec", "f" * 12, json.dumps(forged), 1.0))
+        c.execute("INSERT INTO experiments VALUES (?, ?, ?, ?)", ("rec", "e" * 12, json.dumps(renamed), 1.0))
+        c.execute("INSERT INTO experiments VALUES (?, ?, ?, ?)", ("rec", "d" * 12, "{not json", 1.0))
+    dst = Store(tmp_path / "here")
+    counts = dst.import_db(tmp_path / "gpu")
+    assert counts["rejected"]["experiments"] == 3
+    assert dst.experiment("rec", first["spec_id"]) == first and recorded(spec, dst) == first
+    assert dst.experiment("rec", "f" * 12) is None and dst.experiment("other") is None

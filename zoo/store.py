@@ -513,11 +513,14 @@ class Store:
             has_members = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'members'").fetchone()
             members = src.execute("SELECT experiment, run_id, label, kind, added FROM members").fetchall() \
                 if has_members else []
+            has_experiments = src.execute("SELECT 1 FROM sqlite_master WHERE name = 'experiments'").fetchone()
+            experiments = src.execute("SELECT name, spec_id, record, added FROM experiments").fetchall() \
+                if has_experiments else []
         except sqlite3.DatabaseError as e:
             raise ZooError(f"{other} is not a zoo results database: {e}") from None
         finally:
             src.close()
-        rejected = {"runs": 0, "metrics": 0, "results": 0, "members": 0}
+        rejected = {"runs": 0, "metrics": 0, "results": 0, "members": 0, "experiments": 0}
         good_runs = []
         for r in runs:
             if _valid_run_row(r):
@@ -567,6 +570,12 @@ class Store:
             rejected["members"] = len(members) - len(ms_rows)
             c.executemany("INSERT OR IGNORE INTO members (experiment, run_id, label, kind, added) "
                           "VALUES (?, ?, ?, ?, ?)", ms_rows)
+            ex_rows = [v for v in map(_valid_experiment, experiments) if v is not None]
+            rejected["experiments"] = len(experiments) - len(ex_rows)
+            if ex_rows:  # the plans travel with their runs, so a merged store reports as the source did
+                c.execute(EXPERIMENTS)
+                c.executemany("INSERT OR IGNORE INTO experiments (name, spec_id, record, added) VALUES (?, ?, ?, ?)",
+                              ex_rows)
             return n
 
         counts = self._write(tx)
@@ -753,6 +762,27 @@ def _valid_member(m: tuple, runs: set[str]) -> tuple | None:
     if not isinstance(added, (int, float)) or not math.isfinite(added):
         return None
     return experiment, rid, label, kind, float(added)
+
+
+def _valid_experiment(e: tuple) -> tuple | None:
+    """An imported experiment record: its name and spec id as the row says, a JSON object whose
+    planned runs carry ids of the project's format (the report looks them up by id)."""
+    name, spec_id, record, added = e
+    if not (isinstance(name, str) and 0 < len(name) <= 256 and isinstance(spec_id, str) and len(spec_id) <= 64):
+        return None
+    if not isinstance(added, (int, float)) or not math.isfinite(added) or not isinstance(record, str):
+        return None
+    try:
+        rec = json.loads(record)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or rec.get("name") != name or rec.get("spec_id") != spec_id:
+        return None
+    runs = rec.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), str)
+                                             and RUN_ID.fullmatch(r["id"]) for r in runs):
+        return None
+    return name, spec_id, json.dumps(finite(rec), sort_keys=True), float(added)
 
 
 def _links_and_specials(folder: str, names: list[str]) -> list[str]:
