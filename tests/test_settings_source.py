@@ -53,3 +53,17 @@ def test_typed_sections_dump_as_written():
     assert doc["train"] == {"steps": 3, "lr": 1.0}
     assert doc["eval"]["hashhop"] == {"n_chars": [400], "hops": [1]}
     assert parse_spec(doc).model_dump(mode="json") == doc  # what a worker process reads back
+
+
+def test_bench_flags_default_to_the_bench_config():
+    from zoo.bench import BenchConfig, parse_size, parse_sizes
+
+    cmd = typer.main.get_command(app)
+    params = {p.name: p.default for p in cmd.commands["bench"].params}
+    fields = {k: f.get_default(call_default_factory=True) for k, f in BenchConfig.model_fields.items()}
+    for flag, field in [("dtype", "dtype"), ("device", "device"), ("model", "model"), ("n_layers", "n_layers"),
+                        ("point_budget", "point_budget_s"), ("max_call_s", "max_call_s")]:
+        assert params[flag] == fields[field], f"--{flag} restates {field}"
+    assert parse_sizes(params["long_lens"]) == fields["long_lens"]
+    assert parse_size(params["fill_chunk"]) == fields["fill_chunk"]
+    assert params["mode"].split(",") == fields["modes"]

@@ -9,8 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zoo.bench.config import MODES, human_size
+from zoo.bench.config import MODES, BenchConfig, human_size
 from zoo.errors import ZooError, invalid
+
+BENCH = BenchConfig.model_fields  # the flags' defaults: one source, the config they fill
+LONG_LENS = ",".join(map(human_size, BENCH["long_lens"].get_default(call_default_factory=True)))
+MODES_ALL = ",".join(BENCH["modes"].get_default(call_default_factory=True))
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -146,25 +150,27 @@ def register(app: typer.Typer) -> None:
         long: bool = typer.Option(None, "--long/--no-long",
                                   help="add --long-lens for linear mixers, fwd and decode "
                                        "(default: on when --seq-lens reach 1m)"),
-        long_lens: str = typer.Option("1m", "--long-lens", help="the long lengths"),
+        long_lens: str = typer.Option(LONG_LENS, "--long-lens", help="the long lengths"),
         tokens_per_batch: str = typer.Option(None, "--tokens-per-batch", help="batch = tokens // L (at least 1; "
                                              "default 128k on GPU, 8k on CPU)"),
         d_model: int = typer.Option(None, "--d-model", help="layer width (default 1024 on GPU, 256 on CPU)"),
-        mode: str = typer.Option("fwd,fwdbwd,decode", "--mode", "--modes", help="any of fwd, fwdbwd, decode"),
-        dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32"),
-        device: str = typer.Option("auto", "--device", help="auto, cuda or cpu"),
+        mode: str = typer.Option(MODES_ALL, "--mode", "--modes", help="any of fwd, fwdbwd, decode"),
+        dtype: str = typer.Option(BENCH["dtype"].default, "--dtype", help="bf16, fp16 or fp32"),
+        device: str = typer.Option(BENCH["device"].default, "--device", help="auto, cuda or cpu"),
         peers: str = typer.Option("all", "--peers", help="all, none, or comma-separated peer names"),
-        model: bool = typer.Option(False, "--model", help="also time a whole ZooLM per mixer"),
-        n_layers: int = typer.Option(2, "--n-layers", help="layers of the --model targets"),
+        model: bool = typer.Option(BENCH["model"].default, "--model", help="also time a whole ZooLM per mixer"),
+        n_layers: int = typer.Option(BENCH["n_layers"].default, "--n-layers", help="layers of the --model targets"),
         warmup: int = typer.Option(None, "--warmup", help="warm-up calls (default 2 on GPU, 1 on CPU)"),
         reps: int = typer.Option(None, "--reps", help="timed calls at most (default 20 on GPU, 3 on CPU)"),
-        point_budget: float = typer.Option(0.5, "--point-budget", help="seconds of timing per point (>= 3 calls)"),
-        max_call_s: float = typer.Option(10.0, "--max-call-s",
+        point_budget: float = typer.Option(BENCH["point_budget_s"].default, "--point-budget",
+                                           help="seconds of timing per point (>= 3 calls)"),
+        max_call_s: float = typer.Option(BENCH["max_call_s"].default, "--max-call-s",
                                          help="skip longer lengths predicted slower than this per call"),
         budget_s: float = typer.Option(None, "--budget-s",
                                        help="wall-clock budget: each mixer and its peers get a share; "
                                             "points past it are rows marked skipped"),
-        fill_chunk: str = typer.Option("8k", "--fill-chunk", help="tokens per chunk when filling decode caches"),
+        fill_chunk: str = typer.Option(human_size(BENCH["fill_chunk"].default), "--fill-chunk",
+                                       help="tokens per chunk when filling decode caches"),
         json_out: Path = typer.Option(None, "--json", help="also write every row and the ceilings to this file"),
         root: Path = typer.Option(None, "--root", help="results store root (default $ZOO_ROOT or ./zoo-runs)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
