@@ -220,6 +220,14 @@ def test_example_evaluator_runs_from_a_spec_into_the_store(example_site, tmp_pat
             assert all(r["accuracy"] is None if r["tokens"] == 0 else 0 <= r["accuracy"] <= 1 for r in rows)
         again = run_experiment(spec, store)
         assert [o.evals for o in again] == [{"position-accuracy": "cached"}] * 2
+        # the report has no figure for a plugin's evaluator: its rows go to data/, named in the summary
+        from zoo.experiment.record import recorded
+        from zoo.report import build_report
+
+        built = build_report(recorded(spec, store), root=store.root, out=tmp_path / "rep", pdf=False)
+        lines = (tmp_path / "rep" / "data" / "eval_position-accuracy.csv").read_text().splitlines()
+        assert len(lines) == 1 + 8 and lines[0].startswith("label,") and "eval_id" in lines[0]
+        assert "position-accuracy: 8 rows in data/eval_position-accuracy.csv" in built.html.read_text()
 
 
 def test_broken_evaluator_plugin_is_reported_not_raised(example_site, tmp_path):

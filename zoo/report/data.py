@@ -138,6 +138,7 @@ class ReportData:
     hashhop_variants: list[tuple[str, HashHopCell]] = field(default_factory=list)  # evaluation-time RoPE scalings
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
     companions: dict[str, list[Run]] = field(default_factory=dict)  # companion experiment -> its runs
+    other_evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # plugin evaluator -> its rows
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)
     store_root: str | None = None

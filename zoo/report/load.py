@@ -22,6 +22,7 @@ from zoo.store import Store
 
 STATE_LENGTHS = (8192, 2**20)
 DRAWN_KINDS = ("train", "hf")  # trained mixers, and pretrained models evaluated beside them
+DRAWN_RESULTS = ("hashhop", "ppl", "bench", "ceiling")  # result kinds the report draws; others go to data/
 
 
 def open_store(root: str | Path | None) -> Store:
@@ -378,6 +379,11 @@ def load(store: Store, experiment: dict | None = None, run_ids: list[str] | None
     hashhop = sorted((c for v, c in cells if v is None), key=lambda c: (c.run_id, c.point, c.hops, c.cot))
     hh_variants = sorted(((v, c) for v, c in cells if v is not None),
                          key=lambda vc: (vc[0], vc[1].run_id, vc[1].point, vc[1].hops, vc[1].cot))
+    other: dict[str, list[dict]] = {}  # rows of evaluators the report has no figure for (plugins)
+    for rid in sorted(ids):
+        for r in store.results(rid):
+            if r["kind"] not in DRAWN_RESULTS and (own is None or r.get("eval_id") == own.get(r["kind"])):
+                other.setdefault(r["kind"], []).append(r)
     ppl_rows = [r for r in rows_of("ppl") if r.get("scope", "all") == "all"]
     ppl_rows = _dedupe(ppl_rows, lambda r: (r["run_id"], r.get("length"), ppl_variant(r)))
     ppl = sorted((to_ppl(r) for r in ppl_rows if ppl_variant(r) is None), key=lambda p: (p.run_id, p.length))
@@ -419,5 +425,6 @@ def load(store: Store, experiment: dict | None = None, run_ids: list[str] | None
     companions = {name: companion_runs(store, name) for name in (spec or {}).get("companions") or []}
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,
                       ppl_variants=variants, hashhop_variants=hh_variants, spec=spec, companions=companions,
+                      other_evals=other,
                       spec_path=str(spec_path) if spec_path else None,
                       source=source, store_root=str(store.root))

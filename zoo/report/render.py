@@ -156,6 +156,9 @@ def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
                       "; ".join(parts) + " (elapsed: runs packed side by side count once)"))
     if data.ceilings:
         facts.append(("device ceilings", ceiling_facts(data)))
+    if data.other_evals:
+        facts.append(("other evaluations", "; ".join(f"{kind}: {len(rows)} rows in data/{other_eval_table(kind)}.csv"
+                                                     for kind, rows in data.other_evals.items())))
     facts.append(("source", data.source))
     return facts
 
@@ -290,7 +293,14 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
     for f in figs:
         if f.side is not None:
             t[f.side.id.replace("-", "_")] = f.side.csv_rows()
+    for kind, rows in data.other_evals.items():  # plugin evaluators: their rows as stored, with the run's label
+        t[other_eval_table(kind)] = [{"label": labels.get(r.get("run_id")), **r} for r in rows]
     return {k: _tidy(v) for k, v in t.items()}
+
+
+def other_eval_table(kind: str) -> str:
+    """The data file of an evaluator the report has no figure for: eval_KIND, in file-safe letters."""
+    return "eval_" + re.sub(r"[^a-z0-9_-]", "_", kind.lower())[:48]
 
 
 def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], bool]:
