@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from zoo.bench.config import MODES, BenchConfig, human_size
+from zoo.cli.plugins import broken_table, conformance_table
 from zoo.errors import ZooError, invalid
 
 BENCH = BenchConfig.model_fields  # the flags' defaults: one source, the config they fill
@@ -128,15 +129,6 @@ def peers_table(device) -> Table:
     return t
 
 
-def broken_table(broken: list[dict[str, str]]) -> Table:
-    bt = Table(title="broken bench peer plugins (not loaded)", title_style="bold red")
-    for col in ("entry point", "package", "error"):
-        bt.add_column(col)
-    for b in broken:
-        bt.add_row(escape(b["name"]), escape(b["package"]), escape(b["error"]))
-    return bt
-
-
 def register(app: typer.Typer) -> None:
     from zoo.cli import console
 
@@ -189,8 +181,7 @@ def register(app: typer.Typer) -> None:
 
         if list_peers:
             console.print(peers_table(resolve_device(device)))
-            if PEERS.broken_plugins():
-                console.print(broken_table(PEERS.broken_plugins()))
+            broken_table(PEERS)
             return
         modes = _names(mode) or []
         bad = [m for m in modes if m not in ("fwd", "fwdbwd", "decode")]
@@ -236,15 +227,4 @@ def register(app: typer.Typer) -> None:
         to), declares the shapes it cannot run in one line, and the bench times it."""
         from zoo.bench import conformance
 
-        results = conformance.run_all(name, device)
-        t = Table(title=f"conformance of bench peer {name}")
-        t.add_column("check")
-        t.add_column("result")
-        for k, (outcome, detail) in results.items():
-            text = {"pass": "[green]pass[/]", "n/a": "[dim]n/a[/]", "fail": "[red]FAIL[/]"}[outcome]
-            t.add_row(k, text + (f" {escape(detail)}" if detail else ""))
-        console.print(t)
-        failed = [k for k, (outcome, _) in results.items() if outcome == "fail"]
-        if failed:
-            raise ZooError(f"bench peer '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
-                           "see the table above")
+        conformance_table(f"bench peer '{name}'", conformance.run_all(name, device))

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from zoo import registry
-from zoo.errors import ZooError
+from zoo.cli.plugins import conformance_table
 from zoo.mixer import no_decay_names
 from zoo.report import fmt
 
@@ -101,14 +101,4 @@ def register(app: typer.Typer) -> None:
         from zoo import conformance
 
         spec = registry.get_spec(name)
-        results = conformance.run_all(spec)
-        t = Table(title=f"conformance of {name}")
-        t.add_column("check")
-        t.add_column("result")
-        for k, v in results.items():
-            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {escape(str(v))}")
-        console.print(t)
-        failed = [k for k, v in results.items() if v is not None]
-        if failed:
-            raise ZooError(f"mixer '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
-                           "see the table above")
+        conformance_table(f"mixer '{name}'", conformance.run_all(spec))

@@ -1,4 +1,5 @@
-"""`zoo new-plugin KIND NAME`, and the broken-plugins table every listing shares."""
+"""`zoo new-plugin KIND NAME`, and what every kind's commands share: the broken-plugins table and
+the conformance table with its truthful exit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from rich.table import Table
 from zoo.plugins import PluginRegistry
 
 # the command that checks a scaffolded plugin of each kind against its contract
-CHECK_COMMANDS = {"mixer": "zoo check", "task": "zoo check-task"}
+CHECK_COMMANDS = {"mixer": "zoo check", "task": "zoo check-task", "evaluator": "zoo check-evaluator"}
+OUTCOMES = {"pass": "[green]pass[/]", "n/a": "[dim]n/a[/]", "fail": "[red]FAIL[/]"}
 
 
 def broken_table(*registries: PluginRegistry) -> None:
@@ -27,6 +29,26 @@ def broken_table(*registries: PluginRegistry) -> None:
     for kind, b in rows:
         t.add_row(kind, escape(b["name"]), escape(b["package"]), escape(b["error"]))
     console.print(t)
+
+
+def conformance_table(what: str, results: dict[str, object]) -> None:
+    """Print one plugin's conformance checks; a ZooError (exit 2) naming the failed ones. A result
+    is None (pass), an error message (fail), or an (outcome, detail) pair (pass, n/a or fail)."""
+    from zoo.cli import console
+    from zoo.errors import ZooError
+
+    t = Table(title=f"conformance of {what}")
+    t.add_column("check")
+    t.add_column("result")
+    failed = []
+    for check, result in results.items():
+        outcome, detail = result if isinstance(result, tuple) else ("pass" if result is None else "fail", result)
+        t.add_row(check, OUTCOMES[outcome] + (f" {escape(str(detail))}" if detail else ""))
+        if outcome == "fail":
+            failed.append(check)
+    console.print(t)
+    if failed:
+        raise ZooError(f"{what} fails {len(failed)} conformance checks: {', '.join(failed)}", "see the table above")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zoo.errors import ZooError
+from zoo.cli.plugins import conformance_table
 
 
 def _chance(cls) -> str:
@@ -43,14 +43,4 @@ def register(app: typer.Typer) -> None:
         from zoo.tasks import conformance
         from zoo.tasks.base import TASKS
 
-        results = conformance.run_all(TASKS.get(name))
-        t = Table(title=f"conformance of task {name}")
-        t.add_column("check")
-        t.add_column("result")
-        for k, v in results.items():
-            t.add_row(k, "[green]pass[/]" if v is None else f"[red]FAIL[/] {escape(str(v))}")
-        console.print(t)
-        failed = [k for k, v in results.items() if v is not None]
-        if failed:
-            raise ZooError(f"task '{name}' fails {len(failed)} conformance checks: {', '.join(failed)}",
-                           "see the table above")
+        conformance_table(f"task '{name}'", conformance.run_all(TASKS.get(name)))
