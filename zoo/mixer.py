@@ -67,6 +67,17 @@ class Capabilities:
     max_length: int | None = None
 
 
+
+def nested_tensors(v: Any) -> list[torch.Tensor]:
+    """Every tensor inside `v`, through lists, tuples and dicts (a cache's state, however nested)."""
+    if isinstance(v, torch.Tensor):
+        return [v]
+    if isinstance(v, (list, tuple)):
+        return [t for u in v for t in nested_tensors(u)]
+    if isinstance(v, dict):
+        return [t for u in v.values() for t in nested_tensors(u)]
+    return []
+
 class Cache:
     """Inference state of one mixer: tensors (or lists of tensors) as attributes.
 
@@ -80,21 +91,7 @@ class Cache:
             setattr(self, k, v)
 
     def tensors(self) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
-
-        def walk(v: Any) -> None:
-            if isinstance(v, torch.Tensor):
-                out.append(v)
-            elif isinstance(v, (list, tuple)):
-                for u in v:
-                    walk(u)
-            elif isinstance(v, dict):
-                for u in v.values():
-                    walk(u)
-
-        for v in vars(self).values():
-            walk(v)
-        return out
+        return nested_tensors(list(vars(self).values()))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

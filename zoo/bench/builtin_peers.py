@@ -16,6 +16,7 @@ from torch import nn
 from zoo import env
 from zoo.bench.peers import Peer, register_peer
 from zoo.kernels import flex
+from zoo.mixer import nested_tensors
 from zoo.positional import alibi_slopes, t5_bucket
 
 # -- availability ----------------------------------------------------------------------------
@@ -354,22 +355,7 @@ class FlaPeer(nn.Module):
         return self.layer(x1, past_key_values=state, use_cache=True)[0]
 
     def state_nbytes(self, state):
-        total = 0
-
-        def walk(v: Any) -> None:
-            nonlocal total
-            if isinstance(v, torch.Tensor):
-                total += v.numel() * v.element_size()
-            elif isinstance(v, (list, tuple)):
-                for u in v:
-                    walk(u)
-            elif isinstance(v, dict):
-                for u in v.values():
-                    walk(u)
-
-        for i in range(len(state)):
-            walk(state[i])
-        return total
+        return sum(t.numel() * t.element_size() for i in range(len(state)) for t in nested_tensors(state[i]))
 
 
 def _flex_make(variant: str) -> Callable[[nn.Module, torch.device, torch.dtype], nn.Module]:
