@@ -41,9 +41,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from zoo.errors import ZooError
-from zoo.experiment.record import enlist
-from zoo.experiment.spec import ExperimentSpec, PlannedRun, parse_spec, plan
-from zoo.experiment.sweep import Outcome, evals_done, run_experiment, select_runs
+from zoo.experiment.spec import ExperimentSpec, PlannedRun, parse_spec
+from zoo.experiment.sweep import Outcome, admit, evals_done, run_experiment
 from zoo.progress import clock, plain_interval
 from zoo.store import SCHEMA, Store
 
@@ -169,10 +168,7 @@ def run_local(spec: ExperimentSpec, store: Store, slots: list[str | None] | list
     start-up (imports, CUDA, data) once; each run's output goes to `<run_dir>/worker.log`.
     A worker that dies costs only its current run (left resumable) and is replaced. Returns
     outcomes in plan order."""
-    planned = plan(spec)
-    enlist(spec, store, planned)
-    runs = select_runs(spec, shard, only, planned=planned)
-    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
+    runs = admit(spec, store, shard, only)
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"{len(runs)} runs: {len(todo)} to train or evaluate on {len(slots)} worker(s), "
@@ -496,10 +492,7 @@ def run_ray(spec: ExperimentSpec, store: Store, address: str | None = None, cons
     except ImportError:
         raise ZooError("--launcher ray needs the ray package", "pip install 'mixer-zoo[dist]' (or: pip install ray)"
                        ) from None
-    planned = plan(spec)
-    enlist(spec, store, planned)
-    runs = select_runs(spec, shard, only, planned=planned)
-    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
+    runs = admit(spec, store, shard, only)
     todo, outcomes = split_todo(spec, store, runs, retry_failed)
     say = console.print if console is not None else (lambda *a, **k: None)
     started_here = not ray.is_initialized()

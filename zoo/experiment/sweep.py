@@ -140,6 +140,17 @@ def select_runs(spec: ExperimentSpec, shard: str | None = None, only: list[str] 
     return runs
 
 
+def admit(spec: ExperimentSpec, store: Store, shard: str | None = None, only: list[str] | None = None,
+          run_ids: list[str] | None = None) -> list[PlannedRun]:
+    """Plan the spec, record the experiment and the runs this process takes in the store (every
+    driver does this first, so a report finds them), and return those runs."""
+    planned = plan(spec)
+    enlist(spec, store, planned)
+    runs = select_runs(spec, shard, only, run_ids, planned)
+    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
+    return runs
+
+
 def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: bool = False,
                    retry_failed: bool = False, shard: str | None = None, device: str | None = None,
                    only: list[str] | None = None, run_ids: list[str] | None = None,
@@ -150,10 +161,7 @@ def run_experiment(spec: ExperimentSpec, store: Store, console=None, progress: b
     if bad := set(train_overrides or {}) - NON_ID_FIELDS:
         raise ZooError(f"train settings {sorted(bad)} change what a run learns; they cannot be overridden here",
                        f"allowed: {', '.join(sorted(NON_ID_FIELDS))}")
-    planned = plan(spec)
-    enlist(spec, store, planned)
-    runs = select_runs(spec, shard, only, run_ids, planned)
-    store.add_members(spec.name, [(p.run_id, p.label, "train") for p in runs])
+    runs = admit(spec, store, shard, only, run_ids)
     outcomes: list[Outcome] = []
     for i, p in enumerate(runs, 1):
         if device:
