@@ -4,7 +4,6 @@ conformant, and run from an experiment file into the store."""
 
 from __future__ import annotations
 
-import importlib
 import random
 import shutil
 import sys
@@ -18,12 +17,10 @@ from zoo.errors import ZooError
 from zoo.eval import conformance
 from zoo.eval.base import EVALUATORS, Evaluator, get_evaluator, schema_errors
 from zoo.experiment.spec import eval_id, eval_settings, load_spec, parse_spec
-from zoo.plugins import REGISTRIES
-from zoo.plugins import registry as plugin_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from test_plugins import EXAMPLE, pip_install, zoo_cli  # noqa: E402
+from test_plugins import EXAMPLE, on_path, pip_install, zoo_cli  # noqa: E402
 
 # eval ids of the committed experiment files: rows already stored under them must stay found
 PINNED = {
@@ -154,29 +151,6 @@ def test_cli_lists_and_checks_builtins():
 
 
 # -- the example plugin's evaluator --------------------------------------------------------------
-
-class on_path:
-    """Put an install target on sys.path and rediscover mixers and evaluators; undo on exit."""
-
-    def __init__(self, site: Path, modules: tuple[str, ...]):
-        self.site, self.modules = str(site), modules
-
-    def _reset(self):
-        importlib.invalidate_caches()
-        for kind in REGISTRIES:  # a plugin package may register any kind
-            plugin_registry(kind).reset()
-
-    def __enter__(self):
-        sys.path.insert(0, self.site)
-        self._reset()
-        return self
-
-    def __exit__(self, *exc):
-        sys.path.remove(self.site)
-        for m in [m for m in sys.modules if m.split(".")[0] in self.modules]:
-            del sys.modules[m]
-        self._reset()
-
 
 @pytest.fixture(scope="module")
 def example_site(tmp_path_factory) -> Path:

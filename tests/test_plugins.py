@@ -60,8 +60,8 @@ class on_path:
 
     def __exit__(self, *exc):
         sys.path.remove(self.site)
-        for m in self.modules:
-            sys.modules.pop(m, None)
+        for m in [m for m in sys.modules if m.split(".")[0] in self.modules]:  # submodules too
+            del sys.modules[m]
         importlib.invalidate_caches()
         reset_all()
 
