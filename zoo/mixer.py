@@ -113,6 +113,10 @@ class Mixer(nn.Module):
     # forward, so a layer can hand tensors to later layers (RWKV-7's value residual).
     # Called on its own, such a mixer gets `shared=None`.
     uses_shared: ClassVar[bool] = False
+    # True (an instance may set it): the mixer has a training signal that reads the batch's
+    # `sources` (zoo.tasks.base.Batch), which the trainer then passes as
+    # `ZooLM.forward(tokens, sources=...)`; it arrives in `shared["sources"]` (set uses_shared too).
+    wants_sources: bool = False
 
     def __init__(self, d_model: int, config: MixerConfig | None = None, layer_idx: int = 0):
         super().__init__()
