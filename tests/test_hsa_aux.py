@@ -227,6 +227,24 @@ def test_a_run_with_the_aux_loss_compiles(tmp_path, monkeypatch):
                                rtol=1e-4, atol=1e-5)
 
 
+def test_the_new_fields_stay_out_of_run_ids_at_their_defaults():
+    """Runs stored before the switches existed keep their ids (and so their checkpoints)."""
+    plain = _run(weight=0.0)
+    hsa = plain.model.mixer_config["hsa"]
+    explicit = plain.model_copy(update={"model": plain.model.model_copy(update={"mixer_config": {
+        **plain.model.mixer_config, "hsa": {**hsa, "encoder_rope": True, "retrieval_loss": 0.0}}})})
+    old = {k: v for k, v in hsa.items() if k != "retrieval_loss"}
+    before = plain.model_copy(update={"model": plain.model.model_copy(update={"mixer_config": {
+        **plain.model.mixer_config, "hsa": old}})})
+    assert plain.run_id() == explicit.run_id() == before.run_id()
+    assert "retrieval_loss" not in plain.identity()["model"]["mixer_config"]["hsa"]
+    assert "encoder_rope" not in plain.identity()["model"]["mixer_config"]["hsa"]
+    assert _run(weight=0.5).run_id() != plain.run_id()
+    no_rope = {**hsa, "encoder_rope": False}
+    assert plain.model_copy(update={"model": plain.model.model_copy(update={"mixer_config": {
+        **plain.model.mixer_config, "hsa": no_rope}})}).run_id() != plain.run_id()
+
+
 def test_a_task_without_answer_sources_is_refused(tmp_path):
     with pytest.raises(ZooError, match="retrieval_loss needs a task that provides answer sources") as e:
         tr.train(_run(task="mqar"), Store(tmp_path))

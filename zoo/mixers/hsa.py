@@ -102,11 +102,14 @@ class HSAConfig(MixerConfig):
         "softmax", description="weights of the retrieved chunks: softmax of the scores, or stick-breaking (RAMba)"
     )
     rope_base: float = Field(10000.0, gt=1.0, description="RoPE base of the window branch and the chunk encoder")
+    # added after HSA runs were stored: at their defaults they stay out of run ids (identity_dump)
     encoder_rope: bool = Field(True, description="RoPE inside the chunk encoder; False = the paper's encoder, "
-                               "no positional encoding (the landmark sees its chunk as a set)")
+                               "no positional encoding (the landmark sees its chunk as a set)",
+                               json_schema_extra={"id_when_set": True})
     retrieval_loss: float = Field(0.0, ge=0.0, le=100.0, description="weight of the auxiliary retrieval loss with "
                                   "in-batch negatives (0 = off); uses task supervision the paper does not (which "
-                                  "chunk holds the answer): needs a task with answer sources (hashhop)")
+                                  "chunk holds the answer): needs a task with answer sources (hashhop)",
+                                  json_schema_extra={"id_when_set": True})
 
     @model_validator(mode="after")
     def _shapes(self) -> HSAConfig:

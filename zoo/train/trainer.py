@@ -745,8 +745,7 @@ def sources_wanted_by(model: ModelConfig) -> str | None:
     from zoo.registry import get_spec
 
     for name in dict.fromkeys(model.layers):
-        fields = get_spec(name).config_cls.model_fields
-        if "retrieval_loss" in fields and (model.mixer_config.get(name) or {}).get("retrieval_loss", 0) > 0:
+        if getattr(get_spec(name).make_config(model.mixer_config.get(name)), "retrieval_loss", 0) > 0:
             return f"{name}.retrieval_loss"
     return None
 
