@@ -87,6 +87,18 @@ def test_aux_loss_equals_a_brute_force_over_answer_positions_and_candidates():
     torch.testing.assert_close(aux_of(m, x, src2), brute_force(m, x, src2), rtol=1e-5, atol=1e-6)
 
 
+def test_scores_stay_fp32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(2)
+    qr, lmk = torch.randn(2, 64, 1, 16, generator=g), torch.randn(2, 4, 1, 16, generator=g)
+    src = torch.full((2, 64), -1, dtype=torch.long)
+    src[0, 60], src[1, 50] = 3, 20
+    want = retrieval_aux_loss(qr, lmk, src, S)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = retrieval_aux_loss(qr, lmk, src, S)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_no_qualifying_position_gives_zero_with_a_graph():
     m = build(retrieval_loss=1.0)
     x = x_of(80).requires_grad_()

@@ -5,7 +5,10 @@
 
 A mixer may replace its block's SwiGLU with its own channel mixer (`Mixer.make_mlp`, e.g.
 RWKV-7's squared-ReLU channel-mix); a stateful one gets a cache entry of its own. Mixers with
-`uses_shared` see a dict that lives for one forward (RWKV-7's first-layer values).
+`uses_shared` see a dict that lives for one forward (RWKV-7's first-layer values). A mixer
+with an auxiliary training signal on the batch's answer sources (`wants_sources`, HSA's
+`retrieval_loss`) reads them there when the trainer calls `forward(tokens, sources=...)`,
+which then returns `(logits, aux)`.
 
 `layers` is a pattern of registry names repeated to `n_layers`, so hybrids such as
 ["swa", "swa", "hsa"] are plain configs. Long inputs run chunk by chunk through the

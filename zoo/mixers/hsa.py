@@ -178,7 +178,8 @@ def retrieval_aux_loss(qr: torch.Tensor, lmk: torch.Tensor, sources: torch.Tenso
         return (qr.sum() + lmk.sum()).float() * 0.0
     q = qr[b, p].float()  # [N, Hkv, Dr]
     keys = lmk.float().reshape(B * C, Hkv, Dr)
-    s = torch.einsum("nhd,mhd->nmh", q, keys) * Dr**-0.5  # [N, B * C, Hkv]
+    with torch.autocast(qr.device.type, enabled=False):  # fp32 scores under the trainer's bf16 autocast
+        s = torch.einsum("nhd,mhd->nmh", q, keys) * Dr**-0.5  # [N, B * C, Hkv]
     m = torch.arange(B * C, device=qr.device)
     hidden = (m[None] // C == b[:, None]) & ((m[None] % C + 1) * S > p[:, None])  # row b's chunks not visible from p
     s = s.masked_fill(hidden[:, :, None], float("-inf"))

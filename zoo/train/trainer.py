@@ -10,7 +10,10 @@ or WSD (warmup-stable-decay, Hu et al. 2024, MiniCPM, arXiv:2404.06395) to
 so a run killed at any moment resumes exactly from its last checkpoint.
 
 The batches are built ahead (`zoo.train.data`: a thread, or worker processes on GPU) and the
-forward and loss run as one function (compiled together with `train.compile`). On CUDA the
+forward and loss run as one function (compiled together with `train.compile`). When a mixer
+wants the batch's answer sources (HSA's `retrieval_loss`), the function also takes them and
+adds the model's auxiliary loss to the LM loss; `loss` stays the LM loss and each auxiliary
+term is logged under its own name (`retrieval_loss`); other runs pass nothing more. On CUDA the
 host reads the loss and gradient norm only at log, evaluation and checkpoint steps, so
 the GPU never waits for it in between.
 
