@@ -95,11 +95,40 @@ def test_a_pure_function_of_seed_split_step_and_row():
     a = task.batch(7, 4, 800, "train", seed=2)
     again = get_task("hashhop", SETTINGS).batch(7, 4, 800, "train", seed=2)
     assert torch.equal(a.tokens, again.tokens) and torch.equal(a.targets, again.targets)
+    assert torch.equal(a.sources, again.sources)
     wide = task.batch(7, 6, 800, "train", seed=2)  # row r does not depend on the batch size
     assert torch.equal(wide.tokens[:4], a.tokens)
     for other in (task.batch(8, 4, 800, "train", seed=2), task.batch(7, 4, 800, "eval", seed=2),
                   task.batch(7, 4, 800, "train", seed=3)):
         assert not torch.equal(other.tokens, a.tokens)
+
+
+@pytest.mark.parametrize("hops", [1, 2, 3])
+def test_sources_point_at_the_prompt_token_each_answer_copies(hops):
+    """targets[b, t] is the token after tokens[b, :t + 1]; sources[b, t] is the prompt position
+    holding that same character: inside the chain's quoted last-hop line, before t."""
+    task = get_task("hashhop", {"hops": [hops], "cot_prob": 0.0, "long_frac": 0.5, "min_chars": 100})
+    for step in range(4):
+        b = task.batch(step, 4, 600, "train", seed=1)
+        answer = b.targets != IGNORE
+        assert torch.equal(b.sources >= 0, answer)  # every answer character, and nothing else
+        rows, cols = answer.nonzero(as_tuple=True)
+        src = b.sources[rows, cols]
+        assert (src < cols).all() and (src >= 1).all()
+        assert torch.equal(b.tokens[rows, src], b.targets[rows, cols])
+        for r in range(4):  # a source lies in the prompt, inside a quoted value (or on its closing quote)
+            text = decode(b.tokens[r][b.tokens[r] != PAD][1:])
+            prompt_end = text.index("\nCOMPLETION:") + 1
+            for t in b.sources[r][b.sources[r] >= 0].tolist():
+                assert t <= prompt_end
+                line_start = text.rindex("\n", 0, t - 1) + 1 if "\n" in text[:t - 1] else 0
+                assert "'" in text[line_start:t]  # after the opening quote of its line
+
+
+def test_sources_are_unset_with_chain_of_thought():
+    task = get_task("hashhop", {"hops": [2], "cot_prob": 1.0})
+    b = task.batch(0, 3, 512)
+    assert (b.targets != IGNORE).any() and (b.sources == -1).all()
 
 
 def test_impossible_hash_counts_fail_loudly():

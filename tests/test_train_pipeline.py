@@ -29,6 +29,7 @@ def test_prefetched_batches_equal_batches_built_on_the_spot(workers):
         for k in ks[:4]:
             got, want = loader.get(k), build(task, k)
             assert torch.equal(got.tokens, want.tokens) and torch.equal(got.targets, want.targets)
+            assert got.sources is not None and torch.equal(got.sources, want.sources)  # the answers' sources travel too
         # a key that was not foreseen (the loop went elsewhere): built here, the queue starts over
         odd = BatchKey(99, 3, 80, "train", 5)
         assert torch.equal(loader.get(odd).tokens, build(task, odd).tokens)

@@ -41,6 +41,17 @@ class MixerConfig(BaseModel):
 
     backend: str = "auto"
 
+    def identity_dump(self) -> dict[str, Any]:
+        """`model_dump()` for a run's identity: a field marked `json_schema_extra={"id_when_set":
+        True}` (one added after runs were stored) is left out while at its default, so the ids
+        of runs from before it stay valid (a left-out field reads back as its default)."""
+        out = self.model_dump()
+        for name, f in type(self).model_fields.items():
+            if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("id_when_set") \
+                    and out[name] == f.default:
+                del out[name]
+        return out
+
 
 def _always(device: torch.device) -> str | None:
     return None
@@ -113,6 +124,10 @@ class Mixer(nn.Module):
     # forward, so a layer can hand tensors to later layers (RWKV-7's value residual).
     # Called on its own, such a mixer gets `shared=None`.
     uses_shared: ClassVar[bool] = False
+    # True (an instance may set it): the mixer has a training signal that reads the batch's
+    # `sources` (zoo.tasks.base.Batch), which the trainer then passes as
+    # `ZooLM.forward(tokens, sources=...)`; it arrives in `shared["sources"]` (set uses_shared too).
+    wants_sources: bool = False
 
     def __init__(self, d_model: int, config: MixerConfig | None = None, layer_idx: int = 0):
         super().__init__()

@@ -5,7 +5,10 @@
 
 A mixer may replace its block's SwiGLU with its own channel mixer (`Mixer.make_mlp`, e.g.
 RWKV-7's squared-ReLU channel-mix); a stateful one gets a cache entry of its own. Mixers with
-`uses_shared` see a dict that lives for one forward (RWKV-7's first-layer values).
+`uses_shared` see a dict that lives for one forward (RWKV-7's first-layer values). A mixer
+with an auxiliary training signal on the batch's answer sources (`wants_sources`, HSA's
+`retrieval_loss`) reads them there when the trainer calls `forward(tokens, sources=...)`,
+which then returns `(logits, aux)`.
 
 `layers` is a pattern of registry names repeated to `n_layers`, so hybrids such as
 ["swa", "swa", "hsa"] are plain configs. Long inputs run chunk by chunk through the
@@ -181,16 +184,33 @@ class ZooLM(nn.Module):
         return ModelCache([m.new_cache(batch, device, dtype) for m in self.mixers],
                           [b.mlp.new_cache(batch, device, dtype) if b.mlp_stateful else None for b in self.blocks])
 
-    def forward(self, tokens: torch.Tensor, cache: list | None = None) -> torch.Tensor:
-        """tokens `[B, L]` (int64) -> logits `[B, L, V]` (float32)."""
+    @property
+    def wants_sources(self) -> bool:
+        """Whether a mixer trains on the batch's answer sources (HSA's `retrieval_loss`)."""
+        return any(m.wants_sources for m in self.mixers)
+
+    def forward(self, tokens: torch.Tensor, cache: list | None = None, sources: torch.Tensor | None = None):
+        """tokens `[B, L]` (int64) -> logits `[B, L, V]` (float32).
+
+        With `sources` (`[B, L]` int64, the batch's, see `zoo.tasks.base.Batch`) -> (logits, aux):
+        the mixers that want them add auxiliary losses; `aux["loss"]` is their weighted sum
+        (each term averaged over the layers that add it, times its weight), to add to the LM
+        loss, and `aux[name]` each term's unweighted layer average, to report."""
         x = self.embed(tokens)
-        shared: dict = {}  # lives for this forward only
+        shared: dict = {} if sources is None else {"sources": sources}  # lives for this forward only
         mlp_caches = getattr(cache, "mlp", None)
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i] if cache is not None else None,
                       mlp_caches[i] if mlp_caches is not None else None, shared)
         x = self.norm(x)
-        return F.linear(x, self.embed.weight).float()
+        logits = F.linear(x, self.embed.weight).float()
+        if sources is None:
+            return logits
+        aux = {"loss": logits.new_zeros(())}
+        for name, terms in shared.get("aux", {}).items():
+            aux[name] = torch.stack([v for v, _ in terms]).mean()
+            aux["loss"] = aux["loss"] + sum(w * v for v, w in terms) / len(terms)
+        return logits, aux
 
     @torch.no_grad()
     def iter_logits(self, tokens: torch.Tensor, chunk_size: int | None = None,

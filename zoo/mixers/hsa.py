@@ -21,6 +21,25 @@ O(number of chunks) to score landmarks plus O(K * S + W) to attend.
 
 Shapes: x `[B, L, D]`; queries `[B, L, H, Dh]`; chunk keys/values `[B, C * S, Hkv, Dh]`;
 landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
+
+Two switches for testing why retrieval degrades past the training length (both default to
+the behaviour and checkpoints before them):
+
+- `encoder_rope` (default True): RoPE inside the chunk encoder. False is the paper's chunk
+  encoder, which has no positional encoding: the landmark is then a function of the chunk's
+  tokens as a set (bidirectional attention without positions is permutation-equivariant, so
+  the CLS output is permutation-invariant).
+- `retrieval_loss` (default 0): the weight of an auxiliary retrieval loss that trains the
+  landmark scores directly (`retrieval_aux_loss`). For each answer position p of row b (where
+  the batch's `sources` says which row position the target copies), the positive is the
+  chunk holding that source; the candidates are row b's chunks visible from p plus every
+  chunk of every other row of the batch (in-batch negatives: B * C competitors instead of
+  the C of one row); the loss is the cross-entropy of the retrieval scores (the scores the
+  top-K selection and the fusion use) against the positive, averaged over KV heads, answer
+  positions and hsa layers. **It uses task supervision (which chunk holds the answer), which
+  the paper does not**: it needs a task that provides `sources` (hashhop), and a report must
+  say when a run used it. It runs in torch (not the Triton kernels), only in a full forward
+  given `sources` (the trainer's), outside torch.compile's graph.
 """
 
 from __future__ import annotations
@@ -83,6 +102,14 @@ class HSAConfig(MixerConfig):
         "softmax", description="weights of the retrieved chunks: softmax of the scores, or stick-breaking (RAMba)"
     )
     rope_base: float = Field(10000.0, gt=1.0, description="RoPE base of the window branch and the chunk encoder")
+    # added after HSA runs were stored: at their defaults they stay out of run ids (identity_dump)
+    encoder_rope: bool = Field(True, description="RoPE inside the chunk encoder; False = the paper's encoder, "
+                               "no positional encoding (the landmark sees its chunk as a set)",
+                               json_schema_extra={"id_when_set": True})
+    retrieval_loss: float = Field(0.0, ge=0.0, le=100.0, description="weight of the auxiliary retrieval loss with "
+                                  "in-batch negatives (0 = off); uses task supervision the paper does not (which "
+                                  "chunk holds the answer): needs a task with answer sources (hashhop)",
+                                  json_schema_extra={"id_when_set": True})
 
     @model_validator(mode="after")
     def _shapes(self) -> HSAConfig:
@@ -95,7 +122,8 @@ class HSAConfig(MixerConfig):
 
 class ChunkEncoderLayer(nn.Module):
     """Pre-norm bidirectional transformer layer over one chunk and its CLS token (RoPE inside
-    the chunk only, so it never sees absolute positions)."""
+    the chunk only, so it never sees absolute positions; no rotation when cos/sin are None,
+    the paper's encoder)."""
 
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -107,11 +135,12 @@ class ChunkEncoderLayer(nn.Module):
         self.w_up = nn.Linear(d, 2 * d, bias=False)
         self.w_down = nn.Linear(2 * d, d, bias=False)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         """h `[N, S + 1, D]` -> same."""
         N, T, d = h.shape
         q, k, v = self.wqkv(self.norm1(h)).view(N, T, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         a = F.scaled_dot_product_attention(q, k, v)  # no mask: bidirectional within the chunk
         h = h + self.wo(a.transpose(1, 2).reshape(N, T, d))
         u = self.norm2(h)
@@ -123,6 +152,39 @@ def visible_chunks(pos: torch.Tensor, n_chunks: int, chunk_size: int) -> torch.T
     it, (c + 1) * S <= pos; its own open chunk and every later chunk stay hidden."""
     c = torch.arange(n_chunks, device=pos.device)
     return (c[None, :] + 1) * chunk_size <= pos[:, None]
+
+
+@torch.compiler.disable  # the answer positions are data-dependent: eager, not a recompile per count
+def retrieval_aux_loss(qr: torch.Tensor, lmk: torch.Tensor, sources: torch.Tensor,
+                       chunk_size: int) -> torch.Tensor:
+    """The auxiliary retrieval loss with in-batch negatives (fp32 scalar; 0 with a graph to the
+    inputs when no answer position qualifies).
+
+    qr `[B, L, Hkv, Dr]` retrieval queries of a full forward (token t at position t), lmk
+    `[B, C, Hkv, Dr]` landmarks of the complete chunks, sources `[B, L]` int64 (the row
+    position of the token that targets[:, t] copies, -1 where none). Answer positions p are
+    those whose source lies in a chunk visible from p (`visible_chunks`); the others are
+    skipped. For each of the N such (b, p) and each KV head, scores against all B * C
+    landmarks `[N, Hkv, B * C]` (the selection's score, q . lmk / sqrt(Dr)), row b's chunks
+    not visible from p masked out, cross-entropy against chunk sources[b, p] // S of row b;
+    mean over positions and heads."""
+    B, L, Hkv, Dr = qr.shape
+    C, S = lmk.shape[1], chunk_size
+    pos = torch.arange(L, device=qr.device)
+    src_chunk = sources.clamp_min(0) // S
+    ok = (sources >= 0) & ((src_chunk + 1) * S <= pos) & (src_chunk < C)
+    b, p = ok.nonzero(as_tuple=True)
+    if b.numel() == 0:
+        return (qr.sum() + lmk.sum()).float() * 0.0
+    q = qr[b, p].float()  # [N, Hkv, Dr]
+    keys = lmk.float().reshape(B * C, Hkv, Dr)
+    with torch.autocast(qr.device.type, enabled=False):  # fp32 scores under the trainer's bf16 autocast
+        s = torch.einsum("nhd,mhd->nmh", q, keys) * Dr**-0.5  # [N, B * C, Hkv]
+    m = torch.arange(B * C, device=qr.device)
+    hidden = (m[None] // C == b[:, None]) & ((m[None] % C + 1) * S > p[:, None])  # row b's chunks not visible from p
+    s = s.masked_fill(hidden[:, :, None], float("-inf"))
+    target = (b * C + src_chunk[b, p])[:, None].expand(-1, Hkv)  # [N, Hkv]
+    return F.cross_entropy(s, target)
 
 
 def window_attention_reference(q, k, v, window: int) -> torch.Tensor:
@@ -274,7 +336,11 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
     check_length=72,  # 4 complete chunks of 16 and a partial one: top-2 chooses among them
 )
 class HSA(Mixer):
-    """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up."""
+    """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up.
+
+    With `retrieval_loss` > 0 the layer wants the batch's answer sources (`wants_sources`): it
+    then takes ZooLM's `shared` dict, and a full forward given `shared["sources"]` appends its
+    retrieval loss to `shared["aux"]["retrieval_loss"]` as (value, weight)."""
 
     Config = HSAConfig
 
@@ -285,6 +351,7 @@ class HSA(Mixer):
         self.head_dim = c.head_dim or d_model // c.n_heads
         self.retrieval_dim = c.retrieval_dim or self.head_dim
         self.chunk_size, self.top_k, self.window = c.chunk_size, c.top_k, c.window
+        self.wants_sources = self.uses_shared = c.retrieval_loss > 0  # off: called exactly as before
         d, H, Hkv, Dh, Dr = d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
         # sliding-window branch: RoPE, QK-norm
         self.wq_swa = nn.Linear(d, H * Dh, bias=False)
@@ -340,8 +407,10 @@ class HSA(Mixer):
         h = xc.reshape(B * n, S, d)
         if self.encoder is not None:
             h = torch.cat([h, self.cls.to(h.dtype).expand(B * n, 1, d)], 1)  # CLS after the chunk
-            cos, sin = rope_cos_sin(torch.arange(S + 1, device=xc.device),
-                                    rope_inv_freq(d // self.enc_heads, self.config.rope_base, xc.device))
+            cos = sin = None  # encoder_rope False: no positions in the encoder (the paper's)
+            if self.config.encoder_rope:
+                cos, sin = rope_cos_sin(torch.arange(S + 1, device=xc.device),
+                                        rope_inv_freq(d // self.enc_heads, self.config.rope_base, xc.device))
             for layer in self.encoder:
                 h = layer(h, cos, sin)
             h = self.enc_norm(h)
@@ -409,7 +478,8 @@ class HSA(Mixer):
         s = s.masked_fill(~valid, 0.0)
         return torch.exp(s - (F.softplus(s) * valid).cumsum(-1)) * valid
 
-    def _hsa(self, x: torch.Tensor, start: int, cache: Cache | None, backend: str) -> torch.Tensor:
+    def _hsa(self, x: torch.Tensor, start: int, cache: Cache | None, backend: str,
+             shared: dict | None = None) -> torch.Tensor:
         B, L, _ = x.shape
         S, H, Hkv, Dh, Dr = self.chunk_size, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
         # chunks completed inside this call are encoded first; the mask keeps earlier tokens of
@@ -426,6 +496,9 @@ class HSA(Mixer):
             lmk = torch.cat([cache.lmk, lmk], 1)
             cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
         qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
+        if self.wants_sources and shared is not None and shared.get("sources") is not None and cache is None:
+            aux = retrieval_aux_loss(qr, lmk, shared["sources"], S)
+            shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
         if backend == "triton":
@@ -437,14 +510,14 @@ class HSA(Mixer):
         return o.reshape(B, L, H * Dh)
 
     # -- contract ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, shared: dict | None = None) -> torch.Tensor:
         B, L, _ = x.shape
         start = cache.pos if cache is not None else 0
         self.check_length(start + L)
         pos = torch.arange(start, start + L, device=x.device)
         backend = self.select_backend(x)
         o_swa = self._swa(x, pos, cache, fast=backend == "triton")
-        o_hsa = self._hsa(x, start, cache, backend)
+        o_hsa = self._hsa(x, start, cache, backend, shared)
         if cache is not None:
             cache.pos = start + L
         return self.wo(torch.cat([o_swa, o_hsa], -1))

@@ -38,6 +38,10 @@ from zoo.tasks.tokenizer import VOCAB_SIZE
 class Batch:
     tokens: torch.Tensor   # [B, L] int64 inputs
     targets: torch.Tensor  # [B, L] int64 next tokens, IGNORE where no loss is taken
+    # [B, L] int64 or None: the row position of the token that targets[:, t] copies (so
+    # tokens[b, sources[b, t]] == targets[b, t]), -1 where none or unknown. Only tasks that know
+    # it fill it (hashhop); a mixer's auxiliary loss may read it (HSA's `retrieval_loss`).
+    sources: torch.Tensor | None = None
 
     @property
     def n_loss_tokens(self) -> int:

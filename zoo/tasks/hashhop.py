@@ -318,7 +318,9 @@ class HashHopConfig(TaskConfig):
 
 @register_task
 class HashHopTask(Task):
-    """One HashHop sample per row, padded; loss only on answer tokens.
+    """One HashHop sample per row, padded; loss only on answer tokens. Its batches carry
+    `sources` (see `Batch`): where each answer character sits in the prompt, filled for rows
+    without chain of thought (`hashhop_stream.fill_row`).
 
     Knobs (scheduled settings) override config fields per step: `n_chars`, `hops` (an int
     or a list to mix), `cot_prob`, `long_frac`, `queries`.
@@ -404,8 +406,9 @@ class HashHopTask(Task):
         s = self.settings(knobs)
         tokens = np.full((batch_size, seq_len), PAD, dtype=np.int64)
         targets = np.full((batch_size, seq_len), IGNORE, dtype=np.int64)
+        sources = np.full((batch_size, seq_len), -1, dtype=np.int64)
         for row in range(batch_size):
             rng = np.random.default_rng(sample_key(seed, split, step, row))
             hops, cot, chains, q = self.plan(rng, seq_len, s)
-            fill_row(tokens[row], targets[row], rng, chains, q, hops, s["hash_len"], cot, self.stats)
-        return Batch(torch.from_numpy(tokens), torch.from_numpy(targets))
+            fill_row(tokens[row], targets[row], rng, chains, q, hops, s["hash_len"], cot, self.stats, sources[row])
+        return Batch(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(sources))

@@ -73,9 +73,10 @@ def draw_hashes(rng: np.random.Generator, chains: int, hops: int, hash_len: int,
                    "raise hash_len or lower seq_len")
 
 
-def prompt_bytes(hashes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def prompt_bytes(hashes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The shuffled `key = value` lines, each ending in a newline (the prompt and the newline
-    that joins it to the completion): `[C * h * (2L + 4) + 2C]` bytes."""
+    that joins it to the completion): `[C * h * (2L + 4) + 2C]` bytes; and `[C]` the prompt
+    offset of each chain's quoted last-hop value (the answer a query copies)."""
     C, h1, L = hashes.shape
     h = h1 - 1
     W = 2 * L + 6  # key, ' = ', quote, value, quote, newline
@@ -93,7 +94,10 @@ def prompt_bytes(hashes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     width[:, h - 1] = W
     keep = np.arange(W) < width[..., None]  # [C, h, W]
     order = rng.permutation(C * h)
-    return lines.reshape(C * h, W)[order][keep.reshape(C * h, W)[order]]
+    starts = np.zeros(C * h, dtype=np.int64)  # prompt offset of each line, in chain-major order
+    starts[order] = np.concatenate([[0], np.cumsum(width.reshape(-1)[order])[:-1]])
+    value_at = starts.reshape(C, h)[:, h - 1] + L + 4  # after key, ' = ' and the opening quote
+    return lines.reshape(C * h, W)[order][keep.reshape(C * h, W)[order]], value_at
 
 
 def completion_bytes(hashes: np.ndarray, queries: int, cot: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -125,11 +129,19 @@ def completion_bytes(hashes: np.ndarray, queries: int, cot: bool) -> tuple[np.nd
 
 
 def fill_row(tokens: np.ndarray, targets: np.ndarray, rng: np.random.Generator, chains: int, queries: int,
-             hops: int, hash_len: int, cot: bool, stats: StreamStats) -> None:
+             hops: int, hash_len: int, cot: bool, stats: StreamStats, sources: np.ndarray | None = None) -> None:
     """Write one problem into a row: `tokens` = `<bos> text` minus its last token, `targets`
-    the next tokens where the mask says an answer token comes, IGNORE elsewhere."""
+    the next tokens where the mask says an answer token comes, IGNORE elsewhere.
+
+    `sources` (optional, the row's `[L]` int64, -1 where none): at each answer position t of a
+    query without chain of thought, the row position of the prompt token that `targets[t]`
+    copies, so `tokens[sources[t]] == targets[t]`: the characters of the chain's quoted
+    last-hop value and its closing quote (the value appears once in the prompt, at any hop
+    count). Rows with chain of thought stay -1: their answer spells the inner hashes, each of
+    which appears twice (as one line's value and the next line's key). Filling it draws
+    nothing: tokens and targets are the same with or without it."""
     hashes = draw_hashes(rng, chains, hops, hash_len, stats)
-    prompt = prompt_bytes(hashes, rng)
+    prompt, value_at = prompt_bytes(hashes, rng)
     completion, mask = completion_bytes(hashes, queries, cot)
     n = prompt.size + completion.size  # tokens after <bos>; the row holds n of the n + 1
     if n > tokens.size:
@@ -139,3 +151,8 @@ def fill_row(tokens: np.ndarray, targets: np.ndarray, rng: np.random.Generator, 
     tokens[prompt.size + 1:n] = completion[:-1]
     start = prompt.size  # target i is token i + 1: the completion's byte j is target prompt.size + j
     targets[start:n] = np.where(mask, completion.astype(np.int64), IGNORE)
+    if sources is not None and not cot:
+        L, line = hash_len, 2 * hash_len + 6  # completion line: key, ' = ', quote, value, quote, newline
+        head = completion.size - queries * line
+        at = start + head + np.arange(queries)[:, None] * line + L + 4 + np.arange(L + 1)  # [q, L + 1]
+        sources[at] = 1 + value_at[:queries, None] + np.arange(L + 1)  # token i + 1 is prompt byte i

@@ -150,7 +150,7 @@ class RunConfig(BaseModel):
         from zoo.tasks.base import get_task
 
         task = get_task(self.task.name, self.task.config)
-        mixer_config = {name: get_spec(name).make_config(self.model.mixer_config.get(name)).model_dump()
+        mixer_config = {name: get_spec(name).make_config(self.model.mixer_config.get(name)).identity_dump()
                         for name in dict.fromkeys(self.model.layers)}
         model = self.model.model_copy(update={"mixer_config": mixer_config})
         return self.model_copy(update={"model": ModelConfig(**model.model_dump()),

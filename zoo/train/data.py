@@ -54,9 +54,9 @@ def _init_worker(name: str, config: dict[str, Any]) -> None:
     _TASK = get_task(name, config)
 
 
-def _worker_build(key: BatchKey) -> tuple[np.ndarray, np.ndarray]:
+def _worker_build(key: BatchKey) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     b = build(_TASK, key)
-    return b.tokens.numpy(), b.targets.numpy()
+    return b.tokens.numpy(), b.targets.numpy(), None if b.sources is None else b.sources.numpy()
 
 
 class Prefetcher:
@@ -78,12 +78,14 @@ class Prefetcher:
 
     def _stage(self, key: BatchKey, remote: cf.Future | None) -> Batch:
         if remote is not None:
-            tokens, targets = remote.result()
-            b = Batch(torch.from_numpy(tokens), torch.from_numpy(targets))
+            tokens, targets, sources = remote.result()
+            b = Batch(torch.from_numpy(tokens), torch.from_numpy(targets),
+                      None if sources is None else torch.from_numpy(sources))
         else:
             b = build(self.task, key)
         if self.pin:
-            b = Batch(b.tokens.pin_memory(), b.targets.pin_memory())
+            b = Batch(b.tokens.pin_memory(), b.targets.pin_memory(),
+                      None if b.sources is None else b.sources.pin_memory())
         return b
 
     def _fill(self) -> None:

@@ -10,7 +10,10 @@ or WSD (warmup-stable-decay, Hu et al. 2024, MiniCPM, arXiv:2404.06395) to
 so a run killed at any moment resumes exactly from its last checkpoint.
 
 The batches are built ahead (`zoo.train.data`: a thread, or worker processes on GPU) and the
-forward and loss run as one function (compiled together with `train.compile`). On CUDA the
+forward and loss run as one function (compiled together with `train.compile`). When a mixer
+wants the batch's answer sources (HSA's `retrieval_loss`), the function also takes them and
+adds the model's auxiliary loss to the LM loss; `loss` stays the LM loss and each auxiliary
+term is logged under its own name (`retrieval_loss`); other runs pass nothing more. On CUDA the
 host reads the loss and gradient norm only at log, evaluation and checkpoint steps, so
 the GPU never waits for it in between.
 
@@ -345,8 +348,11 @@ class Trainer:
         """Draw one row of the first batch at the first step's length, so that a setting the task cannot
         serve (a HashHop problem longer than seq_len, an MQAR with too many pairs) fails here."""
         task = get_task(self.run.task.name, self.run.task.config)
-        task.batch(0, 1, lengths_at(self.cfg, 0)[0], split="train", seed=self.cfg.seed,
-                   knobs=task_knobs(values_at(self.cfg.schedules, 0)))
+        b = task.batch(0, 1, lengths_at(self.cfg, 0)[0], split="train", seed=self.cfg.seed,
+                       knobs=task_knobs(values_at(self.cfg.schedules, 0)))
+        if b.sources is None and (asks := sources_wanted_by(self.run.model)):
+            raise ZooError(f"{asks} needs a task that provides answer sources, and task '{task.name}' gives none",
+                           "allowed: hashhop; or set it to 0")
 
     def autocast(self):
         if self.precision == "bf16":
@@ -441,7 +447,8 @@ class Trainer:
                 self._repair_metrics(start)
         else:
             torch.manual_seed(cfg.seed + 1)  # the same RNG stream after init whether or not we resumed
-        fwd_loss = self._forward_loss(wrapped)
+        wants_sources = model.wants_sources  # an auxiliary loss on the batch's answer sources (HSA)
+        fwd_loss = self._forward_loss(wrapped, wants_sources)
         peak, peak_src = device_peak_flops(self.device, self.precision, cfg.peak_tflops)
         if peak and self.dist.active:  # MFU of the whole run: all its devices
             peak, peak_src = peak * self.dist.world, f"{self.dist.world} x {peak_src}"
@@ -479,7 +486,7 @@ class Trainer:
                 for g in opt.param_groups:
                     g["lr"] = lr
                 seq_len, frac, short = lengths_at(cfg, step)
-                micro_losses, step_tokens, step_flops = [], 0, 0.0
+                micro_losses, micro_aux, step_tokens, step_flops = [], [], 0, 0.0
                 for micro in range(cfg.grad_accum):
                     key = self._batch_key(step, micro, seq_len, frac, short, values)
                     L = self.cur_len = key.seq_len
@@ -489,12 +496,22 @@ class Trainer:
                     n_loss = batch.n_loss_tokens if self.dist.active else None
                     tokens = self.dist.rows(batch.tokens).to(self.device, non_blocking=True)
                     targets = self.dist.rows(batch.targets).to(self.device, non_blocking=True)
+                    extra = ()
+                    if wants_sources:
+                        if batch.sources is None:
+                            raise ZooError(f"{sources_wanted_by(self.run.model)} needs a task that provides answer "
+                                           f"sources, and task '{task.name}' gave a batch without them",
+                                           "allowed: hashhop; or set it to 0")
+                        extra = (self.dist.rows(batch.sources).to(self.device, non_blocking=True),)
                     with self.dist.no_sync(wrapped, micro == cfg.grad_accum - 1):
-                        ce_sum, count = fwd_loss(tokens, targets)
+                        ce_sum, count, *aux = fwd_loss(tokens, targets, *extra)
                         loss = ce_sum / (max(1, n_loss) if n_loss is not None else count.clamp(min=1))
                         if self.dist.active:
                             loss = loss * self.dist.loss_scale()
-                        (loss / cfg.grad_accum).backward()
+                        total_loss = loss + aux[0]["loss"] if aux else loss  # aux: this rank's mean
+                        (total_loss / cfg.grad_accum).backward()
+                    if aux:
+                        micro_aux.append({k: v.detach().float() for k, v in aux[0].items() if k != "loss"})
                     micro_losses.append(loss.detach().float())
                     step_tokens += batch.tokens.numel()
                     if L not in flops_at:  # the estimate walks every layer: once per length
@@ -507,6 +524,8 @@ class Trainer:
                 tokens_seen += step_tokens
                 row: dict[str, float | None] = {"lr": lr, "tokens": tokens_seen, "seq_len": seq_len}
                 row.update({f"knob/{k}": float(v) for k, v in values.items() if not isinstance(v, list)})
+                for name in micro_aux[0] if micro_aux else ():  # a tensor until `_settle` reads it
+                    row[name] = self.dist.average_tensor(torch.stack([a[name] for a in micro_aux]).mean())
                 if self.defer:  # a non-finite step changes nothing: the fused AdamW skips it on device
                     opt.found_inf = (~torch.isfinite(health[-2:]).all()).float()
                 else:  # read now (free off the GPU), before the step can spoil the weights
@@ -604,15 +623,25 @@ class Trainer:
             for micro in range(self.cfg.grad_accum):
                 yield self._batch_key(step, micro, seq_len, frac, short, values)
 
-    def _forward_loss(self, wrapped: nn.Module):
+    def _forward_loss(self, wrapped: nn.Module, sources: bool = False):
         """`(tokens, targets) -> (summed cross-entropy, loss positions)`, forward and loss in one
         function, so that under torch.compile the loss fuses with the head (no fp32 copy of the
-        logits) and a CUDA graph holds both."""
+        logits) and a CUDA graph holds both. `sources` (a mixer wants the batch's answer
+        sources): `(tokens, targets, sources) -> (..., aux)`, aux the model's auxiliary losses
+        (`ZooLM.forward`); without it the function and its graph are as before."""
 
         def forward_loss(tokens: torch.Tensor, targets: torch.Tensor):
             with self.autocast():
                 logits = wrapped(tokens)
             return _loss_sum(logits, targets)
+
+        def forward_loss_aux(tokens: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor):
+            with self.autocast():
+                logits, aux = wrapped(tokens, sources=sources)
+            return (*_loss_sum(logits, targets), aux)
+
+        if sources:
+            forward_loss = forward_loss_aux
 
         if not self.cfg.compile:
             return forward_loss
@@ -621,14 +650,14 @@ class Trainer:
         graphs = self.cfg.compile_mode == "reduce-overhead"
         primed = []
 
-        def run(tokens: torch.Tensor, targets: torch.Tensor):
+        def run(tokens: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor):
             if not primed:  # one eager forward fills the mixers' lazy choices, which a trace would
                 primed.append(True)  # otherwise fill as a side effect and then recompile for
                 with torch.no_grad(), self.autocast():
                     wrapped(tokens[:1])
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            return compiled(tokens, targets)
+            return compiled(tokens, targets, *extra)
 
         return run
 
@@ -638,6 +667,10 @@ class Trainer:
         in their rows, and return the last loss. A non-finite one fails the run, diagnosed at
         the first bad step (its batch drawn again: data is a pure function of the step), after
         the rows of the steps before it (`before`, then `pending`'s) are logged."""
+        reads = [(row, k) for _, row, _ in pending for k, v in row.items() if isinstance(v, torch.Tensor)]
+        if reads:  # auxiliary losses, kept on the device until now: one transfer
+            for (row, k), v in zip(reads, torch.stack([row[k] for row, k in reads]).tolist(), strict=True):
+                row[k] = v
         vals = torch.stack([h for _, _, h in pending]).tolist()
         for i, ((step, row, _), v) in enumerate(zip(pending, vals, strict=True)):
             *micro, lv, gn = v
@@ -707,6 +740,17 @@ class Trainer:
         if n == 0:
             return {}
         return {"eval_loss": loss_sum / n, "eval_acc": correct / n}
+
+
+def sources_wanted_by(model: ModelConfig) -> str | None:
+    """What in the model config trains on the batch's answer sources (e.g. "hsa.retrieval_loss"),
+    None when nothing does; read from the mixer configs, without building the model."""
+    from zoo.registry import get_spec
+
+    for name in dict.fromkeys(model.layers):
+        if getattr(get_spec(name).make_config(model.mixer_config.get(name)), "retrieval_loss", 0) > 0:
+            return f"{name}.retrieval_loss"
+    return None
 
 
 def _loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
