@@ -7,14 +7,15 @@ Cases, in this order (a case is skipped, and its row says why, when it would sta
 `--budget-s` or is expected to end after `--limit-s`: expected = the last case of its kind,
 else a prior; rows are written as they come, so a cut-off call keeps what it finished):
   1. d256 x 4 at 32 x 2048 on `lm`, `hashhop`, `mqar`, for each of `--mixers` (default
-     `rope`, and `nope`: attention with no positions, the anchor's architectural equal);
-  2. d768 x 12 at 32 x 2048 on `lm`, each mixer;
-  3. packed: 1, 2, 4, 8 tiny runs (`hashhop`, d128 x 2 at 8 x 1024: one run alone is
-     launch-bound) and 1, 2, 4 small ones (d256 x 4 at 8 x 2048) at once on one GPU, each its
-     own process, threads and data workers shared out as `zoo compare --runs-per-gpu` plans;
-  4. on CUDA, `train.compile_mode = reduce-overhead` (CUDA graphs): tiny packed x1 and x4,
-     then d256 x 4 `lm` for each mixer;
-  5. d768 x 12 on `hashhop` and `mqar` (first mixer), if time is left.
+     `rope`, and `nope`: attention with no positions, the anchor's architectural equal), with
+     torch.compile's default mode, then (on CUDA) with `train.compile_mode = reduce-overhead`
+     (CUDA graphs);
+  2. d768 x 12 at 32 x 2048 on `lm`, each mixer, both modes;
+  3. packed (`--packed`, "" for none): 1, 2, 4, 8 tiny runs (`hashhop`, d128 x 2 at 8 x 1024:
+     one run alone is launch-bound) and 1, 2, 4 small ones (d256 x 4 at 8 x 2048) at once on
+     one GPU, each its own process, threads and data workers shared out as `zoo compare
+     --runs-per-gpu` plans; on CUDA the tiny x1 and x4 again with CUDA graphs;
+  4. d768 x 12 on `hashhop` and `mqar` (first mixer), if time is left.
 The zoo side runs `train.compile_mode = default` unless the row says otherwise; the anchor
 is always compiled with torch.compile's default mode.
 
@@ -358,23 +359,26 @@ def main() -> None:
 
     print(f"{dev_name}: torch {torch.__version__}, {cpus} cores, writing {path}", flush=True)
     # priors: seconds a case of each kind is expected to take on an H100, compilation included
-    for task in ("lm", "hashhop", "mqar"):
+    graphs = device.type == "cuda" and compile_on  # CUDA graphs (reduce-overhead) need both
+    if not graphs:
+        print("no reduce-overhead rows: CUDA graphs need CUDA and compilation", flush=True)
+    modes = ["default", "reduce-overhead"] if graphs else ["default"]
+    for mode in modes:
+        for task in ("lm", "hashhop", "mqar"):
+            for mixer in mixers:
+                versus(task, small, warm, steps, mixer, mode, 30 if mode == "default" else 40)
+    for mode in modes:
         for mixer in mixers:
-            versus(task, small, warm, steps, mixer, "default", 30)
-    for mixer in mixers:
-        versus("lm", big, big_warm, big_steps, mixer, "default", 45)
-    counts = [int(x) for x in (a.packed or ("1,2" if a.quick else "1,2,4,8")).split(",") if x.strip()]
+            versus("lm", big, big_warm, big_steps, mixer, mode, 45 if mode == "default" else 55)
+    counts = [int(x) for x in (a.packed if a.packed is not None else ("1,2" if a.quick else "1,2,4,8")).split(",")
+              if x.strip()]
     for n in counts:
         packed_case(n, tiny_p, mixers[0], "default", 30)
     for n in [c for c in counts if c <= 4]:
         packed_case(n, small_p, mixers[0], "default", 30)
-    if device.type == "cuda" and compile_on:  # CUDA graphs: the launch-bound cases first
+    if graphs:
         for n in [c for c in counts if c in (1, 4)]:
             packed_case(n, tiny_p, mixers[0], "reduce-overhead", 40)
-        for mixer in mixers:
-            versus("lm", small, warm, steps, mixer, "reduce-overhead", 40)
-    else:
-        print("no reduce-overhead rows: CUDA graphs need CUDA and compilation", flush=True)
     for task in ("hashhop", "mqar"):
         versus(task, big, big_warm, big_steps, mixers[0], "default", 45)
     print(summary_table(rows), flush=True)
