@@ -274,9 +274,11 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
     check_length=72,  # 4 complete chunks of 16 and a partial one: top-2 chooses among them
 )
 class HSA(Mixer):
-    """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up."""
+    """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up. A retrieval
+    mixer (`zoo.retrieval`): while `selections` is a list, each call appends (start, ids)."""
 
     Config = HSAConfig
+    selections: list[tuple[int, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
         super().__init__(d_model, config, layer_idx)
@@ -427,6 +429,8 @@ class HSA(Mixer):
             cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
         qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
         idx, w, index = self.select(qr, lmk, start, backend)
+        if self.selections is not None:  # recording (evaluation, eager): first position, ids [B, L, Hkv, K]
+            self.selections.append((start, idx.detach()))
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
         if backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
