@@ -49,13 +49,13 @@ def test_eval_ids_of_builtins_are_pinned():
 
 
 def test_builtins_are_registered():
-    assert {"hashhop", "ppl"} <= set(EVALUATORS.names())
+    assert {"hashhop", "ppl", "retrieval-recall"} <= set(EVALUATORS.names())
     assert EVALUATORS.source("hashhop") == "mixer-zoo"
     with pytest.raises(ZooError, match="did you mean 'hashhop'"):
         get_evaluator("hashop")
 
 
-@pytest.mark.parametrize("name", ["hashhop", "ppl"])
+@pytest.mark.parametrize("name", ["hashhop", "ppl", "retrieval-recall"])
 def test_builtins_pass_conformance(name):
     assert conformance.run_all(get_evaluator(name)) == dict.fromkeys(conformance.CHECKS)
 
