@@ -76,3 +76,42 @@ def test_config_is_checked():
         ev.make_config({"n_chars": [40]})
     with pytest.raises(ZooError, match="unknown key 'hops'"):
         ev.make_config({"hops": [2]})
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+def test_report_draws_recall_with_hostile_labels_escaped(tmp_path):
+    pytest.importorskip("jinja2")
+    pytest.importorskip("matplotlib")
+    from zoo.report import figures as F
+    from zoo.report.data import ReportData, Run
+    from zoo.report.render import build
+    from zoo.report.style import Palette
+
+    bad = '<script>alert("x")</script> & $k$'
+    runs = [Run("r1", bad, ["swa", "hsa"], "done", final_loss=1.0, train_len=2048),
+            Run("r2", "rope", ["rope"], "done", final_loss=2.0, train_len=2048)]
+    rows = []
+    for n_chars, length, recall, chance in ((2048, 2463, 0.99, 0.21), (8192, 9151, 0.9, 0.056)):
+        for layer in (1, 3):
+            rows.append({"kind": "retrieval-recall", "run_id": "r1", "label": bad, "eval_id": "e", "n_chars": n_chars,
+                         "length": length, "layer": layer, "mixer": "hsa", "top_k": 8, "chunk_size": 64,
+                         "status": "ok", "recall": recall / layer, "low": recall / layer - 0.05,
+                         "high": min(1.0, recall / layer + 0.01), "chance": chance, "hits": 10, "n": 12,
+                         "exact": 4, "asked": 5, "exact_accuracy": 0.8})
+    rows.append({"kind": "retrieval-recall", "run_id": "r2", "label": "rope", "eval_id": "e", "n_chars": 2048,
+                 "length": 2463, "layer": None, "status": "n/a", "reason": "the model has no retrieval layer"})
+    data = ReportData("recall", runs, other_evals={"retrieval-recall": rows}, source="test")
+
+    fig = F.retrieval_recall(data, Palette(data.labels()))
+    assert fig.svg is not None and "<script" not in fig.svg and "&lt;script&gt;" in fig.svg
+    assert "layer 1" in fig.svg and "layer 3" in fig.svg and "chance" in fig.svg
+    assert fig.missing == ["rope at 2463: n/a (the model has no retrieval layer)"]
+    assert [[v.display for v in r[:4]] for r in fig.side.rows][:2] == [[bad, "1", "2463", "0.990"],
+                                                                       [bad, "1", "9151", "0.900"]]
+
+    built = build(data, tmp_path, pdf=False)
+    html = built.html.read_text()
+    assert 'id="fig-retrieval"' in html and "<script" not in html and "&lt;script&gt;" in html
+    assert "retrieval-recall: 5 rows in data/eval_retrieval-recall.csv" in html
+    assert (tmp_path / "data" / "retrieval_recall_side.csv").exists()
