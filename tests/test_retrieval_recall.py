@@ -62,11 +62,12 @@ def test_value_chunks_and_chance():
 
 def test_a_model_without_retrieval_layers_is_named_in_one_line():
     model = tiny_model(layers=("swa", "rope"))
-    with pytest.raises(ZooError, match=r"no retrieval layer \(its layers: swa, rope\); retrieval mixers: .*hsa") as e:
+    with pytest.raises(ZooError, match=r"no retrieval layer: the model's layers are swa, rope, "
+                                       r"the retrieval mixers .*hsa") as e:
         require_retrieval_layers(model)
     assert "\n" not in str(e.value)
     rows = recall_rows(model, CONFIG, 240)
-    assert [(r["status"], r["layer"]) for r in rows] == [("n/a", None)] and "its layers: swa, rope" in rows[0]["reason"]
+    assert [(r["status"], r["layer"]) for r in rows] == [("n/a", None)] and "layers are swa, rope" in rows[0]["reason"]
     assert schema_errors(get_evaluator("retrieval-recall"), rows) == []
 
 

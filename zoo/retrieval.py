@@ -63,7 +63,7 @@ def no_retrieval_reason(model: Any) -> str:
              for m in getattr(model, "mixers", None) or []]
     pattern = ", ".join(dict.fromkeys(names)) or type(model).__name__
     allowed = ", ".join(retrieval_mixer_names()) or "none registered"
-    return f"the model has no retrieval layer (its layers: {pattern}); retrieval mixers: {allowed}"
+    return f"no retrieval layer: the model's layers are {pattern}, the retrieval mixers {allowed}"
 
 
 def require_retrieval_layers(model: Any) -> list[tuple[int, Any]]:

@@ -152,7 +152,7 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
     if max_len is not None and fed > max_len:
         why = f"needs {fed} tokens, the model runs at most {max_len}"
         return [{**meta(i, m), "status": "n/a", "reason": why} for i, m in layers]
-    device = device or model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     chunk = chunk_size or getattr(getattr(model, "config", None), "chunk_size", None) or 8192
     if hasattr(model, "eval"):
         model.eval()
