@@ -35,8 +35,8 @@ def test_rows_are_well_formed():
 
 def test_selecting_every_visible_chunk_finds_every_answer():
     model = tiny_model()
-    rows = recall_rows(model, CONFIG.model_copy(update={"top_k": 4096}), 240)
-    assert [(r["recall"], r["hits"], r["chance"], r["top_k"]) for r in rows] == [(1.0, 40, 1.0, 4096)]
+    rows = recall_rows(model, CONFIG.model_copy(update={"top_k": 256}), 240)
+    assert [(r["recall"], r["hits"], r["chance"], r["top_k"]) for r in rows] == [(1.0, 40, 1.0, 256)]
     assert retrieval_layers(model)[0][1].top_k == 2  # the override is undone
     assert recall_rows(model, CONFIG, 240)[0]["recall"] < 1.0  # top-2 of 10+ chunks misses some
 

@@ -50,7 +50,7 @@ class RecallConfig(BaseModel):
     samples: int = Field(3, ge=1, le=100_000, description="samples per cell (the first ones of the HashHop cell)")
     queries: int = Field(5, ge=1, le=MAX_QUERIES, description="queries per sample")
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the evaluation stream (as the HashHop evaluator's)")
-    top_k: int | None = Field(None, ge=1, le=4096, description="chunks each retrieval layer selects during this "
+    top_k: int | None = Field(None, ge=1, le=256, description="chunks each retrieval layer selects during this "
                               "evaluation (default: as trained)")
     chunk_size: int | None = Field(None, ge=1, le=1 << 24, description="tokens per chunk through the caches "
                                    "(default: the model's chunk_size, else 8192)")
