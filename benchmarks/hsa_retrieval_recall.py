@@ -1,74 +1,60 @@
-"""Where a trained HSA model's HashHop accuracy goes with length: for every answer character's
-query, is the chunk holding the answer among the top-K chunks each `hsa` layer selected?
+"""The `retrieval-recall` evaluator on one trained run, printed: per length, exact matches and, per
+retrieval layer, the share of answer positions whose selected chunks hold the answer's chunk.
 
     python benchmarks/hsa_retrieval_recall.py RUN_DIR [--lengths 2048,8192,32768] [--samples 3] [--top-k 8]
 
-RUN_DIR is a trained run of `benchmarks/hsa_hashhop.toml` (its final weights). Runs on CPU
-through the torch reference, the evaluator's chunked cache path and its samples (split "eval",
-seed 0); prints, per length, exact matches and per hsa layer the fraction of answer queries whose
-selected chunks include the answer's chunk (a value spans at most two 64-token chunks).
+RUN_DIR is a trained run with retrieval layers (e.g. of `benchmarks/hsa_hashhop.toml`); its final
+weights run on --device (default cpu). What is measured is `zoo/eval/recall.py`; nothing is
+stored. To store the rows and draw them in the report, give the experiment an
+`[eval.retrieval-recall]` table and run `zoo compare` on it again (trained runs are only
+evaluated).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-import torch
-
-import zoo.mixers.hsa as hsa_mod
-from zoo.eval.hashhop import HashHopGrid, score_samples
-from zoo.tasks.hashhop import answers
+from zoo.errors import ZooError
+from zoo.eval.base import EvalTarget, get_evaluator
+from zoo.retrieval import require_retrieval_layers
 from zoo.train.checkpoint import load_model
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
     ap.add_argument("--lengths", default="2048,4096,8192,16384,32768", help="n_chars per cell")
-    ap.add_argument("--samples", type=int, default=3, help="samples per length (5 queries each)")
+    ap.add_argument("--samples", type=int, default=3, help="samples per length")
+    ap.add_argument("--queries", type=int, default=5, help="queries per sample")
+    ap.add_argument("--hash-len", type=int, default=None, help="characters per hash (default: the run's task)")
     ap.add_argument("--top-k", type=int, default=None, help="override the trained top_k")
+    ap.add_argument("--chunk-size", type=int, default=None, help="tokens per cached forward call")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-
-    model, _ = load_model(args.run_dir)
-    layers = [m for m in model.mixers if m.spec.name == "hsa"]
-    if args.top_k is not None:
-        for m in layers:
-            m.top_k = args.top_k
-    S = layers[0].chunk_size
-    picked: list[tuple[int, int, torch.Tensor]] = []  # (layer, first position, ids [L, K]) of every call
-    select = hsa_mod.HSA.select
-
-    def recording(self, qr, lmk, start, backend="torch"):
-        out = select(self, qr, lmk, start, backend)
-        picked.append((self.layer_idx, start, out[0][0, :, 0]))  # batch 0, KV head 0
-        return out
-
-    hsa_mod.HSA.select = recording
-    for n_chars in (int(v) for v in args.lengths.split(",")):
-        grid = HashHopGrid(n_chars=[n_chars], hops=[1], hash_len=16, samples=args.samples, queries=5,
-                           greedy_samples=0)
-        hit: dict[int, int] = {}
-        seen: dict[int, int] = {}
-        exact = asked = 0
-        t0 = time.time()
-        for sample in grid.cell_samples(n_chars, 1, False):
-            picked.clear()
-            scores = score_samples(model, [sample], chunk_size=2048)[0]
-            exact += sum(s.exact for s in scores)
-            asked += len(scores)
-            for a in answers(sample):
-                first = sample.text.index(a.key + " = ") + len(a.key) + 5  # the value's first token (after <bos>)
-                want = {first // S, (first + len(a.target)) // S}
-                for pos in range(a.start, a.end):  # the positions whose next token is an answer token
-                    for layer, start, ids in picked:
-                        if start <= pos < start + len(ids):
-                            hit[layer] = hit.get(layer, 0) + bool(set(ids[pos - start].tolist()) & want)
-                            seen[layer] = seen.get(layer, 0) + 1
-        per_layer = ", ".join(f"layer {k} {hit[k] / seen[k]:.3f}" for k in sorted(seen))
-        print(f"n_chars {n_chars}: exact {exact}/{asked}; answer chunk in the top-{layers[0].top_k}: {per_layer} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+    try:
+        model, run_config = load_model(args.run_dir, args.device)
+        require_retrieval_layers(model)
+        hash_len = args.hash_len or ((run_config.get("task") or {}).get("config") or {}).get("hash_len") or 16
+        ev = get_evaluator("retrieval-recall")
+        config = ev.make_config({"n_chars": [int(v) for v in args.lengths.split(",")], "samples": args.samples,
+                                 "queries": args.queries, "hash_len": hash_len, "top_k": args.top_k,
+                                 "chunk_size": args.chunk_size})
+        target = EvalTarget(model, run_config, args.device)
+        for cell in ev.cells(config):
+            t0 = time.time()
+            rows = ev.evaluate(target, config, cell)
+            print(f"{ev.note(cell, rows)} ({time.time() - t0:.0f} s)", flush=True)
+            for r in rows:
+                if r["status"] == "ok":
+                    print(f"  layer {r['layer']}: {r['hits']}/{r['n']} = {r['recall']:.3f} "
+                          f"[{r['low']:.3f}, {r['high']:.3f}], chance {r['chance']:.3f}, top-{r['top_k']}")
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,7 +25,7 @@ from test_plugins import EXAMPLE, on_path, pip_install, zoo_cli  # noqa: E402
 # eval ids of the committed experiment files: rows already stored under them must stay found
 PINNED = {
     "benchmarks/hashhop_recipe.toml": {"hashhop": "911cdcccfa89"},
-    "benchmarks/hsa_hashhop.toml": {"hashhop": "42295ce390a0"},
+    "benchmarks/hsa_hashhop.toml": {"hashhop": "42295ce390a0", "retrieval-recall": "2a3a6bc34932"},
     "experiments/hashhop_extrapolation.toml": {"hashhop": "5cf42bd31e24"},
     "experiments/pe_extrapolation.toml": {"ppl": "79c6495fcc8d"},
     "experiments/smoke.toml": {"hashhop": "e8964cf65b1e"},
@@ -49,13 +49,13 @@ def test_eval_ids_of_builtins_are_pinned():
 
 
 def test_builtins_are_registered():
-    assert {"hashhop", "ppl"} <= set(EVALUATORS.names())
+    assert {"hashhop", "ppl", "retrieval-recall"} <= set(EVALUATORS.names())
     assert EVALUATORS.source("hashhop") == "mixer-zoo"
     with pytest.raises(ZooError, match="did you mean 'hashhop'"):
         get_evaluator("hashop")
 
 
-@pytest.mark.parametrize("name", ["hashhop", "ppl"])
+@pytest.mark.parametrize("name", ["hashhop", "ppl", "retrieval-recall"])
 def test_builtins_pass_conformance(name):
     assert conformance.run_all(get_evaluator(name)) == dict.fromkeys(conformance.CHECKS)
 

@@ -65,6 +65,9 @@ class Evaluator(ABC):
     # a small config of at least two cells, and task settings, for the conformance checks (CPU)
     example: ClassVar[dict[str, Any]] = {}
     example_task: ClassVar[dict[str, Any]] = {}
+    # model settings of the conformance checks' tiny model (default: one RoPE layer), for an
+    # evaluator that needs a kind of layer, e.g. {"layers": ["hsa"]}
+    example_model: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def cells(self, config: Any) -> list[Cell]:
@@ -72,7 +75,8 @@ class Evaluator(ABC):
 
     @abstractmethod
     def evaluate(self, target: EvalTarget, config: Any, cell: Cell) -> list[dict[str, Any]]:
-        """The rows of one cell; deterministic given (model, config, cell)."""
+        """The rows of one cell; deterministic given (model, config, cell). A cell the model
+        cannot run (too long, a layer it lacks) is rows with status "n/a" and the reason."""
 
     def check(self, config: Any) -> None:  # noqa: B027 (optional: most configs say it all)
         """What the config's fields cannot say alone (raise a ZooError)."""

@@ -1,4 +1,5 @@
-"""The built-in evaluators: HashHop (`zoo.eval.hashhop`) and perplexity vs length (`zoo.eval.ppl`).
+"""The built-in evaluators: HashHop (`zoo.eval.hashhop`), perplexity vs length (`zoo.eval.ppl`) and
+the retrieval recall of retrieval layers on HashHop (`zoo.eval.recall`).
 
 Both wrap their modules without changing what they compute or the eval ids of rows already
 stored: HashHop hashes its table as written (its defaults stay out of the id), perplexity its
@@ -13,6 +14,7 @@ from zoo.errors import ZooError
 from zoo.eval.base import Cell, EvalTarget, Evaluator, register_evaluator
 from zoo.eval.hashhop import HashHopGrid
 from zoo.eval.ppl import PplEval
+from zoo.eval.recall import RecallConfig
 
 
 @register_evaluator
@@ -95,3 +97,49 @@ class Perplexity(Evaluator):
 
     def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
         return f"{len(rows)} rows" + (f" ({cell[0]} x{cell[1]:g})" if cell[0] is not None else "")
+
+
+@register_evaluator
+class RetrievalRecall(Evaluator):
+    """Per retrieval layer (HSA), the share of HashHop answer positions whose selected chunks hold
+    the answer's chunk, beside chance and exact match; one cell per n_chars. A model without
+    retrieval layers gets one "n/a" row per cell naming its layers and the retrieval mixers."""
+
+    name = "retrieval-recall"
+    description = "per retrieval layer (HSA): share of HashHop answer positions whose top-K chunks hold the answer"
+    config_cls = RecallConfig
+    task = "hashhop"
+    example = {"n_chars": [120, 240], "hash_len": 4, "samples": 2, "queries": 2}
+    example_task = {"hops": [1], "hash_len": 4}
+    example_model = {"layers": ["swa", "hsa"], "n_layers": 2,
+                     "mixer_config": {"swa": {"n_heads": 2, "window": 8},
+                                      "hsa": {"n_heads": 2, "n_kv_heads": 1, "head_dim": 16, "chunk_size": 16,
+                                              "top_k": 2, "window": 8}}}
+    cell_columns = ("n_chars",)
+    columns = {
+        "n_chars": int, "length": int, "hash_len": int, "samples": int, "queries": int, "seed": int, "split": str,
+        "layer": int, "mixer": str, "chunk_size": int, "top_k": int, "status": str, "reason": str,
+        "hits": int, "n": int, "recall": float, "low": float, "high": float, "n_eff": float, "interval": str,
+        "chance": float, "exact": int, "asked": int, "exact_accuracy": float, "exact_low": float,
+        "exact_high": float, "per_sample": list,
+    }
+
+    def check(self, config: RecallConfig) -> None:
+        config.check()
+
+    def cells(self, config: RecallConfig) -> list[Cell]:
+        return [(n,) for n in config.n_chars]
+
+    def evaluate(self, target: EvalTarget, config: RecallConfig, cell: Cell) -> list[dict[str, Any]]:
+        from zoo.eval.recall import recall_rows
+
+        rows = recall_rows(target.model, config, cell[0], config.chunk_size, target.device)
+        if target.on_sample:
+            target.on_sample(config.samples)
+        return rows
+
+    def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
+        if rows[0]["status"] != "ok":
+            return f"{cell[0]} characters: n/a ({rows[0]['reason']})"
+        per = ", ".join(f"layer {r['layer']} {r['recall']:.3f} (chance {r['chance']:.3f})" for r in rows)
+        return f"{cell[0]} characters: answer chunk selected: {per}; exact {rows[0]['exact']}/{rows[0]['asked']}"

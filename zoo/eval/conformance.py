@@ -27,11 +27,12 @@ LAYERS = ["rope"]  # a RoPE model: evaluation-time scalings apply to it
 
 
 def target(ev: Evaluator, seed: int = 0) -> EvalTarget:
-    """A tiny untrained model of the evaluator's task, the same for the same seed."""
+    """A tiny untrained model of the evaluator's task (and `example_model` settings), the same
+    for the same seed."""
     from zoo.model import ZooLM
     from zoo.train.config import RunConfig
 
-    run = RunConfig(**{"model": {"d_model": D, "n_layers": 1, "layers": LAYERS},
+    run = RunConfig(**{"model": {"d_model": D, "n_layers": 1, "layers": LAYERS, **ev.example_model},
                        "task": {"name": ev.task or "hashhop", "config": dict(ev.example_task)},
                        "train": {"steps": 1, "seq_len": SEQ_LEN, "batch_size": 1}})
 

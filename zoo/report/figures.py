@@ -688,6 +688,94 @@ def recall(data: ReportData, pal: Palette) -> Figure:
     return Figure("fig-recall", title, svg, caption, A.recall_side(data), notes)
 
 
+# -- retrieval recall vs context length -----------------------------------------------------------
+RECALL_KIND = "retrieval-recall"
+LAYER_STYLES = ["-", (0, (1, 1.2)), (0, (4, 1, 1, 1)), (0, (1, 2.5))]  # solid, dotted, dash-dot: dashed is chance
+LAYER_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
+    """Recall of the answer's chunk per retrieval layer (the `retrieval-recall` evaluator's rows)
+    against length: one line per (run, layer) with its 95% interval, its chance level dashed."""
+    title = "Retrieval recall vs context length"
+    rows = data.other_evals.get(RECALL_KIND) or []
+    labels = {r.run_id: r.label for r in data.runs}
+    runs_of_label: dict[str, set] = {}
+    for r in rows:
+        runs_of_label.setdefault(labels.get(r.get("run_id"), str(r.get("label"))), set()).add(r.get("run_id"))
+    series: dict[tuple[str, str, int], list[dict]] = {}
+    missing: list[tuple[str, int, str, str]] = []
+    for r in rows:
+        label = labels.get(r.get("run_id"), str(r.get("label")))
+        if r.get("status") != "ok" or r.get("recall") is None or r.get("length") is None:
+            who = label + (f", layer {r['layer']}" if r.get("layer") is not None else "")
+            missing.append((who, r.get("length") or 0, "", str(r.get("reason") or r.get("status") or "not evaluated")))
+            continue
+        series.setdefault((label, r.get("run_id"), r["layer"]), []).append(r)
+    if not series:
+        return Figure("fig-retrieval", title, None, "", reason="no retrieval-recall rows with a retrieval layer",
+                      missing=compress(missing))
+    order = data.labels()
+    keys = sorted(series, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], str(k[1]), k[2]))
+    side_rows: list[list[fmt.Val]] = []
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.6, 3.6), layout="constrained")
+        ax = fig.subplots()
+        lengths: list[int] = []
+        train: set[int] = set()
+        chances: set[tuple] = set()
+        for key in keys:
+            label, run_id, layer = key
+            pts = sorted(series[key], key=lambda r: r["length"])
+            look = pal[label]
+            layers = sorted({k[2] for k in keys if k[:2] == key[:2]})
+            j = layers.index(layer)
+            name = f"{label}{f' ({run_id})' if len(runs_of_label[label]) > 1 else ''}, layer {layer}"
+            x = [r["length"] for r in pts]
+            y = [r["recall"] for r in pts]
+            err = [[r["recall"] - (r.get("low") if r.get("low") is not None else r["recall"]) for r in pts],
+                   [(r.get("high") if r.get("high") is not None else r["recall"]) - r["recall"] for r in pts]]
+            ax.errorbar(x, y, yerr=err, color=look.color, linestyle=LAYER_STYLES[j % len(LAYER_STYLES)],
+                        marker=LAYER_MARKERS[j % len(LAYER_MARKERS)], markersize=4, linewidth=1.3, capsize=2,
+                        label=_tex(name), zorder=3)
+            lengths += x
+            chance = tuple((r["length"], round(r["chance"], 6)) for r in pts if r.get("chance") is not None)
+            if chance and chance not in chances:  # one dashed line per distinct chance curve
+                chances.add(chance)
+                ax.plot([c[0] for c in chance], [c[1] for c in chance], color=look.color, linestyle=(0, (4, 2.5)),
+                        linewidth=0.9, alpha=0.75, zorder=2,
+                        label=_tex(f"chance: {pts[0].get('top_k')} of the visible chunks, at random")
+                        if len(chances) == 1 else None)
+            run = data.run(run_id)
+            if run is not None and run.train_len:
+                train.add(run.train_len)
+            for r in pts:
+                side_rows.append([
+                    fmt.Val(label, label), fmt.Val(layer, str(layer)), fmt.Val(r["length"], fmt.length(r["length"])),
+                    fmt.Val(r["recall"], fmt.acc(r["recall"]), sub=fmt.interval(r.get("low"), r.get("high")),
+                            run_id=run_id, source=f"{RECALL_KIND} n_chars={r.get('n_chars')} layer={layer}, "
+                                                  f"{r.get('hits')}/{r.get('n')} trials"),
+                    fmt.Val(r.get("chance"), fmt.acc(r["chance"])) if r.get("chance") is not None
+                    else fmt.na("not recorded"),
+                    fmt.Val(r.get("exact_accuracy"), f"{r.get('exact')}/{r.get('asked')}")
+                    if r.get("exact_accuracy") is not None else fmt.na("not recorded")])
+        _log2_axis(ax, lengths)
+        _train_lines(ax, train)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("answer's chunk selected")
+        ax.legend(frameon=False, handlelength=3.2, fontsize=6.5, loc="best")
+        svg = to_svg(fig, "fig-retrieval")
+    caption = ("Per retrieval layer, the share of the answer positions of single-hop HashHop queries (each hash "
+               "letter and the closing quote, per KV head) whose selected chunks hold the queried value; bars: 95% "
+               "intervals by sample (Wilson's at the effective number of trials); dashed: chance, as many chunks "
+               "drawn at random from those visible; dashed vertical: the training length. The table gives the "
+               "exact match of the same queries; every row is in data/eval_retrieval-recall.csv.")
+    side = Table("retrieval-recall-side", "Retrieval recall", ["run", "layer", "length", "recall", "chance", "exact"],
+                 side_rows).add_footnotes(16)
+    return Figure("fig-retrieval", title, svg, caption, side, compress(missing))
+
+
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
     figs = [hashhop_vs_length(data, pal, es), depth_heatmaps(data, pal, es), ppl_vs_length(data, pal, es),
             loss_curves(data, pal, es)]
@@ -700,4 +788,6 @@ def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figur
     figs.append(scaling(data, pal))
     if data.companions:
         figs.append(recall(data, pal))
+    if data.other_evals.get(RECALL_KIND):
+        figs.append(retrieval_recall(data, pal))
     return figs

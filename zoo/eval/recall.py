@@ -1,0 +1,187 @@
+"""Retrieval recall: does a retrieval layer select the chunk that holds the answer?
+
+For single-hop HashHop queries (the HashHop evaluator's samples: split "eval", the same seed,
+hash length and queries per sample, so these numbers sit beside its accuracy curve), every
+answer position is checked in every retrieval layer (`zoo.retrieval`, e.g. HSA): is the chunk
+holding the queried value among the chunks that layer selected for that position?
+
+    config = RecallConfig(n_chars=[2048, 8192, 32768], samples=3)
+    rows = recall_rows(model, config, 8192)   # one row per retrieval layer
+
+- Answer positions: the fed positions whose next token is an answer character or its closing
+  quote (as the HashHop evaluator scores them); position c predicts token c + 1.
+- The answer's chunks: those holding the queried value's tokens in the prompt, its closing quote
+  included (`value_chunks`): one chunk, or two where the value straddles a boundary.
+- A trial is one (answer position, KV head): each KV head selects its own K chunks. A hit is a
+  trial whose selection holds any of the answer's chunks. Recall = hits / trials, with a 95%
+  interval by sample as the HashHop evaluator's (`zoo.stats.clustered`: the positions of one
+  sample share its haystack, so Wilson's interval is taken at the effective number of trials).
+- Chance: the recall of a selection of K chunks drawn uniformly from those visible at the
+  position (token t sees chunk c iff (c + 1) S <= t), averaged over the trials: with n visible
+  and w of the answer's chunks among them, 1 - C(n - w, K) / C(n, K).
+- Exact: teacher-forced exact match of the same queries, from the same forward pass.
+
+The model runs through its caches in chunks of `chunk_size` tokens, as the HashHop evaluator
+runs it; a model without retrieval layers gets one "n/a" row per cell saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from zoo.errors import LengthError
+from zoo.eval.hashhop import HashHopGrid, model_device, score_samples
+from zoo.retrieval import no_retrieval_reason, record_selections, retrieval_layers, top_k_override
+from zoo.stats import clustered
+from zoo.tasks.hashhop import MAX_CHARS, MAX_HASH_LEN, MAX_QUERIES, HashHopSample, answers, check_params
+
+
+class RecallConfig(BaseModel):
+    """What to evaluate: one cell per problem size (single-hop HashHop, no chain of thought)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_chars: list[int] = Field(default_factory=lambda: [2048, 8192], min_length=1,
+                               description="problem sizes in characters (the HashHop grid's n_chars)")
+    hash_len: int = Field(16, ge=1, le=MAX_HASH_LEN, description="characters per hash")
+    samples: int = Field(3, ge=1, le=100_000, description="samples per cell (the first ones of the HashHop cell)")
+    queries: int = Field(5, ge=1, le=MAX_QUERIES, description="queries per sample")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the evaluation stream (as the HashHop evaluator's)")
+    top_k: int | None = Field(None, ge=1, le=256, description="chunks each retrieval layer selects during this "
+                              "evaluation (default: as trained)")
+    chunk_size: int | None = Field(None, ge=1, le=1 << 24, description="tokens per chunk through the caches "
+                                   "(default: the model's chunk_size, else 8192)")
+
+    @field_validator("n_chars")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= x <= MAX_CHARS for x in v):
+            raise ValueError(f"sizes must be from 1 to {MAX_CHARS:,} characters")
+        if len(set(v)) != len(v):
+            raise ValueError("sizes repeat")
+        return v
+
+    def check(self) -> None:
+        for n in self.n_chars:
+            check_params(n, self.queries, 1, self.hash_len)
+
+    def grid(self, n_chars: int) -> HashHopGrid:
+        """The HashHop cell whose first `samples` samples this cell scores."""
+        return HashHopGrid(n_chars=[n_chars], hops=[1], cot=[False], samples=self.samples, queries=self.queries,
+                           hash_len=self.hash_len, greedy_samples=0, seed=self.seed, split="eval")
+
+
+def value_chunks(sample: HashHopSample, key: str, chunk_size: int) -> list[int]:
+    """The chunks holding the value of `key`'s prompt line, `key = 'value'`: the tokens of its
+    characters and of its closing quote (token = text index + 1, after `<bos>`)."""
+    pos = 0
+    for line in sample.prompt.split("\n"):
+        k, sep, v = line.partition(" = '")
+        if sep and k == key:
+            first = 1 + pos + len(k) + len(sep)
+            last = first + len(v) - 1  # v ends with the closing quote
+            return list(range(first // chunk_size, last // chunk_size + 1))
+        pos += len(line) + 1
+    raise ValueError(f"key {key!r} heads no line of the prompt")
+
+
+def chance_of(visible: int, wanted: int, k: int) -> float:
+    """Recall of k chunks drawn uniformly without replacement from `visible`, `wanted` of them
+    the answer's: 1 - C(visible - wanted, k) / C(visible, k)."""
+    k = min(k, visible)
+    if wanted <= 0 or visible <= 0:
+        return 0.0
+    miss = 1.0
+    for j in range(k):
+        miss *= max(0, visible - wanted - j) / (visible - j)
+    return 1.0 - miss
+
+
+def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor]], chunk_size: int,
+                   top_k: int) -> tuple[int, int, float]:
+    """(hits, trials, summed chance) of one sample's answer positions in one layer's recorded calls."""
+    pos, want = [], []
+    for a in answers(sample):
+        chunks = value_chunks(sample, a.key, chunk_size)
+        for c in range(a.start, a.end):
+            pos.append(c)
+            want.append((chunks[0], chunks[-1]))
+    if not pos:
+        return 0, 0, 0.0
+    P = torch.tensor(pos)
+    W = torch.tensor(want)
+    hits = trials = 0
+    chance = 0.0
+    for start, ids in calls:
+        m = (P >= start) & (P < start + ids.shape[1])
+        if not m.any():
+            continue
+        sel = ids[0, (P[m] - start).to(ids.device)].cpu()  # [n, Hkv, K]
+        w = W[m]
+        hit = ((sel == w[:, 0, None, None]) | (sel == w[:, 1, None, None])).any(-1)  # [n, Hkv]
+        hits += int(hit.sum())
+        trials += hit.numel()
+        heads = sel.shape[1]
+        for p, (c0, c1) in zip(P[m].tolist(), w.tolist()):
+            visible = p // chunk_size
+            wanted = sum(1 for c in {c0, c1} if c < visible)
+            chance += heads * chance_of(visible, wanted, top_k)
+    return hits, trials, chance
+
+
+def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int | None = None,
+                device: torch.device | None = None) -> list[dict[str, Any]]:
+    """The rows of one cell: one per retrieval layer (one "n/a" row when there is none, or
+    one per layer when the model cannot run the cell's length)."""
+    grid = config.grid(n_chars)
+    fed = grid.cell_tokens(n_chars, 1, False)
+    base: dict[str, Any] = {"n_chars": n_chars, "length": fed, "hash_len": config.hash_len, "samples": config.samples,
+                            "queries": config.queries, "seed": config.seed, "split": "eval"}
+    layers = retrieval_layers(model)
+    if not layers:
+        return [{**base, "layer": None, "status": "n/a", "reason": no_retrieval_reason(model)}]
+
+    def meta(i: int, m: Any) -> dict[str, Any]:
+        return {**base, "layer": i, "mixer": m.spec.name, "chunk_size": m.chunk_size,
+                "top_k": config.top_k if config.top_k is not None else m.top_k}
+
+    max_len = getattr(model, "max_length", None)
+    if max_len is not None and fed > max_len:
+        why = f"needs {fed} tokens, the model runs at most {max_len}"
+        return [{**meta(i, m), "status": "n/a", "reason": why} for i, m in layers]
+    device = torch.device(device) if device is not None else model_device(model)
+    chunk = chunk_size or getattr(getattr(model, "config", None), "chunk_size", None) or 8192
+    if hasattr(model, "eval"):
+        model.eval()
+    counts: dict[int, list[tuple[int, int]]] = {i: [] for i, _ in layers}  # per layer, per sample: (hits, trials)
+    chance: dict[int, float] = dict.fromkeys(counts, 0.0)
+    per_query: list[tuple[int, int]] = []  # per sample: (exact, queries)
+    try:
+        with top_k_override(layers, config.top_k), record_selections(layers) as picked:
+            for sample in grid.cell_samples(n_chars, 1, False):
+                for calls in picked.values():
+                    calls.clear()
+                scores = score_samples(model, [sample], chunk, device=device)[0]
+                per_query.append((sum(s.exact for s in scores), len(scores)))
+                for i, m in layers:
+                    h, t, c = _sample_counts(sample, picked[i], m.chunk_size, m.top_k)
+                    counts[i].append((h, t))
+                    chance[i] += c
+    except LengthError as e:  # a mixer narrower than the model's declared length
+        return [{**meta(i, m), "status": "n/a", "reason": e.message} for i, m in layers]
+    ex = clustered([(float(k), float(q)) for k, q in per_query])
+    rows = []
+    for i, m in layers:
+        r = clustered([(float(h), float(t)) for h, t in counts[i]])
+        n = sum(t for _, t in counts[i])
+        rows.append({**meta(i, m), "status": "ok", "reason": None,
+                     "hits": sum(h for h, _ in counts[i]), "n": n, "recall": r["acc"], "low": r["lo"],
+                     "high": r["hi"], "n_eff": r["n_eff"], "interval": "cluster",
+                     "chance": chance[i] / n if n else None,
+                     "exact": int(ex["k"]), "asked": int(ex["n"]), "exact_accuracy": ex["acc"], "exact_low": ex["lo"],
+                     "exact_high": ex["hi"], "per_sample": [list(c) for c in counts[i]]})
+    return rows
+
