@@ -13,6 +13,7 @@ steps after `--warm`), then a torch profile of 5 steps, its kernels summed by na
     contiguous   q, k, v made contiguous `[B, H, L, Dh]` before SDPA (does the rotation's output layout,
                  unlike v's, change SDPA's kernel?)
     blhd         q, k, v each copied to a `[B, L, H, Dh]`-contiguous layout (the same layout for all three)
+    stacked      q, k, v written into one `[B, L, 3, H, Dh]` buffer, the layout of the fused projection
     inline       RoPE's cos/sin tables not materialised (Inductor may inline them into the rotation)
     separate     the q, k, v projections as three GEMMs instead of one over concatenated weights
 
@@ -47,6 +48,11 @@ def variant(name: str):
         def blhd(t):
             return t.transpose(1, 2).contiguous().transpose(1, 2)
         att._sdpa = lambda q, k, v, **kw: F.scaled_dot_product_attention(blhd(q), blhd(k), blhd(v), **kw)
+    elif name == "stacked":
+        def stacked(q, k, v, **kw):
+            q, k, v = (t.transpose(1, 2) for t in torch.stack([t.transpose(1, 2) for t in (q, k, v)], 2).unbind(2))
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+        att._sdpa = stacked
     elif name == "inline":
         att._materialize = lambda t: t
     elif name == "separate":
@@ -54,7 +60,7 @@ def variant(name: str):
             return self._heads(self.wq(x)), self._heads(self.wk(x)), self._heads(self.wv(x))
         att.Attention._qkv = qkv
     elif name != "base":
-        raise SystemExit(f"unknown variant '{name}' (allowed: base, contiguous, blhd, inline, separate)")
+        raise SystemExit(f"unknown variant '{name}' (allowed: base, contiguous, blhd, stacked, inline, separate)")
     try:
         yield
     finally:
@@ -150,7 +156,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--mixers", default="nope,rope")
-    ap.add_argument("--variants", default="base,contiguous,blhd,inline,separate", help="applied to rope-family mixers")
+    ap.add_argument("--variants", default="base,contiguous,blhd,stacked,inline,separate",
+                    help="applied to rope-family mixers")
     ap.add_argument("--shape", default="256x4", help="d_model x layers")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=2048)
