@@ -27,7 +27,8 @@ LAYERS: dict[str, int] = {
     "train": 4, "eval": 4, "bench": 4,
     "model": 3, "mixers": 3, "tasks": 3, "conformance": 3,
     "kernels": 2, "positional": 2, "norm": 2,
-    "errors": 1, "env": 1, "stats": 1, "progress": 1, "plugins": 1, "registry": 1, "mixer": 1, "store": 1,
+    "errors": 1, "env": 1, "stats": 1, "progress": 1, "plugins": 1, "registry": 1, "mixer": 1, "retrieval": 1,
+    "store": 1,
     "__init__": 1,
 }
 REPORT_MAY_IMPORT = {"report", "model", "tasks"} | {p for p, rank in LAYERS.items() if rank == 1}
