@@ -927,7 +927,7 @@ def findings(data: ReportData, es: list[Entry]) -> list[str]:
             names = _names([e.label for e in ties])
             out.append(f"{names} {'hold' if len(ties) > 1 else 'holds'} HashHop accuracy >= {THRESHOLD} furthest: "
                        f"to {fmt.length(best.ecl.value)} tokens"
-                       + (f" ({x:g}x the training length)" if x else "") + f" ({best.ecl.sub}).")
+                       + (f" ({x:.2g}x the training length)" if x else "") + f" ({best.ecl.sub}).")
             rest = [e for e in scored if e not in ties]
             if rest:
                 out.append("Effective context of the others: "
