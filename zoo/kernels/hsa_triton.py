@@ -273,10 +273,13 @@ def chunk_query_index(indices: torch.Tensor, n_chunks: int, item_pairs: int | No
     key_sorted, order = torch.sort(key, stable=True)
     offsets = torch.searchsorted(key_sorted, torch.arange(n_key + 1, device=dev, dtype=torch.int32))
     per_key = (offsets[1:] - offsets[:-1] + item_pairs - 1) // item_pairs
-    key_items = F.pad(per_key.cumsum(0), (1, 0))  # [n_key + 1]
+    ends = per_key.cumsum(0)  # key_items[1:]
+    key_items = F.pad(ends, (1, 0))  # [n_key + 1]
     n_items = n_key + n_pairs // item_pairs  # >= sum of ceil(count / item_pairs) over keys
     it = torch.arange(n_items, device=dev)
-    item_key = torch.searchsorted(key_items[1:], it, right=True)  # == n_key past the last used item
+    # searched in `ends`, not in the slice key_items[1:]: torch 2.11's Inductor cannot lower a searchsorted
+    # over a slice of a computed tensor (NotImplementedError: SliceView; fixed by pytorch PR 184043)
+    item_key = torch.searchsorted(ends, it, right=True)  # == n_key past the last used item
     used = item_key < n_key
     kk = item_key.clamp(max=n_key - 1)
     start = offsets[kk] + (it - key_items[kk]) * item_pairs
