@@ -234,3 +234,29 @@ if __name__ == "__main__":
     _check_kernel()
     _check_mixers()
     print("all rotary checks passed")
+
+
+@pytest.mark.parametrize("name,kw", [("rope", {}), ("xpos", {"scale_base": 16.0})])
+def test_compiled_tables_take_no_id_of_a_tensor(monkeypatch, name, kw):
+    """Under torch.compile the tables are intermediates: id() of one is a graph break in Dynamo
+    versions that do not trace it (one graph per layer instead of one). The compiled branch tells
+    shared tables by `is`, and still materialises each distinct table once."""
+    import builtins
+
+    m = mixer(name, **kw)
+    pos = torch.arange(12)
+    inv = m.pe.inv_freq("cpu")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(attention, "_materialize", lambda t: t.clone())
+    real_id = builtins.id
+
+    def no_tensor_id(obj):
+        assert not isinstance(obj, torch.Tensor), "id() of a tensor in the compiled tables path"
+        return real_id(obj)
+
+    monkeypatch.setattr(builtins, "id", no_tensor_id)
+    cq, sq, ck, sk = m.pe.tables(pos, pos, inv)
+    monkeypatch.setattr(builtins, "id", real_id)
+    want = m.pe._tables(pos, pos, inv, None)
+    assert all(torch.equal(a, b) for a, b in zip((cq, sq, ck, sk), want))
+    assert (ck is cq) == (name == "rope")  # rope: q and k share one materialised table; xPos: scaled apart

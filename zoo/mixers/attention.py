@@ -480,6 +480,11 @@ def _(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t)
 
 
+def _kept(t: torch.Tensor) -> torch.Tensor:
+    """A table as the rotation should read it: materialised, unless it carries gradient."""
+    return t if t.requires_grad else _materialize(t)
+
+
 @functools.lru_cache(maxsize=256)
 def _inv_freq(head_dim: int, method: str, base: float, factor: float, original_length: int, length: int | None,
               device: torch.device, inference: bool) -> torch.Tensor:
@@ -542,10 +547,15 @@ class Rotary(NoPositions):
         """cos, sin for q `[Lq, Dh]` and for k `[Lk, Dh]`, YaRN's temperature and xPos's scales folded
         in. Reused across layers and steps while positions and frequencies are the same tensors."""
         m = yarn_attention_factor(self.factor) if self.method == "yarn" else None
-        if torch.compiler.is_compiling():  # no id(): Dynamo would guard on these tensors' identity and
-            tables = self._tables(pos_q, pos_k, inv_freq, m)  # recompile whenever they are new objects
-            done: dict[int, torch.Tensor] = {}  # q and k at the same positions share their tables
-            return tuple(done.setdefault(id(t), _materialize(t) if not t.requires_grad else t) for t in tables)
+        if torch.compiler.is_compiling():
+            # No cache keyed by id() here: Dynamo would guard on the tensors' identity and recompile
+            # for new ones, and id() of an intermediate tensor is a graph break in Dynamo versions
+            # that do not trace it. Tables q and k share (same positions, no xPos) are told by `is`
+            # and materialised once.
+            cq, sq, ck, sk = self._tables(pos_q, pos_k, inv_freq, m)
+            shared = ck is cq
+            cq, sq = _kept(cq), _kept(sq)
+            return (cq, sq, cq, sq) if shared else (cq, sq, _kept(ck), _kept(sk))
         key = (id(pos_q), id(pos_k), id(inv_freq), m, self.scale_base)
         return _ROPE_TABLES.get(key, (pos_q, pos_k, inv_freq), lambda: self._tables(pos_q, pos_k, inv_freq, m))
 
