@@ -6,6 +6,8 @@ import functools
 
 import pytest
 import torch
+from test_hsa import BASE, D
+from test_hsa import build as build_eval
 
 from zoo.errors import ZooError
 from zoo.mixers.hsa import HSA, retrieval_aux_loss
@@ -15,19 +17,12 @@ from zoo.store import Store
 from zoo.train import trainer as tr
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
 
-D, S = 32, 16
-BASE = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "chunk_size": S, "top_k": 2, "window": 8,
-        "encoder_layers": 1}
+S = BASE["chunk_size"]
 
 
 def build(seed=0, **over) -> HSA:
-    torch.manual_seed(seed)
-    spec = get_spec("hsa")
-    m = spec.cls(D, spec.make_config({**BASE, **over}))
-    with torch.no_grad():  # move norms off their all-ones init so every path carries signal
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+    """test_hsa's layer (perturbed weights), in training mode."""
+    return build_eval(seed, **over).train()
 
 
 def x_of(length, seed=1, batch=3):
