@@ -41,6 +41,12 @@ class MixerConfig(BaseModel):
 
     backend: str = "auto"
 
+    def source_loss(self) -> str | None:
+        """The field of an auxiliary loss on the batch's answer sources (`zoo.tasks.base.Batch`)
+        when it is on, else None: such a mixer sets `wants_sources`, and the trainer refuses a
+        task that gives no sources."""
+        return None
+
     def identity_dump(self) -> dict[str, Any]:
         """`model_dump()` for a run's identity: a field marked `json_schema_extra={"id_when_set":
         True}` (one added after runs were stored) is left out while at its default, so the ids

@@ -111,6 +111,9 @@ class HSAConfig(MixerConfig):
                                   "chunk holds the answer): needs a task with answer sources (hashhop)",
                                   json_schema_extra={"id_when_set": True})
 
+    def source_loss(self) -> str | None:
+        return "retrieval_loss" if self.retrieval_loss > 0 else None
+
     @model_validator(mode="after")
     def _shapes(self) -> HSAConfig:
         if self.chunk_size % 16:
@@ -353,7 +356,7 @@ class HSA(Mixer):
         self.head_dim = c.head_dim or d_model // c.n_heads
         self.retrieval_dim = c.retrieval_dim or self.head_dim
         self.chunk_size, self.top_k, self.window = c.chunk_size, c.top_k, c.window
-        self.wants_sources = self.uses_shared = c.retrieval_loss > 0  # off: called exactly as before
+        self.wants_sources = self.uses_shared = c.source_loss() is not None  # off: called exactly as before
         d, H, Hkv, Dh, Dr = d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
         # sliding-window branch: RoPE, QK-norm
         self.wq_swa = nn.Linear(d, H * Dh, bias=False)

@@ -351,8 +351,7 @@ class Trainer:
         b = task.batch(0, 1, lengths_at(self.cfg, 0)[0], split="train", seed=self.cfg.seed,
                        knobs=task_knobs(values_at(self.cfg.schedules, 0)))
         if b.sources is None and (asks := sources_wanted_by(self.run.model)):
-            raise ZooError(f"{asks} needs a task that provides answer sources, and task '{task.name}' gives none",
-                           "allowed: hashhop; or set it to 0")
+            raise no_sources(asks, task.name)
 
     def autocast(self):
         if self.precision == "bf16":
@@ -499,9 +498,7 @@ class Trainer:
                     extra = ()
                     if wants_sources:
                         if batch.sources is None:
-                            raise ZooError(f"{sources_wanted_by(self.run.model)} needs a task that provides answer "
-                                           f"sources, and task '{task.name}' gave a batch without them",
-                                           "allowed: hashhop; or set it to 0")
+                            raise no_sources(sources_wanted_by(self.run.model), task.name)
                         extra = (self.dist.rows(batch.sources).to(self.device, non_blocking=True),)
                     with self.dist.no_sync(wrapped, micro == cfg.grad_accum - 1):
                         ce_sum, count, *aux = fwd_loss(tokens, targets, *extra)
@@ -743,14 +740,19 @@ class Trainer:
 
 
 def sources_wanted_by(model: ModelConfig) -> str | None:
-    """What in the model config trains on the batch's answer sources (e.g. "hsa.retrieval_loss"),
-    None when nothing does; read from the mixer configs, without building the model."""
+    """What in the model config trains on the batch's answer sources (e.g. "hsa.retrieval_loss",
+    from `MixerConfig.source_loss`), None when nothing does; read without building the model."""
     from zoo.registry import get_spec
 
     for name in dict.fromkeys(model.layers):
-        if getattr(get_spec(name).make_config(model.mixer_config.get(name)), "retrieval_loss", 0) > 0:
-            return f"{name}.retrieval_loss"
+        if (field := get_spec(name).make_config(model.mixer_config.get(name)).source_loss()) is not None:
+            return f"{name}.{field}"
     return None
+
+
+def no_sources(asks: str | None, task: str) -> ZooError:
+    return ZooError(f"{asks} needs a task that provides answer sources, and task '{task}' gives none",
+                    "allowed: hashhop; or set it to 0")
 
 
 def _loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
