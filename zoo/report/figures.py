@@ -701,12 +701,11 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
     rows = data.other_evals.get(RECALL_KIND) or []
     labels = {r.run_id: r.label for r in data.runs}
     runs_of_label: dict[str, set] = {}
-    for r in rows:
-        runs_of_label.setdefault(labels.get(r.get("run_id"), str(r.get("label"))), set()).add(r.get("run_id"))
     series: dict[tuple[str, str, int], list[dict]] = {}
     missing: list[tuple[str, int, str, str]] = []
     for r in rows:
         label = labels.get(r.get("run_id"), str(r.get("label")))
+        runs_of_label.setdefault(label, set()).add(r.get("run_id"))
         if r.get("status") != "ok" or r.get("recall") is None or r.get("length") is None:
             who = label + (f", layer {r['layer']}" if r.get("layer") is not None else "")
             missing.append((who, r.get("length") or 0, "", str(r.get("reason") or r.get("status") or "not evaluated")))
