@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from zoo.errors import ZooError
 from zoo.eval.base import get_evaluator, schema_errors
-from zoo.eval.recall import RecallConfig, chance_of, recall_rows, value_chunks
+from zoo.eval.recall import RecallConfig, chance_of, recall_rows, value_sources
 from zoo.retrieval import require_retrieval_layers, retrieval_layers
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,16 +49,43 @@ def test_rows_do_not_depend_on_the_evaluator_chunking():
     assert one == many
 
 
-def test_value_chunks_and_chance():
+def test_value_sources_and_chance():
     s = next(CONFIG.grid(240).cell_samples(240, 1, False))
     key, value = s.queries[0], s.targets[s.queries[0]]
     line = s.prompt.index(f"{key} = '{value}'")
     first = 1 + line + len(key) + 4  # token of the value's first character, after <bos>
-    want = sorted({first // 16, (first + len(value)) // 16})
-    assert value_chunks(s, key, 16) == want
+    src = value_sources(s, key)
+    assert src == list(range(first, first + len(value) + 1))  # the value's characters and its closing quote
+    tokens = "\0" + s.text  # token i is text character i - 1
+    assert "".join(tokens[t] for t in src) == value + "'"
     assert chance_of(10, 1, 2) == pytest.approx(0.2)
     assert chance_of(10, 2, 2) == pytest.approx(1 - 28 / 45)
     assert chance_of(3, 1, 8) == 1.0 and chance_of(0, 1, 8) == 0.0 and chance_of(5, 0, 2) == 0.0
+
+
+def test_a_straddling_value_wants_the_chunk_of_each_character():
+    """Selecting only the chunk where the value starts scores the characters past the boundary
+    as misses: recall is per copied character, not per value."""
+    from zoo.eval.recall import _sample_counts
+    from zoo.tasks.hashhop import answers
+
+    for s in CONFIG.grid(240).cell_samples(240, 1, False):
+        for a in answers(s):
+            src = value_sources(s, a.key)
+            if src[0] // 16 != src[-1] // 16:
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.fail("no straddling value in the samples")
+    L = a.end + 1
+    ids = torch.full((1, L, 1, 1), -1, dtype=torch.long)
+    ids[0, a.start:a.end, 0, 0] = src[0] // 16  # the first character's chunk, at every position of this answer
+    hits, trials, _ = _sample_counts(s, [(0, ids)], 16, 1)
+    n_first = sum(t // 16 == src[0] // 16 for t in src)
+    assert hits == n_first < len(src)
+    assert trials == sum(b.end - b.start for b in answers(s))
 
 
 def test_a_model_without_retrieval_layers_is_named_in_one_line():

@@ -3,22 +3,24 @@
 For single-hop HashHop queries (the HashHop evaluator's samples: split "eval", the same seed,
 hash length and queries per sample, so these numbers sit beside its accuracy curve), every
 answer position is checked in every retrieval layer (`zoo.retrieval`, e.g. HSA): is the chunk
-holding the queried value among the chunks that layer selected for that position?
+holding the character that position copies among the chunks that layer selected for it?
 
     config = RecallConfig(n_chars=[2048, 8192, 32768], samples=3)
     rows = recall_rows(model, config, 8192)   # one row per retrieval layer
 
 - Answer positions: the fed positions whose next token is an answer character or its closing
   quote (as the HashHop evaluator scores them); position c predicts token c + 1.
-- The answer's chunks: those holding the queried value's tokens in the prompt, its closing quote
-  included (`value_chunks`): one chunk, or two where the value straddles a boundary.
+- The wanted chunk: the one holding, in the prompt, the character the position copies (the
+  value's characters and its closing quote, `value_sources`). Where a value straddles a chunk
+  boundary its characters past the boundary want the next chunk, so a layer that finds only
+  the chunk of the key's line scores a miss there (what the auxiliary retrieval loss trains).
 - A trial is one (answer position, KV head): each KV head selects its own K chunks. A hit is a
-  trial whose selection holds any of the answer's chunks. Recall = hits / trials, with a 95%
+  trial whose selection holds the wanted chunk. Recall = hits / trials, with a 95%
   interval by sample as the HashHop evaluator's (`zoo.stats.clustered`: the positions of one
   sample share its haystack, so Wilson's interval is taken at the effective number of trials).
 - Chance: the recall of a selection of K chunks drawn uniformly from those visible at the
-  position (token t sees chunk c iff (c + 1) S <= t), averaged over the trials: with n visible
-  and w of the answer's chunks among them, 1 - C(n - w, K) / C(n, K).
+  position (token t sees chunk c iff (c + 1) S <= t), averaged over the trials: K / n with n
+  visible (1 when n <= K, 0 when the wanted chunk is not visible yet).
 - Exact: teacher-forced exact match of the same queries, from the same forward pass.
 
 The model runs through its caches in chunks of `chunk_size` tokens, as the HashHop evaluator
@@ -74,16 +76,15 @@ class RecallConfig(BaseModel):
                            hash_len=self.hash_len, greedy_samples=0, seed=self.seed, split="eval")
 
 
-def value_chunks(sample: HashHopSample, key: str, chunk_size: int) -> list[int]:
-    """The chunks holding the value of `key`'s prompt line, `key = 'value'`: the tokens of its
-    characters and of its closing quote (token = text index + 1, after `<bos>`)."""
+def value_sources(sample: HashHopSample, key: str) -> list[int]:
+    """The prompt tokens the answer to `key` copies, in order: the characters of the value of
+    its line `key = 'value'` and the closing quote (token = text index + 1, after `<bos>`)."""
     pos = 0
     for line in sample.prompt.split("\n"):
         k, sep, v = line.partition(" = '")
         if sep and k == key:
             first = 1 + pos + len(k) + len(sep)
-            last = first + len(v) - 1  # v ends with the closing quote
-            return list(range(first // chunk_size, last // chunk_size + 1))
+            return list(range(first, first + len(v)))  # v ends with the closing quote
         pos += len(line) + 1
     raise ValueError(f"key {key!r} heads no line of the prompt")
 
@@ -105,14 +106,14 @@ def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor]],
     """(hits, trials, summed chance) of one sample's answer positions in one layer's recorded calls."""
     pos, want = [], []
     for a in answers(sample):
-        chunks = value_chunks(sample, a.key, chunk_size)
-        for c in range(a.start, a.end):
-            pos.append(c)
-            want.append((chunks[0], chunks[-1]))
+        src = value_sources(sample, a.key)
+        if len(src) != a.end - a.start:
+            raise ValueError(f"answer to {a.key!r} has {a.end - a.start} positions, its prompt value {len(src)}")
+        pos.extend(range(a.start, a.end))  # position c predicts token c + 1, the answer's next character
+        want.extend(t // chunk_size for t in src)
     if not pos:
         return 0, 0, 0.0
-    P = torch.tensor(pos)
-    W = torch.tensor(want)
+    P, W = torch.tensor(pos), torch.tensor(want)
     hits = trials = 0
     chance = 0.0
     for start, ids in calls:
@@ -120,15 +121,11 @@ def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor]],
         if not m.any():
             continue
         sel = ids[0, (P[m] - start).to(ids.device)].cpu()  # [n, Hkv, K]
-        w = W[m]
-        hit = ((sel == w[:, 0, None, None]) | (sel == w[:, 1, None, None])).any(-1)  # [n, Hkv]
+        hit = (sel == W[m][:, None, None]).any(-1)  # [n, Hkv]
         hits += int(hit.sum())
         trials += hit.numel()
-        heads = sel.shape[1]
-        for p, (c0, c1) in zip(P[m].tolist(), w.tolist()):
-            visible = p // chunk_size
-            wanted = sum(1 for c in {c0, c1} if c < visible)
-            chance += heads * chance_of(visible, wanted, top_k)
+        for p, c in zip(P[m].tolist(), W[m].tolist()):
+            chance += sel.shape[1] * chance_of(p // chunk_size, int(c < p // chunk_size), top_k)
     return hits, trials, chance
 
 
