@@ -102,12 +102,14 @@ class Perplexity(Evaluator):
 @register_evaluator
 class RetrievalRecall(Evaluator):
     """Per retrieval layer (HSA), the share of HashHop answer positions whose selected chunks hold
-    the answer's chunk, beside chance and exact match; one cell per n_chars. A model without
+    the chunk of the character they copy, beside chance and exact match; one cell per n_chars. A model without
     retrieval layers gets one "n/a" row per cell naming its layers and the retrieval mixers."""
 
     name = "retrieval-recall"
-    description = "per retrieval layer (HSA): share of HashHop answer positions whose top-K chunks hold the answer"
+    description = ("per retrieval layer (HSA): share of HashHop answer positions whose top-K chunks hold the "
+                   "character they copy")
     config_cls = RecallConfig
+    version = 2  # the wanted chunk is per copied character (version 1: any chunk of the value)
     task = "hashhop"
     example = {"n_chars": [120, 240], "hash_len": 4, "samples": 2, "queries": 2}
     example_task = {"hops": [1], "hash_len": 4}
