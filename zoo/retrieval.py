@@ -4,14 +4,16 @@ they attend to. HSA (`zoo.mixers.hsa`) is the built-in one.
 The protocol, `RetrievalMixer`: the mixer class declares `selections = None` (recording off),
 and an instance has `chunk_size` (tokens per chunk S: chunk c holds positions [c S, (c + 1) S))
 and `top_k` (chunks selected per token and KV head). While `selections` is a list (recording
-on), every forward call appends `(start, ids)`:
+on), every forward call appends `(start, ids, weights)`:
 
     start   position of the call's first token (0 for a full forward, the cache's position
             for a chunk of a cached forward)
     ids     `[B, L, Hkv, K]` int64, the chunks token start + t selected for each KV head;
             -1 marks an empty slot (fewer than K chunks visible)
+    weights `[B, L, Hkv, K]` float32, the weight each selected chunk's attention output gets in
+            the layer's output (HSA: its fusion weights), 0 on empty slots
 
-    with record_selections(retrieval_layers(model)) as picked:   # {layer index: [(start, ids), ...]}
+    with record_selections(retrieval_layers(model)) as picked:   # {layer index: [(start, ids, weights), ...]}
         model(tokens, cache)
 
 Recording costs nothing while off: one attribute read per call, `None` in every training step,
@@ -28,7 +30,7 @@ import torch
 
 from zoo.errors import ZooError
 
-Selection = tuple[int, torch.Tensor]  # (first position, ids [B, L, Hkv, K])
+Selection = tuple[int, torch.Tensor, torch.Tensor]  # (first position, ids, weights), each [B, L, Hkv, K]
 
 
 @runtime_checkable
@@ -77,7 +79,7 @@ def require_retrieval_layers(model: Any) -> list[tuple[int, Any]]:
 @contextmanager
 def record_selections(layers: list[tuple[int, Any]]) -> Iterator[dict[int, list[Selection]]]:
     """Recording on for `layers` ((index, mixer) pairs) inside the block; yields {index: calls},
-    each call's (start, ids). Recording is off again afterwards, whatever happens."""
+    each call's (start, ids, weights). Recording is off again afterwards, whatever happens."""
     picked: dict[int, list[Selection]] = {}
     try:
         for i, m in layers:

@@ -122,8 +122,9 @@ class RetrievalRecall(Evaluator):
         "n_chars": int, "length": int, "hash_len": int, "samples": int, "queries": int, "seed": int, "split": str,
         "layer": int, "mixer": str, "chunk_size": int, "top_k": int, "status": str, "reason": str,
         "hits": int, "n": int, "recall": float, "low": float, "high": float, "n_eff": float, "interval": str,
-        "chance": float, "exact": int, "asked": int, "exact_accuracy": float, "exact_low": float,
-        "exact_high": float, "per_sample": list,
+        "chance": float, "weight": float, "straddle_n": int, "straddle_weight": float, "exact": int, "asked": int,
+        "exact_accuracy": float, "exact_low": float, "exact_high": float, "exact_straddling": int,
+        "asked_straddling": int, "per_sample": list,
     }
 
     def check(self, config: RecallConfig) -> None:

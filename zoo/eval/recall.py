@@ -21,7 +21,12 @@ holding the character that position copies among the chunks that layer selected 
 - Chance: the recall of a selection of K chunks drawn uniformly from those visible at the
   position (token t sees chunk c iff (c + 1) S <= t), averaged over the trials: K / n with n
   visible (1 when n <= K, 0 when the wanted chunk is not visible yet).
-- Exact: teacher-forced exact match of the same queries, from the same forward pass.
+- Weight: the mean, over the trials, of the weight the layer's output gives the wanted chunk
+  (HSA's fusion weight; 0 when not selected). Recall can be 1 while the weight is split with
+  another selected chunk, as for values that straddle a chunk boundary, where the chunk after
+  the boundary also matches the key: `straddle_weight` is the mean over those characters alone.
+- Exact: teacher-forced exact match of the same queries, from the same forward pass; also of the
+  queries whose value straddles a chunk boundary (`exact_straddling` of `asked_straddling`).
 
 The model runs through its caches in chunks of `chunk_size` tokens, as the HashHop evaluator
 runs it; a model without retrieval layers gets one "n/a" row per cell saying so.
@@ -101,32 +106,52 @@ def chance_of(visible: int, wanted: int, k: int) -> float:
     return 1.0 - miss
 
 
-def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor]], chunk_size: int,
-                   top_k: int) -> tuple[int, int, float]:
-    """(hits, trials, summed chance) of one sample's answer positions in one layer's recorded calls."""
-    pos, want = [], []
+def straddles(sources: list[int], chunk_size: int) -> bool:
+    """Whether an answer's prompt tokens (`value_sources`) span a chunk boundary."""
+    return sources[0] // chunk_size != sources[-1] // chunk_size
+
+
+class _Counts:
+    """One sample's trials in one layer: hits, chance and the weight on the wanted chunk, overall
+    and over the characters of straddling values."""
+
+    def __init__(self) -> None:
+        self.hits = self.trials = self.straddle_trials = 0
+        self.chance = self.weight = self.straddle_weight = 0.0
+
+
+def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor, torch.Tensor]], chunk_size: int,
+                   top_k: int) -> _Counts:
+    """The counts of one sample's answer positions in one layer's recorded calls."""
+    pos, want, cross = [], [], []
     for a in answers(sample):
         src = value_sources(sample, a.key)
         if len(src) != a.end - a.start:
             raise ValueError(f"answer to {a.key!r} has {a.end - a.start} positions, its prompt value {len(src)}")
         pos.extend(range(a.start, a.end))  # position c predicts token c + 1, the answer's next character
         want.extend(t // chunk_size for t in src)
+        cross.extend([straddles(src, chunk_size)] * len(src))
+    n = _Counts()
     if not pos:
-        return 0, 0, 0.0
-    P, W = torch.tensor(pos), torch.tensor(want)
-    hits = trials = 0
-    chance = 0.0
-    for start, ids in calls:
+        return n
+    P, W, X = torch.tensor(pos), torch.tensor(want), torch.tensor(cross)
+    for start, ids, weights in calls:
         m = (P >= start) & (P < start + ids.shape[1])
         if not m.any():
             continue
-        sel = ids[0, (P[m] - start).to(ids.device)].cpu()  # [n, Hkv, K]
-        hit = (sel == W[m][:, None, None]).any(-1)  # [n, Hkv]
-        hits += int(hit.sum())
-        trials += hit.numel()
+        at = (P[m] - start).to(ids.device)
+        sel, w = ids[0, at].cpu(), weights[0, at].float().cpu()  # [n, Hkv, K]
+        is_wanted = sel == W[m][:, None, None]
+        hit = is_wanted.any(-1)  # [n, Hkv]
+        got = (w * is_wanted).sum(-1)  # [n, Hkv]: the weight the layer gives the wanted chunk
+        n.hits += int(hit.sum())
+        n.trials += hit.numel()
+        n.weight += float(got.sum())
+        n.straddle_trials += int(X[m].sum()) * hit.shape[1]
+        n.straddle_weight += float(got[X[m]].sum())
         for p, c in zip(P[m].tolist(), W[m].tolist()):
-            chance += sel.shape[1] * chance_of(p // chunk_size, int(c < p // chunk_size), top_k)
-    return hits, trials, chance
+            n.chance += sel.shape[1] * chance_of(p // chunk_size, int(c < p // chunk_size), top_k)
+    return n
 
 
 def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int | None = None,
@@ -153,9 +178,9 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
     chunk = chunk_size or getattr(getattr(model, "config", None), "chunk_size", None) or 8192
     if hasattr(model, "eval"):
         model.eval()
-    counts: dict[int, list[tuple[int, int]]] = {i: [] for i, _ in layers}  # per layer, per sample: (hits, trials)
-    chance: dict[int, float] = dict.fromkeys(counts, 0.0)
+    counts: dict[int, list[_Counts]] = {i: [] for i, _ in layers}  # per layer, per sample
     per_query: list[tuple[int, int]] = []  # per sample: (exact, queries)
+    straddling: dict[int, list[int]] = {i: [0, 0] for i, _ in layers}  # per layer: (exact, queries) of straddlers
     try:
         with top_k_override(layers, config.top_k), record_selections(layers) as picked:
             for sample in grid.cell_samples(n_chars, 1, False):
@@ -164,21 +189,28 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
                 scores = score_samples(model, [sample], chunk, device=device)[0]
                 per_query.append((sum(s.exact for s in scores), len(scores)))
                 for i, m in layers:
-                    h, t, c = _sample_counts(sample, picked[i], m.chunk_size, m.top_k)
-                    counts[i].append((h, t))
-                    chance[i] += c
+                    counts[i].append(_sample_counts(sample, picked[i], m.chunk_size, m.top_k))
+                    for a, s in zip(answers(sample), scores):
+                        if straddles(value_sources(sample, a.key), m.chunk_size):
+                            straddling[i][0] += s.exact
+                            straddling[i][1] += 1
     except LengthError as e:  # a mixer narrower than the model's declared length
         return [{**meta(i, m), "status": "n/a", "reason": e.message} for i, m in layers]
     ex = clustered([(float(k), float(q)) for k, q in per_query])
     rows = []
     for i, m in layers:
-        r = clustered([(float(h), float(t)) for h, t in counts[i]])
-        n = sum(t for _, t in counts[i])
+        cs = counts[i]
+        r = clustered([(float(c.hits), float(c.trials)) for c in cs])
+        n, n_st = sum(c.trials for c in cs), sum(c.straddle_trials for c in cs)
+        ex_st, asked_st = straddling[i]
         rows.append({**meta(i, m), "status": "ok", "reason": None,
-                     "hits": sum(h for h, _ in counts[i]), "n": n, "recall": r["acc"], "low": r["lo"],
+                     "hits": sum(c.hits for c in cs), "n": n, "recall": r["acc"], "low": r["lo"],
                      "high": r["hi"], "n_eff": r["n_eff"], "interval": "cluster",
-                     "chance": chance[i] / n if n else None,
+                     "chance": sum(c.chance for c in cs) / n if n else None,
+                     "weight": sum(c.weight for c in cs) / n if n else None,
+                     "straddle_n": n_st, "straddle_weight": sum(c.straddle_weight for c in cs) / n_st if n_st else None,
                      "exact": int(ex["k"]), "asked": int(ex["n"]), "exact_accuracy": ex["acc"], "exact_low": ex["lo"],
-                     "exact_high": ex["hi"], "per_sample": [list(c) for c in counts[i]]})
+                     "exact_high": ex["hi"], "exact_straddling": ex_st, "asked_straddling": asked_st,
+                     "per_sample": [[c.hits, c.trials] for c in cs]})
     return rows
 

@@ -340,14 +340,14 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
 )
 class HSA(Mixer):
     """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up. A retrieval
-    mixer (`zoo.retrieval`): while `selections` is a list, each call appends (start, ids).
+    mixer (`zoo.retrieval`): while `selections` is a list, each call appends (start, ids, weights).
 
     With `retrieval_loss` > 0 the layer wants the batch's answer sources (`wants_sources`): it
     then takes ZooLM's `shared` dict, and a full forward given `shared["sources"]` appends its
     retrieval loss to `shared["aux"]["retrieval_loss"]` as (value, weight)."""
 
     Config = HSAConfig
-    selections: list[tuple[int, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
+    selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
         super().__init__(d_model, config, layer_idx)
@@ -505,8 +505,8 @@ class HSA(Mixer):
             aux = retrieval_aux_loss(qr, lmk, shared["sources"], S)
             shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
-        if self.selections is not None:  # recording (evaluation, eager): first position, ids [B, L, Hkv, K]
-            self.selections.append((start, idx.detach()))
+        if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
+            self.selections.append((start, idx.detach(), w.detach()))
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
         if backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention

@@ -756,22 +756,31 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
                                                   f"{r.get('hits')}/{r.get('n')} trials"),
                     fmt.Val(r.get("chance"), fmt.acc(r["chance"])) if r.get("chance") is not None
                     else fmt.na("not recorded"),
+                    fmt.Val(r.get("weight"), fmt.acc(r["weight"])) if r.get("weight") is not None
+                    else fmt.na("not recorded"),
+                    fmt.Val(r.get("straddle_weight"), fmt.acc(r["straddle_weight"]))
+                    if r.get("straddle_weight") is not None else fmt.na("no straddling value"),
                     fmt.Val(r.get("exact_accuracy"), f"{r.get('exact')}/{r.get('asked')}")
-                    if r.get("exact_accuracy") is not None else fmt.na("not recorded")])
+                    if r.get("exact_accuracy") is not None else fmt.na("not recorded"),
+                    fmt.Val(r.get("exact_straddling"), f"{r.get('exact_straddling')}/{r.get('asked_straddling')}")
+                    if r.get("asked_straddling") else fmt.na("no straddling value")])
         _log2_axis(ax, lengths)
         _train_lines(ax, train)
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("answer's chunk selected")
+        ax.set_ylabel("copied character's chunk selected")
         ax.legend(frameon=False, handlelength=3.2, fontsize=6.5, loc="best")
         svg = to_svg(fig, "fig-retrieval")
     caption = ("Per retrieval layer, the share of the answer positions of single-hop HashHop queries (each hash "
-               "letter and the closing quote, per KV head) whose selected chunks hold the queried value; bars: 95% "
-               "intervals by sample (Wilson's at the effective number of trials); dashed: chance, as many chunks "
-               "drawn at random from those visible; dashed vertical: the training length. The table gives the "
-               "exact match of the same queries; every row is in data/eval_retrieval-recall.csv.")
-    side = Table("retrieval-recall-side", "Retrieval recall", ["run", "layer", "length", "recall", "chance", "exact"],
-                 side_rows).add_footnotes(16)
+               "letter and the closing quote, per KV head) whose selected chunks hold the prompt character the "
+               "position copies; bars: 95% intervals by sample (Wilson's at the effective number of trials); dashed: "
+               "chance, as many chunks drawn at random from those visible; dashed vertical: the training length. "
+               "The table adds the mean weight the layer's output gives that chunk (all characters, then those of "
+               "values that straddle a chunk boundary) and the exact match of the same queries (all, then the "
+               "straddling ones); every row is in data/eval_retrieval-recall.csv.")
+    side = Table("retrieval-recall-side", "Retrieval recall",
+                 ["run", "layer", "length", "recall", "chance", "weight", "weight, straddling", "exact",
+                  "exact, straddling"], side_rows).add_footnotes(16)
     return Figure("fig-retrieval", title, svg, caption, side, compress(missing))
 
 
