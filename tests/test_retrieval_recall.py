@@ -126,7 +126,8 @@ def test_report_draws_recall_with_hostile_labels_escaped(tmp_path):
 
     bad = '<script>alert("x")</script> & $k$'
     runs = [Run("r1", bad, ["swa", "hsa"], "done", final_loss=1.0, train_len=2048),
-            Run("r2", "rope", ["rope"], "done", final_loss=2.0, train_len=2048)]
+            Run("r2", "rope", ["rope"], "done", final_loss=2.0, train_len=2048),
+            Run("r3", "hsa-old", ["swa", "hsa"], "done", final_loss=1.0, train_len=2048)]  # no rows of this evaluation
     rows = []
     for n_chars, length, recall, chance in ((2048, 2463, 0.99, 0.21), (8192, 9151, 0.9, 0.056)):
         for layer in (1, 3):
@@ -142,7 +143,8 @@ def test_report_draws_recall_with_hostile_labels_escaped(tmp_path):
     fig = F.retrieval_recall(data, Palette(data.labels()))
     assert fig.svg is not None and "<script" not in fig.svg and "&lt;script&gt;" in fig.svg
     assert "layer 1" in fig.svg and "layer 3" in fig.svg and "chance" in fig.svg
-    assert fig.missing == ["rope at 2463: n/a (the model has no retrieval layer)"]
+    assert fig.missing == ["rope at 2463: n/a (the model has no retrieval layer)",
+                           "hsa-old (r3): not evaluated (no rows of this retrieval-recall evaluation in the store)"]
     assert [[v.display for v in r[:4]] for r in fig.side.rows][:2] == [[bad, "1", "2463", "0.990"],
                                                                        [bad, "1", "9151", "0.900"]]
 

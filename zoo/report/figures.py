@@ -711,9 +711,12 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
             missing.append((who, r.get("length") or 0, "", str(r.get("reason") or r.get("status") or "not evaluated")))
             continue
         series.setdefault((label, r.get("run_id"), r["layer"]), []).append(r)
+    unevaluated = [f"{run.label} ({run.run_id}): not evaluated (no rows of this retrieval-recall evaluation in the "
+                   f"store)" for run in data.runs if run.status == "done" and run.run_id not in runs_of_label.get(
+                       run.label, set())]
     if not series:
         return Figure("fig-retrieval", title, None, "", reason="no retrieval-recall rows with a retrieval layer",
-                      missing=compress(missing))
+                      missing=compress(missing) + unevaluated)
     order = data.labels()
     keys = sorted(series, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[0], str(k[1]), k[2]))
     side_rows: list[list[fmt.Val]] = []
@@ -781,7 +784,7 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
     side = Table("retrieval-recall-side", "Retrieval recall",
                  ["run", "layer", "length", "recall", "chance", "weight", "weight, straddling", "exact",
                   "exact, straddling"], side_rows).add_footnotes(16)
-    return Figure("fig-retrieval", title, svg, caption, side, compress(missing))
+    return Figure("fig-retrieval", title, svg, caption, side, compress(missing) + unevaluated)
 
 
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
