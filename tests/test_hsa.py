@@ -10,7 +10,7 @@ import torch
 import zoo.mixers.hsa as hsa_mod
 from zoo import conformance
 from zoo.errors import ZooError
-from zoo.kernels.hsa_naive import hsa_attention_naive
+from zoo.kernels.hsa_naive import hsa_attention_joint, hsa_attention_naive
 from zoo.mixers.hsa import HSA, visible_chunks
 from zoo.registry import get_spec
 
@@ -44,11 +44,12 @@ def _planted(m: HSA, t: int, lo: int, hi: int) -> float:
         return (m(x2)[:, t] - m(x)[:, t]).abs().max().item()
 
 
-@pytest.mark.parametrize("encoder_layers", [0, 1])
-def test_retrieval_cannot_see_open_or_future_chunks(encoder_layers):
+@pytest.mark.parametrize("over", [{"encoder_layers": 0}, {"encoder_layers": 1},
+                                  {"fusion": "joint", "backend": "torch"}])
+def test_retrieval_cannot_see_open_or_future_chunks(over):
     # window 1: the window branch sees the token itself only, so anything else at t comes
     # through retrieval. t = 40 sits in chunk 2 (tokens 32..47), which is still open at t.
-    m = build(encoder_layers=encoder_layers, window=1, top_k=4)
+    m = build(**over, window=1, top_k=4)
     t = 40
     assert _planted(m, t, 32, 40) < 1e-6, "retrieval saw the token's own open chunk"
     assert _planted(m, t, 41, 48) < 1e-6, "retrieval saw later tokens of the open chunk"
@@ -105,6 +106,7 @@ def test_stick_breaking_weights():
     {},
     {"fusion": "stick-breaking", "encoder_layers": 0},
     {"n_kv_heads": 1, "encoder_layers": 2, "window": 20},
+    {"fusion": "joint", "backend": "torch"},
 ])
 def test_chunked_equals_full_with_real_selection(over):
     m = build(**over)
@@ -177,8 +179,58 @@ def test_naive_retrieval_attention_matches_a_loop():
     assert torch.allclose(out, want, atol=1e-5)
 
 
+def test_joint_retrieval_attention_matches_a_loop():
+    """One softmax over the selected chunks' tokens, each chunk's logits shifted by its score;
+    the shares are each chunk's part of that softmax, averaged over the group's query heads."""
+    g = torch.Generator().manual_seed(0)
+    B, L, Hq, Hkv, Dh, S, C, K = 2, 9, 4, 2, 8, 16, 3, 2
+    G = Hq // Hkv
+    q, k, v = (torch.randn(B, L, Hq, Dh, generator=g), torch.randn(B, C * S, Hkv, Dh, generator=g),
+               torch.randn(B, C * S, Hkv, Dh, generator=g))
+    idx = torch.randint(-1, C, (B, L, Hkv, K), generator=g)
+    idx[0, 0] = -1  # a token with no chunk at all
+    s = torch.randn(B, L, Hkv, K, generator=g)
+    out, share = hsa_attention_joint(q, k, v, s, idx, S)
+    want, want_share = torch.zeros_like(out), torch.zeros_like(share)
+    for b in range(B):
+        for t in range(L):
+            for h in range(Hq):
+                gk = h // G
+                slots = [j for j in range(K) if idx[b, t, gk, j] >= 0]
+                if not slots:
+                    continue
+                logits = torch.cat([k[b, int(idx[b, t, gk, j]) * S:(int(idx[b, t, gk, j]) + 1) * S, gk] @ q[b, t, h]
+                                    / Dh**0.5 + s[b, t, gk, j] for j in slots])
+                vals = torch.cat([v[b, int(idx[b, t, gk, j]) * S:(int(idx[b, t, gk, j]) + 1) * S, gk] for j in slots])
+                p = logits.softmax(0)
+                want[b, t, h] = p @ vals
+                for n, j in enumerate(slots):
+                    want_share[b, t, gk, j] += p[n * S:(n + 1) * S].sum() / G
+    assert torch.allclose(out, want, atol=1e-5) and torch.allclose(share, want_share, atol=1e-6)
+    assert (out[0, 0] == 0).all() and (share[0, 0] == 0).all()
+
+
+def test_joint_fusion_trains_the_retrieval_and_records_its_shares():
+    m = build(fusion="joint", backend="torch", top_k=2).train()
+    x = x_of(48)
+    y = m(x)
+    (y * torch.randn_like(y)).sum().backward()
+    for name in ("wq_ret.weight", "w_lmk.weight", "cls", "wk_chunk.weight", "wv_chunk.weight", "wq_hsa.weight"):
+        p = dict(m.named_parameters())[name]
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    from zoo.retrieval import record_selections
+
+    with torch.no_grad(), record_selections([(0, m.eval())]) as picked:
+        m(x)
+    [(_, ids, w)] = picked[0]
+    has = (ids >= 0).any(-1)
+    assert torch.allclose(w.sum(-1)[has], torch.ones(()), atol=1e-5) and (w[ids < 0] == 0).all()
+
+
 def test_config_is_validated():
     spec = get_spec("hsa")
+    with pytest.raises(ZooError, match="fusion 'joint' has no Triton kernel: set backend = 'torch'"):
+        spec.make_config({"fusion": "joint"})
     with pytest.raises(ZooError, match="multiple of 16"):
         spec.make_config({"chunk_size": 24})
     with pytest.raises(ZooError, match="n_kv_heads"):

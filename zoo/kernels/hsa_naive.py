@@ -55,3 +55,51 @@ def hsa_attention_naive(
     w = (weights.float() * valid).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     o = torch.einsum("bhlk,bhlgkd->bhlgd", w, ok)
     return o.permute(0, 2, 1, 3, 4).reshape(B, L, Hq, D).to(q.dtype)
+
+
+def hsa_attention_joint(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scores: torch.Tensor,
+    indices: torch.Tensor,
+    chunk_size: int,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint fusion: one softmax over the tokens of all selected chunks, each chunk's logits
+    shifted by its retrieval score (a deviation from the paper's per-chunk softmax, tested in
+    `experiments/hsa_extrapolation.toml`):
+
+        o[t, h] = sum_j sum_{i in c_j} softmax_{(j, i)}(s[t, g, j] + scale * q[t, h] . k_i) v_i
+
+    Per chunk this is the paper's output weighted by softmax_j(s_j + lse_j), lse_j the chunk's
+    attention log-mass: a chunk that matches the landmark query but holds no key the token
+    attends to loses weight to one that does. Shapes as `hsa_attention_naive`, with `scores`
+    `[B, L, Hkv, K]` (float, natural-log units; empty slots ignored) instead of weights.
+    Returns the output `[B, L, Hq, D]` (q's dtype) and each slot's share of the softmax, averaged
+    over the query heads of its group, `[B, L, Hkv, K]` float32 (0 on empty slots).
+    """
+    B, L, Hq, D = q.shape
+    S, Hkv, K = chunk_size, k.shape[2], indices.shape[-1]
+    G = Hq // Hkv
+    C = k.shape[1] // S
+    scale = scale if scale is not None else D**-0.5
+    valid = indices >= 0
+    if C == 0 or K == 0 or not bool(valid.any()):
+        zero = (q * 0 + (scores.sum() * 0).to(q.dtype)).to(q.dtype)
+        return zero, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
+    kc = k.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)  # [B, Hkv, C, S, D]
+    vc = v.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)
+    idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
+    bi = torch.arange(B, device=q.device)[:, None, None, None]
+    gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, S, D]
+    qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
+    bias = scores.float().masked_fill(~valid, float("-inf")).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
+    logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale + bias[:, :, :, None, :, None]
+    any_valid = valid.permute(0, 2, 1, 3).any(-1)[:, :, :, None, None, None]  # a token with no chunk: all 0
+    logits = torch.where(any_valid, logits, torch.zeros_like(logits))
+    p = logits.flatten(-2).softmax(-1).view_as(logits) * any_valid  # [B, Hkv, L, G, K, S]
+    o = torch.einsum("bhlgks,bhlksd->bhlgd", p, vg)
+    share = p.sum(-1).mean(3).permute(0, 2, 1, 3)  # [B, L, Hkv, K]
+    return o.permute(0, 2, 1, 3, 4).reshape(B, L, Hq, D).to(q.dtype), share

@@ -56,7 +56,7 @@ from torch import nn
 
 from zoo.errors import ZooError
 from zoo.kernels import flex
-from zoo.kernels.hsa_naive import hsa_attention_naive
+from zoo.kernels.hsa_naive import hsa_attention_joint, hsa_attention_naive
 from zoo.mixer import TORCH_BACKEND, Backend, Cache, Capabilities, Mixer, MixerConfig
 from zoo.mixers.attention import attention_reference
 from zoo.norm import RMSNorm
@@ -98,8 +98,10 @@ class HSAConfig(MixerConfig):
     encoder_layers: int = Field(1, ge=0, le=8, description="bidirectional chunk-encoder depth; 0 = mean pooling")
     encoder_heads: int | None = Field(None, ge=1, le=256, description="chunk-encoder heads (default d_model / 64)")
     retrieval_dim: int | None = Field(None, ge=1, le=1024, description="landmark width per KV head (default head_dim)")
-    fusion: Literal["softmax", "stick-breaking"] = Field(
-        "softmax", description="weights of the retrieved chunks: softmax of the scores, or stick-breaking (RAMba)"
+    fusion: Literal["softmax", "stick-breaking", "joint"] = Field(
+        "softmax", description="weights of the retrieved chunks: softmax of the scores, stick-breaking (RAMba), or "
+        "joint (one softmax over the selected chunks' tokens, each chunk's logits shifted by its score; not the "
+        "paper's, torch backend only)"
     )
     rope_base: float = Field(10000.0, gt=1.0, description="RoPE base of the window branch and the chunk encoder")
     # added after HSA runs were stored: at their defaults they stay out of run ids (identity_dump)
@@ -120,6 +122,8 @@ class HSAConfig(MixerConfig):
             raise ValueError(f"chunk_size={self.chunk_size} is not a multiple of 16")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.fusion == "joint" and self.backend != "torch":
+            raise ValueError("fusion 'joint' has no Triton kernel: set backend = 'torch'")
         return self
 
 
@@ -475,6 +479,8 @@ class HSA(Mixer):
 
     def fuse(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Fusion weights from retrieval scores `[..., K]`; empty slots get 0."""
+        if self.config.fusion == "joint":  # the scores themselves: logit shifts inside the joint softmax
+            return s.masked_fill(~valid, 0.0)
         if self.config.fusion == "softmax":
             s = s.masked_fill(~valid, float("-inf"))
             s = torch.where(valid.any(-1, keepdim=True), s, torch.zeros_like(s))  # no chunk yet: all 0
@@ -505,15 +511,17 @@ class HSA(Mixer):
             aux = retrieval_aux_loss(qr, lmk, shared["sources"], S)
             shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
-        if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
-            self.selections.append((start, idx.detach(), w.detach()))
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
-        if backend == "triton":
+        if self.config.fusion == "joint":
+            o, w = hsa_attention_joint(q, k, v, w, idx, S)  # w: each chunk's share of the joint softmax
+        elif backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
 
             o = hsa_attention(q, k, v, w, idx, S, index=index)
         else:
             o = hsa_attention_naive(q, k, v, w, idx, S)
+        if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
+            self.selections.append((start, idx.detach(), w.detach()))
         return o.reshape(B, L, H * Dh)
 
     # -- contract ---------------------------------------------------------------------------------
@@ -523,7 +531,9 @@ class HSA(Mixer):
         self.check_length(start + L)
         pos = torch.arange(start, start + L, device=x.device)
         backend = self.select_backend(x)
-        o_swa = self._swa(x, pos, cache, fast=backend == "triton")
+        # joint fusion runs its retrieval in torch; its window still takes the CUDA kernels
+        fast = backend == "triton" or (self.config.fusion == "joint" and x.is_cuda)
+        o_swa = self._swa(x, pos, cache, fast=fast)
         o_hsa = self._hsa(x, start, cache, backend, shared)
         if cache is not None:
             cache.pos = start + L
