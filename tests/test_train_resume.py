@@ -86,3 +86,50 @@ def test_run_killed_after_its_final_checkpoint_finishes_from_the_weights_alone(t
     assert again.returncode == 0, again.stderr
     summary, losses = _final(tmp_path)
     assert summary["steps"] == 8 and losses[-1][0] == 8
+
+
+def test_rng_state_restores_from_a_state_loaded_onto_another_device(tmp_path, monkeypatch):
+    """The trainer loads a checkpoint's state with map_location its device, which puts the RNG
+    byte tensors there; the generators take CPU tensors only. Seen on CUDA, where resuming
+    failed with 'RNG state must be a torch.ByteTensor'; here a tensor type that only
+    `.cpu()` turns into the real state stands in for the GPU copy."""
+    import torch
+
+    from zoo.train import checkpoint as ckpt
+
+    class Elsewhere(torch.Tensor):  # a byte tensor "on another device": unusable until .cpu()
+        def cpu(self, *a, **k):
+            return torch.Tensor(self).clone()
+
+    torch.manual_seed(3)
+    state = ckpt.rng_state()
+    want = torch.rand(4)
+    state["torch"] = state["torch"].as_subclass(Elsewhere)
+    real_set = torch.set_rng_state
+
+    def strict_set(t):
+        if type(t) is not torch.Tensor:
+            raise TypeError("RNG state must be a torch.ByteTensor")
+        real_set(t)
+
+    monkeypatch.setattr(torch, "set_rng_state", strict_set)
+    torch.rand(7)
+    ckpt.set_rng_state(state)
+    assert torch.equal(torch.rand(4), want)
+
+
+def test_rng_state_restores_from_a_state_loaded_onto_the_gpu(tmp_path):
+    import pytest
+    import torch
+
+    from zoo.train import checkpoint as ckpt
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(5)
+    torch.save({"rng": ckpt.rng_state()}, tmp_path / ckpt.STATE)
+    want = torch.rand(4)
+    state = ckpt.load_state(tmp_path, map_location="cuda")
+    torch.rand(9)
+    ckpt.set_rng_state(state["rng"])  # before the fix: TypeError, RNG state must be a torch.ByteTensor
+    assert torch.equal(torch.rand(4), want)
