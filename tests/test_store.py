@@ -117,3 +117,37 @@ def test_runs_cli(tmp_path, capsys):
     assert len(Store(b).results()) == 1
     assert main(["runs", "show", "zzz", "--root", str(b)]) == 2
     assert main(["runs", "export", "--format", "xml", "--root", str(b)]) == 2
+
+
+def test_source_tree_is_gits_tree_id(tmp_path):
+    """Provenance's source tree is the id git gives the same folder, byte caches and empty
+    folders left out as git leaves them, the executable bit kept."""
+    import os
+    import shutil
+    import subprocess
+
+    from zoo.store import source_tree
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    pkg = tmp_path / "pkg"
+    (pkg / "sub" / "deeper").mkdir(parents=True)
+    (pkg / "empty").mkdir()
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0cache")
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "a-b.py").write_text("y = 2\n")  # sorts before "a.py" and after the folder "a" would
+    (pkg / "sub" / "t.html").write_text("<p>{{ v }}</p>\n")
+    (pkg / "sub" / "deeper" / "z.py").write_bytes(b"")
+    run = pkg / "run.sh"
+    run.write_text("#!/bin/sh\n")
+    os.chmod(run, 0o755)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(pkg)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (pkg / ".gitignore").write_text("__pycache__/\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    want = subprocess.run([*git, "write-tree"], check=True, capture_output=True, text=True).stdout.strip()
+    shutil.rmtree(pkg / ".git")
+    assert source_tree(pkg) == want
+    (pkg / "a.py").write_text("x = 2\n")
+    assert source_tree(pkg) != want

@@ -189,6 +189,35 @@ def git_commit() -> str | None:
         return None
 
 
+def source_tree(path: Path | None = None) -> str | None:
+    """Git's tree id of the `zoo` package as it is on disk (what `git rev-parse COMMIT:zoo`
+    prints for a commit with exactly this source), computed without git: a run stays traceable
+    to its source where the checkout's history is missing or stale. Byte caches are left out,
+    as git ignores them; None when the package cannot be read."""
+    here = path or Path(__file__).resolve().parent
+    try:
+        return _tree_id(here).hex()
+    except OSError:
+        return None
+
+
+def _tree_id(d: Path) -> bytes:
+    entries = []
+    for p in d.iterdir():
+        if p.is_symlink() or p.name == "__pycache__" or p.suffix in (".pyc", ".pyo"):
+            continue
+        if p.is_dir():
+            if any(True for _ in p.iterdir()):  # git records no empty folder
+                entries.append((p.name + "/", b"40000 " + p.name.encode() + b"\0" + _tree_id(p)))
+        elif p.is_file():
+            data = p.read_bytes()
+            blob = hashlib.sha1(b"blob %d\0" % len(data) + data).digest()
+            mode = b"100755" if os.access(p, os.X_OK) else b"100644"
+            entries.append((p.name, mode + b" " + p.name.encode() + b"\0" + blob))
+    body = b"".join(e for _, e in sorted(entries, key=lambda e: e[0].encode()))
+    return hashlib.sha1(b"tree %d\0" % len(body) + body).digest()
+
+
 def changed_since(commit: str, paths: list[Path]) -> list[str] | None:
     """Which of `paths` differ between `commit` and the checkout this package runs from
     (uncommitted edits included), as paths in the repository; None when git cannot tell
@@ -203,11 +232,13 @@ def changed_since(commit: str, paths: list[Path]) -> list[str] | None:
 
 
 def provenance(model=None, device=None, **extra: Any) -> dict:
-    """Where and with what a run was produced: commit, versions, device, host, backends, time."""
+    """Where and with what a run was produced: commit, source tree, versions, device, host,
+    backends, time."""
     from zoo import env
 
     out = {
         "git_commit": git_commit(),
+        "source_tree": source_tree(),
         "versions": env.versions(),
         "device": env.device_name(device),
         "host": env.host(),
