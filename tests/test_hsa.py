@@ -45,7 +45,8 @@ def _planted(m: HSA, t: int, lo: int, hi: int) -> float:
 
 
 @pytest.mark.parametrize("over", [{"encoder_layers": 0}, {"encoder_layers": 1},
-                                  {"fusion": "joint", "backend": "torch"}])
+                                  {"fusion": "joint", "backend": "torch"},
+                                  {"chunk_overlap": 8, "backend": "torch"}])
 def test_retrieval_cannot_see_open_or_future_chunks(over):
     # window 1: the window branch sees the token itself only, so anything else at t comes
     # through retrieval. t = 40 sits in chunk 2 (tokens 32..47), which is still open at t.
@@ -107,6 +108,8 @@ def test_stick_breaking_weights():
     {"fusion": "stick-breaking", "encoder_layers": 0},
     {"n_kv_heads": 1, "encoder_layers": 2, "window": 20},
     {"fusion": "joint", "backend": "torch"},
+    {"chunk_overlap": 5, "backend": "torch"},
+    {"fusion": "joint", "chunk_overlap": 12, "backend": "torch"},
 ])
 def test_chunked_equals_full_with_real_selection(over):
     m = build(**over)
@@ -179,6 +182,36 @@ def test_naive_retrieval_attention_matches_a_loop():
     assert torch.allclose(out, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_overlapping_spans_match_a_loop(joint):
+    """With overlap ov a selected chunk c attends over rows c*S - ov .. (c+1)*S - 1 (chunk 0 over
+    its own rows only), in either fusion."""
+    g = torch.Generator().manual_seed(1)
+    B, L, Hq, Hkv, Dh, S, C, K, ov = 1, 7, 2, 1, 8, 16, 3, 2, 5
+    q, k, v = (torch.randn(B, L, Hq, Dh, generator=g), torch.randn(B, C * S, Hkv, Dh, generator=g),
+               torch.randn(B, C * S, Hkv, Dh, generator=g))
+    idx = torch.randint(0, C, (B, L, Hkv, K), generator=g)
+    idx[0, :, 0, 0] = 0  # chunk 0, which has nothing before it, in every row
+    s = torch.randn(B, L, Hkv, K, generator=g)
+    w = s.softmax(-1)
+    out = hsa_attention_joint(q, k, v, s, idx, S, overlap=ov)[0] if joint else \
+        hsa_attention_naive(q, k, v, w, idx, S, overlap=ov)
+    want = torch.zeros_like(out)
+    for t in range(L):
+        for h in range(Hq):
+            rows = [range(max(0, int(c) * S - ov), (int(c) + 1) * S) for c in idx[0, t, 0]]
+            if joint:
+                logits = torch.cat([k[0, list(r), 0] @ q[0, t, h] / Dh**0.5 + s[0, t, 0, j]
+                                    for j, r in enumerate(rows)])
+                want[0, t, h] = logits.softmax(0) @ torch.cat([v[0, list(r), 0] for r in rows])
+            else:
+                for j, r in enumerate(rows):
+                    p = (k[0, list(r), 0] @ q[0, t, h] / Dh**0.5).softmax(0)
+                    want[0, t, h] += w[0, t, 0, j] * (p @ v[0, list(r), 0])
+    assert torch.allclose(out, want, atol=1e-5)
+    assert not torch.allclose(out, hsa_attention_naive(q, k, v, w, idx, S), atol=1e-3)  # the overlap matters
+
+
 def test_joint_retrieval_attention_matches_a_loop():
     """One softmax over the selected chunks' tokens, each chunk's logits shifted by its score;
     the shares are each chunk's part of that softmax, averaged over the group's query heads."""
@@ -231,6 +264,10 @@ def test_config_is_validated():
     spec = get_spec("hsa")
     with pytest.raises(ZooError, match="fusion 'joint' has no Triton kernel: set backend = 'torch'"):
         spec.make_config({"fusion": "joint"})
+    with pytest.raises(ZooError, match="chunk_overlap has no Triton kernel"):
+        spec.make_config({"chunk_overlap": 8})
+    with pytest.raises(ZooError, match="chunk_overlap=64 must be below chunk_size=64"):
+        spec.make_config({"chunk_overlap": 64, "backend": "torch"})
     with pytest.raises(ZooError, match="multiple of 16"):
         spec.make_config({"chunk_size": 24})
     with pytest.raises(ZooError, match="n_kv_heads"):

@@ -19,6 +19,22 @@ from __future__ import annotations
 import torch
 
 
+def chunk_spans(x: torch.Tensor, chunk_size: int, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per chunk, the rows its attention reads: the last `overlap` rows of the chunk before it,
+    then its own S. x `[B, C * S, Hkv, D]` -> spans `[B, Hkv, C, overlap + S, D]` (float32) and
+    `[C, overlap + S]` bool, False where chunk 0 has no rows before it."""
+    B, N, Hkv, D = x.shape
+    S = chunk_size
+    C = N // S
+    xc = x.float().view(B, C, S, Hkv, D)
+    ok = torch.ones(C, overlap + S, dtype=torch.bool, device=x.device)
+    if overlap:
+        prev = torch.cat([xc.new_zeros(B, 1, overlap, Hkv, D), xc[:, :-1, S - overlap:]], 1)
+        xc = torch.cat([prev, xc], 2)
+        ok[0, :overlap] = False
+    return xc.permute(0, 3, 1, 2, 4), ok
+
+
 def hsa_attention_naive(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -27,12 +43,15 @@ def hsa_attention_naive(
     indices: torch.Tensor,
     chunk_size: int,
     scale: float | None = None,
+    overlap: int = 0,
 ) -> torch.Tensor:
     """Per-chunk softmax attention fused by weights.
 
     q `[B, L, Hq, D]`; k, v `[B, C * S, Hkv, D]` (chunk c is rows c*S .. c*S+S-1);
     weights `[B, L, Hkv, K]` (float); indices `[B, L, Hkv, K]` (int, -1 = empty slot,
-    weighted 0). Returns `[B, L, Hq, D]` in q's dtype; computes in float32.
+    weighted 0). `overlap`: a selected chunk's attention also reads the last `overlap` rows of
+    the chunk before it (`chunk_spans`; 0 is the paper's). Returns `[B, L, Hq, D]` in q's
+    dtype; computes in float32.
     """
     B, L, Hq, D = q.shape
     S, Hkv, K = chunk_size, k.shape[2], indices.shape[-1]
@@ -43,14 +62,15 @@ def hsa_attention_naive(
     if C == 0 or K == 0 or not bool(valid.any()):
         # no complete chunk is visible anywhere; keep the graph connected to the weights
         return (q * 0 + (weights.sum() * 0).to(q.dtype)).to(q.dtype)
-    kc = k.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)  # [B, Hkv, C, S, D]
-    vc = v.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)
+    kc, ok = chunk_spans(k, S, overlap)  # [B, Hkv, C, O + S, D]
+    vc, _ = chunk_spans(v, S, overlap)
     idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     bi = torch.arange(B, device=q.device)[:, None, None, None]
     gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
-    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, S, D]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
     qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
-    p = (torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale).softmax(-1)
+    logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale
+    p = logits.masked_fill(~ok[idx][:, :, :, None], float("-inf")).softmax(-1)
     ok = torch.einsum("bhlgks,bhlksd->bhlgkd", p, vg)  # one output per selected chunk
     w = (weights.float() * valid).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     o = torch.einsum("bhlk,bhlgkd->bhlgd", w, ok)
@@ -65,6 +85,7 @@ def hsa_attention_joint(
     indices: torch.Tensor,
     chunk_size: int,
     scale: float | None = None,
+    overlap: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint fusion: one softmax over the tokens of all selected chunks, each chunk's logits
     shifted by its retrieval score (a deviation from the paper's per-chunk softmax, tested in
@@ -74,7 +95,7 @@ def hsa_attention_joint(
 
     Per chunk this is the paper's output weighted by softmax_j(s_j + lse_j), lse_j the chunk's
     attention log-mass: a chunk that matches the landmark query but holds no key the token
-    attends to loses weight to one that does. Shapes as `hsa_attention_naive`, with `scores`
+    attends to loses weight to one that does. Shapes and `overlap` as `hsa_attention_naive`, with `scores`
     `[B, L, Hkv, K]` (float, natural-log units; empty slots ignored) instead of weights.
     Returns the output `[B, L, Hq, D]` (q's dtype) and each slot's share of the softmax, averaged
     over the query heads of its group, `[B, L, Hkv, K]` float32 (0 on empty slots).
@@ -88,15 +109,16 @@ def hsa_attention_joint(
     if C == 0 or K == 0 or not bool(valid.any()):
         zero = (q * 0 + (scores.sum() * 0).to(q.dtype)).to(q.dtype)
         return zero, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
-    kc = k.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)  # [B, Hkv, C, S, D]
-    vc = v.float().view(B, C, S, Hkv, D).permute(0, 3, 1, 2, 4)
+    kc, ok = chunk_spans(k, S, overlap)  # [B, Hkv, C, O + S, D]
+    vc, _ = chunk_spans(v, S, overlap)
     idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     bi = torch.arange(B, device=q.device)[:, None, None, None]
     gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
-    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, S, D]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
     qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
     bias = scores.float().masked_fill(~valid, float("-inf")).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale + bias[:, :, :, None, :, None]
+    logits = logits.masked_fill(~ok[idx][:, :, :, None], float("-inf"))
     any_valid = valid.permute(0, 2, 1, 3).any(-1)[:, :, :, None, None, None]  # a token with no chunk: all 0
     logits = torch.where(any_valid, logits, torch.zeros_like(logits))
     p = logits.flatten(-2).softmax(-1).view_as(logits) * any_valid  # [B, Hkv, L, G, K, S]

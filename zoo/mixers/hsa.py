@@ -108,6 +108,10 @@ class HSAConfig(MixerConfig):
     encoder_rope: bool = Field(True, description="RoPE inside the chunk encoder; False = the paper's encoder, "
                                "no positional encoding (the landmark sees its chunk as a set)",
                                json_schema_extra={"id_when_set": True})
+    chunk_overlap: int = Field(0, ge=0, le=1024, description="rows of the chunk before a selected chunk that its "
+                               "attention also reads (0 = the paper's; overlapping spans as NSA's overlapping "
+                               "blocks), so a value straddling a boundary is whole in the later chunk; torch backend "
+                               "only", json_schema_extra={"id_when_set": True})
     retrieval_loss: float = Field(0.0, ge=0.0, le=100.0, description="weight of the auxiliary retrieval loss with "
                                   "in-batch negatives (0 = off); uses task supervision the paper does not (which "
                                   "chunk holds the answer): needs a task with answer sources (hashhop)",
@@ -124,6 +128,10 @@ class HSAConfig(MixerConfig):
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.fusion == "joint" and self.backend != "torch":
             raise ValueError("fusion 'joint' has no Triton kernel: set backend = 'torch'")
+        if self.chunk_overlap and self.backend != "torch":
+            raise ValueError("chunk_overlap has no Triton kernel: set backend = 'torch'")
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap={self.chunk_overlap} must be below chunk_size={self.chunk_size}")
         return self
 
 
@@ -512,14 +520,15 @@ class HSA(Mixer):
             shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
         q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
-        if self.config.fusion == "joint":
-            o, w = hsa_attention_joint(q, k, v, w, idx, S)  # w: each chunk's share of the joint softmax
+        overlap = self.config.chunk_overlap
+        if self.config.fusion == "joint":  # w: each chunk's share of the joint softmax
+            o, w = hsa_attention_joint(q, k, v, w, idx, S, overlap=overlap)
         elif backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
 
             o = hsa_attention(q, k, v, w, idx, S, index=index)
         else:
-            o = hsa_attention_naive(q, k, v, w, idx, S)
+            o = hsa_attention_naive(q, k, v, w, idx, S, overlap=overlap)
         if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
             self.selections.append((start, idx.detach(), w.detach()))
         return o.reshape(B, L, H * Dh)
@@ -531,8 +540,10 @@ class HSA(Mixer):
         self.check_length(start + L)
         pos = torch.arange(start, start + L, device=x.device)
         backend = self.select_backend(x)
-        # joint fusion runs its retrieval in torch; its window still takes the CUDA kernels
-        fast = backend == "triton" or (self.config.fusion == "joint" and x.is_cuda)
+        # joint fusion and overlapping spans run their retrieval in torch; the window still takes
+        # the CUDA kernels
+        torch_only = self.config.fusion == "joint" or self.config.chunk_overlap > 0
+        fast = backend == "triton" or (torch_only and x.is_cuda)
         o_swa = self._swa(x, pos, cache, fast=fast)
         o_hsa = self._hsa(x, start, cache, backend, shared)
         if cache is not None:
@@ -559,5 +570,5 @@ class HSA(Mixer):
         enc = (len(self.encoder) * (2 * (4 * d * d + 6 * d * d) + 4 * d * (S + 1)) * (S + 1) / S) if self.encoder else 0
         chunks = seq_len / S / 2  # visible chunks, averaged over positions
         swa = 4 * H * Dh * min(self.window, (seq_len + 1) / 2)
-        retrieval = 2 * Hkv * Dr * chunks + 4 * H * Dh * min(self.top_k, chunks) * S
+        retrieval = 2 * Hkv * Dr * chunks + 4 * H * Dh * min(self.top_k, chunks) * (S + self.config.chunk_overlap)
         return proj + enc + swa + retrieval
