@@ -22,8 +22,14 @@ O(number of chunks) to score landmarks plus O(K * S + W) to attend.
 Shapes: x `[B, L, D]`; queries `[B, L, H, Dh]`; chunk keys/values `[B, C * S, Hkv, Dh]`;
 landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
 
-Two switches for testing why retrieval degrades past the training length (both default to
-the behaviour and checkpoints before them):
+Switches for testing why retrieval degrades past the training length (each defaults to the
+paper's behaviour and the checkpoints before it; `fusion = "joint"` and `chunk_overlap` run on
+the torch backend only):
+
+- `fusion = "joint"`: one softmax over the selected chunks' tokens, each chunk's logits shifted
+  by its retrieval score (`hsa_naive.hsa_attention_joint`), instead of a softmax per chunk.
+- `chunk_overlap` (default 0): a selected chunk's attention also reads the last rows of the
+  chunk before it (`hsa_naive.chunk_spans`), so a value straddling a boundary is whole there.
 
 - `encoder_rope` (default True): RoPE inside the chunk encoder. False is the paper's chunk
   encoder, which has no positional encoding: the landmark is then a function of the chunk's
