@@ -23,8 +23,8 @@ holding the character that position copies among the chunks that layer selected 
   visible (1 when n <= K, 0 when the wanted chunk is not visible yet).
 - Weight: the mean, over the trials, of the weight the layer's output gives the wanted chunk
   (HSA's fusion weight; 0 when not selected). Recall can be 1 while the weight is split with
-  another selected chunk, as for values that straddle a chunk boundary, where the chunk after
-  the boundary also matches the key: `straddle_weight` is the mean over those characters alone.
+  another selected chunk, as for the characters next to the boundary of a value that straddles
+  two chunks: `straddle_weight` is the mean over straddling values' characters alone.
 - Exact: teacher-forced exact match of the same queries, from the same forward pass; also of the
   queries whose value straddles a chunk boundary (`exact_straddling` of `asked_straddling`).
 
@@ -34,6 +34,7 @@ runs it; a model without retrieval layers gets one "n/a" row per cell saying so.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -111,13 +112,17 @@ def straddles(sources: list[int], chunk_size: int) -> bool:
     return sources[0] // chunk_size != sources[-1] // chunk_size
 
 
+@dataclass
 class _Counts:
     """One sample's trials in one layer: hits, chance and the weight on the wanted chunk, overall
     and over the characters of straddling values."""
 
-    def __init__(self) -> None:
-        self.hits = self.trials = self.straddle_trials = 0
-        self.chance = self.weight = self.straddle_weight = 0.0
+    hits: int = 0
+    trials: int = 0
+    straddle_trials: int = 0
+    chance: float = 0.0
+    weight: float = 0.0
+    straddle_weight: float = 0.0
 
 
 def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor, torch.Tensor]], chunk_size: int,
