@@ -30,7 +30,6 @@ the torch backend only):
   by its retrieval score (`hsa_naive.hsa_attention_joint`), instead of a softmax per chunk.
 - `chunk_overlap` (default 0): a selected chunk's attention also reads the last rows of the
   chunk before it (`hsa_naive.chunk_spans`), so a value straddling a boundary is whole there.
-
 - `encoder_rope` (default True): RoPE inside the chunk encoder. False is the paper's chunk
   encoder, which has no positional encoding: the landmark is then a function of the chunk's
   tokens as a set (bidirectional attention without positions is permutation-equivariant, so
