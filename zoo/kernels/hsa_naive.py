@@ -35,6 +35,23 @@ def chunk_spans(x: torch.Tensor, chunk_size: int, overlap: int) -> tuple[torch.T
     return xc.permute(0, 3, 1, 2, 4), ok
 
 
+def _selected(q, k, v, indices, chunk_size: int, scale: float, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's scaled logits against the rows of its selected chunks' spans, -inf where a
+    span has no row (chunk 0's overlap), `[B, Hkv, L, G, K, O + S]`, and those rows' values
+    `[B, Hkv, L, K, O + S, D]` (float32; empty slots read chunk 0)."""
+    B, L, Hq, D = q.shape
+    Hkv = k.shape[2]
+    kc, ok = chunk_spans(k, chunk_size, overlap)  # [B, Hkv, C, O + S, D]
+    vc, _ = chunk_spans(v, chunk_size, overlap)
+    idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
+    bi = torch.arange(B, device=q.device)[:, None, None, None]
+    gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
+    qg = q.float().view(B, L, Hkv, Hq // Hkv, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
+    logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale
+    return logits.masked_fill(~ok[idx][:, :, :, None], float("-inf")), vg
+
+
 def hsa_attention_naive(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -54,26 +71,17 @@ def hsa_attention_naive(
     dtype; computes in float32.
     """
     B, L, Hq, D = q.shape
-    S, Hkv, K = chunk_size, k.shape[2], indices.shape[-1]
-    G = Hq // Hkv
+    S, K = chunk_size, indices.shape[-1]
     C = k.shape[1] // S
     scale = scale if scale is not None else D**-0.5
     valid = indices >= 0
     if C == 0 or K == 0 or not bool(valid.any()):
         # no complete chunk is visible anywhere; keep the graph connected to the weights
         return (q * 0 + (weights.sum() * 0).to(q.dtype)).to(q.dtype)
-    kc, ok = chunk_spans(k, S, overlap)  # [B, Hkv, C, O + S, D]
-    vc, _ = chunk_spans(v, S, overlap)
-    idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
-    bi = torch.arange(B, device=q.device)[:, None, None, None]
-    gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
-    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
-    qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
-    logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale
-    p = logits.masked_fill(~ok[idx][:, :, :, None], float("-inf")).softmax(-1)
-    ok = torch.einsum("bhlgks,bhlksd->bhlgkd", p, vg)  # one output per selected chunk
+    logits, vg = _selected(q, k, v, indices, S, scale, overlap)
+    per_chunk = torch.einsum("bhlgks,bhlksd->bhlgkd", logits.softmax(-1), vg)  # one output per selected chunk
     w = (weights.float() * valid).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
-    o = torch.einsum("bhlk,bhlgkd->bhlgd", w, ok)
+    o = torch.einsum("bhlk,bhlgkd->bhlgd", w, per_chunk)
     return o.permute(0, 2, 1, 3, 4).reshape(B, L, Hq, D).to(q.dtype)
 
 
@@ -101,27 +109,19 @@ def hsa_attention_joint(
     over the query heads of its group, `[B, L, Hkv, K]` float32 (0 on empty slots).
     """
     B, L, Hq, D = q.shape
-    S, Hkv, K = chunk_size, k.shape[2], indices.shape[-1]
-    G = Hq // Hkv
+    S, K = chunk_size, indices.shape[-1]
     C = k.shape[1] // S
     scale = scale if scale is not None else D**-0.5
     valid = indices >= 0
     if C == 0 or K == 0 or not bool(valid.any()):
         zero = (q * 0 + (scores.sum() * 0).to(q.dtype)).to(q.dtype)
         return zero, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
-    kc, ok = chunk_spans(k, S, overlap)  # [B, Hkv, C, O + S, D]
-    vc, _ = chunk_spans(v, S, overlap)
-    idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
-    bi = torch.arange(B, device=q.device)[:, None, None, None]
-    gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
-    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
-    qg = q.float().view(B, L, Hkv, G, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
+    logits, vg = _selected(q, k, v, indices, S, scale, overlap)
     bias = scores.float().masked_fill(~valid, float("-inf")).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
-    logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale + bias[:, :, :, None, :, None]
-    logits = logits.masked_fill(~ok[idx][:, :, :, None], float("-inf"))
+    logits = logits + bias[:, :, :, None, :, None]
     any_valid = valid.permute(0, 2, 1, 3).any(-1)[:, :, :, None, None, None]  # a token with no chunk: all 0
     logits = torch.where(any_valid, logits, torch.zeros_like(logits))
-    p = logits.flatten(-2).softmax(-1).view_as(logits) * any_valid  # [B, Hkv, L, G, K, S]
+    p = logits.flatten(-2).softmax(-1).view_as(logits) * any_valid  # [B, Hkv, L, G, K, O + S]
     o = torch.einsum("bhlgks,bhlksd->bhlgd", p, vg)
     share = p.sum(-1).mean(3).permute(0, 2, 1, 3)  # [B, L, Hkv, K]
     return o.permute(0, 2, 1, 3, 4).reshape(B, L, Hq, D).to(q.dtype), share
