@@ -11,7 +11,6 @@ weights cast to bf16 (no optimizer state): about 2 bytes a parameter, for diagno
 
 import argparse
 import io
-import json
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -52,7 +51,6 @@ for run_id in args.weights:
     with tarfile.open(out / f"weights_{run_id}.tar", "w") as tar:
         add_bytes(tar, f"{run_id}/config.json", (run / "config.json").read_bytes())
         add_bytes(tar, f"{run_id}/checkpoints/latest", step.encode())
-        meta = json.loads((ckpts / step / "meta.json").read_text())
-        add_bytes(tar, f"{run_id}/checkpoints/{step}/meta.json", json.dumps(meta, indent=2).encode())
+        add_bytes(tar, f"{run_id}/checkpoints/{step}/meta.json", (ckpts / step / "meta.json").read_bytes())
         add_bytes(tar, f"{run_id}/checkpoints/{step}/model.safetensors", save(state))
 print("packed", out)

@@ -115,28 +115,34 @@ def straddles(sources: list[int], chunk_size: int) -> bool:
 @dataclass
 class _Counts:
     """One sample's trials in one layer: hits, chance and the weight on the wanted chunk, overall
-    and over the characters of straddling values."""
+    and over the characters of straddling values, and the exact matches of straddling queries."""
 
     hits: int = 0
     trials: int = 0
     straddle_trials: int = 0
+    exact_straddling: int = 0  # queries whose value straddles a boundary: exact, asked
+    asked_straddling: int = 0
     chance: float = 0.0
     weight: float = 0.0
     straddle_weight: float = 0.0
 
 
 def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor, torch.Tensor]], chunk_size: int,
-                   top_k: int) -> _Counts:
-    """The counts of one sample's answer positions in one layer's recorded calls."""
+                   top_k: int, exact: list[bool] | None = None) -> _Counts:
+    """The counts of one sample's answer positions in one layer's recorded calls; `exact`, per
+    query in `answers` order, whether it was answered exactly (None: not counted)."""
     pos, want, cross = [], [], []
-    for a in answers(sample):
+    n = _Counts()
+    for j, a in enumerate(answers(sample)):
         src = value_sources(sample, a.key)
         if len(src) != a.end - a.start:
             raise ValueError(f"answer to {a.key!r} has {a.end - a.start} positions, its prompt value {len(src)}")
         pos.extend(range(a.start, a.end))  # position c predicts token c + 1, the answer's next character
         want.extend(t // chunk_size for t in src)
         cross.extend([straddles(src, chunk_size)] * len(src))
-    n = _Counts()
+        if exact is not None and straddles(src, chunk_size):
+            n.exact_straddling += int(exact[j])
+            n.asked_straddling += 1
     if not pos:
         return n
     P, W, X = torch.tensor(pos), torch.tensor(want), torch.tensor(cross)
@@ -185,7 +191,6 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
         model.eval()
     counts: dict[int, list[_Counts]] = {i: [] for i, _ in layers}  # per layer, per sample
     per_query: list[tuple[int, int]] = []  # per sample: (exact, queries)
-    straddling: dict[int, list[int]] = {i: [0, 0] for i, _ in layers}  # per layer: (exact, queries) of straddlers
     try:
         with top_k_override(layers, config.top_k), record_selections(layers) as picked:
             for sample in grid.cell_samples(n_chars, 1, False):
@@ -194,11 +199,8 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
                 scores = score_samples(model, [sample], chunk, device=device)[0]
                 per_query.append((sum(s.exact for s in scores), len(scores)))
                 for i, m in layers:
-                    counts[i].append(_sample_counts(sample, picked[i], m.chunk_size, m.top_k))
-                    for a, s in zip(answers(sample), scores):
-                        if straddles(value_sources(sample, a.key), m.chunk_size):
-                            straddling[i][0] += s.exact
-                            straddling[i][1] += 1
+                    counts[i].append(_sample_counts(sample, picked[i], m.chunk_size, m.top_k,
+                                                    [s.exact for s in scores]))
     except LengthError as e:  # a mixer narrower than the model's declared length
         return [{**meta(i, m), "status": "n/a", "reason": e.message} for i, m in layers]
     ex = clustered([(float(k), float(q)) for k, q in per_query])
@@ -207,7 +209,6 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
         cs = counts[i]
         r = clustered([(float(c.hits), float(c.trials)) for c in cs])
         n, n_st = sum(c.trials for c in cs), sum(c.straddle_trials for c in cs)
-        ex_st, asked_st = straddling[i]
         rows.append({**meta(i, m), "status": "ok", "reason": None,
                      "hits": sum(c.hits for c in cs), "n": n, "recall": r["acc"], "low": r["lo"],
                      "high": r["hi"], "n_eff": r["n_eff"], "interval": "cluster",
@@ -215,7 +216,8 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
                      "weight": sum(c.weight for c in cs) / n if n else None,
                      "straddle_n": n_st, "straddle_weight": sum(c.straddle_weight for c in cs) / n_st if n_st else None,
                      "exact": int(ex["k"]), "asked": int(ex["n"]), "exact_accuracy": ex["acc"], "exact_low": ex["lo"],
-                     "exact_high": ex["hi"], "exact_straddling": ex_st, "asked_straddling": asked_st,
+                     "exact_high": ex["hi"], "exact_straddling": sum(c.exact_straddling for c in cs),
+                     "asked_straddling": sum(c.asked_straddling for c in cs),
                      "per_sample": [[c.hits, c.trials] for c in cs]})
     return rows
 

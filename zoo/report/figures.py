@@ -711,9 +711,9 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
             missing.append((who, r.get("length") or 0, "", str(r.get("reason") or r.get("status") or "not evaluated")))
             continue
         series.setdefault((label, r.get("run_id"), r["layer"]), []).append(r)
+    evaluated = {r.get("run_id") for r in rows}
     unevaluated = [f"{run.label} ({run.run_id}): not evaluated (no rows of this retrieval-recall evaluation in the "
-                   f"store)" for run in data.runs if run.status == "done" and run.run_id not in runs_of_label.get(
-                       run.label, set())]
+                   f"store)" for run in data.runs if run.status == "done" and run.run_id not in evaluated]
     if not series:
         return Figure("fig-retrieval", title, None, "", reason="no retrieval-recall rows with a retrieval layer",
                       missing=compress(missing) + unevaluated)
