@@ -50,6 +50,32 @@ def test_eval_ids_of_builtins_are_pinned():
     assert eval_id("ppl", {"multipliers": [1, 2], "windows": 1, "buckets": 8}) == "2f81447e1b46"
 
 
+def test_hashhop_variants_are_cells_of_the_same_evaluation():
+    """Evaluation-time settings (`variants`) add cells under the same eval id, run on a copy of the
+    model (the cells as trained never see them), and a variant the model cannot take is an n/a
+    row that says why."""
+    ev = get_evaluator("hashhop")
+    table = {"n_chars": [120], "hops": [1], "samples": 2, "queries": 2}
+    variants = [{"mixer.rope.base": 500.0}, {"mixer.hsa.top_k": 4}]
+    assert ev.eval_id({**table, "variants": variants}) == ev.eval_id(table)
+    config = ev.make_config({**table, "variants": variants})
+    assert ev.cells(config) == [(120, 1, False, None), (120, 1, False, "rope.base=500.0"),
+                                (120, 1, False, "hsa.top_k=4")]
+    t = conformance.target(ev)
+    base, scaled, missing = (ev.evaluate(t, config, c) for c in ev.cells(config))
+    assert t.model.mixers[0].config.base == 10000.0  # the trained model is untouched
+    assert [ev.cell_of(r) for r in base + scaled + missing] == ev.cells(config)
+    again = ev.evaluate(t, config, ev.cells(config)[0])
+    assert base[0]["nll"] != scaled[0]["nll"] and base[0]["nll"] == again[0]["nll"]
+    assert missing[0]["status"] == "n/a" and "targets mixer 'hsa', which the model does not use" in missing[0]["reason"]
+    # rows stored before variants existed belong to the cells as trained
+    assert ev.todo(config, [{k: v for k, v in r.items() if k != "variant"} for r in base]) == ev.cells(config)[1:]
+    with pytest.raises(ZooError, match="variant key 'rope.base' must be mixer.MIXER.SETTING"):
+        ev.make_config({**table, "variants": [{"rope.base": 1.0}]})
+    with pytest.raises(ZooError, match="a variant sets nothing"):
+        ev.make_config({**table, "variants": [{}]})
+
+
 def test_builtins_are_registered():
     assert {"hashhop", "ppl", "retrieval-recall"} <= set(EVALUATORS.names())
     assert EVALUATORS.source("hashhop") == "mixer-zoo"

@@ -11,7 +11,7 @@ import zoo.mixers.hsa as hsa_mod
 from zoo import conformance
 from zoo.errors import ZooError
 from zoo.kernels.hsa_naive import hsa_attention_joint, hsa_attention_naive
-from zoo.mixers.hsa import HSA, visible_chunks
+from zoo.mixers.hsa import HSA, HSAConfig, visible_chunks
 from zoo.registry import get_spec
 
 D = 32
@@ -262,10 +262,10 @@ def test_joint_fusion_trains_the_retrieval_and_records_its_shares():
 
 def test_config_is_validated():
     spec = get_spec("hsa")
-    with pytest.raises(ZooError, match="fusion 'joint' has no Triton kernel: set backend = 'torch'"):
-        spec.make_config({"fusion": "joint"})
+    with pytest.raises(ZooError, match="fusion 'joint' has no Triton kernel: set backend = 'torch' or 'auto'"):
+        spec.make_config({"fusion": "joint", "backend": "triton"})
     with pytest.raises(ZooError, match="chunk_overlap has no Triton kernel"):
-        spec.make_config({"chunk_overlap": 8})
+        spec.make_config({"chunk_overlap": 8, "backend": "triton"})
     with pytest.raises(ZooError, match="chunk_overlap=64 must be below chunk_size=64"):
         spec.make_config({"chunk_overlap": 64, "backend": "torch"})
     with pytest.raises(ZooError, match="multiple of 16"):
@@ -273,3 +273,29 @@ def test_config_is_validated():
     with pytest.raises(ZooError, match="n_kv_heads"):
         spec.make_config({"n_heads": 6, "n_kv_heads": 4})
     assert spec.make_config({}).chunk_size == 64 and spec.make_config({}).top_k == 8
+
+
+def test_auto_backend_takes_torch_for_settings_without_a_kernel():
+    m = HSA(32, HSAConfig(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, chunk_overlap=4))
+    assert m.backend_choice(torch.device("cpu")).chosen == "torch"
+    assert HSA(32, HSAConfig(n_heads=2, n_kv_heads=1, chunk_size=16, fusion="joint")).torch_only
+
+
+def test_runtime_settings_equal_a_layer_built_with_them():
+    """`set_knob` on a trained layer (evaluation-time variants, schedules) gives the layer that
+    was built with the setting: same parameters, same output."""
+    torch.manual_seed(0)
+    base = dict(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, backend="torch")
+    x = torch.randn(2, 80, 32)
+    changed = HSA(32, HSAConfig(**base))
+    built = HSA(32, HSAConfig(**{**base, "chunk_overlap": 6, "top_k": 3, "window": 5}))
+    built.load_state_dict(changed.state_dict())
+    for name, value in (("chunk_overlap", 6), ("top_k", 3), ("window", 5)):
+        changed.set_knob(name, value)
+    assert changed.config == built.config and (changed.top_k, changed.window) == (3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(changed(x), built(x))
+    with pytest.raises(ZooError, match="no runtime setting 'chunk_size'"):
+        changed.set_knob("chunk_size", 32)
+    with pytest.raises(ZooError, match="chunk_overlap=16 must be below chunk_size=16"):
+        changed.set_knob("chunk_overlap", 16)

@@ -63,6 +63,7 @@ samples = 1
 queries = 2
 hash_len = 4
 greedy_samples = 1
+variants = [{{ "mixer.nope.window" = 64 }}]   # evaluation-time: nope's runs only, n/a for the others
 """
 LABELS = ["nope", "s4d", WEIRD]
 IN_CI = bool(os.environ.get("CI"))
@@ -294,6 +295,14 @@ def test_leaderboard_equals_store(built):
             assert ("data-value" in c) != ("data-na" in c)
 
 
+def test_variants_stand_beside_their_runs(built):
+    page = parse(built["html"])
+    side = [row[0]["text"].strip() for row in page.tables["table-hashhop-side"]]
+    assert "nope (nope.window=64)" in side
+    assert not any(x.startswith(("s4d (", "learned")) and "window" in x for x in side)  # n/a there: not listed
+    assert "nope (nope.window=64)" in built["html"].split('id="fig-hashhop"')[1]  # the figure's legend
+
+
 def test_data_files(built):
     data = built["out"] / "data"
     for name in ("leaderboard", "hashhop_cells", "hashhop_depth", "hashhop_curves", "loss_curves", "runs",
@@ -301,8 +310,12 @@ def test_data_files(built):
         assert (data / f"{name}.csv").is_file(), name
     store = built["store"]
     cells = list(csv.DictReader((data / "hashhop_cells.csv").open()))
-    n_rows = sum(len(store.results(r["id"], "hashhop")) for r in store.runs(kind="train"))
-    assert len(cells) == n_rows == 9 * 8
+    rows = [r for run in store.runs(kind="train") for r in store.results(run["id"], "hashhop")]
+    assert len(cells) == sum(r.get("variant") is None for r in rows) == 9 * 8
+    variants = list(csv.DictReader((data / "hashhop_variants.csv").open()))
+    assert len(variants) == sum(r.get("variant") is not None for r in rows) == 9 * 8
+    assert {(v["label"], v["status"]) for v in variants} == {("nope", "ok"), ("s4d", "n/a"), (WEIRD, "n/a")}
+    assert all(v["variant"] == "nope.window=64" for v in variants)
     losses = list(csv.DictReader((data / "loss_curves.csv").open()))
     some = losses[0]
     stored = {m["step"]: m["value"] for m in store.metrics(some["run_id"], "loss")}

@@ -121,17 +121,22 @@ def _fmt(acc: float | None, lo: float | None, hi: float | None) -> str:
 
 def results_table(results: dict[str, Any]) -> Table:
     t = Table(title="HashHop exact match per query (teacher-forced, Wilson 95%; greedy k/n)", box=box.SIMPLE_HEAD)
-    for col in ("chars", "hops", "CoT", "exact", "greedy", "char", "NLL", "reached", "s"):
-        t.add_column(col, justify="left" if col == "CoT" else "right", no_wrap=True)
+    variants = any(c.get("variant") for c in results["cells"])
+    for col in ("chars", "hops", "CoT", *(["variant"] if variants else []), "exact", "greedy", "char", "NLL",
+                "reached", "s"):
+        t.add_column(col, justify="left" if col in ("CoT", "variant") else "right", no_wrap=True)
     reasons: list[str] = []
     for c, sec in zip(results["cells"], results["seconds"], strict=True):
-        head = [str(c.get("n_chars", c["length"])), str(c["hops"]), "yes" if c["cot"] else "no"]
+        head = [str(c.get("n_chars", c.get("length"))), str(c["hops"]), "yes" if c["cot"] else "no"]
+        if variants:
+            head.append(escape(c.get("variant") or "as trained"))
         if c.get("redrawn"):
             reasons.append(f"{c.get('n_chars', c['length'])} characters, {c['hops']} hops: {c['redrawn']} of "
                            f"{c['samples']} samples drawn again (a key on two lines made them ambiguous)")
         if c["status"] != "ok":
             t.add_row(*head, "[yellow]n/a[/]", "-", "-", "-", "-", f"{sec:.1f}")
-            reasons.append(f"n/a at {c['length']} tokens: {escape(str(c['reason']))}")
+            where = f"{c['length']} tokens" if c.get("length") else f"{c.get('n_chars')} characters"
+            reasons.append(f"n/a at {where}: {escape(str(c['reason']))}")
             continue
         reached = "-" if c["depth_reached"] is None else f"{c['depth_reached']:.1f}/{c['hops']}"
         greedy = f"{c['greedy_correct']}/{c['greedy_n']}" if c["greedy_n"] else "-"
@@ -308,6 +313,9 @@ def register(app: typer.Typer) -> None:
         grid = make_grid(grid_dict)
 
         store = find_store(run_dir, root)
+        if grid.variants and (store is None or samples_file is not None):
+            raise ZooError("evaluation-time variants are cells of a stored evaluation",
+                           "evaluate a run of a results store (or pass --root), without --samples-file")
         if store is not None and run_config is None and store.get_run(run_id) is None:
             raise ZooError(f"run '{run_id}' is not in the store at {store.root}",
                            "pass --root of the store that trained it")
@@ -323,7 +331,9 @@ def register(app: typer.Typer) -> None:
 
             def cell_done(c: dict[str, Any]) -> None:
                 acc = "n/a" if c["status"] != "ok" else f"{c['accuracy']:.3f}"
-                bar.update(description=f"hashhop (last: {c['length']} tokens, {c['hops']} hops: {acc})")
+                size = f"{c['length']} tokens" if c.get("length") else f"{c['n_chars']} characters"
+                under = f", {escape(c['variant'])}" if c.get("variant") else ""
+                bar.update(description=f"hashhop (last: {size}, {c['hops']} hops{under}: {acc})")
 
             if samples_file is not None:
                 results = evaluate_file(model, samples_file, grid.greedy_samples,
@@ -340,8 +350,9 @@ def register(app: typer.Typer) -> None:
                 if rope is not None:
                     tag.update(rope_scaling=rope.method, rope_factor=rope.factor)
                 stored = [r for r in store.results(run_id, "hashhop") if r.get("eval_id") == tag["eval_id"]]
-                wanted = set(grid.cells())
-                cells = [r for r in stored if (r["n_chars"], r["hops"], r["cot"]) in wanted]
+                ev = get_evaluator("hashhop")
+                order = {c: i for i, c in enumerate(ev.cells(grid))}
+                cells = [r for r in stored if ev.cell_of(r) in order]
                 seconds = [0.0] * len(cells)
                 advance(grid.samples * len(cells))
                 clock = [time.perf_counter()]
@@ -353,10 +364,8 @@ def register(app: typer.Typer) -> None:
                     clock[0] = time.perf_counter()
                     cell_done(rows[-1])
 
-                get_evaluator("hashhop").run(EvalTarget(model, trained, dev, on_sample=advance), grid, stored, keep)
-                order = {c: i for i, c in enumerate(grid.cells())}
-                ranked = sorted(zip(cells, seconds), key=lambda cs: order[(cs[0]["n_chars"], cs[0]["hops"],
-                                                                           cs[0]["cot"])])
+                ev.run(EvalTarget(model, trained, dev, on_sample=advance), grid, stored, keep)
+                ranked = sorted(zip(cells, seconds), key=lambda cs: order[ev.cell_of(cs[0])])
                 results = {"kind": "hashhop", "grid": grid.model_dump(), "device": str(dev),
                            "cells": [c for c, _ in ranked], "seconds": [t for _, t in ranked]}
                 if rope is not None:

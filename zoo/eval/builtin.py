@@ -8,11 +8,12 @@ validated config.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from zoo.errors import ZooError
 from zoo.eval.base import Cell, EvalTarget, Evaluator, register_evaluator
-from zoo.eval.hashhop import HashHopGrid
+from zoo.eval.hashhop import HashHopGrid, variant_name
 from zoo.eval.ppl import PplEval
 from zoo.eval.recall import RecallConfig
 
@@ -25,9 +26,11 @@ class HashHop(Evaluator):
     description = "HashHop exact match per query, per hop, per length (teacher-forced and greedy)"
     config_cls = HashHopGrid
     version = 2  # intervals by sample, with per-sample counts
-    example = {"n_chars": [120], "hops": [1, 2], "samples": 2, "queries": 2}
-    cell_columns = ("n_chars", "hops", "cot")
+    example = {"n_chars": [120], "hops": [1, 2], "samples": 2, "queries": 2, "variants": [{"mixer.rope.base": 500.0}]}
+    # `variant`: None as trained, else the name of an evaluation-time variant (`variant_name`)
+    cell_columns = ("n_chars", "hops", "cot", "variant")
     columns = {
+        "variant": str,
         "length": int, "n_chars": int, "hops": int, "cot": bool, "hash_len": int, "queries": int, "samples": int,
         "seed": int, "split": str, "status": str, "reason": str, "redrawn": int,
         "n": int, "correct": int, "accuracy": float, "low": float, "high": float, "n_eff": float, "interval": str,
@@ -38,27 +41,41 @@ class HashHop(Evaluator):
     }
 
     def identity(self, raw: Any) -> Any:
-        return raw if isinstance(raw, dict) else self.make_config(raw).model_dump()
+        # variants are cells of their own: adding one keeps the id, so the cells as trained are kept
+        table = raw if isinstance(raw, dict) else self.make_config(raw).model_dump()
+        return {k: v for k, v in table.items() if k != "variants"}
 
     def check(self, config: HashHopGrid) -> None:
         config.check()
 
     def cells(self, config: HashHopGrid) -> list[Cell]:
-        return config.cells()
+        names = [None] + [variant_name(v) for v in config.variants]
+        return [(*cell, name) for name in names for cell in config.cells()]
 
     def evaluate(self, target: EvalTarget, config: HashHopGrid, cell: Cell) -> list[dict[str, Any]]:
         """A cell's samples depend on the cell alone, not on the rest of the grid."""
         from zoo.eval.hashhop import evaluate
+        from zoo.train.schedule import apply_mixer_knobs
 
-        n_chars, hops, cot = cell
-        one = config.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot]})
-        return evaluate(target.model, one, device=target.device, on_sample=target.on_sample)["cells"]
+        n_chars, hops, cot, name = cell
+        model = target.model
+        if name is not None:  # a fresh copy, so the cells as trained never see the settings
+            model = target.reload() if target.reload is not None else copy.deepcopy(target.model)
+            try:
+                apply_mixer_knobs(model, next(v for v in config.variants if variant_name(v) == name))
+            except ZooError as e:
+                return [{"n_chars": n_chars, "hops": hops, "cot": cot, "variant": name, "status": "n/a",
+                         "reason": str(e)}]
+        one = config.model_copy(update={"n_chars": [n_chars], "hops": [hops], "cot": [cot], "variants": []})
+        cells = evaluate(model, one, device=target.device, on_sample=target.on_sample)["cells"]
+        return [{**c, "variant": name} for c in cells]
 
     def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
         row = rows[0]
         acc = f"{row['accuracy']:.3f}" if row["status"] == "ok" else row["status"]
         redrawn = f" ({row['redrawn']} ambiguous samples drawn again)" if row.get("redrawn") else ""
-        return f"{cell[0]} characters, {cell[1]} hops: {acc}{redrawn}"
+        under = f" ({cell[3]})" if cell[3] is not None else ""
+        return f"{cell[0]} characters, {cell[1]} hops{under}: {acc}{redrawn}"
 
 
 @register_evaluator

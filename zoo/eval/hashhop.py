@@ -79,6 +79,11 @@ def repeated_keys(sample: HashHopSample) -> list[str]:
     return twice
 
 
+def variant_name(settings: dict[str, Any]) -> str:
+    """A variant's name in rows and legends: its settings, sorted, e.g. 'hsa.chunk_overlap=8'."""
+    return ", ".join(f"{k.removeprefix('mixer.')}={v}" for k, v in sorted(settings.items()))
+
+
 class HashHopGrid(BaseModel):
     """What to evaluate: every (n_chars, hops, cot) combination is one cell."""
 
@@ -98,6 +103,24 @@ class HashHopGrid(BaseModel):
                                    "(default: the model's chunk_size, else 8192)")
     batch_tokens: int = Field(65536, ge=1, le=1 << 30, description="samples of a cell are batched up to this many "
                               "tokens")
+    variants: list[dict[str, Any]] = Field(default_factory=list, description="evaluation-time settings of the "
+                                           "trained model's layers, each a table of `mixer.MIXER.SETTING` = value "
+                                           "(the schedules' names, e.g. {'mixer.hsa.top_k' = 16}): every cell is "
+                                           "evaluated as trained and again under each")
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for settings in v:
+            if not settings:
+                raise ValueError("a variant sets nothing; give it at least one mixer.MIXER.SETTING")
+            for k in settings:
+                parts = k.split(".")
+                if len(parts) != 3 or parts[0] != "mixer" or not all(parts[1:]):
+                    raise ValueError(f"variant key '{k}' must be mixer.MIXER.SETTING, e.g. mixer.hsa.top_k")
+        if len({variant_name(x) for x in v}) != len(v):
+            raise ValueError("two variants set the same values")
+        return v
 
     @field_validator("n_chars")
     @classmethod

@@ -23,8 +23,8 @@ Shapes: x `[B, L, D]`; queries `[B, L, H, Dh]`; chunk keys/values `[B, C * S, Hk
 landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
 
 Switches for testing why retrieval degrades past the training length (each defaults to the
-paper's behaviour and the checkpoints before it; `fusion = "joint"` and `chunk_overlap` run on
-the torch backend only):
+paper's behaviour and the checkpoints before it; `fusion = "joint"` and `chunk_overlap` have
+no Triton kernel, so `backend = "auto"` runs them on the torch backend):
 
 - `fusion = "joint"`: one softmax over the selected chunks' tokens, each chunk's logits shifted
   by its retrieval score (`hsa_naive.hsa_attention_joint`), instead of a softmax per chunk.
@@ -131,10 +131,10 @@ class HSAConfig(MixerConfig):
             raise ValueError(f"chunk_size={self.chunk_size} is not a multiple of 16")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.fusion == "joint" and self.backend != "torch":
-            raise ValueError("fusion 'joint' has no Triton kernel: set backend = 'torch'")
-        if self.chunk_overlap and self.backend != "torch":
-            raise ValueError("chunk_overlap has no Triton kernel: set backend = 'torch'")
+        if self.fusion == "joint" and self.backend == "triton":
+            raise ValueError("fusion 'joint' has no Triton kernel: set backend = 'torch' or 'auto'")
+        if self.chunk_overlap and self.backend == "triton":
+            raise ValueError("chunk_overlap has no Triton kernel: set backend = 'torch' or 'auto'")
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap={self.chunk_overlap} must be below chunk_size={self.chunk_size}")
         return self
@@ -364,6 +364,8 @@ class HSA(Mixer):
     retrieval loss to `shared["aux"]["retrieval_loss"]` as (value, weight)."""
 
     Config = HSAConfig
+    # settings that leave the parameters as they are: schedules and evaluation-time variants set them
+    RUNTIME = ("window", "top_k", "chunk_overlap")
     selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
@@ -538,6 +540,25 @@ class HSA(Mixer):
             self.selections.append((start, idx.detach(), w.detach()))
         return o.reshape(B, L, H * Dh)
 
+    # -- runtime settings and backend -----------------------------------------------------------
+    @property
+    def torch_only(self) -> bool:
+        """Settings with no Triton kernel (joint fusion, overlapping spans)."""
+        return self.config.fusion == "joint" or self.config.chunk_overlap > 0
+
+    def backend_choice(self, device: torch.device):
+        forced = "torch" if self.torch_only and self.config.backend == "auto" else self.config.backend
+        return self.spec.choose_backend(device, forced)
+
+    def set_knob(self, name: str, value) -> None:
+        """A scheduled or evaluation-time setting (`RUNTIME`), e.g. `mixer.hsa.window` for the
+        window warm-up or `mixer.hsa.chunk_overlap` on a model trained without it."""
+        if name not in self.RUNTIME:
+            raise ZooError(f"mixer '{self.spec.name}' has no runtime setting '{name}'",
+                           f"runtime settings: {', '.join(self.RUNTIME)}")
+        self.config = self.spec.make_config({**self.config.model_dump(), name: value})
+        self.top_k, self.window = self.config.top_k, self.config.window
+
     # -- contract ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cache: Cache | None = None, shared: dict | None = None) -> torch.Tensor:
         B, L, _ = x.shape
@@ -547,8 +568,7 @@ class HSA(Mixer):
         backend = self.select_backend(x)
         # joint fusion and overlapping spans run their retrieval in torch; the window still takes
         # the CUDA kernels
-        torch_only = self.config.fusion == "joint" or self.config.chunk_overlap > 0
-        fast = backend == "triton" or (torch_only and x.is_cuda)
+        fast = backend == "triton" or (self.torch_only and x.is_cuda)
         o_swa = self._swa(x, pos, cache, fast=fast)
         o_hsa = self._hsa(x, start, cache, backend, shared)
         if cache is not None:

@@ -485,11 +485,35 @@ def leaderboard(data: ReportData, es: list[Entry]) -> Table:
 
 # -- side tables beside the figures -------------------------------------------------------------
 def hashhop_side(data: ReportData, es: list[Entry]) -> Table:
+    """Per mixer, then per evaluation-time variant of its run (in the headline setting)."""
     rows = []
     for e in es:
         rows.append([Val(e.label, e.label), e.ecl, e.acc_max])
+    setting = headline_setting(data)
+    for e in es:
+        for name in dict.fromkeys(v for v, _ in data.hashhop_variants):
+            cells = sorted((c for v, c in data.hashhop_variants if v == name and e.run and c.run_id == e.run.run_id
+                            and (c.hops, c.cot) == setting), key=lambda c: c.length)
+            if any(c.accuracy is not None for c in cells):  # n/a everywhere: the variant is not for this model
+                label = f"{e.label} ({name})"
+                rows.append([Val(label, label), *_variant_vals(cells, name, e.run.run_id)])
     return Table("hashhop-side", "Effective context", ["mixer", f"acc >= {THRESHOLD} up to", "at largest length"],
                  rows).add_footnotes(16)
+
+
+def _variant_vals(cells: list[HashHopCell], name: str, run_id: str) -> tuple[Val, Val]:
+    """(effective context, accuracy at the largest length) of one run's cells under a variant."""
+    ok = [c for c in cells if c.accuracy is not None]
+
+    def val(c: HashHopCell) -> Val:
+        return Val(c.accuracy, fmt.acc(c.accuracy), sub=f"at {fmt.length(c.length)} {fmt.interval(c.low, c.high)}",
+                   run_id=run_id, source=f"hashhop under {name}: {c.length} tokens, {c.n} queries")
+
+    e = effective_context([(c.length, c.accuracy, c.low, c.high) for c in ok], THRESHOLD)
+    ecl = na(f"accuracy < {THRESHOLD} at every length", run_id=run_id) if e is None else Val(
+        e[0], fmt.length(e[0]), sub=f"acc {fmt.acc(e[1])} {fmt.interval(e[2], e[3])}", run_id=run_id,
+        source=f"largest length with HashHop accuracy >= {THRESHOLD} under {name}")
+    return ecl, val(ok[-1])
 
 
 def sweep_side(data: ReportData, es: list[Entry]) -> Table:

@@ -198,7 +198,7 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                 handles.setdefault(e.label, h)
                 if e.run.train_len:
                     train.add(e.run.train_len)
-            for e in es:  # evaluation-time RoPE scalings: their own series, same colour, hollow markers
+            for e in es:  # evaluation-time variants: their own series, same colour, hollow markers
                 if e.run is None:
                     continue
                 for name in dict.fromkeys(v for v, _ in data.hashhop_variants):
@@ -231,7 +231,8 @@ def hashhop_vs_length(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figu
                "context length and the dash-dotted one the task's chance level (hash letters guessed, format "
                "known).")
     if data.hashhop_variants:
-        caption += " Hollow markers: the same model under an evaluation-time RoPE scaling, named in the legend."
+        caption += (" Hollow markers: the same model under an evaluation-time setting (a RoPE scaling or a mixer "
+                    "setting), named in the legend.")
     return Figure("fig-hashhop", title, svg, caption, A.hashhop_side(data, es), compress(missing, len(settings)))
 
 

@@ -292,8 +292,9 @@ def ppl_variant(r: dict) -> str | None:
 
 
 def hashhop_variant(r: dict) -> str | None:
-    """None for the model as trained; e.g. 'yarn x16' for cells evaluated under a RoPE scaling."""
-    return ppl_variant(r)
+    """None for the model as trained; else the evaluation-time variant the cell ran under: the
+    evaluator's `variant` (e.g. 'hsa.chunk_overlap=8') or a RoPE scaling (e.g. 'yarn x16')."""
+    return r.get("variant") or ppl_variant(r)
 
 
 def to_bench(r: dict) -> BenchPoint:

@@ -246,6 +246,11 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
                            "char_accuracy": c.char_accuracy, "nll": c.nll,
                            "hop_accuracy": c.hop_accuracy or None, **{f"row.{k}": v for k, v in c.meta.items()}}
                           for c in data.hashhop]
+    t["hashhop_variants"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "variant": v, "n_chars": c.n_chars,
+                              "tokens": c.length, "hops": c.hops, "cot": c.cot, "status": c.status,
+                              "reason": c.reason, "n": c.n, "correct": c.correct, "accuracy": c.accuracy,
+                              "low": c.low, "high": c.high, "char_accuracy": c.char_accuracy}
+                             for v, c in data.hashhop_variants]
     t["hashhop_depth"] = [{"label": labels.get(c.run_id), "run_id": c.run_id, "n_chars": c.n_chars,
                            "tokens": c.length, "hops": c.hops,
                            "cot": c.cot, "bin": i, "accuracy": a, "n": n}

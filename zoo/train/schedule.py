@@ -131,5 +131,5 @@ def apply_mixer_knobs(model, values: dict[str, Any]) -> None:
                 set_knob(m, attr, value)
                 hit = True
         if not hit:
-            raise ZooError(f"schedule '{key}' targets mixer '{target}', which the model does not use",
+            raise ZooError(f"setting '{key}' targets mixer '{target}', which the model does not use",
                            f"layers: {', '.join(sorted({m.spec.name for m in model.mixers}))}")
