@@ -76,6 +76,15 @@ def test_hashhop_variants_are_cells_of_the_same_evaluation():
         ev.make_config({**table, "variants": [{}]})
 
 
+def test_ad_hoc_hashhop_ids_are_pinned():
+    # `zoo hashhop eval` rows stored before variants existed must stay found (and resumable)
+    from zoo.cli.hashhop import cli_eval_id
+    from zoo.eval.hashhop import HashHopGrid
+
+    assert cli_eval_id(HashHopGrid(n_chars=[200, 800]), None) == "c5d20d061e55"
+    assert cli_eval_id(HashHopGrid(n_chars=[200, 800], variants=[{"mixer.hsa.top_k": 4}]), None) == "c5d20d061e55"
+
+
 def test_builtins_are_registered():
     assert {"hashhop", "ppl", "retrieval-recall"} <= set(EVALUATORS.names())
     assert EVALUATORS.source("hashhop") == "mixer-zoo"

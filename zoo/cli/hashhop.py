@@ -147,6 +147,16 @@ def results_table(results: dict[str, Any]) -> Table:
     return t
 
 
+def cli_eval_id(grid, rope) -> str:
+    """The id of an ad-hoc evaluation's rows: its grid (variants are cells, not settings, so a
+    grid keeps the id it had before variants existed) and its RoPE scaling."""
+    from zoo.eval.base import get_evaluator
+    from zoo.store import config_id
+
+    return config_id({"kind": "hashhop", "settings": get_evaluator("hashhop").identity(grid),
+                      "rope": rope.model_dump() if rope else None})
+
+
 def find_store(run_dir: Path | None, root: Path | None):
     """The store at `root`, else the one holding `run_dir` (`<root>/runs/<id>`); None when neither."""
     from zoo.store import Store
@@ -345,12 +355,11 @@ def register(app: typer.Typer) -> None:
                     store.upsert_run(run_id, run_config, kind="baseline", status="done",
                                      provenance=provenance(model, dev))
                 # scaled evaluations are rows of their own, never merged with unscaled ones
-                tag = {"eval_id": config_id({"kind": "hashhop", "settings": grid.model_dump(),
-                                             "rope": rope.model_dump() if rope else None})}
+                ev = get_evaluator("hashhop")
+                tag = {"eval_id": cli_eval_id(grid, rope)}
                 if rope is not None:
                     tag.update(rope_scaling=rope.method, rope_factor=rope.factor)
                 stored = [r for r in store.results(run_id, "hashhop") if r.get("eval_id") == tag["eval_id"]]
-                ev = get_evaluator("hashhop")
                 order = {c: i for i, c in enumerate(ev.cells(grid))}
                 cells = [r for r in stored if ev.cell_of(r) in order]
                 seconds = [0.0] * len(cells)
