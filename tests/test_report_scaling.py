@@ -10,9 +10,10 @@ import pytest
 from zoo.report import analysis as A
 from zoo.report import figures as F
 from zoo.report.data import ReportData, Run
-from zoo.report.fits import crossing, fit_power_law, t95
+from zoo.report.fits import crossing, fit_power_law
 from zoo.report.load import companion_runs
 from zoo.report.style import Palette
+from zoo.stats import t95
 from zoo.store import Store
 
 SIZES = (1e5, 3e5, 1e6, 3e6)

@@ -168,6 +168,14 @@ def test_ppl_per_position_matches_a_plain_forward():
         ce = torch.nn.functional.cross_entropy(m(w[:, :-1]).transpose(1, 2), w[:, 1:], reduction="none")
     assert whole["loss"] == pytest.approx(float(ce.mean()), rel=1e-5)
     assert bucket0["loss"] == pytest.approx(float(ce[:, :10].mean()), rel=1e-5)
+    # the interval is Student's t over the three windows' mean losses, and the ppl's is exp of it
+    per = ce.mean(1).double()
+    half = 4.303 * float(per.std()) / math.sqrt(3)
+    assert whole["loss_low"] == pytest.approx(float(per.mean()) - half, rel=1e-5)
+    assert whole["loss_high"] == pytest.approx(float(per.mean()) + half, rel=1e-5)
+    assert whole["ppl_low"] == pytest.approx(math.exp(whole["loss_low"])) and whole["windows"] == 3
+    (one,) = [r for r in evaluate_ppl(m, data, [20], train_len=20, windows=1) if r["scope"] == "all"]
+    assert one["ppl_low"] is None and one["loss_high"] is None  # one window: no interval
     short = evaluate_ppl(m, data[:10], [20], train_len=20)
     assert short[0]["status"] == "n/a" and "fewer than 21" in short[0]["reason"]
 

@@ -1,6 +1,7 @@
 """Intervals shared by the evaluators and the reports: Wilson for independent trials,
-`clustered` for trials grouped in clusters (queries of one HashHop sample); and which way each
-metric a sweep selects by is better."""
+`clustered` for trials grouped in clusters (queries of one HashHop sample), Student's t for the
+mean of a few independent measurements (`mean_interval`); and which way each metric a sweep
+selects by is better."""
 
 from __future__ import annotations
 
@@ -62,3 +63,33 @@ def clustered(counts: list[tuple[float, float]], z: float = Z95, reps: int = BOO
         n_eff = min(n, max(float(m), p * (1 - p) / var)) if var > 0 else n
     lo, hi = wilson(p * n_eff, n_eff, z)
     return {"k": k, "n": n, "acc": p, "lo": lo, "hi": hi, "n_eff": n_eff, "clusters": m}
+
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% quantile of Student's t: the table to 30 degrees of freedom, then the
+    Cornish-Fisher expansion around the normal quantile (off by < 0.001 there)."""
+    if df < 1:
+        raise ValueError(f"t95 needs >= 1 degree of freedom, got {df}")
+    if df <= len(T95):
+        return T95[df - 1]
+    z = Z95
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_interval(xs: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the 95% interval of the mean of independent measurements, mean
+    +- t95(n - 1) s / sqrt(n); low and high are None for fewer than two."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("mean_interval needs at least one value")
+    m = sum(xs) / n
+    if n < 2:
+        return m, None, None
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    half = t95(n - 1) * s / math.sqrt(n)
+    return m, m - half, m + half

@@ -93,6 +93,7 @@ class Perplexity(Evaluator):
         "length": int, "train_len": int, "stride": int, "rope_scaling": str, "rope_factor": float,
         "scope": str, "status": str, "reason": str, "bucket": int, "start": int, "end": int,
         "loss": float, "ppl": float, "bits_per_byte": float, "tokens": int, "windows": int,
+        "loss_low": float, "loss_high": float, "ppl_low": float, "ppl_high": float,
     }
 
     def cells(self, config: PplEval) -> list[Cell]:

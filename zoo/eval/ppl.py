@@ -4,7 +4,8 @@ For each evaluation length L, windows of L + 1 tokens are cut from the held-out 
 offsets 0, stride, 2*stride, ... (stride defaults to L: disjoint windows). Each window is
 scored from its first token, so position p of a window sees exactly p tokens of context,
 and the loss is averaged per position bucket (equal-width buckets over [0, L)), over the
-whole window, and over the positions past the training length. Inputs run through the
+whole window, and over the positions past the training length, each with a 95% interval over
+the windows (independent measurements when they are disjoint, the default). Inputs run through the
 mixers' caches in chunks (`ZooLM.iter_logits`), so memory is bounded by the cache.
 
     rows = evaluate_ppl(model, data, lengths=[512, 1024, 4096], train_len=512)
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoo.errors import LengthError, ZooError
+from zoo.stats import mean_interval
 
 
 class RopeScaling(BaseModel):
@@ -111,33 +113,39 @@ def evaluate_ppl(model, data: np.ndarray, lengths: list[int], train_len: int, st
                          "reason": f"held-out text has {data.size} tokens, fewer than {L + 1}"})
             continue
         starts = [i * s for i in range(n)]
-        total = torch.zeros(L, dtype=torch.float64)
         per = max(1, batch_tokens // (L + 1))
         try:
-            for i in range(0, n, per):
-                w = torch.from_numpy(np.stack([data[o:o + L + 1] for o in starts[i:i + per]]).astype(np.int64))
-                total += window_losses(model, w, chunk_size).double().sum(0).cpu()
+            losses = torch.cat([window_losses(model, torch.from_numpy(np.stack(
+                [data[o:o + L + 1] for o in starts[i:i + per]]).astype(np.int64)), chunk_size).double().cpu()
+                for i in range(0, n, per)])  # [n, L]
         except LengthError as e:
             rows.append({**common, "scope": "all", "status": "n/a", "reason": e.message})
             continue
-        mean = total / n
         edges = [round(b * L / buckets) for b in range(buckets + 1)]
         for b in range(buckets):
             lo, hi = edges[b], edges[b + 1]
             if hi > lo:
-                rows.append({**common, **_stats(mean[lo:hi], n), "scope": "bucket", "bucket": b, "start": lo,
+                rows.append({**common, **_stats(losses[:, lo:hi]), "scope": "bucket", "bucket": b, "start": lo,
                              "end": hi, "status": "ok"})
-        rows.append({**common, **_stats(mean, n), "scope": "all", "start": 0, "end": L, "status": "ok"})
+        rows.append({**common, **_stats(losses), "scope": "all", "start": 0, "end": L, "status": "ok"})
         if L > train_len:
-            rows.append({**common, **_stats(mean[train_len:], n), "scope": "beyond_train", "start": train_len,
+            rows.append({**common, **_stats(losses[:, train_len:]), "scope": "beyond_train", "start": train_len,
                          "end": L, "status": "ok"})
     return rows
 
 
-def _stats(per_pos: torch.Tensor, n_windows: int) -> dict[str, Any]:
-    loss = float(per_pos.mean())
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2),
-            "tokens": int(per_pos.numel() * n_windows), "windows": n_windows}
+def _stats(losses: torch.Tensor) -> dict[str, Any]:
+    """Loss and perplexity of positions `losses` `[windows, positions]`, with the 95% interval of
+    the loss over windows (disjoint stretches of text are the independent measurements; the
+    positions of one window share its text) and the perplexity's, exp of the loss's."""
+    n_windows = losses.shape[0]
+    loss, low, high = mean_interval(losses.mean(1).tolist())
+    out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2),
+           "tokens": int(losses.numel()), "windows": n_windows, "loss_low": low, "loss_high": high,
+           "ppl_low": None, "ppl_high": None}
+    if low is not None:
+        out["ppl_low"], out["ppl_high"] = math.exp(min(low, 50.0)), math.exp(min(high, 50.0))
+    return out
 
 
 def trained_length(run_config: dict) -> int:

@@ -86,9 +86,11 @@ class PplPoint:
     """Perplexity of one run at one evaluation length."""
 
     run_id: str
-    length: int
+    length: int | None               # None: a scaling the model could not take (the reason says why)
     ppl: float | None
     loss: float | None = None
+    low: float | None = None   # 95% interval of the perplexity over windows (None: one window, or older rows)
+    high: float | None = None
     tokens: int | None = None
     stride: int | None = None
     status: str = "ok"

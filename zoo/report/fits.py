@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zoo.stats import Z95, clustered, wilson  # noqa: F401  (re-exported for the report modules)
+from zoo.stats import Z95, clustered, t95, wilson  # noqa: F401  (re-exported for the report modules)
 
 
 @dataclass(frozen=True)
@@ -61,22 +61,6 @@ def fit_power_law(x: list[float], y: list[float], min_points: int = 3) -> PowerL
         se = math.sqrt(ss_res / (n - 2) / sxx) if sxx > 0 else None
     xs = [a for a, _ in pts]
     return PowerLaw(float(math.exp(c0)), float(c1), se, r2, n, (min(xs), max(xs)))
-
-
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t95(df: int) -> float:
-    """Two-sided 95% quantile of Student's t: the table to 30 degrees of freedom, then the
-    Cornish-Fisher expansion around the normal quantile (off by < 0.001 there)."""
-    if df < 1:
-        raise ValueError(f"t95 needs >= 1 degree of freedom, got {df}")
-    if df <= len(T95):
-        return T95[df - 1]
-    z = Z95
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def crossing(a: PowerLaw, b: PowerLaw) -> float | None:

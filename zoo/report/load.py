@@ -276,11 +276,14 @@ def _dedupe(rows: list[dict], key) -> list[dict]:
 
 def to_ppl(r: dict) -> PplPoint:
     status = "ok" if r.get("status", "ok") == "ok" else "n/a"
-    p = PplPoint(run_id=r["run_id"], length=int(r["length"]), ppl=r.get("ppl") if status == "ok" else None,
-                 loss=r.get("loss"), tokens=r.get("tokens"), stride=r.get("stride"), status=status,
-                 reason=r.get("reason") or (None if status == "ok" else str(r.get("status"))),
+    ok = status == "ok"
+    length = None if r.get("length") is None else int(r["length"])
+    p = PplPoint(run_id=r["run_id"], length=length, ppl=r.get("ppl") if ok else None, loss=r.get("loss"),
+                 low=_finite(r.get("ppl_low")) if ok else None, high=_finite(r.get("ppl_high")) if ok else None,
+                 tokens=r.get("tokens"), stride=r.get("stride"),
+                 status=status, reason=r.get("reason") or (None if ok else str(r.get("status"))),
                  meta={k: v for k, v in r.items() if k not in ("run_id", "kind", "length", "ppl", "loss", "tokens",
-                                                               "stride", "status", "reason")})
+                                                               "stride", "status", "reason", "ppl_low", "ppl_high")})
     return p
 
 
