@@ -419,7 +419,7 @@ def test_screenshot_in_headless_chromium(built, tmp_path):
 # -- perplexity and speed: an lm comparison and a bench run in one store --------------------------
 LM_SPEC = """
 name = "lm-report-test"
-mixers = ["nope", "s4d"]
+mixers = ["nope", "s4d", "alibi", "sinusoidal", "rope"]   # the last three: the known results on perplexity
 [model]
 d_model = 16
 n_layers = 1
@@ -432,6 +432,7 @@ batch_size = 2
 [eval.ppl]
 multipliers = [1, 2, 4, 8]
 windows = 2
+rope_scaling = [{ method = "yarn", factor = 8.0 }]
 """
 
 
@@ -459,7 +460,7 @@ def built_lm(tmp_path_factory):
                              out=tmp / "out", pdf=False, bench_ids=[measured.run_id])
     finally:
         torch.set_num_threads(threads)
-    assert [(o.status, o.evals) for o in outcomes] == [("done", {"ppl": "ok"})] * 2
+    assert [(o.status, o.evals) for o in outcomes] == [("done", {"ppl": "ok"})] * 5
     return {"store": store, "built": built, "html": built.html.read_text(encoding="utf-8")}
 
 
@@ -499,3 +500,24 @@ def test_speed_figure_equals_bench_rows(built_lm):
     fast, slow = ("nope", "s4d") if nope >= s4d else ("s4d", "nope")
     assert f"Fastest at 128 tokens (fwd): {fast}" in built_lm["html"] and f"the slowest ({slow}" in built_lm["html"]
     assert "fig-speed-fwd" in page.ids and "O(L²)" in built_lm["html"]
+
+
+def test_known_results_decided_from_the_stored_perplexities(built_lm):
+    store, page = built_lm["store"], parse(built_lm["html"])
+    rows = [r for r in page.tables["table-known-results"] if r[0]["tag"] == "td"]
+    verdicts = {r[0]["text"].split(":")[0]: r[1]["text"].strip() for r in rows}
+    assert len(rows) == 4 and verdicts["Arora et al. 2023 (Zoology)"] == "not measured"
+    assert verdicts["Hu et al. 2025 (HSA-UltraLong)"] == "not measured"
+    ratio = {}
+    for mixer in ("alibi", "sinusoidal", "rope"):
+        pp = {r["length"]: r["ppl"] for r in store.results(headline(store, mixer)["id"], "ppl")
+              if r["scope"] == "all" and r["rope_scaling"] is None}
+        ratio[mixer] = pp[256] / pp[32]
+    want = ("reproduced" if ratio["alibi"] <= 1.1 and min(ratio["sinusoidal"], ratio["rope"]) >= 1.5
+            else "not reproduced")
+    assert verdicts["Press et al. 2022 (ALiBi)"] == want
+    assert f"({ratio['alibi']:.2f}x)" in rows[0][2]["text"]  # the evidence quotes the stored ratio
+    assert verdicts["Peng et al. 2023 (YaRN)"] in ("reproduced", "not reproduced")
+    with open(built_lm["built"].out / "data" / "known_results.csv", newline="") as f:
+        assert [r["verdict"] for r in csv.DictReader(f)] == [r[1]["text"].strip() for r in rows]
+    assert "methods-known" in page.ids

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoo.report import analysis as A
-from zoo.report import fmt
+from zoo.report import fmt, known
 from zoo.report.data import ReportData
 
 
@@ -59,8 +59,17 @@ def _list(xs) -> str:
 
 
 def methods(data: ReportData) -> list[Method]:
-    out = [_models(data), _training(data), _hashhop(data), _ppl(data), _bench(data), _leaderboard(data)]
+    out = [_models(data), _training(data), _hashhop(data), _ppl(data), _bench(data), _leaderboard(data),
+           _known(data)]
     return [m for m in out if m is not None]
+
+
+def _known(data: ReportData) -> Method | None:
+    """The rule of each known result the summary tests, when the report measures any of them."""
+    ks = known.known_results(data, A.entries(data))
+    if not known.measured(ks):
+        return None
+    return Method("methods-known", "Known results", [f"{k.source}: {k.claim}. Rule: {k.rule}." for k in ks])
 
 
 def _models(data: ReportData) -> Method:
@@ -200,7 +209,8 @@ def _ppl(data: ReportData) -> Method | None:
         + (f", {_list(windows)} windows per length" if windows else "")
         + ". Each window is scored from its first token, so position p sees exactly p tokens of context, and the "
           "reported perplexity averages every position of the window (per-position buckets and the positions past "
-          "the training length are in data/ppl.csv when stored).",
+          "the training length are in data/ppl.csv when stored). Brackets: the 95% interval of the mean loss "
+          "over the windows (Student's t), exponentiated; none where one window was scored.",
     ]
     if data.ppl_variants:
         ps.append("Evaluation-time RoPE scalings of the trained models ("

@@ -20,7 +20,7 @@ from typing import Any
 from zoo.errors import ZooError
 from zoo.report import analysis as A
 from zoo.report import figures as F
-from zoo.report import fmt, methods
+from zoo.report import fmt, known, methods
 from zoo.report.data import ReportData
 from zoo.report.fmt import Table, Val, na
 from zoo.report.style import Palette
@@ -259,8 +259,9 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
                             "correct": p.correct, "accuracy": p.accuracy, "low": p.low, "high": p.high,
                             "seeds": p.seeds, "run_ids": [r.run_id for r in e.runs], "reason": p.reason}
                            for e in es if e.run for p in e.curve]
-    t["ppl"] = [{"label": labels.get(p.run_id), "run_id": p.run_id, "length": p.length, "ppl": p.ppl, "loss": p.loss,
-                 "tokens": p.tokens, "stride": p.stride, "status": p.status, "reason": p.reason,
+    t["ppl"] = [{"label": labels.get(p.run_id), "run_id": p.run_id, "length": p.length, "ppl": p.ppl, "low": p.low,
+                 "high": p.high, "loss": p.loss, "tokens": p.tokens, "stride": p.stride, "status": p.status,
+                 "reason": p.reason,
                  **{f"row.{k}": v for k, v in p.meta.items()}} for p in data.ppl]
     t["loss_curves"] = [{"label": r.label, "run_id": r.run_id, "headline": r.run_id in heads, "step": s,
                          "tokens": tok, "loss": loss} for r in data.runs for s, tok, loss in r.curve]
@@ -368,14 +369,17 @@ def render_html(data: ReportData) -> tuple[str, dict]:
                 "mixers": [{"id": c["id"], "title": c["label"]} for c in cards],
                 "methods": [{"id": m.id, "title": m.title} for m in meth]}
     toc = [{"id": sid, "title": f"{number[sid]} {names[sid]}", "children": children.get(sid, [])} for sid in sections]
+    knowns = known.known_results(data, es)
     pieces = {"entries": es, "leaderboard": lb, "figures": figs, "headline": head, "cards": cards, "methods": meth,
-              "palette": pal, "toc": toc}
+              "palette": pal, "toc": toc, "known": knowns}
     return pieces, {
         "title": data.title, "version": zoo.__version__,
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "source": data.source, "store_root": data.store_root, "toc": toc, "headline": head,
         "heads": {s["id"]: s["title"] for s in toc},
-        "findings": A.findings(data, es), "facts": summary_facts(data, es), "leaderboard": lb, "figures": figs,
+        "findings": A.findings(data, es),
+        "known": known.known_table(knowns) if known.measured(knowns) and not data.bench_only else None,
+        "facts": summary_facts(data, es), "leaderboard": lb, "figures": figs,
         "absent_figures": absent,
         "cards": cards, "card_ids": {c["label"]: c["id"] for c in cards}, "methods": meth,
         "runs_columns": runs_cols, "runs_rows": runs_rows,
@@ -448,6 +452,10 @@ def build(data: ReportData, out: str | Path, pdf: bool = True) -> Built:
     out.mkdir(parents=True, exist_ok=True)
     pieces, ctx = render_html(data)
     tables = data_tables(data, pieces["entries"], pieces["leaderboard"], pieces["figures"])
+    if known.measured(pieces["known"]):
+        tables["known_results"] = _tidy([{"key": k.key, "source": k.source, "claim": k.claim, "rule": k.rule,
+                                    "verdict": k.verdict, "evidence": k.evidence, "run_ids": list(k.run_ids)}
+                                         for k in pieces["known"]])
     if data.bench_only:  # the tables of what it shows: no empty training ones
         shown = {"bench", "ceilings"} | {f.side.id.replace("-", "_") for f in pieces["figures"] if f.side}
         tables = {k: v for k, v in tables.items() if k in shown and v}

@@ -1,0 +1,106 @@
+"""The known results the report tests: each rule decides from the numbers it is given, both ways,
+and says what was missing when it cannot decide."""
+
+from __future__ import annotations
+
+from zoo.report import analysis as A
+from zoo.report import known as K
+from zoo.report.data import HashHopCell, PplPoint, ReportData, Run
+from zoo.stats import wilson
+
+T = 1024
+
+
+def run(rid: str, mixer: str, *, task: str = "lm", pairs: int | None = None, acc: float | None = None,
+        state: tuple[float, float] | None = None, lr: float = 1e-3) -> Run:
+    cfg = {"label": mixer, "model": {"layers": [mixer]}, "train": {"seq_len": T, "lr": lr, "seed": 0,
+                                                                   "eval_batches": 4, "batch_size": 25},
+           "task": {"name": task, "config": {"num_kv_pairs": pairs} if pairs else {}}}
+    r = Run(rid, mixer, [mixer], "done", config=cfg, train_len=T, evals={"eval_acc": acc} if acc is not None else {})
+    if state is not None:
+        r.state_bytes = {8192: state[0], 2**20: state[1]}
+    return r
+
+
+def ppl(rid: str, length: int, value: float, half: float | None = 0.05) -> PplPoint:
+    lo, hi = (value * (1 - half), value * (1 + half)) if half is not None else (None, None)
+    return PplPoint(rid, length, value, low=lo, high=hi)
+
+
+def verdict(data: ReportData, key: str) -> K.Known:
+    return next(k for k in K.known_results(data, A.entries(data)) if k.key == key)
+
+
+def test_alibi_rule_both_ways_and_by_how_much():
+    runs = [run("a", "alibi"), run("s", "sinusoidal"), run("r", "rope")]
+    pts = [ppl("a", T, 4.0), ppl("a", 8 * T, 4.2), ppl("s", T, 4.1), ppl("s", 8 * T, 40.0),
+           ppl("r", T, 3.9), ppl("r", 8 * T, 9.0)]
+    k = verdict(ReportData("t", runs, ppl=pts), "alibi")
+    assert k.verdict == K.REPRODUCED and "(1.05x)" in k.evidence and "[3.80, 4.20]" in k.evidence
+    assert set(k.run_ids) == {"a", "s", "r"}
+    pts[1] = ppl("a", 8 * T, 5.0)  # alibi rose 25%: past the 10% the rule allows
+    k = verdict(ReportData("t", runs, ppl=pts), "alibi")
+    assert k.verdict == K.NOT_REPRODUCED and "alibi rose 1.25x (rule <= 1.1x)" in k.evidence
+    k = verdict(ReportData("t", runs, ppl=pts[:4]), "alibi")
+    assert k.verdict == K.NOT_MEASURED and "rope" in k.evidence
+
+
+def test_scaling_rule_needs_lower_at_every_length_and_apart_intervals():
+    runs = [run("r", "rope")]
+    plain = [ppl("r", L * T, v) for L, v in ((1, 4.0), (2, 6.0), (4, 9.0), (8, 14.0), (16, 30.0))]
+    yarn = [("yarn x8", ppl("r", L * T, v)) for L, v in ((1, 4.1), (2, 4.3), (4, 4.6), (8, 5.0), (16, 40.0))]
+    k = verdict(ReportData("t", runs, ppl=plain, ppl_variants=yarn), "yarn")
+    # 16x is past the factor: not part of the rule, so its higher value does not count against it
+    assert k.verdict == K.REPRODUCED and "lower at 3 of 3 lengths" in k.evidence and "(0.36x)" in k.evidence
+    close = [("ntk x8", ppl("r", L * T, v * 0.99)) for L, v in ((2, 6.0), (4, 9.0), (8, 14.0))]
+    k = verdict(ReportData("t", runs, ppl=plain, ppl_variants=close), "yarn")
+    assert k.verdict == K.NOT_REPRODUCED and "intervals overlap" in k.evidence
+    k = verdict(ReportData("t", runs, ppl=plain), "yarn")
+    assert k.verdict == K.NOT_MEASURED and "not evaluated under yarn or ntk" in k.evidence
+
+
+def test_zoology_rule_fixed_state_falls_and_attention_holds():
+    rows = 100  # eval_batches x batch_size
+    fixed, grows = (4096.0, 4096.0), (8192.0, 2.0**30)
+    runs = [run("m1", "mamba", task="mqar", pairs=8, acc=0.99, state=fixed),
+            run("m2", "mamba", task="mqar", pairs=64, acc=0.30, state=fixed),
+            run("m2b", "mamba", task="mqar", pairs=64, acc=0.45, state=fixed, lr=3e-3),  # the best rate counts
+            run("r1", "rope", task="mqar", pairs=8, acc=1.0, state=grows),
+            run("r2", "rope", task="mqar", pairs=64, acc=0.97, state=grows)]
+    k = verdict(ReportData("t", runs), "zoology")
+    lo, hi = wilson(45, rows)
+    assert k.verdict == K.REPRODUCED and f"0.450 [{lo:.2f}, {hi:.2f}] at 64" in k.evidence
+    assert "1 of 1 fixed-state mixers fall, 1 of 1 with growing state hold" in k.evidence
+    runs[4] = run("r2", "rope", task="mqar", pairs=64, acc=0.5, state=grows)  # attention falls too
+    assert verdict(ReportData("t", runs), "zoology").verdict == K.NOT_REPRODUCED
+    k = verdict(ReportData("t", runs[:3]), "zoology")
+    assert k.verdict == K.NOT_MEASURED and "mamba (fixed state" in k.evidence
+    # companions count: the MQAR runs may live in another experiment
+    assert verdict(ReportData("t", [], companions={"mqar": runs}), "zoology").verdict == K.NOT_REPRODUCED
+
+
+def cells(rid: str, accs: dict[int, float], n: int = 80) -> list[HashHopCell]:
+    out = []
+    for m, a in accs.items():
+        lo, hi = wilson(a * n, n)
+        out.append(HashHopCell(rid, m * T, 1, False, n, a * n, a, lo, hi, n_chars=m * 700))
+    return out
+
+
+def test_hsa_rule_effective_context_longest_and_ties():
+    runs = [run("h", "hsa"), run("r", "rope")]
+    hh = cells("h", {1: 1.0, 4: 0.97, 16: 0.95, 64: 0.5}) + cells("r", {1: 1.0, 4: 0.1, 16: 0.0, 64: 0.0})
+    k = verdict(ReportData("t", runs, hashhop=hh), "hsa")
+    assert k.verdict == K.REPRODUCED and "hsa to 16K (16x)" in k.evidence and "the next: rope to 1K (1x)" in k.evidence
+    hh = cells("h", {1: 1.0, 4: 0.2}) + cells("r", {1: 1.0, 4: 0.1})
+    k = verdict(ReportData("t", runs, hashhop=hh), "hsa")
+    assert k.verdict == K.NOT_REPRODUCED and "Tied" in k.evidence
+    hh = cells("h", {1: 0.5}) + cells("r", {1: 1.0})
+    k = verdict(ReportData("t", runs, hashhop=hh), "hsa")
+    assert k.verdict == K.NOT_REPRODUCED and "hsa below 0.9 at every length (best 0.500" in k.evidence
+    assert verdict(ReportData("t", runs[1:], hashhop=hh[1:]), "hsa").verdict == K.NOT_MEASURED
+
+
+def test_nothing_measured_shows_no_section():
+    data = ReportData("t", [run("n", "nope")])
+    assert not K.measured(K.known_results(data, A.entries(data)))
