@@ -248,9 +248,8 @@ def hsa_holds_furthest(es: list[Entry]) -> Known:
 
 
 def known_table(known: list[Known]) -> Table:
-    rows = [[Val(k.source, f"{k.source}: {k.claim}", source=f"rule: {k.rule}"),
-             Val(k.verdict, k.verdict), Val(k.evidence, k.evidence, run_id=k.run_ids[0] if k.run_ids else None)]
-            for k in known]
-    return Table("known-results", "Known results", ["result", "verdict", "evidence"], rows, label_col=None,
+    rows = [[Val(k.source, k.source), Val(k.claim, k.claim, source=f"rule: {k.rule}"), Val(k.verdict, k.verdict),
+             Val(k.evidence, k.evidence, run_id=k.run_ids[0] if k.run_ids else None)] for k in known]
+    return Table("known-results", "Known results", ["source", "claim", "verdict", "evidence"], rows, label_col=None,
                  note="Each result's rule, fixed before the runs, is in its tooltip and in Methods; "
                  "data/known_results.csv lists the runs each verdict rests on.")
