@@ -4,8 +4,10 @@ and says what was missing when it cannot decide."""
 from __future__ import annotations
 
 from zoo.report import analysis as A
+from zoo.report import figures as F
 from zoo.report import known as K
 from zoo.report.data import HashHopCell, PplPoint, ReportData, Run
+from zoo.report.style import Palette
 from zoo.stats import wilson
 
 T = 1024
@@ -104,3 +106,20 @@ def test_hsa_rule_effective_context_longest_and_ties():
 def test_nothing_measured_shows_no_section():
     data = ReportData("t", [run("n", "nope")])
     assert not K.measured(K.known_results(data, A.entries(data)))
+
+
+def test_mqar_pairs_figure_and_side_table_hold_the_best_run_per_point():
+    fixed, grows = (4096.0, 4096.0), (8192.0, 2.0**30)
+    runs = [run("m1", "mamba", task="mqar", pairs=8, acc=0.99, state=fixed),
+            run("m2", "mamba", task="mqar", pairs=64, acc=0.30, state=fixed),
+            run("m2b", "mamba", task="mqar", pairs=64, acc=0.45, state=fixed, lr=3e-3),
+            run("r1", "rope", task="mqar", pairs=8, acc=1.0, state=grows)]
+    data = ReportData("t", runs)
+    fig = F.mqar_pairs(data, Palette(data.labels()))
+    assert fig.svg is not None and fig.id in [f.id for f in F.all_figures(data, Palette(data.labels()), [])]
+    rows = {r[0].value: r for r in fig.side.rows}
+    assert fig.side.columns == ["mixer", "state", "state 8K", "8 pairs", "64 pairs"]
+    assert rows["mamba"][1].value == "fixed" and rows["mamba"][4].value == 0.45 and rows["mamba"][4].run_id == "m2b"
+    assert rows["rope"][1].value == "growing" and rows["rope"][4].reason == "not run"
+    one = ReportData("t", runs[:1] + runs[3:])  # one pair count each: nothing to draw
+    assert "fig-mqar-pairs" not in [f.id for f in F.all_figures(one, Palette(one.labels()), [])]

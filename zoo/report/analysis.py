@@ -868,6 +868,74 @@ def companion_recall(data: ReportData) -> dict[str, list[RecallPoint]]:
     return out
 
 
+@dataclass(frozen=True)
+class PairsPoint:
+    label: str
+    pairs: int
+    accuracy: float
+    low: float
+    high: float
+    run_id: str
+
+
+def mqar_by_pairs(data: ReportData) -> dict[str, list[PairsPoint]]:
+    """MQAR held-out accuracy per mixer and number of key-value pairs, over this experiment's runs
+    and its companions'; of several runs at one point (a learning-rate sweep, seeds), the best."""
+    best: dict[tuple[str, int], PairsPoint] = {}
+    runs = list(data.runs) + [r for rs in data.companions.values() for r in rs]
+    for r in runs:
+        task = r.config.get("task") or {}
+        acc = r.evals.get("eval_acc")
+        if r.status != "done" or task.get("name") != "mqar" or acc is None:
+            continue
+        pairs = int((task.get("config") or {}).get("num_kv_pairs") or 8)
+        train = r.config.get("train") or {}
+        n = int(train.get("eval_batches") or 0) * int(train.get("batch_size") or 0)
+        low, high = wilson(acc * n, n)
+        p = PairsPoint(r.label, pairs, acc, low, high, r.run_id)
+        if (r.label, pairs) not in best or acc > best[(r.label, pairs)].accuracy:
+            best[(r.label, pairs)] = p
+    out: dict[str, list[PairsPoint]] = {}
+    for p in sorted(best.values(), key=lambda p: p.pairs):
+        out.setdefault(p.label, []).append(p)
+    return out
+
+
+def state_kind(r: Run) -> str | None:
+    """'fixed' when the state after 1M tokens is the state after 8K, 'growing' when larger."""
+    a, b = r.state_bytes.get(8192), r.state_bytes.get(2**20)
+    if a is None:
+        return None
+    if b is None:
+        return "growing" if r.max_length is not None else None
+    return "fixed" if b == a else "growing"
+
+
+def mqar_pairs_side(data: ReportData) -> Table:
+    """Per mixer: its state (fixed or growing, bytes at 8K) and MQAR accuracy at each pair count."""
+    by = mqar_by_pairs(data)
+    runs = {r.run_id: r for r in list(data.runs) + [r for rs in data.companions.values() for r in rs]}
+    counts = sorted({p.pairs for pts in by.values() for p in pts})
+    rows = []
+    for label, pts in by.items():
+        r = runs[pts[0].run_id]
+        b = r.state_bytes.get(8192)
+        row = [Val(label, label), Val(state_kind(r), state_kind(r)) if state_kind(r) else na("unknown"),
+               Val(b, fmt.nbytes(b), run_id=r.run_id, source="sum of state_bytes(8192) over layers, bf16, batch 1")
+               if b is not None else na(r.state_reason or "not computed")]
+        at = {p.pairs: p for p in pts}
+        for k in counts:
+            p = at.get(k)
+            row.append(na("not run") if p is None else
+                       Val(p.accuracy, fmt.acc(p.accuracy), sub=fmt.interval(p.low, p.high), run_id=p.run_id,
+                           source="eval_acc of the best run at this pair count"))
+        rows.append(row)
+    return Table("mqar-pairs-side", "MQAR accuracy by key-value pairs", ["mixer", "state", "state 8K",
+                 *[f"{k} pairs" for k in counts]], rows,
+                 note="Brackets: Wilson 95% interval over the rows scored. State: fixed when the state after 1M "
+                 "tokens equals that after 8K.")
+
+
 def recall_setting(runs: list[Run]) -> str:
     """'16 pairs, 128 tokens, 2000 steps' from the companion's run configs."""
     if not runs:

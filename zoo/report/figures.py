@@ -689,6 +689,38 @@ def recall(data: ReportData, pal: Palette) -> Figure:
     return Figure("fig-recall", title, svg, caption, A.recall_side(data), notes)
 
 
+def mqar_pairs(data: ReportData, pal: Palette) -> Figure:
+    """MQAR accuracy as the key-value pairs grow (Zoology's recall-against-state question): one
+    line per mixer, its state size in the side table."""
+    title = "MQAR accuracy vs key-value pairs"
+    by = {label: pts for label, pts in A.mqar_by_pairs(data).items() if len(pts) >= 2}
+    if not by:
+        return Figure("fig-mqar-pairs", title, None, "", reason="no mixer trained on MQAR at two or more pair counts")
+    with rc_context(RC):
+        fig = MplFigure(figsize=(5.2, 3.3), layout="constrained")
+        ax = fig.subplots()
+        handles = {}
+        for label, pts in by.items():
+            look = pal[label]
+            err = [[p.accuracy - p.low for p in pts], [p.high - p.accuracy for p in pts]]
+            h = ax.errorbar([p.pairs for p in pts], [p.accuracy for p in pts], yerr=err, color=look.color,
+                            linestyle=look.linestyle, marker=look.marker, markersize=4, linewidth=1.2, capsize=2)
+            handles[label] = h.lines[0]
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        _data_ticks(ax.xaxis, [p.pairs for pts in by.values() for p in pts])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_xlabel("key-value pairs per sequence")
+        ax.set_ylabel("MQAR accuracy (held out)")
+        _legend(fig, list(handles.values()), [_tex(k) for k in handles])
+        svg = to_svg(fig, "fig-mqar-pairs")
+    caption = ("Held-out exact recall of each queried value, the best run over the learning rates tried at each pair "
+               "count; bars: Wilson 95% intervals over the rows scored. A fixed-state mixer holds the same number of "
+               "bytes whatever the context (side table), so past some pair count it cannot keep them all.")
+    return Figure("fig-mqar-pairs", title, svg, caption, A.mqar_pairs_side(data))
+
+
 # -- retrieval recall vs context length -----------------------------------------------------------
 RECALL_KIND = "retrieval-recall"
 LAYER_STYLES = ["-", (0, (1, 1.2)), (0, (4, 1, 1, 1)), (0, (1, 2.5))]  # solid, dotted, dash-dot: dashed is chance
@@ -800,6 +832,8 @@ def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figur
     figs.append(scaling(data, pal))
     if data.companions:
         figs.append(recall(data, pal))
+    if any(len(pts) >= 2 for pts in A.mqar_by_pairs(data).values()):
+        figs.append(mqar_pairs(data, pal))
     if data.other_evals.get(RECALL_KIND):
         figs.append(retrieval_recall(data, pal))
     return figs

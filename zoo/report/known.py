@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zoo.report import fmt
-from zoo.report.analysis import THRESHOLD, Entry
-from zoo.report.data import PplPoint, ReportData, Run
+from zoo.report.analysis import THRESHOLD, Entry, mqar_by_pairs, state_kind
+from zoo.report.data import PplPoint, ReportData
 from zoo.report.fmt import Table, Val
-from zoo.stats import wilson
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
 
@@ -137,49 +136,6 @@ def scaling_helps_rope(data: ReportData, es: list[Entry]) -> Known:
     if all(": no length" in x for x in parts):
         return Known("yarn", source, claim, rule, NOT_MEASURED, "; ".join(parts) + ".", (rid,))
     return Known("yarn", source, claim, rule, REPRODUCED if passed else NOT_REPRODUCED, "; ".join(parts) + ".", (rid,))
-
-
-@dataclass(frozen=True)
-class PairsPoint:
-    label: str
-    pairs: int
-    accuracy: float
-    low: float
-    high: float
-    run_id: str
-
-
-def mqar_by_pairs(data: ReportData) -> dict[str, list[PairsPoint]]:
-    """MQAR held-out accuracy per mixer and number of key-value pairs, over this experiment's runs
-    and its companions'; of several runs at one point (a learning-rate sweep, seeds), the best."""
-    best: dict[tuple[str, int], PairsPoint] = {}
-    runs = list(data.runs) + [r for rs in data.companions.values() for r in rs]
-    for r in runs:
-        task = r.config.get("task") or {}
-        acc = r.evals.get("eval_acc")
-        if r.status != "done" or task.get("name") != "mqar" or acc is None:
-            continue
-        pairs = int((task.get("config") or {}).get("num_kv_pairs") or 8)
-        train = r.config.get("train") or {}
-        n = int(train.get("eval_batches") or 0) * int(train.get("batch_size") or 0)
-        low, high = wilson(acc * n, n)
-        p = PairsPoint(r.label, pairs, acc, low, high, r.run_id)
-        if (r.label, pairs) not in best or acc > best[(r.label, pairs)].accuracy:
-            best[(r.label, pairs)] = p
-    out: dict[str, list[PairsPoint]] = {}
-    for p in sorted(best.values(), key=lambda p: p.pairs):
-        out.setdefault(p.label, []).append(p)
-    return out
-
-
-def state_kind(r: Run) -> str | None:
-    """'fixed' when the state after 1M tokens is the state after 8K, 'growing' when larger."""
-    a, b = r.state_bytes.get(8192), r.state_bytes.get(2**20)
-    if a is None:
-        return None
-    if b is None:
-        return "growing" if r.max_length is not None else None
-    return "fixed" if b == a else "growing"
 
 
 def fixed_state_recall(data: ReportData) -> Known:
