@@ -101,6 +101,15 @@ def test_stick_breaking_weights():
     assert torch.allclose(m.fuse(s, valid), want, atol=1e-6)
 
 
+def test_fusion_temperature_divides_the_scores():
+    s = torch.tensor([[0.3, -1.0, 2.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    want = torch.cat([(s[:, :3] / 0.5).softmax(-1), torch.zeros(1, 1)], -1)
+    sharp = build(fusion_temperature=0.5).fuse(s, valid)
+    assert torch.allclose(sharp, want, atol=1e-6)
+    assert sharp[0, 2] > build().fuse(s, valid)[0, 2]  # the best-scoring chunk gains weight
+
+
 # -- chunked inference ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("over", [
@@ -288,9 +297,9 @@ def test_runtime_settings_equal_a_layer_built_with_them():
     base = dict(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, backend="torch")
     x = torch.randn(2, 80, 32)
     changed = HSA(32, HSAConfig(**base))
-    built = HSA(32, HSAConfig(**{**base, "chunk_overlap": 6, "top_k": 3, "window": 5}))
+    built = HSA(32, HSAConfig(**{**base, "chunk_overlap": 6, "top_k": 3, "window": 5, "fusion_temperature": 0.25}))
     built.load_state_dict(changed.state_dict())
-    for name, value in (("chunk_overlap", 6), ("top_k", 3), ("window", 5)):
+    for name, value in (("chunk_overlap", 6), ("top_k", 3), ("window", 5), ("fusion_temperature", 0.25)):
         changed.set_knob(name, value)
     assert changed.config == built.config and (changed.top_k, changed.window) == (3, 5)
     with torch.no_grad():

@@ -34,6 +34,10 @@ no Triton kernel, so `backend = "auto"` runs them on the torch backend):
   encoder, which has no positional encoding: the landmark is then a function of the chunk's
   tokens as a set (bidirectional attention without positions is permutation-equivariant, so
   the CLS output is permutation-invariant).
+- `fusion_temperature` (default 1): the retrieval scores are divided by it before fusion. Below 1
+  at evaluation it sharpens the weights toward the best-scoring chunk, against the dilution that
+  more competing chunks bring past the training length; a runtime setting, so an evaluation
+  variant can set it on a trained model.
 - `retrieval_loss` (default 0): the weight of an auxiliary retrieval loss that trains the
   landmark scores directly (`retrieval_aux_loss`). For each answer position p of row b (where
   the batch's `sources` says which row position the target copies), the positive is the
@@ -117,6 +121,9 @@ class HSAConfig(MixerConfig):
                                "attention also reads (0 = the paper's; overlapping spans as NSA's overlapping "
                                "blocks), so a value straddling a boundary is whole in the later chunk; torch backend "
                                "only", json_schema_extra={"id_when_set": True})
+    fusion_temperature: float = Field(1.0, gt=0.0, le=100.0, description="the retrieval scores are divided by this "
+                                      "before fusion (below 1: weight drawn toward the best-scoring chunk)",
+                                      json_schema_extra={"id_when_set": True})
     retrieval_loss: float = Field(0.0, ge=0.0, le=100.0, description="weight of the auxiliary retrieval loss with "
                                   "in-batch negatives (0 = off); uses task supervision the paper does not (which "
                                   "chunk holds the answer): needs a task with answer sources (hashhop)",
@@ -365,7 +372,7 @@ class HSA(Mixer):
 
     Config = HSAConfig
     # settings that leave the parameters as they are: schedules and evaluation-time variants set them
-    RUNTIME = ("window", "top_k", "chunk_overlap")
+    RUNTIME = ("window", "top_k", "chunk_overlap", "fusion_temperature")
     selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
@@ -494,6 +501,8 @@ class HSA(Mixer):
 
     def fuse(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Fusion weights from retrieval scores `[..., K]`; empty slots get 0."""
+        if self.config.fusion_temperature != 1.0:
+            s = s / self.config.fusion_temperature
         if self.config.fusion == "joint":  # the scores themselves: logit shifts inside the joint softmax
             return s.masked_fill(~valid, 0.0)
         if self.config.fusion == "softmax":
