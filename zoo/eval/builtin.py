@@ -85,6 +85,7 @@ class Perplexity(Evaluator):
     name = "ppl"
     description = "perplexity vs length on held-out text, by position bucket and under RoPE scalings"
     config_cls = PplEval
+    version = 2  # each row's 95% interval over its windows
     task = "lm"
     example = {"lengths": [32, 96], "windows": 1, "buckets": 2, "rope_scaling": [{"method": "pi", "factor": 2}]}
     example_task = {"max_bytes": 1 << 16}

@@ -35,7 +35,8 @@ no Triton kernel, so `backend = "auto"` runs them on the torch backend):
   tokens as a set (bidirectional attention without positions is permutation-equivariant, so
   the CLS output is permutation-invariant).
 - `fusion_temperature` (default 1): the retrieval scores are divided by it before fusion. Below 1
-  at evaluation it sharpens the weights toward the best-scoring chunk, against the dilution that
+  at evaluation it sharpens softmax fusion toward the best-scoring chunk (stick-breaking: toward
+  the most recent chunk with a positive score), against the dilution that
   more competing chunks bring past the training length; a runtime setting, so an evaluation
   variant can set it on a trained model.
 - `retrieval_loss` (default 0): the weight of an auxiliary retrieval loss that trains the

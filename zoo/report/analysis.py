@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zoo.errors import ZooError
 from zoo.report import fmt
@@ -417,7 +417,11 @@ def entry(data: ReportData, label: str) -> Entry:
         pts = [p for r in seeds for p in data.ppl if p.run_id == r.run_id and run.train_len
                and p.length == k * run.train_len]
         got = [(p.ppl, p.run_id) for p in pts if p.ppl is not None]
-        if got:
+        if len(got) == 1:
+            p = next(p for p in pts if p.ppl is not None)
+            ppl[k] = Val(p.ppl, fmt.sig(p.ppl, 4), sub=ppl_interval(p), run_id=p.run_id,
+                         source=f"ppl length={k * run.train_len}")
+        elif got:
             ppl[k] = seed_mean(got, lambda v: fmt.sig(v, 4), f"ppl length={k * run.train_len}")
         elif pts:
             ppl[k] = na(pts[0].reason or pts[0].status, run_id=rid)
@@ -437,6 +441,11 @@ def entry(data: ReportData, label: str) -> Entry:
                                                                  else "") if x) or None,
                  run_id=rid, source="config: train.lr")
     return Entry(label, run, params, state, tps, mfu, acc, acc_max, ecl, ppl, backend, curve, seeds, sweep, lr)
+
+
+def ppl_interval(p) -> str | None:
+    """'[4.02, 4.18]': a perplexity's 95% interval over its windows, None where it has none."""
+    return f"[{fmt.sig(p.low, 3)}, {fmt.sig(p.high, 3)}]" if p.low is not None and p.high is not None else None
 
 
 def _bench_backend(data: ReportData, label: str) -> Val | None:
@@ -543,10 +552,10 @@ def ppl_side(data: ReportData, es: list[Entry]) -> Table:
         pts = sorted((p for p in data.ppl if e.run and p.run_id == e.run.run_id), key=lambda p: p.length)
         ok = [p for p in pts if p.ppl is not None]
         top = Val(ok[-1].ppl, f"{fmt.sig(ok[-1].ppl, 4)} at {fmt.length(ok[-1].length)}", run_id=e.run.run_id,
-                  source=f"ppl length={ok[-1].length}") if ok else na("not evaluated")
+                  sub=ppl_interval(ok[-1]), source=f"ppl length={ok[-1].length}") if ok else na("not evaluated")
         rows.append([Val(e.label, e.label), e.ppl[1], top])
-    return Table("ppl-side", "Perplexity", ["mixer", "at training length", "at largest length"],
-                 rows).add_footnotes(16)
+    return Table("ppl-side", "Perplexity", ["mixer", "at training length", "at largest length"], rows,
+                 note="Brackets: 95% interval over the evaluation windows.").add_footnotes(16)
 
 
 def loss_side(data: ReportData, es: list[Entry]) -> Table:
@@ -875,26 +884,50 @@ class PairsPoint:
     accuracy: float
     low: float
     high: float
+    rows: int
     run_id: str
+
+
+def mqar_runs(data: ReportData) -> list[Run]:
+    """Finished MQAR runs of this experiment and its companions, a companion's under
+    'label (experiment)' where its label is also used elsewhere."""
+    runs = [r for r in list(data.runs) + [r for rs in data.companions.values() for r in rs]
+            if r.status == "done" and (r.config.get("task") or {}).get("name") == "mqar"]
+    where: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        where[r.label].add(r.config.get("experiment", ""))
+    return [replace(r, label=f"{r.label} ({r.config['experiment']})") if len(where[r.label]) > 1
+            and r.config.get("experiment") else r for r in runs]
+
+
+def trained_pairs(r: Run) -> int:
+    """The key-value pairs a run ended its training on: the last point of a `task.num_kv_pairs`
+    schedule, else its task config, else the task's default."""
+    from zoo.tasks.mqar import MQARConfig
+
+    sched = ((r.config.get("train") or {}).get("schedules") or {}).get("task.num_kv_pairs")
+    if sched and sched.get("points"):
+        return int(sched["points"][-1][1])
+    cfg = (r.config.get("task") or {}).get("config") or {}
+    return int(cfg.get("num_kv_pairs") or MQARConfig.model_fields["num_kv_pairs"].default)
 
 
 def mqar_by_pairs(data: ReportData) -> dict[str, list[PairsPoint]]:
     """MQAR held-out accuracy per mixer and number of key-value pairs, over this experiment's runs
-    and its companions'; of several runs at one point (a learning-rate sweep, seeds), the best."""
+    and its companions'; of several runs at one point (a learning-rate sweep, seeds), the best.
+    The interval is Wilson's over the rows scored: the queries of one row share its pairs, so
+    rows, not queries, are the trials (conservative)."""
     best: dict[tuple[str, int], PairsPoint] = {}
-    runs = list(data.runs) + [r for rs in data.companions.values() for r in rs]
-    for r in runs:
-        task = r.config.get("task") or {}
+    for r in mqar_runs(data):
         acc = r.evals.get("eval_acc")
-        if r.status != "done" or task.get("name") != "mqar" or acc is None:
+        if acc is None:
             continue
-        pairs = int((task.get("config") or {}).get("num_kv_pairs") or 8)
+        pairs = trained_pairs(r)
         train = r.config.get("train") or {}
         n = int(train.get("eval_batches") or 0) * int(train.get("batch_size") or 0)
         low, high = wilson(acc * n, n)
-        p = PairsPoint(r.label, pairs, acc, low, high, r.run_id)
         if (r.label, pairs) not in best or acc > best[(r.label, pairs)].accuracy:
-            best[(r.label, pairs)] = p
+            best[(r.label, pairs)] = PairsPoint(r.label, pairs, acc, low, high, n, r.run_id)
     out: dict[str, list[PairsPoint]] = {}
     for p in sorted(best.values(), key=lambda p: p.pairs):
         out.setdefault(p.label, []).append(p)
@@ -902,25 +935,45 @@ def mqar_by_pairs(data: ReportData) -> dict[str, list[PairsPoint]]:
 
 
 def state_kind(r: Run) -> str | None:
-    """'fixed' when the state after 1M tokens is the state after 8K, 'growing' when larger."""
-    a, b = r.state_bytes.get(8192), r.state_bytes.get(2**20)
-    if a is None:
+    """From the registry's capabilities of the run's layers: 'fixed' when every layer's state
+    stays the same size however long the context (a recurrence, a sliding window), 'attention'
+    when every layer is attention (its cache grows with the context), else 'other' (e.g. a long
+    convolution); None when a layer's mixer is not registered here."""
+    from zoo.registry import get_spec
+
+    try:
+        specs = [get_spec(m) for m in r.mixers]
+    except ZooError:
         return None
-    if b is None:
-        return "growing" if r.max_length is not None else None
-    return "fixed" if b == a else "growing"
+    if not specs:
+        return None
+    if all(s.capabilities.state == "fixed" for s in specs):
+        return "fixed"
+    if all("attention" in s.family for s in specs):
+        return "attention"
+    return "other"
+
+
+def state_at_8k(r: Run) -> float | None:
+    """The run's state bytes at 8K tokens (computed here for companion runs, loaded without)."""
+    if 8192 in r.state_bytes:
+        return r.state_bytes[8192]
+    from zoo.report.load import state_sizes
+
+    model = r.config.get("model")
+    return state_sizes(model)[1].get(8192) if model else None
 
 
 def mqar_pairs_side(data: ReportData) -> Table:
-    """Per mixer: its state (fixed or growing, bytes at 8K) and MQAR accuracy at each pair count."""
+    """Per mixer: its kind of state, its bytes at 8K and MQAR accuracy at each pair count."""
     by = mqar_by_pairs(data)
-    runs = {r.run_id: r for r in list(data.runs) + [r for rs in data.companions.values() for r in rs]}
+    runs = {r.run_id: r for r in mqar_runs(data)}
     counts = sorted({p.pairs for pts in by.values() for p in pts})
     rows = []
     for label, pts in by.items():
         r = runs[pts[0].run_id]
-        b = r.state_bytes.get(8192)
-        row = [Val(label, label), Val(state_kind(r), state_kind(r)) if state_kind(r) else na("unknown"),
+        kind, b = state_kind(r), state_at_8k(r)
+        row = [Val(label, label), Val(kind, kind) if kind else na("mixer not registered here"),
                Val(b, fmt.nbytes(b), run_id=r.run_id, source="sum of state_bytes(8192) over layers, bf16, batch 1")
                if b is not None else na(r.state_reason or "not computed")]
         at = {p.pairs: p for p in pts}
@@ -928,12 +981,12 @@ def mqar_pairs_side(data: ReportData) -> Table:
             p = at.get(k)
             row.append(na("not run") if p is None else
                        Val(p.accuracy, fmt.acc(p.accuracy), sub=fmt.interval(p.low, p.high), run_id=p.run_id,
-                           source="eval_acc of the best run at this pair count"))
+                           source=f"eval_acc of the best run at this pair count, {p.rows} rows"))
         rows.append(row)
     return Table("mqar-pairs-side", "MQAR accuracy by key-value pairs", ["mixer", "state", "state 8K",
                  *[f"{k} pairs" for k in counts]], rows,
-                 note="Brackets: Wilson 95% interval over the rows scored. State: fixed when the state after 1M "
-                 "tokens equals that after 8K.")
+                 note="Brackets: Wilson 95% interval over the rows scored (a row's queries share its pairs). State: "
+                 "fixed (a recurrence or sliding window), attention (a cache that grows with the context) or other.")
 
 
 def recall_setting(runs: list[Run]) -> str:

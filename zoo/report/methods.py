@@ -210,7 +210,9 @@ def _ppl(data: ReportData) -> Method | None:
         + ". Each window is scored from its first token, so position p sees exactly p tokens of context, and the "
           "reported perplexity averages every position of the window (per-position buckets and the positions past "
           "the training length are in data/ppl.csv when stored). Brackets: the 95% interval of the mean loss "
-          "over the windows (Student's t), exponentiated; none where one window was scored.",
+          "over the windows (Student's t), exponentiated; none where one window was scored"
+        + ("." if disjoint else "; the windows overlap at these strides, so they are not independent and the "
+           "interval is too narrow."),
     ]
     if data.ppl_variants:
         ps.append("Evaluation-time RoPE scalings of the trained models ("
