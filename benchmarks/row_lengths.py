@@ -1,0 +1,77 @@
+"""A trained run's held-out answer accuracy on its own task's training rows at other lengths: how far
+past the rows it trained on a skill survives (the trainer's `eval_acc`, at lengths it never saw).
+
+    python benchmarks/row_lengths.py RUN_DIR --lengths 256,320,384,512,1024 [--batches 8]
+
+Rows come from the run's task at split "eval" (the trainer's held-out rows), weights from the run's
+latest checkpoint, on --device. Accuracy is over answer positions, teacher-forced, with a Wilson
+interval over those positions (they are not independent: a row's characters share a key, so the
+interval is narrower than the truth) and the chance level of one answer character. It is given
+twice: over every answer character, and over each answer's first character alone. Only the first
+needs the key matched; the rest can be copied from the value the first one starts, so a model
+that copies without matching keys scores near 1 - 1/17 on all characters and near 1/chains on the
+first. Nothing is
+stored; the HashHop evaluator (`zoo hashhop eval`) is the measure of record, but its prompt format
+does not fit rows this short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from zoo.errors import ZooError
+from zoo.stats import wilson
+from zoo.tasks.base import IGNORE, get_task
+from zoo.tasks.hashhop import ALPHABET
+from zoo.train.checkpoint import load_model
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--lengths", required=True, help="row lengths in tokens, e.g. 256,512,1024")
+    ap.add_argument("--batches", type=int, default=8, help="held-out batches per length")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+        model, cfg = load_model(args.run_dir, args.device)
+        task = get_task(cfg["task"]["name"], cfg["task"].get("config"))
+    except (ZooError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seed = cfg["train"].get("seed", 0)
+    chance = 1 / len(ALPHABET) if cfg["task"]["name"] == "hashhop" else None  # one hash letter
+    print(f"{'tokens':>7} {'answer acc':>10} {'95% interval':>15} {'loss':>7} {'positions':>9} "
+          f"{'first-char acc':>14} {'95% interval':>15} {'answers':>7}" + (f"   chance {chance:.3f}" if chance else ""))
+    for L in lengths:
+        correct = n = first_correct = first_n = 0
+        loss = 0.0
+        with torch.no_grad():
+            for i in range(args.batches):
+                b = task.batch(i, args.batch_size, L, split="eval", seed=seed)
+                tokens, targets = b.tokens.to(args.device), b.targets.to(args.device)
+                logits = model(tokens)
+                m = targets != IGNORE
+                first = m.clone()
+                first[:, 1:] &= ~m[:, :-1]  # an answer position whose predecessor is not one
+                hit = logits.argmax(-1) == targets
+                loss += float(F.cross_entropy(logits[m].float(), targets[m], reduction="sum"))
+                correct += int(hit[m].sum())
+                n += int(m.sum())
+                first_correct += int(hit[first].sum())
+                first_n += int(first.sum())
+        lo, hi = wilson(correct, n)
+        flo, fhi = wilson(first_correct, first_n)
+        print(f"{L:>7} {correct / n:>10.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {loss / n:>7.3f} {n:>9} "
+              f"{first_correct / first_n:>14.3f} {f'[{flo:.3f}, {fhi:.3f}]':>15} {first_n:>7}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
