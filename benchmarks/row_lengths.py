@@ -28,6 +28,7 @@ from zoo.stats import wilson
 from zoo.tasks.base import IGNORE, get_task
 from zoo.tasks.hashhop import ALPHABET
 from zoo.train.checkpoint import load_model
+from zoo.train.trainer import answer_starts
 
 
 def main() -> int:
@@ -58,8 +59,7 @@ def main() -> int:
                 tokens, targets = b.tokens.to(args.device), b.targets.to(args.device)
                 logits = model(tokens)
                 m = targets != IGNORE
-                first = m.clone()
-                first[:, 1:] &= ~m[:, :-1]  # an answer position whose predecessor is not one
+                first = answer_starts(m)
                 hit = logits.argmax(-1) == targets
                 loss += float(F.cross_entropy(logits[m].float(), targets[m], reduction="sum"))
                 correct += int(hit[m].sum())

@@ -157,7 +157,8 @@ def test_sweep_selection_metric_is_checked():
     base = {"name": "s", "mixers": ["nope"], "train": {"steps": 2}}
     spec = parse_spec({**base, "sweep": {"lr": [1e-3, 3e-3], "seed": [0, 1, 2], "select": "best"}})
     assert spec.sweep.metric == "eval_loss" and len(plan(spec)) == 6
-    with pytest.raises(ZooError, match="unknown metric 'loss'; allowed: eval_loss, eval_acc, hashhop_accuracy"):
+    with pytest.raises(ZooError, match="unknown metric 'loss'; allowed: eval_loss, eval_acc, eval_first_acc, "
+                                       "hashhop_accuracy"):
         parse_spec({**base, "sweep": {"metric": "loss"}})
     with pytest.raises(ZooError, match="needs an \\[eval.hashhop\\] grid"):
         parse_spec({**base, "sweep": {"metric": "hashhop_accuracy"}})

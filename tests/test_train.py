@@ -12,12 +12,12 @@ from zoo.errors import ZooError
 from zoo.eval.ppl import PplEval, evaluate_ppl, evaluate_run
 from zoo.model import ModelConfig, ZooLM
 from zoo.store import Store
-from zoo.tasks.base import get_task
+from zoo.tasks.base import IGNORE, get_task
 from zoo.train.checkpoint import latest_checkpoint, list_checkpoints, load_model, save_checkpoint
 from zoo.train.config import RunConfig, TaskRef, TrainConfig
 from zoo.train.lengths import micro_seq_len
 from zoo.train.schedule import Schedule, apply_mixer_knobs, set_knob
-from zoo.train.trainer import budget, lr_at, train
+from zoo.train.trainer import Trainer, answer_starts, budget, lr_at, train
 
 TINY = {"d_model": 32, "n_layers": 2}
 
@@ -208,3 +208,41 @@ def test_tensorboard_logging(tmp_path):
     ev.Reload()
     assert [s.step for s in ev.Scalars("loss")] == [1, 2, 3, 4]
     assert "tokens_per_s" in ev.Tags()["scalars"] and "eval_loss" in ev.Tags()["scalars"]
+
+
+def test_answer_starts_marks_the_first_position_of_each_answer():
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0, 1, 1], [1, 1, 0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    want = torch.tensor([[0, 1, 0, 0, 0, 0, 1, 0], [1, 0, 0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(answer_starts(mask), want)
+
+
+class _Copier(torch.nn.Module):
+    """Logits that name each answer's every token but its first (a model that copies a value once it
+    is found, and never finds it): the targets of one fixed batch, the first ones shifted by one."""
+
+    def __init__(self, targets: torch.Tensor, vocab: int):
+        super().__init__()
+        self.targets, self.vocab = targets, vocab
+
+    def forward(self, tokens):
+        mask = self.targets != IGNORE
+        want = torch.where(mask, self.targets, 0)
+        want = torch.where(answer_starts(mask), (want + 1) % self.vocab, want)
+        return torch.nn.functional.one_hot(want, self.vocab).float()
+
+
+def test_hashhop_evaluation_scores_first_answer_tokens_apart(tmp_path):
+    run = RunConfig(model=ModelConfig(**TINY), task=TaskRef(name="hashhop", config={"hops": [1], "hash_len": 4}),
+                    train=TrainConfig(steps=1, batch_size=2, seq_len=128, eval_batches=1, device="cpu"))
+    trainer = Trainer(run, Store(tmp_path / "store"))
+    task = get_task("hashhop", run.task.config)
+    b = task.batch(0, 2, 128, split="eval", seed=run.train.seed)
+    answers = int(answer_starts(b.targets != IGNORE).sum())
+    spans = int((b.targets != IGNORE).sum())
+    assert 0 < answers < spans
+    got = trainer.evaluate(_Copier(b.targets, task.vocab_size), task, 128, {})
+    assert got["eval_first_acc"] == 0.0
+    assert math.isclose(got["eval_acc"], 1 - answers / spans)
+    mqar = get_task("mqar")
+    assert not mqar.answer_spans and "eval_first_acc" not in trainer.evaluate(
+        _Copier(mqar.batch(0, 2, 128, split="eval").targets, mqar.vocab_size), mqar, 128, {})

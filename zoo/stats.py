@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 # metrics a sweep can select by, all measured at the training length -> which way is better
-SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "hashhop_accuracy": "max"}
+SELECT_METRICS = {"eval_loss": "min", "eval_acc": "max", "eval_first_acc": "max", "hashhop_accuracy": "max"}
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

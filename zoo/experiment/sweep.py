@@ -324,8 +324,10 @@ def summary_table(outcomes: list[Outcome], store: Store, title: str):
     hh_lengths = sorted({L for d in hh.values() for L in d})
     pp_lengths = sorted({L for d in pp.values() for L in d})
     multi = len({_point(o.planned) for o in outcomes}) > 1
+    first = any("eval_first_acc" in (o.summary or {}) for o in outcomes)  # tasks with answer spans
     t = Table(title=title)
     cols = ["mixer", "run"] + (["sweep"] if multi else []) + ["params", "steps", "loss", "eval loss", "eval acc"]
+    cols += ["first acc"] if first else []
     cols += [f"hashhop@{L}" for L in hh_lengths] + [f"ppl@{L}" for L in pp_lengths] + ["status"]
     for c in cols:
         t.add_column(c, justify="right" if c not in ("mixer", "run", "sweep", "status") else "left",
@@ -341,7 +343,7 @@ def summary_table(outcomes: list[Outcome], store: Store, title: str):
             status += f" [yellow](eval {', '.join(bad)} failed: {escape(o.evals[bad[0]][:60])})[/]"
         row = [escape(o.planned.label), o.planned.run_id] + ([escape(_point(o.planned))] if multi else [])
         row += [f"{o.planned.params:,}", str(s.get("steps", "-")), _f(s.get("final_loss")), _f(s.get("eval_loss")),
-                _f(s.get("eval_acc"), 3)]
+                _f(s.get("eval_acc"), 3)] + ([_f(s.get("eval_first_acc"), 3)] if first else [])
         row += [_f(hh[o.planned.run_id].get(L), 3) for L in hh_lengths]
         row += [_f(pp[o.planned.run_id].get(L), 2) for L in pp_lengths]
         t.add_row(*row, status)

@@ -62,6 +62,9 @@ class Task(ABC):
     # settings and sequence length the conformance checks use: small enough for CPU in seconds
     tiny: ClassVar[dict[str, Any]] = {}
     check_seq_len: ClassVar[int] = 256
+    # answers that span several tokens, of which only the first needs the context searched (the
+    # rest can be copied from where it was found): the trainer then also scores first tokens alone
+    answer_spans: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else self.Config()

@@ -328,6 +328,7 @@ class HashHopTask(Task):
 
     name = "hashhop"
     Config = HashHopConfig
+    answer_spans = True  # a value's first letter needs its key matched; the rest can be copied
 
     def __init__(self, config: HashHopConfig | None = None):
         super().__init__(config)

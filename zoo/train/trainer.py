@@ -716,10 +716,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: ZooLM, task: Task, seq_len: int, values: dict[str, Any]) -> dict[str, float]:
-        """Loss and next-token accuracy (on the positions that carry a loss) over fixed held-out batches."""
+        """Loss and next-token accuracy (on the positions that carry a loss) over fixed held-out batches;
+        for a task with `answer_spans`, also `eval_first_acc`, the accuracy on each answer's first
+        token alone (HashHop: the letter that needs the key matched, where the rest can be copied)."""
         was = model.training
         model.eval()
-        loss_sum = correct = n = 0.0
+        loss_sum = correct = n = first_correct = first_n = 0.0
         for i in range(self.cfg.eval_batches):
             b: Batch = task.batch(i, self.cfg.batch_size, seq_len, split="eval", seed=self.cfg.seed,
                                   knobs=task_knobs(values))
@@ -730,13 +732,28 @@ class Trainer:
             k = int(mask.sum())
             if k == 0:
                 continue
+            hit = logits.argmax(-1) == targets
             loss_sum += float(F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"))
-            correct += float((logits[mask].argmax(-1) == targets[mask]).sum())
+            correct += float(hit[mask].sum())
             n += k
+            if task.answer_spans:
+                first = answer_starts(mask)
+                first_correct += float(hit[first].sum())
+                first_n += float(first.sum())
         model.train(was)
         if n == 0:
             return {}
-        return {"eval_loss": loss_sum / n, "eval_acc": correct / n}
+        out = {"eval_loss": loss_sum / n, "eval_acc": correct / n}
+        if first_n:
+            out["eval_first_acc"] = first_correct / first_n
+        return out
+
+
+def answer_starts(mask: torch.Tensor) -> torch.Tensor:
+    """`[B, L]` True at the first position of each run of True in the `[B, L]` loss mask."""
+    first = mask.clone()
+    first[:, 1:] &= ~mask[:, :-1]
+    return first
 
 
 def sources_wanted_by(model: ModelConfig) -> str | None:
