@@ -57,6 +57,7 @@ def test_chance_levels_come_from_the_task_settings():
     assert hh.chance("loss") == pytest.approx(3 * math.log(52) / 4)
     assert hh.chance("accuracy") == pytest.approx(52.0 ** -3)
     assert hh.chance("char_accuracy") == pytest.approx((3 / 52 + 1) / 4)
+    assert hh.chance("first_accuracy") == pytest.approx(1 / 52)
     assert hh.chance("accuracy", hash_len=2) == pytest.approx(52.0 ** -2)
     assert hh.chance("perplexity") is None
     # a mix of hop counts without CoT: each target is one hash, so the chance is the same

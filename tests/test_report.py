@@ -320,6 +320,16 @@ def test_data_files(built):
     some = losses[0]
     stored = {m["step"]: m["value"] for m in store.metrics(some["run_id"], "loss")}
     assert float(some["loss"]) == stored[int(some["step"])]
+    # HashHop scores each answer's first letter apart: one row per held-out evaluation of every run
+    answers = list(csv.DictReader((data / "answer_curves.csv").open()))
+    evaluated = [(run["id"], m["step"]) for run in store.runs(kind="train")
+                 for m in store.metrics(run["id"], "eval_first_acc")]
+    assert evaluated and sorted((a["run_id"], int(a["step"])) for a in answers) == sorted(evaluated)
+    for a in answers:
+        first = {m["step"]: m["value"] for m in store.metrics(a["run_id"], "eval_first_acc")}
+        assert float(a["eval_first_acc"]) == first[int(a["step"])]
+    page = parse(built["html"])
+    assert "fig-answer-acc" in page.ids and len(page.tables["table-answer-side"]) == 1 + len(LABELS)
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -361,7 +371,8 @@ def test_pdf_pages_and_numbers(built):
     assert pdf.read_bytes()[:5] == b"%PDF-"
     pages = pdf_pages_text(pdf)
     # perplexity and speed have nothing to draw here: one line under the heading, no pages
-    figures = ["3.1 HashHop accuracy", "3.2 Accuracy by context length", "3.3 Training loss", "3.4 Scaling"]
+    figures = ["3.1 HashHop accuracy", "3.2 Accuracy by context length", "3.3 Training loss",
+               "3.4 Held-out answer accuracy", "3.5 Scaling"]
 
     def page_of(text: str) -> int:
         """First page after the contents (page 1) where a line starts with `text`."""
@@ -379,8 +390,8 @@ def test_pdf_pages_and_numbers(built):
     absent = re.sub(r"\s+", " ", pages[page_of(figures[-1]) - 1])
     assert "Not drawn: perplexity vs evaluation length (n/a:" in absent and "throughput and peak memory" in absent
     shift = board - 3
-    assert page_of("4 Mixers") == 8 + shift and page_of("5 Methods") == 9 + shift
-    assert page_of("6 Runs and data") == 11 + shift and len(pages) == 11 + shift
+    assert page_of("4 Mixers") == 9 + shift and page_of("5 Methods") == 10 + shift
+    assert page_of("6 Runs and data") == 12 + shift and len(pages) == 12 + shift
     # the leaderboard's numbers, as printed
     text = re.sub(r"\s+", " ", pages[board - 1])
     board_rows = [r for r in parse(built["html"]).tables["table-leaderboard"] if r[0]["tag"] == "td"]

@@ -575,6 +575,23 @@ def loss_side(data: ReportData, es: list[Entry]) -> Table:
     return Table("loss-side", "Final training loss", ["mixer", "run", "final loss", "tokens"], rows).add_footnotes(16)
 
 
+def answer_side(data: ReportData, es: list[Entry]) -> Table:
+    """Each leaderboard run's last held-out answer accuracy, every letter and first letters (mean over
+    its seeds); every evaluation is in data/answer_curves.csv."""
+    rows = []
+    for e in es:
+        runs = [r for r in e.runs if r.answer_curve]
+        if not runs:
+            continue
+        cells = [seed_mean([(r.answer_curve[-1][i], r.run_id) for r in runs], lambda v: f"{v:.3f}",
+                           f"metrics: {name} at the last evaluation")
+                 for i, name in ((2, "eval_acc"), (3, "eval_first_acc"))]
+        step = runs[0].answer_curve[-1][0]
+        rows.append([Val(e.label, e.label), Val(runs[0].run_id, runs[0].run_id), *cells, Val(step, str(step))])
+    return Table("answer-side", "Held-out answer accuracy at the last evaluation",
+                 ["mixer", "run", "every letter", "first letter", "step"], rows).add_footnotes(16)
+
+
 def bench_modes(data: ReportData) -> list[str]:
     order = {"fwd": 0, "fwdbwd": 1, "decode": 2}
     return sorted({b.mode for b in data.bench}, key=lambda m: (order.get(m, 9), m))

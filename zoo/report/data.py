@@ -46,6 +46,9 @@ class Run:
     finished: str | None = None
     run_dir: str | None = None
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, tokens, loss)
+    # held-out answer accuracy during training, where the task scores first answer tokens apart
+    # (HashHop): (step, tokens, eval_acc, eval_first_acc)
+    answer_curve: list[tuple[int, float, float, float]] = field(default_factory=list)
     max_length: int | None = None    # the model's max_length (None = unbounded)
     state_bytes: dict[int, float] = field(default_factory=dict)  # context -> cache/state bytes (batch 1, bf16)
     state_reason: str | None = None  # why state sizes could not be computed

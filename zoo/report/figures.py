@@ -467,6 +467,49 @@ def loss_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     return Figure("fig-loss", title, svg, caption, A.loss_side(data, es))
 
 
+def answer_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
+    """Held-out answer accuracy during training, every answer letter beside each answer's first:
+    only the first needs the key matched, so a model that copies without matching keys climbs
+    the left panel and stays near a guess on the right."""
+    title = "Held-out answer accuracy during training"
+    runs = [r for r in data.runs if r.answer_curve]
+    heads = {r.run_id for e in es for r in e.runs}
+    use_tokens = all(any(t for _, t, _, _ in r.answer_curve) for r in runs)
+    with rc_context(RC):
+        fig = MplFigure(figsize=(7.0, 3.0), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        runs.sort(key=lambda r: r.run_id in heads)
+        labelled: set[str] = set()
+        for r in runs:
+            xs = [t if use_tokens else s for s, t, _, _ in r.answer_curve]
+            kw = pal[r.label].line_kw()
+            if r.run_id not in heads:
+                kw.update(alpha=0.45, linewidth=1.0, marker=None)
+            first = r.run_id in heads and r.label not in labelled
+            labelled.add(r.label if first else "")
+            for ax, i in zip(axes, (2, 3), strict=True):
+                ax.plot(xs, [c[i] for c in r.answer_curve], **kw, label=_tex(r.label) if first and i == 2 else None)
+        for ax, metric in zip(axes, ("char_accuracy", "first_accuracy"), strict=True):
+            chance = {A.run_chance(r, metric) for r in runs} - {None}
+            _chance_line(ax, chance.pop() if len(chance) == 1 else None)  # one task setting: its guess
+        for ax, name in zip(axes, ("every answer letter", "first letter of each answer"), strict=True):
+            ax.set_title(name, fontsize=8)
+            ax.set_xlabel("training tokens" if use_tokens else "step")
+            if use_tokens:
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.count(v)))
+        axes[0].set_ylabel("held-out accuracy (teacher-forced)")
+        axes[0].set_ylim(0, 1.02)
+        axes[0].legend(frameon=False, handlelength=3.2, fontsize=7)
+        svg = to_svg(fig, "fig-answer-acc")
+    caption = ("The trainer's held-out accuracy on answer letters at each evaluation, at that step's training "
+               "length: left every letter of each answer, right only the first. Only the first needs the key "
+               "matched; the rest can be copied from the value it starts, so a model that copies without "
+               "matching keys rises on the left and stays near a guess among the row's values on the right. "
+               "Dash-dotted: a letter guessed. Thick lines: each seed of the leaderboard's run of each mixer; "
+               "thin: its other runs. Every point is in data/answer_curves.csv.")
+    return Figure("fig-answer-acc", title, svg, caption, A.answer_side(data, es))
+
+
 # -- learning-rate sweeps -------------------------------------------------------------------------
 def lr_sweep(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
     """The selection metric against the learning rate per mixer, over seeds, the selected rate
@@ -823,6 +866,8 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
 def all_figures(data: ReportData, pal: Palette, es: list[A.Entry]) -> list[Figure]:
     figs = [hashhop_vs_length(data, pal, es), depth_heatmaps(data, pal, es), ppl_vs_length(data, pal, es),
             loss_curves(data, pal, es)]
+    if any(r.answer_curve for r in data.runs):
+        figs.append(answer_curves(data, pal, es))
     if any(e.sweep is not None and len(e.sweep.points) > 1 for e in es):
         figs.append(lr_sweep(data, pal, es))
     modes = A.bench_modes(data)

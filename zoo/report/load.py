@@ -218,11 +218,14 @@ def to_run(store: Store, d: dict, state: bool = True) -> Run:
         run.max_length, run.state_bytes, run.state_reason = state_sizes(model)
     if not d.get("planned"):
         by_step: dict[int, dict[str, float]] = {}
-        for name in ("loss", "tokens"):
+        for name in ("loss", "tokens", "eval_acc", "eval_first_acc"):
             for r in store.metrics(d["id"], name):
                 by_step.setdefault(r["step"], {})[name] = r["value"]
         run.curve = [(st, v.get("tokens") or 0.0, v["loss"]) for st, v in sorted(by_step.items())
                      if v.get("loss") is not None and _finite(v["loss"]) is not None]
+        run.answer_curve = [(st, v.get("tokens") or 0.0, v["eval_acc"], v["eval_first_acc"])
+                            for st, v in sorted(by_step.items())
+                            if _finite(v.get("eval_acc")) is not None and _finite(v.get("eval_first_acc")) is not None]
         tps = [r["value"] for r in store.metrics(d["id"], "tokens_per_s") if _finite(r["value"]) is not None]
         tail = tps[len(tps) // 2:]  # the steady state the summary's mean is taken over
         if len(tail) >= 3:

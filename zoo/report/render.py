@@ -265,6 +265,9 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
                  **{f"row.{k}": v for k, v in p.meta.items()}} for p in data.ppl]
     t["loss_curves"] = [{"label": r.label, "run_id": r.run_id, "headline": r.run_id in heads, "step": s,
                          "tokens": tok, "loss": loss} for r in data.runs for s, tok, loss in r.curve]
+    t["answer_curves"] = [{"label": r.label, "run_id": r.run_id, "headline": r.run_id in heads, "step": s,
+                           "tokens": tok, "eval_acc": acc, "eval_first_acc": first}
+                          for r in data.runs for s, tok, acc, first in r.answer_curve]
     t["bench"] = [{"name": b.name, "peer": b.peer, "peer_of": b.peer_of, "mode": b.mode, "seq_len": b.seq_len,
                    "tokens_per_s": b.tokens_per_s, "ms": b.ms, "tflops": b.tflops, "peak_mem_bytes": b.peak_mem,
                    "backend": b.backend, "device": b.device, "dtype": b.dtype, "status": b.status,

@@ -73,7 +73,8 @@ class Task(ABC):
         """What a model scores on `metric` without reading its context: the level a result must
         clear to show anything was learned. `setting` overrides config fields (an evaluation
         grid may differ from training). Metrics: "loss" (nats per loss token), "accuracy"
-        (exact match per query or next-token accuracy) and "char_accuracy"; None when the
+        (exact match per query or next-token accuracy), "char_accuracy" and "first_accuracy" (an
+        answer's first token, for tasks with `answer_spans`); None when the
         task has no such metric."""
         return None
 

@@ -226,12 +226,13 @@ def chance(metric: str, hash_len: int, hops: int = 1, cot: bool = False) -> floa
     """A query's score for a model that knows the format but not the prompt: it guesses each
     hash letter uniformly from the 52 and gets the closing quote (and, with CoT, the ` = `
     separators) right. Exact match: 52^-letters; per answer character: the mean of 1/52 per
-    letter and 1 per format character; "loss": the nats per answer token of that guess."""
+    letter and 1 per format character; an answer's first letter: 1/52; "loss": the nats per
+    answer token of that guess."""
     letters = hash_len * (hops if cot else 1)
     chars = target_len(hops, hash_len, cot) + 1  # the target and its closing quote
     p = 1 / len(ALPHABET)
     return {"accuracy": p ** letters, "char_accuracy": (letters * p + chars - letters) / chars,
-            "loss": letters * math.log(len(ALPHABET)) / chars}.get(metric)
+            "first_accuracy": p, "loss": letters * math.log(len(ALPHABET)) / chars}.get(metric)
 
 
 def parse_header(completion: str) -> tuple[int, bool]:
@@ -351,8 +352,10 @@ class HashHopTask(Task):
         hops = s["hops"] if isinstance(s["hops"], (list, tuple)) else [s["hops"]]
         cot_p = float(s["cot"]) if "cot" in setting else s["cot_prob"]
         mix = [(h, c, w / len(hops)) for h in hops for c, w in ((False, 1 - cot_p), (True, cot_p)) if w > 0]
-        if metric not in ("accuracy", "char_accuracy", "loss"):
+        if metric not in ("accuracy", "char_accuracy", "first_accuracy", "loss"):
             return None
+        if metric == "first_accuracy":  # a letter, whatever the hops
+            return chance(metric, s["hash_len"])
         if metric == "accuracy":
             return sum(w * chance(metric, s["hash_len"], h, c) for h, c, w in mix)
         chars = [(w * (target_len(h, s["hash_len"], c) + 1), chance(metric, s["hash_len"], h, c)) for h, c, w in mix]
