@@ -329,7 +329,9 @@ def test_data_files(built):
         first = {m["step"]: m["value"] for m in store.metrics(a["run_id"], "eval_first_acc")}
         assert float(a["eval_first_acc"]) == first[int(a["step"])]
     page = parse(built["html"])
-    assert "fig-answer-acc" in page.ids and len(page.tables["table-answer-side"]) == 1 + len(LABELS)
+    side = page.tables["table-answer-side"]
+    assert "fig-answer-acc" in page.ids and len(side) == 1 + len(LABELS)
+    assert all(re.search(r"\[\d\.\d\d, \d\.\d\d\] of \d+", row[3]["text"]) for row in side[1:]), side
     try:
         import pyarrow.parquet as pq
     except ImportError:

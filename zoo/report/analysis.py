@@ -586,6 +586,10 @@ def answer_side(data: ReportData, es: list[Entry]) -> Table:
         cells = [seed_mean([(r.answer_curve[-1][i], r.run_id) for r in runs], lambda v: f"{v:.3f}",
                            f"metrics: {name} at the last evaluation")
                  for i, name in ((2, "eval_acc"), (3, "eval_first_acc"))]
+        n = runs[0].evals.get("eval_first_n")
+        if len(runs) == 1 and n and runs[0].evals.get("eval_first_acc") == runs[0].answer_curve[-1][3]:
+            lo, hi = wilson(runs[0].answer_curve[-1][3] * n, n)
+            cells[1].sub = f"[{lo:.2f}, {hi:.2f}] of {int(n)}"
         step = runs[0].answer_curve[-1][0]
         rows.append([Val(e.label, e.label), Val(runs[0].run_id, runs[0].run_id), *cells, Val(step, str(step))])
     return Table("answer-side", "Held-out answer accuracy at the last evaluation",

@@ -505,8 +505,9 @@ def answer_curves(data: ReportData, pal: Palette, es: list[A.Entry]) -> Figure:
                "length: left every letter of each answer, right only the first. Only the first needs the key "
                "matched; the rest can be copied from the value it starts, so a model that copies without "
                "matching keys rises on the left and stays near a guess among the row's values on the right. "
-               "Dash-dotted: a letter guessed. Thick lines: each seed of the leaderboard's run of each mixer; "
-               "thin: its other runs. Every point is in data/answer_curves.csv.")
+               "Dash-dotted: a letter guessed. The table gives the first letter's 95% Wilson interval over the "
+               "answers scored (one run; seeds show their range). Thick lines: each seed of the leaderboard's run "
+               "of each mixer; thin: its other runs. Every point is in data/answer_curves.csv.")
     return Figure("fig-answer-acc", title, svg, caption, A.answer_side(data, es))
 
 

@@ -746,6 +746,7 @@ class Trainer:
         out = {"eval_loss": loss_sum / n, "eval_acc": correct / n}
         if first_n:
             out["eval_first_acc"] = first_correct / first_n
+            out["eval_first_n"] = first_n  # answers scored: the interval's sample size
         return out
 
 
