@@ -10,8 +10,8 @@ interval is narrower than the truth) and the chance level of one answer characte
 twice: over every answer character, and over each answer's first character alone. Only the first
 needs the key matched; the rest can be copied from the value the first one starts, so a model
 that copies without matching keys scores near 1 - 1/17 on all characters and near 1/chains on the
-first. Nothing is
-stored; the HashHop evaluator (`zoo hashhop eval`) is the measure of record, but its prompt format
+first (the chance printed is a letter guessed). Scored by the trainer's own `held_out`; nothing is
+stored. The HashHop evaluator (`zoo hashhop eval`) is the measure of record, but its prompt format
 does not fit rows this short.
 """
 
@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-import torch.nn.functional as F
-
 from zoo.errors import ZooError
 from zoo.stats import wilson
-from zoo.tasks.base import IGNORE, get_task
-from zoo.tasks.hashhop import ALPHABET
+from zoo.tasks.base import get_task
 from zoo.train.checkpoint import load_model
-from zoo.train.trainer import answer_starts
+from zoo.train.trainer import held_out
 
 
 def main() -> int:
@@ -46,30 +42,17 @@ def main() -> int:
     except (ZooError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    seed = cfg["train"].get("seed", 0)
-    chance = 1 / len(ALPHABET) if cfg["task"]["name"] == "hashhop" else None  # one hash letter
+    chance = task.chance("first_accuracy")
     print(f"{'tokens':>7} {'answer acc':>10} {'95% interval':>15} {'loss':>7} {'positions':>9} "
           f"{'first-char acc':>14} {'95% interval':>15} {'answers':>7}" + (f"   chance {chance:.3f}" if chance else ""))
     for L in lengths:
-        correct = n = first_correct = first_n = 0
-        loss = 0.0
-        with torch.no_grad():
-            for i in range(args.batches):
-                b = task.batch(i, args.batch_size, L, split="eval", seed=seed)
-                tokens, targets = b.tokens.to(args.device), b.targets.to(args.device)
-                logits = model(tokens)
-                m = targets != IGNORE
-                first = answer_starts(m)
-                hit = logits.argmax(-1) == targets
-                loss += float(F.cross_entropy(logits[m].float(), targets[m], reduction="sum"))
-                correct += int(hit[m].sum())
-                n += int(m.sum())
-                first_correct += int(hit[first].sum())
-                first_n += int(first.sum())
-        lo, hi = wilson(correct, n)
-        flo, fhi = wilson(first_correct, first_n)
-        print(f"{L:>7} {correct / n:>10.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {loss / n:>7.3f} {n:>9} "
-              f"{first_correct / first_n:>14.3f} {f'[{flo:.3f}, {fhi:.3f}]':>15} {first_n:>7}", flush=True)
+        h = held_out(model, task, L, batches=args.batches, batch_size=args.batch_size,
+                     seed=cfg["train"].get("seed", 0), device=args.device)
+        lo, hi = wilson(h.correct, h.n)
+        flo, fhi = wilson(h.first_correct, h.first_n) if h.first_n else (float("nan"), float("nan"))
+        print(f"{L:>7} {h.correct / h.n:>10.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {h.loss_sum / h.n:>7.3f} {h.n:>9} "
+              f"{h.first_correct / max(h.first_n, 1):>14.3f} {f'[{flo:.3f}, {fhi:.3f}]':>15} {h.first_n:>7}",
+              flush=True)
     return 0
 
 

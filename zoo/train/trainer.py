@@ -714,40 +714,62 @@ class Trainer:
             "peak_mem_gb": max(mem) if mem else None, "wall_s": finished - started,
         }
 
-    @torch.no_grad()
     def evaluate(self, model: ZooLM, task: Task, seq_len: int, values: dict[str, Any]) -> dict[str, float]:
-        """Loss and next-token accuracy (on the positions that carry a loss) over fixed held-out batches;
-        for a task with `answer_spans`, also `eval_first_acc`, the accuracy on each answer's first
-        token alone (HashHop: the letter that needs the key matched, where the rest can be copied)."""
-        was = model.training
-        model.eval()
-        loss_sum = correct = n = first_correct = first_n = 0.0
-        for i in range(self.cfg.eval_batches):
-            b: Batch = task.batch(i, self.cfg.batch_size, seq_len, split="eval", seed=self.cfg.seed,
-                                  knobs=task_knobs(values))
-            tokens, targets = b.tokens.to(self.device), b.targets.to(self.device)
-            with self.autocast():
-                logits = model(tokens)
-            mask = targets != IGNORE
-            k = int(mask.sum())
-            if k == 0:
-                continue
-            hit = logits.argmax(-1) == targets
-            loss_sum += float(F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"))
-            correct += float(hit[mask].sum())
-            n += k
-            if task.answer_spans:
-                first = answer_starts(mask)
-                first_correct += float(hit[first].sum())
-                first_n += float(first.sum())
-        model.train(was)
-        if n == 0:
+        """`HeldOut.metrics` over the run's fixed held-out batches at this length and these knobs."""
+        return held_out(model, task, seq_len, batches=self.cfg.eval_batches, batch_size=self.cfg.batch_size,
+                        seed=self.cfg.seed, knobs=task_knobs(values), device=self.device,
+                        autocast=self.autocast).metrics()
+
+
+@dataclass
+class HeldOut:
+    """Sums over held-out answer positions (those that carry a loss)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    n: int = 0
+    first_correct: int = 0  # the first position of each answer, for a task with `answer_spans`
+    first_n: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        """Loss and next-token accuracy; for a task with `answer_spans`, also `eval_first_acc`, the
+        accuracy on each answer's first token alone (HashHop: the letter that needs the key matched,
+        where the rest can be copied), and how many answers it counts."""
+        if self.n == 0:
             return {}
-        out = {"eval_loss": loss_sum / n, "eval_acc": correct / n}
-        if first_n:
-            out["eval_first_acc"] = first_correct / first_n
-            out["eval_first_n"] = first_n  # answers scored: the interval's sample size
+        out = {"eval_loss": self.loss_sum / self.n, "eval_acc": self.correct / self.n}
+        if self.first_n:
+            out["eval_first_acc"] = self.first_correct / self.first_n
+            out["eval_first_n"] = self.first_n  # answers scored: the interval's sample size
         return out
+
+
+@torch.no_grad()
+def held_out(model: nn.Module, task: Task, seq_len: int, *, batches: int, batch_size: int, seed: int,
+             knobs: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+             autocast=contextlib.nullcontext) -> HeldOut:
+    """Score `model` on the task's held-out batches 0..batches-1 (`[batch_size, seq_len]` each)."""
+    was = model.training
+    model.eval()
+    s = HeldOut()
+    for i in range(batches):
+        b: Batch = task.batch(i, batch_size, seq_len, split="eval", seed=seed, knobs=knobs)
+        tokens, targets = b.tokens.to(device), b.targets.to(device)
+        with autocast():
+            logits = model(tokens)
+        mask = targets != IGNORE
+        if not mask.any():
+            continue
+        hit = logits.argmax(-1) == targets
+        s.loss_sum += float(F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum"))
+        s.correct += int(hit[mask].sum())
+        s.n += int(mask.sum())
+        if task.answer_spans:
+            first = answer_starts(mask)
+            s.first_correct += int(hit[first].sum())
+            s.first_n += int(first.sum())
+    model.train(was)
+    return s
 
 
 def answer_starts(mask: torch.Tensor) -> torch.Tensor:
