@@ -16,6 +16,9 @@ steps after `--warm`), then a torch profile of 5 steps, its kernels summed by na
     stacked      q, k, v written into one `[B, L, 3, H, Dh]` buffer, the layout of the fused projection
     inline       RoPE's cos/sin tables not materialised (Inductor may inline them into the rotation)
     separate     the q, k, v projections as three GEMMs instead of one over concatenated weights
+    rotcat       RoPE's halves swapped by a concatenation instead of a flip
+    rothalves    RoPE written per half, x1 cos - x2 sin and x2 cos + x1 sin, on half-width tables
+    rotbf16      RoPE computed in the activations' dtype (as Hugging Face does), not in float32
 
 Writes `<out>/profile_step.json` (per case: ms per step, tokens/s, top kernels) and prints it.
 """
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def variant(name: str):
     import zoo.mixers.attention as att
 
-    saved = (att._sdpa, att._materialize, att.Attention._qkv)
+    saved = (att._sdpa, att._materialize, att.Attention._qkv, att.apply_rotary)
     if name == "contiguous":
         att._sdpa = lambda q, k, v, **kw: F.scaled_dot_product_attention(
             q.contiguous(), k.contiguous(), v.contiguous(), **kw)
@@ -59,12 +62,39 @@ def variant(name: str):
         def qkv(self, x):
             return self._heads(self.wq(x)), self._heads(self.wk(x)), self._heads(self.wv(x))
         att.Attention._qkv = qkv
+    elif name in ROTATIONS:
+        att.apply_rotary = ROTATIONS[name]
     elif name != "base":
-        raise SystemExit(f"unknown variant '{name}' (allowed: base, contiguous, blhd, stacked, inline, separate)")
+        raise SystemExit(f"unknown variant '{name}' (allowed: base, contiguous, blhd, stacked, inline, separate, "
+                         f"{', '.join(ROTATIONS)})")
     try:
         yield
     finally:
-        att._sdpa, att._materialize, att.Attention._qkv = saved
+        att._sdpa, att._materialize, att.Attention._qkv, att.apply_rotary = saved
+
+
+def _rotcat(x, cos, sin):
+    half = x.shape[-1] // 2
+    xf = x.float()
+    swapped = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + swapped * sin).to(x.dtype)
+
+
+def _rothalves(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x.float().unflatten(-1, (2, half)).unbind(-2)
+    c, s = cos[..., :half], sin[..., :half]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+
+
+def _rotbf16(x, cos, sin):
+    half = x.shape[-1] // 2
+    swapped = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+
+
+# the same rotation written three other ways (each checked against the zoo's in main)
+ROTATIONS = {"rotcat": _rotcat, "rothalves": _rothalves, "rotbf16": _rotbf16}
 
 
 def zoo_step(mixer: str, d: int, layers: int, heads: int, vocab: int, device):
@@ -171,6 +201,15 @@ def main() -> None:
     heads, vocab = max(1, d // 64), 260
     if args.quick:
         d, layers, heads, args.batch, args.seq, args.warm, args.steps = 64, 2, 2, 2, 128, 2, 3
+
+    from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
+
+    x = torch.randn(2, 3, 16, 64, device=device)
+    cos, sin = rope_cos_sin(torch.arange(16, device=device), rope_inv_freq(64, 10000.0, device))
+    for name, rot in ROTATIONS.items():
+        torch.testing.assert_close(rot(x, cos, sin), apply_rotary(x, cos, sin), atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(rot(x.bfloat16(), cos, sin).float(), apply_rotary(x.bfloat16(), cos, sin).float(),
+                                   atol=0.05, rtol=0.02, msg=name)
 
     cases = [("anchor", "base")]
     for m in args.mixers.split(","):
