@@ -175,12 +175,43 @@ def test_rerope_far_scores_read_as_the_window():
 
 def test_dynamic_ntk_groups_use_the_length_of_each_query():
     m = mixer("rope-dynamic-ntk", original_length=8, dynamic_step=4, factor=2.0)
-    groups = m.pe.groups(torch.arange(0, 20))
+    groups = m.pe.groups(0, 20, torch.device("cpu"))
     assert [(g.start, g.stop) for g, _ in groups] == [(0, 8), (8, 12), (12, 16), (16, 20)]
     from zoo.positional import dynamic_ntk_base, rope_inv_freq
 
     for (_, inv), length in zip(groups, [8, 12, 16, 20]):
         assert torch.allclose(inv, rope_inv_freq(m.head_dim, dynamic_ntk_base(10000.0, m.head_dim, 2.0, length, 8)))
+
+
+@pytest.mark.parametrize("first,n,orig,step", [(0, 20, 8, 4), (5, 30, 10, 4), (37, 9, 8, 4), (0, 6, 8, 4),
+                                                 (3, 1, 8, 3), (7, 50, 16, 1)])
+def test_dynamic_ntk_groups_from_integers_match_each_query_length(first, n, orig, step):
+    m = mixer("rope-dynamic-ntk", original_length=orig, dynamic_step=step, factor=2.0)
+    want = [orig if p + 1 <= orig else -(-(p + 1) // step) * step for p in range(first, first + n)]
+    got = []
+    for rows, inv in m.pe.groups(first, n, torch.device("cpu")):
+        length = want[rows.start]
+        assert all(w == length for w in want[rows]), (rows, want)
+        assert torch.equal(inv, m.pe.inv_freq(torch.device("cpu"), length))
+        got += [length] * (rows.stop - rows.start)
+    assert got == want  # every row once, in order, runs maximal (neighbouring groups differ)
+    lengths = [want[r.start] for r, _ in m.pe.groups(first, n, torch.device("cpu"))]
+    assert all(a != b for a, b in zip(lengths, lengths[1:]))
+
+
+def test_dynamic_ntk_compiles_to_one_graph_at_its_original_length():
+    """Training rows within original_length: one frequency group, worked out from integers, not
+    from a tensor of positions (which broke the compiled graph once per layer and synced with the
+    device). Longer rows split the queries into groups, each attending through SDPA's lower-right
+    causal mask, which Dynamo does not trace (a break per group, at evaluation only)."""
+    from zoo.model import ModelConfig, ZooLM
+
+    model = ZooLM(ModelConfig(vocab_size=32, d_model=32, n_layers=2, layers=["rope-dynamic-ntk"],
+                              mixer_config={"rope-dynamic-ntk": {"n_heads": 2, "original_length": 8,
+                                                                 "dynamic_step": 4, "factor": 2.0}}))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randint(0, 32, (1, 8)))
+    assert explained.graph_break_count == 0, explained.break_reasons
 
 
 @pytest.mark.parametrize("method,factor", [("dynamic-ntk", 4.0), ("yarn", 4.0), ("rerope", 1.0),

@@ -330,7 +330,7 @@ class NoPositions(nn.Module):
     def qk_input(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
 
-    def parts(self, q, k, pos_q, pos_k) -> list[Part]:
+    def parts(self, q, k, pos_q, pos_k, first: int | None = None) -> list[Part]:
         return [Part(q, k, slice(0, q.shape[2]), k.shape[2])]
 
     def score_bias(self, pos_q, pos_k) -> torch.Tensor | None:
@@ -576,24 +576,29 @@ class Rotary(NoPositions):
         """q at (possibly fractional) positions pos_q, k at pos_k."""
         return _rotate_pair(q, k, *self.tables(pos_q, pos_k, inv_freq))
 
-    def groups(self, pos_q) -> list[tuple[slice, torch.Tensor]]:
-        """Query rows sharing one set of inverse frequencies (several only for dynamic NTK)."""
+    def groups(self, first: int, n: int, device) -> list[tuple[slice, torch.Tensor]]:
+        """Rows of `n` queries at positions first .. first + n - 1 that share one set of inverse
+        frequencies (several only for dynamic NTK). Worked out from the integers, so a compiled
+        step neither syncs with the device nor breaks its graph here."""
         if self.method != "dynamic-ntk":
-            return [(slice(0, len(pos_q)), self.inv_freq(pos_q.device))]
-        n = pos_q + 1
-        step = self.dynamic_step
-        length = torch.where(n <= self.original_length, self.original_length, (n + step - 1) // step * step)
-        values, counts = torch.unique_consecutive(length, return_counts=True)
-        out, start = [], 0
-        for value, count in zip(values.tolist(), counts.tolist()):
-            out.append((slice(start, start + count), self.inv_freq(pos_q.device, value)))
-            start += count
+            return [(slice(0, n), self.inv_freq(device))]
+        out, row, step, orig = [], 0, self.dynamic_step, self.original_length
+        while row < n:
+            seen = first + row + 1  # the length this query sees
+            length = orig if seen <= orig else -(-seen // step) * step
+            stop = min(n, length - first)  # every query up to `length` shares it
+            out.append((slice(row, stop), self.inv_freq(device, length)))
+            row = stop
         return out
 
-    def parts(self, q, k, pos_q, pos_k):
+    def parts(self, q, k, pos_q, pos_k, first: int | None = None) -> list[Part]:
+        """q and k as the scheme transforms them, per group of query rows. `first`: the first
+        query's position, when the caller knows it (else read from pos_q, for dynamic NTK only)."""
         Lq, Lk = q.shape[2], k.shape[2]
         out = []
-        for rows, inv_freq in self.groups(pos_q):
+        if first is None and self.method == "dynamic-ntk":
+            first = int(pos_q[0])
+        for rows, inv_freq in self.groups(first or 0, Lq, pos_q.device):
             n = Lk - (Lq - rows.stop)  # the keys up to this group's last query
             if rows.start == 0 and n == Lk:  # one group: no slicing (and pos_k may be pos_q itself)
                 qg, kg, pq, pk = q, k, pos_q, pos_k
@@ -774,17 +779,17 @@ class Attention(Mixer):
             cache.k, cache.v = k[:, :, -keep:].contiguous(), v[:, :, -keep:].contiguous()
             cache.pos = start + L
         pos_k = pos if k.shape[2] == L else positions(start + L - k.shape[2], start + L, x.device)
-        o = self.attend(q, k, v, pos, pos_k)
+        o = self.attend(q, k, v, pos, pos_k, first=start)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
 
-    def attend(self, q, k, v, pos_q, pos_k, backend: str | None = None) -> torch.Tensor:
+    def attend(self, q, k, v, pos_q, pos_k, backend: str | None = None, first: int | None = None) -> torch.Tensor:
         """The attention core: q `[B, H, Lq, Dh]` and k, v `[B, H, Lk, Dh]` as projected, keys
         ending at the last query; applies the positional scheme and runs `backend` (default:
-        the one `select_backend` picks)."""
+        the one `select_backend` picks). `first`: pos_q[0] as an integer, when known."""
         backend = backend or self.select_backend(q)
         Lq, Lk = q.shape[2], k.shape[2]
         outs = []
-        for p in self.pe.parts(q, k, pos_q, pos_k):  # usually one part covering everything: no slicing
+        for p in self.pe.parts(q, k, pos_q, pos_k, first):  # usually one part covering everything
             all_keys, all_rows = p.keys == Lk, p.rows.start == 0 and p.rows.stop == Lq
             outs.append(self._kernel(backend, p, v if all_keys else v[:, :, :p.keys],
                                      pos_q if all_rows else pos_q[p.rows], pos_k if all_keys else pos_k[:p.keys]))
