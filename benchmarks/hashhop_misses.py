@@ -6,8 +6,9 @@ by whether the value straddles a retrieval chunk boundary.
 
 Distances are in tokens (byte tokens: one per character), binned by multiples of the run's
 training length, so a miss can be told apart as "past any distance training held" or not.
-A value straddles when its 16 characters (or the run's hash length) cross a multiple of
---chunk tokens (HSA's chunk size; for other mixers the split is only descriptive).
+A value straddles when its characters and closing quote cross a multiple of --chunk tokens
+(HSA's chunk size; `zoo.eval.recall.straddles`, as the retrieval-recall evaluator counts them;
+for other mixers the split is only descriptive).
 """
 
 from __future__ import annotations
@@ -21,17 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from zoo.eval.hashhop import HashHopGrid, score_samples  # noqa: E402
+from zoo.eval.recall import straddles, value_sources  # noqa: E402
 from zoo.tasks.hashhop import answers  # noqa: E402
 from zoo.train.checkpoint import load_model  # noqa: E402
-
-
-def value_start(sample, key: str) -> int:
-    """Text index of the first character of `key`'s quoted value in the prompt (single hop)."""
-    at = sample.prompt.find(f"\n{key} = '")
-    at = at + 1 if at >= 0 else sample.prompt.find(f"{key} = '")
-    if at < 0:
-        raise ValueError(f"key {key!r} not in the prompt as a quoted line")
-    return at + len(key) + 4
 
 
 def main() -> None:
@@ -54,15 +47,14 @@ def main() -> None:
         groups: dict[tuple[str, bool], list[int]] = {}
         for s in grid.cell_samples(n_chars, 1, False, []):
             for q, ans in zip(score_samples(model, [s], device=device)[0], answers(s), strict=True):
-                v = value_start(s, ans.key) + 1  # token index: <bos> first
-                far = (ans.start - v) // train_len
+                src = value_sources(s, ans.key)  # prompt tokens the answer copies, closing quote included
+                far = (ans.start - src[0]) // train_len
                 band = f"{far}x-{far + 1}x" if far < 2 else ">= 2x"
-                straddles = v // a.chunk != (v + hash_len - 1) // a.chunk
-                groups.setdefault((band, straddles), []).append(int(q.exact))
+                groups.setdefault((band, straddles(src, a.chunk)), []).append(int(q.exact))
         total = sum(len(g) for g in groups.values())
         print(f"\n{n_chars} characters ({total} queries): exact / queries by distance from value to answer")
-        for (band, straddles), hits in sorted(groups.items()):
-            print(f"  {band:8s} {'straddling' if straddles else 'inside a chunk':15s} {sum(hits):3d} / {len(hits)}")
+        for (band, split), hits in sorted(groups.items()):
+            print(f"  {band:8s} {'straddling' if split else 'inside a chunk':15s} {sum(hits):3d} / {len(hits)}")
 
 
 if __name__ == "__main__":
