@@ -308,3 +308,36 @@ def test_runtime_settings_equal_a_layer_built_with_them():
         changed.set_knob("chunk_size", 32)
     with pytest.raises(ZooError, match="chunk_overlap=16 must be below chunk_size=16"):
         changed.set_knob("chunk_overlap", 16)
+
+
+# -- cross_row_chunks: the batch read as one row by the retrieval branch, in training -------
+
+def test_cross_row_chunks_reads_the_batch_as_one_longer_row():
+    """In training each row's retrieval sees the earlier rows' chunks as a longer row would put
+    them in front of it (row b at position b * L + t of one row), never a later row's; the
+    first row, and evaluation, are unchanged."""
+    on, off = build(cross_row_chunks=True, top_k=4), build(top_k=4)
+    x = x_of(64, batch=3)
+    on.train(), off.train()
+    with torch.no_grad():
+        y = on(x)
+        torch.testing.assert_close(on._hsa(x, 0, None, "torch"),
+                                   off._hsa(x.reshape(1, 3 * 64, D), 0, None, "torch").reshape(3, 64, -1))
+        torch.testing.assert_close(y[0], off(x)[0])
+        assert (y[1:] - off(x)[1:]).abs().max() > 1e-3, "later rows must retrieve from earlier rows"
+        x2 = x.clone()
+        x2[0, :16] += 5.0 * torch.randn_like(x2[0, :16])
+        assert (on(x2)[1, 5] - y[1, 5]).abs().max() > 1e-3, "row 1's first chunk is open: row 0 is all it can retrieve"
+        x3 = x.clone()
+        x3[2] += 5.0 * torch.randn_like(x3[2])
+        torch.testing.assert_close(on(x3)[:2], y[:2], rtol=0, atol=0)  # nothing from a later row
+        on.eval(), off.eval()
+        torch.testing.assert_close(on(x), off(x), rtol=0, atol=0)
+
+
+def test_cross_row_chunks_needs_rows_of_whole_chunks():
+    m = build(cross_row_chunks=True).train()
+    with pytest.raises(ZooError, match="cross_row_chunks needs rows of whole chunks, got 72 tokens"):
+        m(x_of(72))
+    m.eval()
+    m(x_of(72))  # evaluation reads rows one by one: any length

@@ -3,6 +3,7 @@ negatives (`retrieval_loss`, trained on HashHop's answer sources) and the paper'
 encoder without positions (`encoder_rope=False`)."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -246,6 +247,7 @@ def test_the_new_fields_stay_out_of_run_ids_at_their_defaults():
     assert plain.run_id() == explicit.run_id() == before.run_id()
     assert "retrieval_loss" not in plain.identity()["model"]["mixer_config"]["hsa"]
     assert "encoder_rope" not in plain.identity()["model"]["mixer_config"]["hsa"]
+    assert "cross_row_chunks" not in plain.identity()["model"]["mixer_config"]["hsa"]
     assert _run(weight=0.5).run_id() != plain.run_id()
     no_rope = {**hsa, "encoder_rope": False}
     assert plain.model_copy(update={"model": plain.model.model_copy(update={"mixer_config": {
@@ -265,3 +267,26 @@ def test_the_kernel_level_function_matches_the_layer():
     qr = m.ret_norm(m.wq_ret(x).view(B, L, m.n_kv_heads, m.retrieval_dim))
     lmk = m.encode_chunks(x)[2]
     torch.testing.assert_close(retrieval_aux_loss(qr, lmk, src, S), aux_of(m, x, src))
+
+
+def test_cross_row_chunks_keeps_the_retrieval_loss_per_row():
+    """Reading the batch as one row changes what the selection competes with, not the loss:
+    its candidates stay the batch's chunks (in-batch negatives), so the value is the same."""
+    x, src = x_of(80), planted_sources()
+    on, off = build(retrieval_loss=1.0, cross_row_chunks=True), build(retrieval_loss=1.0)
+    torch.testing.assert_close(aux_of(on, x, src), aux_of(off, x, src))
+
+
+def test_a_run_reading_the_batch_as_one_row_trains(tmp_path):
+    """Through the trainer (rows of 128 tokens, whole chunks of 16): the retrieval loss is the
+    per-row run's at the first step, the LM loss is not (rows after the first retrieve more)."""
+    run = _run()
+    hsa = {**run.model.mixer_config["hsa"], "cross_row_chunks": True}
+    cross = run.model_copy(update={"model": run.model.model_copy(update={"mixer_config": {
+        **run.model.mixer_config, "hsa": hsa}})})
+    assert cross.run_id() != run.run_id()
+    a, b = Store(tmp_path / "rows"), Store(tmp_path / "cross")
+    rid_a, rid_b = tr.train(run, a).run_id, tr.train(cross, b).run_id
+    assert _metric(b, rid_b, "retrieval_loss")[0] == pytest.approx(_metric(a, rid_a, "retrieval_loss")[0], rel=1e-5)
+    assert _metric(b, rid_b, "loss")[0] != _metric(a, rid_a, "loss")[0]
+    assert all(math.isfinite(v) for v in _metric(b, rid_b, "loss"))

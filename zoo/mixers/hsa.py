@@ -39,6 +39,13 @@ no Triton kernel, so `backend = "auto"` runs them on the torch backend):
   the most recent chunk with a positive score), against the dilution that
   more competing chunks bring past the training length; a runtime setting, so an evaluation
   variant can set it on a trained model.
+- `cross_row_chunks` (default False): in training only, the retrieval branch reads the batch
+  as one long row, each row after the rows before it, so a row's queries also select among
+  every chunk of the earlier rows (distractors: up to B * C chunks, as many as a row of B * L
+  tokens holds; the paper trains against 512 chunks per row at 32K tokens). The retrieval
+  branch has no positions, so this is what a longer row would put in front of it, at the cost
+  of rows of L tokens; the window branch, the retrieval loss and evaluation stay per row. Rows
+  must be a whole number of chunks.
 - `retrieval_loss` (default 0): the weight of an auxiliary retrieval loss that trains the
   landmark scores directly (`retrieval_aux_loss`). For each answer position p of row b (where
   the batch's `sources` says which row position the target copies), the positive is the
@@ -125,6 +132,10 @@ class HSAConfig(MixerConfig):
     fusion_temperature: float = Field(1.0, gt=0.0, le=100.0, description="the retrieval scores are divided by this "
                                       "before fusion (below 1: weight drawn toward the best-scoring chunk)",
                                       json_schema_extra={"id_when_set": True})
+    cross_row_chunks: bool = Field(False, description="training only: the retrieval branch reads the batch as "
+                                   "one row, so each row's queries also select among the earlier rows' chunks "
+                                   "(distractors of a B x L-token row; not the paper's)",
+                                   json_schema_extra={"id_when_set": True})
     retrieval_loss: float = Field(0.0, ge=0.0, le=100.0, description="weight of the auxiliary retrieval loss with "
                                   "in-batch negatives (0 = off); uses task supervision the paper does not (which "
                                   "chunk holds the answer): needs a task with answer sources (hashhop)",
@@ -518,6 +529,12 @@ class HSA(Mixer):
              shared: dict | None = None) -> torch.Tensor:
         B, L, _ = x.shape
         S, H, Hkv, Dh, Dr = self.chunk_size, self.n_heads, self.n_kv_heads, self.head_dim, self.retrieval_dim
+        rows = B  # rows of the retrieval loss; 1 row of B * L tokens below when the batch is read as one
+        if self.config.cross_row_chunks and self.training and cache is None and B > 1:
+            if L % S:
+                raise ZooError(f"hsa: cross_row_chunks needs rows of whole chunks, got {L} tokens with "
+                               f"chunk_size {S}", f"train at a multiple of {S} tokens")
+            x = x.reshape(1, B * L, -1)  # chunk c of row b becomes chunk b * C + c of one row: causal as before
         # chunks completed inside this call are encoded first; the mask keeps earlier tokens of
         # the call from seeing them
         buf = torch.cat([cache.buf, x], 1) if cache is not None else x
@@ -525,18 +542,18 @@ class HSA(Mixer):
         if n_new:
             k, v, lmk = self.encode_chunks(buf[:, :n_new * S])
         else:
-            k = v = x.new_zeros(B, 0, Hkv, Dh)
-            lmk = x.new_zeros(B, 0, Hkv, Dr)
+            k = v = x.new_zeros(x.shape[0], 0, Hkv, Dh)
+            lmk = x.new_zeros(x.shape[0], 0, Hkv, Dr)
         if cache is not None:
             k, v = torch.cat([cache.ck, k], 1), torch.cat([cache.cv, v], 1)
             lmk = torch.cat([cache.lmk, lmk], 1)
             cache.ck, cache.cv, cache.lmk, cache.buf = k, v, lmk, buf[:, n_new * S:]
-        qr = self.ret_norm(self.wq_ret(x).view(B, L, Hkv, Dr))
+        qr = self.ret_norm(self.wq_ret(x).view(x.shape[0], x.shape[1], Hkv, Dr))
         if self.wants_sources and shared is not None and shared.get("sources") is not None and cache is None:
-            aux = retrieval_aux_loss(qr, lmk, shared["sources"], S)
+            aux = retrieval_aux_loss(qr.view(rows, L, Hkv, Dr), lmk.view(rows, -1, Hkv, Dr), shared["sources"], S)
             shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
-        q = self.q_norm_hsa(self.wq_hsa(x).view(B, L, H, Dh)).to(v.dtype)
+        q = self.q_norm_hsa(self.wq_hsa(x).view(x.shape[0], x.shape[1], H, Dh)).to(v.dtype)
         overlap = self.config.chunk_overlap
         if self.config.fusion == "joint":  # w: each chunk's share of the joint softmax
             o, w = hsa_attention_joint(q, k, v, w, idx, S, overlap=overlap)
