@@ -19,6 +19,7 @@ steps after `--warm`), then a torch profile of 5 steps, its kernels summed by na
     rotcat       RoPE's halves swapped by a concatenation instead of a flip
     rothalves    RoPE written per half, x1 cos - x2 sin and x2 cos + x1 sin, on half-width tables
     rotbf16      RoPE computed in the activations' dtype (as Hugging Face does), not in float32
+    rotfn        RoPE as an autograd Function whose backward is the inverse rotation
 
 Writes `<out>/profile_step.json` (per case: ms per step, tokens/s, top kernels) and prints it.
 """
@@ -93,8 +94,30 @@ def _rotbf16(x, cos, sin):
     return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
-# the same rotation written three other ways (each checked against the zoo's in main)
-ROTATIONS = {"rotcat": _rotcat, "rothalves": _rothalves, "rotbf16": _rotbf16}
+from zoo.positional import apply_rotary  # noqa: E402
+
+
+class _RotateFn(torch.autograd.Function):
+    """The zoo's rotation with a backward written as the inverse rotation (R^T = R(-angle)),
+    instead of the one autograd derives through the flip and the table's concatenation."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return apply_rotary(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        return apply_rotary(g, cos, -sin), None, None
+
+
+def _rotfn(x, cos, sin):
+    return _RotateFn.apply(x, cos, sin)
+
+
+# the same rotation written four other ways (each checked against the zoo's in main)
+ROTATIONS = {"rotcat": _rotcat, "rothalves": _rothalves, "rotbf16": _rotbf16, "rotfn": _rotfn}
 
 
 def zoo_step(mixer: str, d: int, layers: int, heads: int, vocab: int, device):
@@ -210,6 +233,11 @@ def main() -> None:
         torch.testing.assert_close(rot(x, cos, sin), apply_rotary(x, cos, sin), atol=1e-5, rtol=1e-5, msg=name)
         torch.testing.assert_close(rot(x.bfloat16(), cos, sin).float(), apply_rotary(x.bfloat16(), cos, sin).float(),
                                    atol=0.05, rtol=0.02, msg=name)
+        xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        g = torch.randn_like(x)
+        rot(xg, cos, sin).backward(g)
+        apply_rotary(xr, cos, sin).backward(g)
+        torch.testing.assert_close(xg.grad, xr.grad, atol=1e-5, rtol=1e-5, msg=f"{name} backward")
 
     cases = [("anchor", "base")]
     for m in args.mixers.split(","):
