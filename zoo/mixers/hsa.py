@@ -42,10 +42,11 @@ no Triton kernel, so `backend = "auto"` runs them on the torch backend):
 - `cross_row_chunks` (default False): in training only, the retrieval branch reads the batch
   as one long row, each row after the rows before it, so a row's queries also select among
   every chunk of the earlier rows (distractors: up to B * C chunks, as many as a row of B * L
-  tokens holds; the paper trains against 512 chunks per row at 32K tokens). The retrieval
-  branch has no positions, so this is what a longer row would put in front of it, at the cost
-  of rows of L tokens; the window branch, the retrieval loss and evaluation stay per row. Rows
-  must be a whole number of chunks.
+  tokens holds; the paper trains against 512 chunks per row at 32K tokens), at the cost of
+  rows of L tokens: the retrieval branch has no positions. It is a longer row only where rows
+  are plain text; a task whose rows each carry their own framing (HashHop's completion
+  section) gives the earlier rows' framing too, which no longer row has. The window branch,
+  the retrieval loss and evaluation stay per row. Rows must be a whole number of chunks.
 - `retrieval_loss` (default 0): the weight of an auxiliary retrieval loss that trains the
   landmark scores directly (`retrieval_aux_loss`). For each answer position p of row b (where
   the batch's `sources` says which row position the target copies), the positive is the
