@@ -225,7 +225,7 @@ def main() -> None:
     if args.quick:
         d, layers, heads, args.batch, args.seq, args.warm, args.steps = 64, 2, 2, 2, 128, 2, 3
 
-    from zoo.positional import apply_rotary, rope_cos_sin, rope_inv_freq
+    from zoo.positional import rope_cos_sin, rope_inv_freq
 
     x = torch.randn(2, 3, 16, 64, device=device)
     cos, sin = rope_cos_sin(torch.arange(16, device=device), rope_inv_freq(64, 10000.0, device))

@@ -217,51 +217,13 @@ def _check_select():
     ht.SELECT_BLOCK_C = 64
 
 
-def _check_mixer():
-    """The whole layer on both backends: output, chunked inference and every parameter
-    gradient, so the kernel's weight gradient is shown to reach the retrieval scores and,
-    through them, the landmarks (w_lmk, lmk_norm) and the retrieval queries (wq_ret)."""
-    from zoo import conformance
+def _on_both_backends(cfg: dict, x: torch.Tensor, grad_seed: int):
+    """The same perturbed layer on the torch and triton backends (training mode), run forward
+    and backward: ((torch layer, output), (triton layer, output))."""
     from zoo.registry import get_spec
 
     spec = get_spec("hsa")
-    cfg = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "chunk_size": 16, "top_k": 2, "window": 8,
-           "encoder_layers": 1, "fusion": "softmax"}
-    x = torch.randn(2, 56, 32, generator=torch.Generator().manual_seed(1))
-    mods = {}
-    for backend in ("torch", "triton"):
-        torch.manual_seed(0)
-        m = spec.cls(32, spec.make_config({**cfg, "backend": backend}))
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        y = m(x)
-        assert m.last_backend == backend
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2)))
-        mods[backend] = (m, y)
-    (ref, y_ref), (tri, y_tri) = mods["torch"], mods["triton"]
-    print("mixer")
-    _close(y_tri, y_ref, "forward")
-    with torch.no_grad():
-        _close(conformance.run_chunks(tri, x, [20, 1, 35]), y_ref, "triton chunked vs torch full")
-    ref_p = dict(ref.named_parameters())
-    for name, p in tri.named_parameters():
-        _close(p.grad, ref_p[name].grad, f"grad {name}")
-    assert ref_p["w_lmk.weight"].grad.abs().sum() > 0
-    conformance.check_backends(spec)
-    print("  conformance check_backends passed")
-
-
-def _check_cross_rows():
-    """`cross_row_chunks` in training: the kernels see the batch as one row of B * L tokens;
-    output and every parameter gradient as on the torch backend."""
-    from zoo.registry import get_spec
-
-    spec = get_spec("hsa")
-    cfg = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "chunk_size": 16, "top_k": 3, "window": 8,
-           "encoder_layers": 1, "cross_row_chunks": True}
-    x = torch.randn(3, 48, 32, generator=torch.Generator().manual_seed(3))
-    mods = {}
+    out = []
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
         m = spec.cls(32, spec.make_config({**cfg, "backend": backend})).train()
@@ -270,14 +232,48 @@ def _check_cross_rows():
                 p.add_(0.05 * torch.randn_like(p))
         y = m(x)
         assert m.last_backend == backend
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(4)))
-        mods[backend] = (m, y)
-    (ref, y_ref), (tri, y_tri) = mods["torch"], mods["triton"]
-    print("cross rows")
-    _close(y_tri, y_ref, "forward")
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed)))
+        out.append((m, y))
+    return out
+
+
+def _close_grads(tri, ref) -> None:
     ref_p = dict(ref.named_parameters())
     for name, p in tri.named_parameters():
         _close(p.grad, ref_p[name].grad, f"grad {name}")
+
+
+def _check_mixer():
+    """The whole layer on both backends: output, chunked inference and every parameter
+    gradient, so the kernel's weight gradient is shown to reach the retrieval scores and,
+    through them, the landmarks (w_lmk, lmk_norm) and the retrieval queries (wq_ret)."""
+    from zoo import conformance
+    from zoo.registry import get_spec
+
+    cfg = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "chunk_size": 16, "top_k": 2, "window": 8,
+           "encoder_layers": 1, "fusion": "softmax"}
+    x = torch.randn(2, 56, 32, generator=torch.Generator().manual_seed(1))
+    (ref, y_ref), (tri, y_tri) = _on_both_backends(cfg, x, grad_seed=2)
+    print("mixer")
+    _close(y_tri, y_ref, "forward")
+    with torch.no_grad():
+        _close(conformance.run_chunks(tri, x, [20, 1, 35]), y_ref, "triton chunked vs torch full")
+    _close_grads(tri, ref)
+    assert dict(ref.named_parameters())["w_lmk.weight"].grad.abs().sum() > 0
+    conformance.check_backends(get_spec("hsa"))
+    print("  conformance check_backends passed")
+
+
+def _check_cross_rows():
+    """`cross_row_chunks` in training: the kernels see the batch as one row of B * L tokens;
+    output and every parameter gradient as on the torch backend."""
+    cfg = {"n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "chunk_size": 16, "top_k": 3, "window": 8,
+           "encoder_layers": 1, "cross_row_chunks": True}
+    x = torch.randn(3, 48, 32, generator=torch.Generator().manual_seed(3))
+    (ref, y_ref), (tri, y_tri) = _on_both_backends(cfg, x, grad_seed=4)
+    print("cross rows")
+    _close(y_tri, y_ref, "forward")
+    _close_grads(tri, ref)
 
 
 if __name__ == "__main__":
