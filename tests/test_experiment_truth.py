@@ -263,3 +263,16 @@ def test_wandb_mode_from_the_environment_wins(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE")
     Sinks(TrainConfig(steps=1, wandb=True), Store(tmp_path), "r", tmp_path, {})
     assert seen["mode"] == "offline"
+
+
+def test_hashhop_eval_progress_counts_every_variant(two_specs):
+    # each variant scores every sample again: the bar's total says so and ends at 100%
+    d, root = two_specs
+    rid = Store(root).members("a")[0]["run_id"]
+    spec = d / "variants.toml"
+    spec.write_text(TINY.format(name="v", mixers='["nope"]', mixer_config="nope = { n_heads = 2 }")
+                    + 'variants = [{ "mixer.nope.window" = 4 }, { "mixer.nope.window" = 8 }]\n')
+    r = zoo("hashhop", "eval", rid, "--root", str(root), "--spec", str(spec), "--out", str(d / "hv.json"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "stored 3 cells" in r.stdout
+    assert "samples 6/6 (100%)" in r.stderr, r.stderr

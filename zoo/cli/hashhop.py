@@ -333,7 +333,7 @@ def register(app: typer.Typer) -> None:
             total = len(read_samples(samples_file))
         else:
             grid.check()
-            total = grid.samples * len(grid.cells())
+            total = grid.samples * len(grid.cells()) * (1 + len(grid.variants))  # variants score every sample again
         with Progress(err_console, "hashhop", total, unit="samples") as bar:
 
             def advance(k: int) -> None:
