@@ -544,3 +544,40 @@ def test_known_results_decided_from_the_stored_perplexities(built_lm):
     with open(built_lm["built"].out / "data" / "known_results.csv", newline="") as f:
         assert [r["verdict"] for r in csv.DictReader(f)] == [r[2]["text"].strip() for r in rows]
     assert "methods-known" in page.ids
+
+
+def table_overflows(html: str, base: Path) -> list[str]:
+    """Tables whose laid-out box ends past the right edge of its PDF page's content area."""
+    import weasyprint
+
+    from zoo.report.render import no_network_fetcher
+
+    doc = weasyprint.HTML(string=html, base_url=str(base), url_fetcher=no_network_fetcher()).render()
+    out = []
+    for n, page in enumerate(doc.pages, 1):
+        box = page._page_box  # WeasyPrint's layout tree: the only place widths after layout live
+        right = box.content_box_x() + box.width
+        for b in box.descendants():
+            if getattr(b, "element_tag", None) == "table" and b.position_x + b.margin_width() > right + 0.5:
+                out.append(f"page {n}: {b.element.get('id')} by {b.position_x + b.margin_width() - right:.0f}px")
+    return out
+
+
+def test_pdf_tables_fit_the_page(built, tmp_path):
+    import gzip
+
+    from zoo.experiment.record import recorded
+    from zoo.experiment.spec import load_spec
+    from zoo.report import build_report
+
+    assert table_overflows(built["html"], built["out"]) == []
+    # a committed store whose leaderboard has n/a reasons and intervals in most cells, and a
+    # retrieval-recall side table of ten columns (it ran 80-160px past the page before)
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "reports/hsa-extrapolation-4k-h100/zoo.db.gz"
+    (tmp_path / "zoo.db").write_bytes(gzip.decompress(committed.read_bytes()))
+    spec_path = repo / "experiments/hsa_extrapolation_4k.toml"
+    store = Store(tmp_path)
+    report = build_report(recorded(load_spec(spec_path), store), spec_path=spec_path, root=tmp_path,
+                          out=tmp_path / "out", pdf=False)
+    assert table_overflows(report.html.read_text(encoding="utf-8"), report.html.parent) == []
