@@ -153,6 +153,24 @@ def test_window_changes_at_run_time():
     assert m.state_bytes(48, batch=1, dtype=torch.float32) < build(window=32).state_bytes(48, 1, torch.float32)
 
 
+@pytest.mark.parametrize("lq, lk, window", [(40, 40, 3), (40, 46, 5), (37, 37, 12), (25, 60, 30), (9, 9, 4)])
+def test_blocked_window_equals_the_reference(monkeypatch, lq, lk, window):
+    """The CPU window (blocks of queries against the keys their window reaches) is the dense
+    reference, forward and backward: blocks smaller and larger than the window, a cache before
+    the queries (lk > lq), a window longer than the cache."""
+    monkeypatch.setattr(hsa_mod, "WINDOW_BLOCK", 8)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, lq, 8, generator=g, requires_grad=True)
+    k = torch.randn(2, 2, lk, 8, generator=g, requires_grad=True)
+    v = torch.randn(2, 2, lk, 8, generator=g, requires_grad=True)
+    do = torch.randn(2, 4, lq, 8, generator=g)
+    got = hsa_mod.window_attention_blocked(q, k, v, window)
+    want = hsa_mod.window_attention_reference(q, k, v, window)
+    assert (got - want).abs().max() < 1e-6
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), do), torch.autograd.grad(want, (q, k, v), do)):
+        assert (a - b).abs().max() < 1e-5
+
+
 def test_softmax_fusion_trains_the_retrieval():
     """With two or more candidate chunks the softmax over top-K scores passes gradient to the
     retrieval queries, the landmarks and the chunk encoder (the tiny conformance size has a

@@ -237,6 +237,26 @@ def window_attention_reference(q, k, v, window: int) -> torch.Tensor:
     return attention_reference(q, k, v, pos_k[lk - lq:], pos_k, window=window, scale=q.shape[-1] ** -0.5)
 
 
+WINDOW_BLOCK = 256  # queries per block of `window_attention_blocked`
+
+
+def window_attention_blocked(q, k, v, window: int) -> torch.Tensor:
+    """`window_attention_reference` one block of queries at a time, each against only the keys its
+    window reaches: O(Lq (block + W)) scores instead of O(Lq Lk), the same arithmetic per row.
+    The path off CUDA, where a long prompt read densely cost most of an evaluation's time."""
+    lq, lk = q.shape[2], k.shape[2]
+    block = max(WINDOW_BLOCK, window)
+    if lq <= block:
+        return window_attention_reference(q, k, v, window)
+    outs = []
+    for i in range(0, lq, block):
+        j = min(lq, i + block)
+        last = j + lk - lq  # one past the key position of the block's last query
+        first = max(0, i + lk - lq - window + 1)
+        outs.append(window_attention_reference(q[:, :, i:j], k[:, :, first:last], v[:, :, first:last], window))
+    return torch.cat(outs, 2)
+
+
 def band_mask(lq: int, lk: int, window: int, device) -> torch.Tensor:
     """Boolean `[Lq, Lk]`: query i (at key position i + Lk - Lq) sees the keys of the last `window` positions."""
     dist = torch.arange(lq, device=device)[:, None] + (lk - lq) - torch.arange(lk, device=device)[None, :]
@@ -439,7 +459,7 @@ class HSA(Mixer):
             k, v = torch.cat([cache.swa_k, k], 2), torch.cat([cache.swa_v, v], 2)
             keep = min(k.shape[2], max(0, self.window - 1))  # what the next token can still see
             cache.swa_k, cache.swa_v = k[:, :, k.shape[2] - keep:], v[:, :, k.shape[2] - keep:]
-        attend = window_attention_fast if fast else window_attention_reference
+        attend = window_attention_fast if fast else window_attention_blocked
         o = attend(q, k, v, self.window)
         return o.transpose(1, 2).reshape(B, L, H * Dh)
 
