@@ -2,9 +2,14 @@
 
 import pytest
 
+import zoo.experiment.spec as spec_mod
+from zoo import registry
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.experiment.spec import load_spec, parse_spec, plan
+from zoo.model import ModelConfig
+from zoo.registry import get_spec
+from zoo.train.cost import count_params
 
 BASE = """
 name = "t"
@@ -90,6 +95,39 @@ def test_parameter_matching(by):
         assert other.run.model.d_model == 64  # same mixer family at the same layout: the same width
     else:
         assert other.run.model.d_model == 48 and other.run.model.mlp_hidden % 8 == 0
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_width_matching_bisects_to_what_a_scan_finds(monkeypatch, name):
+    """Matching by d_model bisects the width grid (parameters grow with width, checked here for
+    every mixer) and picks what counting every width on the grid picks, ties to the narrower."""
+    mc = {"d_model": 64, "n_layers": 2, "layers": [name], "mixer_config": {name: dict(get_spec(name).tiny or {})}}
+    counts: dict[int, int | None] = {}
+
+    def count(cfg, embedding=True):
+        if cfg.d_model not in counts:
+            try:
+                counts[cfg.d_model] = count_params(cfg)
+            except Exception:
+                counts[cfg.d_model] = None
+        if counts[cfg.d_model] is None:
+            raise ValueError("no model at this width")
+        return counts[cfg.d_model]
+
+    monkeypatch.setattr(spec_mod, "count_params", count)
+    grid = range(16, 257, 8)  # _match's grid for d_model 64, multiple 8
+    for d in grid:
+        try:
+            count(ModelConfig(**{**mc, "d_model": d}))
+        except ValueError:
+            pass
+    valid = [(d, counts[d]) for d in grid if counts[d] is not None]
+    assert len(valid) > 2 and all(a[1] <= b[1] for a, b in zip(valid, valid[1:]))
+    p1, p2 = valid[len(valid) // 2][1], valid[len(valid) // 2 + 1][1]
+    for target in (valid[0][1] - 1, p1, (p1 + p2) // 2, (p1 + p2 + 1) // 2, p2 + 1, valid[-1][1] + 10**6):
+        want = min(valid, key=lambda v: (abs(v[1] - target), v[0]))
+        got, params = spec_mod._match(mc, target, "d_model", 8)
+        assert (got["d_model"], params) == want, f"target {target}"
 
 
 def test_per_mixer_overrides_and_hybrid_layers():

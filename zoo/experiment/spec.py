@@ -416,20 +416,43 @@ def _match(mc: dict, target: int, by: str, multiple: int) -> tuple[dict, int]:
         out = {**mc, "mlp_hidden": h}
         return out, count_params(ModelConfig(**out))
     d0 = mc["d_model"]
-    best: tuple[int, dict, int] | None = None
     lo = max(multiple, (d0 // 4) // multiple * multiple)
-    stride = multiple * max(1, -(-(4 * d0 + 1 - lo) // (256 * multiple)))  # at most 256 models to count
-    for d in range(lo, 4 * d0 + 1, stride):
-        cand = {**mc, "d_model": d}
-        try:
-            p = count_params(ModelConfig(**cand))
-        except Exception:
-            continue
-        if best is None or abs(p - target) < best[0]:
-            best = (abs(p - target), cand, p)
-    if best is None:
+    stride = multiple * max(1, -(-(4 * d0 + 1 - lo) // (256 * multiple)))  # a grid of at most 256 widths
+    grid = range(lo, 4 * d0 + 1, stride)
+    counts: dict[int, int | None] = {}
+
+    def count(i: int) -> int | None:  # None: no valid model at this width (e.g. heads do not divide it)
+        if i not in counts:
+            try:
+                counts[i] = count_params(ModelConfig(**{**mc, "d_model": grid[i]}))
+            except Exception:
+                counts[i] = None
+        return counts[i]
+
+    def valid(i: int, step: int, stop: int) -> int | None:  # the first width from i on with a model
+        while i != stop and count(i) is None:
+            i += step
+        return None if i == stop else i
+
+    # parameters grow with the width, so bisect for the first width at or above the target
+    # (about 8 models counted where a scan of the grid counted up to 256) ...
+    a, b, above = 0, len(grid), None
+    while a < b:
+        mid = (a + b) // 2
+        j = valid(mid, 1, b)
+        if j is not None and count(j) >= target:
+            above, b = j, mid
+        elif j is None:
+            b = mid
+        else:
+            a = j + 1
+    # ... then take it or the valid width below it, whichever is closer (the smaller on a tie)
+    below = valid((above if above is not None else len(grid)) - 1, -1, -1)
+    options = [i for i in (below, above) if i is not None]
+    if not options:
         raise ZooError(f"parameter matching found no valid d_model near {d0} for layers {mc['layers']}")
-    return best[1], best[2]
+    i = min(options, key=lambda i: (abs(count(i) - target), grid[i]))
+    return {**mc, "d_model": grid[i]}, count(i)
 
 
 def _point_paths(point: dict[str, Any]) -> dict[str, Any]:
