@@ -110,6 +110,23 @@ def test_fusion_temperature_divides_the_scores():
     assert sharp[0, 2] > build().fuse(s, valid)[0, 2]  # the best-scoring chunk gains weight
 
 
+def test_fusion_length_scale_sharpens_only_past_the_training_chunks():
+    """Scores times log C / log n where a token sees C > n complete chunks: unchanged up to n,
+    doubled at n^2 (the same as fusion_temperature 0.5 there), in both fusions."""
+    g = torch.Generator().manual_seed(0)
+    pos = torch.tensor([5, 63, 64, 79, 256, 300])  # chunk_size 16: 0, 3, 4, 4, 16, 18 chunks seen
+    s = torch.randn(2, len(pos), 2, 4, generator=g)
+    valid = torch.rand(2, len(pos), 2, 4, generator=g) > 0.2
+    for fusion in ("softmax", "stick-breaking"):
+        plain, scaled = build(fusion=fusion).fuse(s, valid, pos), build(fusion=fusion, fusion_length_scale=4)
+        got = scaled.fuse(s, valid, pos)
+        assert torch.equal(got[:, :4], plain[:, :4])  # at most 4 chunks seen: as trained
+        sharp = build(fusion=fusion, fusion_temperature=0.5).fuse(s, valid, pos)
+        torch.testing.assert_close(got[:, 4], sharp[:, 4])  # 16 = 4^2 chunks: scores doubled
+        assert not torch.allclose(got[:, 5], sharp[:, 5])  # 18 chunks: a little more than doubled
+        assert torch.equal(scaled.fuse(s, valid), plain)  # no positions given: off
+
+
 # -- chunked inference ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("over", [
@@ -315,9 +332,10 @@ def test_runtime_settings_equal_a_layer_built_with_them():
     base = dict(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, backend="torch")
     x = torch.randn(2, 80, 32)
     changed = HSA(32, HSAConfig(**base))
-    built = HSA(32, HSAConfig(**{**base, "chunk_overlap": 6, "top_k": 3, "window": 5, "fusion_temperature": 0.25}))
+    settings = {"chunk_overlap": 6, "top_k": 3, "window": 5, "fusion_temperature": 0.25, "fusion_length_scale": 2}
+    built = HSA(32, HSAConfig(**{**base, **settings}))
     built.load_state_dict(changed.state_dict())
-    for name, value in (("chunk_overlap", 6), ("top_k", 3), ("window", 5), ("fusion_temperature", 0.25)):
+    for name, value in settings.items():
         changed.set_knob(name, value)
     assert changed.config == built.config and (changed.top_k, changed.window) == (3, 5)
     with torch.no_grad():

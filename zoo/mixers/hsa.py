@@ -39,6 +39,11 @@ no Triton kernel, so `backend = "auto"` runs them on the torch backend):
   the most recent chunk with a positive score), against the dilution that
   more competing chunks bring past the training length; a runtime setting, so an evaluation
   variant can set it on a trained model.
+- `fusion_length_scale` (default None: off): n, the chunks a training row held. A token that
+  sees C > n complete chunks has its retrieval scores multiplied by log C / log n before fusion
+  (Scalable-Softmax, Nakanishi et al. 2025, arXiv:2501.19399: a softmax whose logits grow with
+  log n keeps its peak as the candidates multiply). Inside the training length nothing changes;
+  at 64x of a 64-chunk row the scores double, as `fusion_temperature` 0.5 would. A runtime setting.
 - `cross_row_chunks` (default False): in training only, the retrieval branch reads the batch
   as one long row, each row after the rows before it, so a row's queries also select among
   every chunk of the earlier rows (distractors: up to B * C chunks, as many as a row of B * L
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from typing import Literal
 
@@ -133,6 +139,10 @@ class HSAConfig(MixerConfig):
     fusion_temperature: float = Field(1.0, gt=0.0, le=100.0, description="the retrieval scores are divided by this "
                                       "before fusion (below 1: weight drawn toward the best-scoring chunk)",
                                       json_schema_extra={"id_when_set": True})
+    fusion_length_scale: int | None = Field(None, ge=2, le=1 << 24, description="n, the chunks of a training "
+                                            "row: a token that sees C > n chunks has its retrieval scores "
+                                            "multiplied by log C / log n before fusion (Scalable-Softmax); None "
+                                            "= off", json_schema_extra={"id_when_set": True})
     cross_row_chunks: bool = Field(False, description="training only: the retrieval branch reads the batch as "
                                    "one row, so each row's queries also select among the earlier rows' chunks "
                                    "(distractors of a B x L-token row; not the paper's)",
@@ -405,7 +415,7 @@ class HSA(Mixer):
 
     Config = HSAConfig
     # settings that leave the parameters as they are: schedules and evaluation-time variants set them
-    RUNTIME = ("window", "top_k", "chunk_overlap", "fusion_temperature")
+    RUNTIME = ("window", "top_k", "chunk_overlap", "fusion_temperature", "fusion_length_scale")
     selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
@@ -503,15 +513,15 @@ class HSA(Mixer):
         chosen scores recomputed from gathered landmarks. triton: `hsa_triton.hsa_select`, one
         fused pass with a running top-K (same choice, no [L, C] tensor).
         """
+        B, L, Hkv, Dr = qr.shape
+        pos = torch.arange(start, start + L, device=qr.device)
         if backend == "triton":
             from zoo.kernels.hsa_triton import hsa_select
 
             ids, s, index = hsa_select(qr, lmk, start, self.chunk_size, self.top_k)
-            return ids, self.fuse(s, ids >= 0), index
-        B, L, Hkv, Dr = qr.shape
+            return ids, self.fuse(s, ids >= 0, pos), index
         C = lmk.shape[1]
         K = min(self.top_k, C)
-        pos = torch.arange(start, start + L, device=qr.device)
         if K == 0:
             empty = qr.new_full((B, L, Hkv, 0), -1, dtype=torch.long)
             return empty, qr.new_zeros((B, L, Hkv, 0), dtype=torch.float32), None
@@ -530,10 +540,15 @@ class HSA(Mixer):
         hi = torch.arange(Hkv, device=qr.device)[None, None, :, None]
         chosen = lmk[bi, ids.clamp_min(0), hi]  # [B, L, Hkv, K, Dr]
         s = (qr.unsqueeze(3).float() * chosen.float()).sum(-1) * Dr**-0.5
-        return ids, self.fuse(s, valid), None
+        return ids, self.fuse(s, valid, pos), None
 
-    def fuse(self, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Fusion weights from retrieval scores `[..., K]`; empty slots get 0."""
+    def fuse(self, s: torch.Tensor, valid: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion weights from retrieval scores `[B, L, Hkv, K]` of the tokens at positions `pos`
+        `[L]` (needed by `fusion_length_scale`); empty slots get 0."""
+        n = self.config.fusion_length_scale
+        if n is not None and pos is not None:
+            seen = torch.div(pos, self.chunk_size, rounding_mode="floor").clamp_min(n)  # complete chunks before
+            s = s * (seen.float().log() / math.log(n))[None, :, None, None]
         if self.config.fusion_temperature != 1.0:
             s = s / self.config.fusion_temperature
         if self.config.fusion == "joint":  # the scores themselves: logit shifts inside the joint softmax
