@@ -216,3 +216,27 @@ def test_labels_reach_figures_and_csv_as_written(tmp_path):
     assert "=cost $x^$ [/]" in html
     rows = list(csv.DictReader((tmp_path / "data" / "runs.csv").open()))
     assert rows[0]["label"] == "'" + label and float(rows[0]["final_loss"]) == 1.5
+
+
+@pytest.mark.parametrize("n, width", [(3, 5.2), (6, 5.2), (6, 8.0)])
+def test_figure_legend_stays_inside_the_figure(n, width):
+    """A legend of long names (runs with evaluation-time variants) wraps into more rows instead
+    of running off both edges of the figure."""
+    pytest.importorskip("matplotlib")
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    from zoo.report.figures import RC, _legend
+
+    with rc_context(RC):
+        fig = MplFigure(figsize=(width, 3.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        labels = ["hsa-retrieval-loss", "rope"] + [f"hsa-stickbreak (hsa.fusion_length_scale={i})" for i in range(n)]
+        handles = [ax.plot([0, 1], [i, i])[0] for i in range(len(labels))]
+        _legend(fig, handles, labels)
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        box, legend = fig.bbox, fig.legends[0].get_window_extent(renderer)
+    assert box.x0 <= legend.x0 and legend.x1 <= box.x1, (legend, box)

@@ -149,7 +149,11 @@ def _data_ticks(axis, values: list[float]) -> None:
 
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
     if handles:  # "outside": constrained layout makes room for it below the axes
-        fits = max(2, int(fig.get_figwidth() / 1.45))  # entries per row that fit the figure's width
+        # entries per row that fit the figure's width: the handle, the gaps and the longest label,
+        # a character taken as 0.6 em (long variant names would run off both edges otherwise)
+        em = RC["legend.fontsize"] / 72
+        entry = em * (3.2 + 2.0 + 0.6 * max(len(str(x)) for x in labels))
+        fits = max(1, int(0.95 * fig.get_figwidth() / entry))
         fig.legend(handles, [_tex(x) for x in labels], loc="outside lower center",
                    ncol=min(len(labels), ncol or 6, fits),
                    frameon=False, handlelength=3.2)
