@@ -178,6 +178,18 @@ def test_rotation_layout_matches_transformers():
     assert torch.allclose(apply_rotary(k, cos, sin), hk, atol=1e-6)
 
 
+def test_rotation_per_half_is_the_whole_row_formula_exactly():
+    """The per-half writing gives the same bits as x cos + [-x2, x1] sin over the whole row, in
+    float32 and bfloat16, also for tables whose two halves differ."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 12, 16, generator=g)
+    cos, sin = torch.randn(12, 16, generator=g), torch.randn(12, 16, generator=g)  # halves unequal
+    for dtype in (torch.float32, torch.bfloat16):
+        xf = x.to(dtype).float()
+        whole = (xf * cos + torch.cat([-xf[..., 8:], xf[..., :8]], -1) * sin).to(dtype)
+        assert torch.equal(apply_rotary(x.to(dtype), cos, sin), whole)
+
+
 # -- xPos (Sun et al. 2022) and ReRoPE (Su 2023) ------------------------------------------------------
 
 def test_xpos_scale_follows_the_paper():

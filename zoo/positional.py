@@ -85,14 +85,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate `[..., L, Dh]` by `[L, Dh]` angles (rotate-half layout, as in GPT-NeoX and HF):
     x cos + [-x2, x1] sin, with x1, x2 the halves of the head dimension.
 
-    The halves are swapped by a flip (a reindexing that Inductor folds into the one kernel that
-    also multiplies, where a concatenation of the halves is written out first on some devices)
-    and the sign goes onto the table."""
+    Written per half, [x1 c1 - x2 s1, x2 c2 + x1 s2] with c, s the tables' halves: the same
+    numbers as the whole-row form, and what Inductor compiles into the cheapest backward of the
+    writings measured (benchmarks/NOTES.md, "the rotation written five ways")."""
     half = x.shape[-1] // 2
-    xf = x.float()
-    swapped = xf.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # [x2, x1]
-    signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return (xf * cos + swapped * signed).to(x.dtype)
+    x1, x2 = x.float().unflatten(-1, (2, half)).unbind(-2)
+    c1, c2 = cos.unflatten(-1, (2, half)).unbind(-2)
+    s1, s2 = sin.unflatten(-1, (2, half)).unbind(-2)
+    return torch.cat([x1 * c1 - x2 * s1, x2 * c2 + x1 * s2], dim=-1).to(x.dtype)
 
 
 def xpos_scale(positions: torch.Tensor, head_dim: int, scale_base: float = 512.0,
