@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
@@ -148,15 +149,20 @@ def _data_ticks(axis, values: list[float]) -> None:
 
 
 def _legend(fig: MplFigure, handles, labels, ncol: int | None = None) -> None:
-    if handles:  # "outside": constrained layout makes room for it below the axes
-        # entries per row that fit the figure's width: the handle, the gaps and the longest label,
-        # a character taken as 0.6 em (long variant names would run off both edges otherwise)
-        em = RC["legend.fontsize"] / 72
-        entry = em * (3.2 + 2.0 + 0.6 * max(len(str(x)) for x in labels))
-        fits = max(1, int(0.95 * fig.get_figwidth() / entry))
-        fig.legend(handles, [_tex(x) for x in labels], loc="outside lower center",
-                   ncol=min(len(labels), ncol or 6, fits),
-                   frameon=False, handlelength=3.2)
+    """Below the axes ("outside": constrained layout makes room), in as many columns as fit the
+    figure's width as laid out (long names of evaluation-time variants would run off both edges),
+    the figure taller by the rows beyond the first so the axes keep their height."""
+    if not handles:
+        return
+    texts = [_tex(x) for x in labels]
+    renderer = FigureCanvasAgg(fig).get_renderer()  # text widths as drawn
+    for n in range(min(len(texts), ncol or 6), 0, -1):
+        legend = fig.legend(handles, texts, loc="outside lower center", ncol=n, frameon=False, handlelength=3.2)
+        if n == 1 or legend.get_window_extent(renderer).width <= 0.97 * fig.bbox.width:
+            break
+        legend.remove()
+    rows = math.ceil(len(texts) / n)
+    fig.set_figheight(fig.get_figheight() + (rows - 1) * 1.5 * RC["legend.fontsize"] / 72)
 
 
 def band_alpha(n: int) -> float:
