@@ -191,6 +191,24 @@ def test_sweep_runs_named_evaluations_once(tmp_path):
     assert [c.header for c in table.columns][-3:] == ["ppl@16", "ppl@32", "status"]
 
 
+def test_summary_hashhop_columns_are_the_model_as_trained(tmp_path):
+    """The comparison table's hashhop@L is the mean over hops of the cells as trained: a cell
+    under an evaluation-time variant or a RoPE scaling is another model and stays out of it."""
+    from zoo.experiment.sweep import hashhop_by_length
+    from zoo.store import Store
+
+    store = Store(tmp_path / "store")
+    cell = {"status": "ok", "length": 100, "hops": 1, "cot": False}
+    store.add_results("r1", "hashhop", [
+        {**cell, "accuracy": 0.9, "variant": None},
+        {**cell, "hops": 2, "accuracy": 0.5, "variant": None},
+        {**cell, "accuracy": 0.1, "variant": "hsa.top_k=4"},
+        {**cell, "accuracy": 0.2, "variant": None, "rope_scaling": "yarn", "rope_factor": 4.0},
+        {**cell, "length": 200, "accuracy": 0.3},
+    ])
+    assert hashhop_by_length(store, "r1") == pytest.approx({100: 0.7, 200: 0.3})
+
+
 def test_sweep_selection_metric_is_checked():
     base = {"name": "s", "mixers": ["nope"], "train": {"steps": 2}}
     spec = parse_spec({**base, "sweep": {"lr": [1e-3, 3e-3], "seed": [0, 1, 2], "select": "best"}})

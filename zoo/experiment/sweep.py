@@ -272,9 +272,12 @@ def _point(p: PlannedRun) -> str:
 
 
 def hashhop_by_length(store: Store, run_id: str) -> dict[int, float]:
-    """Mean exact-match accuracy per evaluated length (over hops), from the stored cells."""
+    """Mean exact-match accuracy per evaluated length (over hops), from the stored cells of the
+    model as trained: cells under an evaluation-time variant or RoPE scaling are other models."""
     acc: dict[int, list[float]] = {}
     for r in store.results(run_id, "hashhop"):
+        if r.get("variant") is not None or r.get("rope_scaling") is not None:
+            continue
         if r.get("status") == "ok" and r.get("accuracy") is not None:
             acc.setdefault(int(r["length"]), []).append(float(r["accuracy"]))
     return {k: sum(v) / len(v) for k, v in sorted(acc.items())}
