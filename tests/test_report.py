@@ -357,6 +357,40 @@ def test_findings_and_scaling_come_from_the_numbers(built):
     assert "hops 1, 2" in html and "2 queries per sample" in html
 
 
+def test_cells_not_yet_evaluated_are_named(built, tmp_path):
+    """A call cut short leaves a run trained but some of its planned cells unevaluated: the
+    report names each one (summary and data/pending_cells.csv) instead of drawing less silently."""
+    from zoo.cli import main
+
+    assert "not yet evaluated" not in built["html"]  # every planned cell of the fixture is stored
+    assert not (built["out"] / "data" / "pending_cells.csv").exists()  # an empty table writes no file
+    store = built["store"]
+    nope, weird = (next(r["id"] for r in store.runs(kind="train") if r["config"].get("label") == x)
+                   for x in ("nope", WEIRD))
+    root = tmp_path / "store"
+    shutil.copytree(built["root"], root)
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(root / "zoo.db")) as db, db:
+        gone_nope = db.execute("DELETE FROM results WHERE run_id = ? AND kind = 'hashhop' AND "
+                               "json_extract(row, '$.variant') IS NOT NULL AND json_extract(row, '$.n_chars') = 350",
+                               (nope,)).rowcount
+        gone_weird = db.execute("DELETE FROM results WHERE run_id = ? AND kind = 'hashhop' AND "
+                                "json_extract(row, '$.variant') IS NULL AND json_extract(row, '$.n_chars') = 50 AND "
+                                "json_extract(row, '$.hops') = 2", (weird,)).rowcount
+    assert gone_nope == 4 and gone_weird == 2  # 2 hop counts x 2 modes; 2 modes
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", str(built["spec"]), "--root", str(root), "--out", str(out), "--no-pdf"]) == 0
+    rows = list(csv.DictReader((out / "data" / "pending_cells.csv").open()))
+    assert sorted((r["run_id"], r["cell"]) for r in rows) == sorted(
+        [(nope, f"n_chars=350, hops={h}, cot={c}, variant=nope.window=64") for h in (1, 2) for c in (False, True)]
+        + [(weird, f"n_chars=50, hops=2, cot={c}") for c in (False, True)])
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert f"nope ({nope}): hashhop 4 of 16 planned cells" in html
+    assert f"{escape(WEIRD)} ({weird}): hashhop 2 of 16 planned cells" in html and WEIRD not in html
+
+
 def test_cli_prints_the_path(built):
     last = built["stdout"].strip().splitlines()[-1]
     assert Path(last) == built["out"] / "index.html"

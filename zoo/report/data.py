@@ -132,6 +132,17 @@ class Ceiling:
 
 
 @dataclass
+class PendingEval:
+    """An evaluation the spec plans for a finished run, with cells the store does not hold yet."""
+
+    label: str
+    run_id: str
+    kind: str
+    planned: int                     # cells the spec plans for this run
+    missing: list[str]               # the cells not stored, each as "column=value, ..."
+
+
+@dataclass
 class ReportData:
     title: str
     runs: list[Run]
@@ -144,6 +155,7 @@ class ReportData:
     spec: dict[str, Any] | None = None   # the experiment spec, when the report was built from one
     companions: dict[str, list[Run]] = field(default_factory=dict)  # companion experiment -> its runs
     other_evals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # plugin evaluator -> its rows
+    pending: list[PendingEval] = field(default_factory=list)  # planned evaluation cells not yet stored
     spec_path: str | None = None
     source: str = ""                     # how the runs were chosen (spec path, run ids or filters)
     store_root: str | None = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ZooError
-from zoo.report.data import BenchPoint, Ceiling, HashHopCell, PplPoint, ReportData, Run
+from zoo.report.data import BenchPoint, Ceiling, HashHopCell, PendingEval, PplPoint, ReportData, Run
 from zoo.store import Store
 
 STATE_LENGTHS = (8192, 2**20)
@@ -149,6 +149,35 @@ def placeholder(planned: dict) -> dict:
     return {"id": planned["id"], "kind": planned["kind"], "config": planned["config"], "status": "pending",
             "reason": "not trained yet" if trained else "not evaluated yet", "provenance": {},
             "summary": {"params": planned["params"]} if trained else {}, "planned": True}
+
+
+def pending_evals(store: Store, runs: list[Run], experiment: dict) -> list[PendingEval]:
+    """For each finished run, the evaluations of the experiment's spec whose cells the store does
+    not all hold (a call cut short, a run not yet resumed): the report says what it lacks instead
+    of leaving a missing variant or length unmentioned."""
+    from zoo.eval.base import get_evaluator
+
+    out = []
+    for run in runs:
+        if run.status != "done":
+            continue  # the runs table already says it is not trained
+        for kind, raw in (experiment["spec"].get("eval") or {}).items():
+            if raw is None or kind == "bench":
+                continue
+            try:
+                ev = get_evaluator(kind)
+                config = ev.make_config(raw)
+                eid = experiment["eval_ids"].get(kind) or ev.eval_id(raw)
+                stored = [r for r in store.results(run.run_id, kind) if r.get("eval_id") == eid]
+                planned, todo = len(ev.cells(config)), ev.todo(config, stored)
+            except ZooError as e:  # e.g. a plugin evaluator not installed here
+                out.append(PendingEval(run.label, run.run_id, kind, 0, [f"cannot tell: {e}"]))
+                continue
+            if todo:
+                missing = [", ".join(f"{c}={v}" for c, v in zip(ev.cell_columns, cell) if v is not None)
+                           for cell in todo]
+                out.append(PendingEval(run.label, run.run_id, kind, planned, missing))
+    return out
 
 
 # -- reading rows -------------------------------------------------------------------------------
@@ -430,8 +459,9 @@ def load(store: Store, experiment: dict | None = None, run_ids: list[str] | None
         else:
             title = "mixer-zoo comparison"
     companions = {name: companion_runs(store, name) for name in (spec or {}).get("companions") or []}
+    pending = pending_evals(store, runs, experiment) if experiment is not None else []
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,
                       ppl_variants=variants, hashhop_variants=hh_variants, spec=spec, companions=companions,
-                      other_evals=other,
+                      other_evals=other, pending=pending,
                       spec_path=str(spec_path) if spec_path else None,
                       source=source, store_root=str(store.root))

@@ -159,6 +159,10 @@ def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
     if data.other_evals:
         facts.append(("other evaluations", "; ".join(f"{kind}: {len(rows)} rows in data/{other_eval_table(kind)}.csv"
                                                      for kind, rows in data.other_evals.items())))
+    if data.pending:
+        facts.append(("not yet evaluated", "; ".join(
+            f"{p.label} ({p.run_id}): {p.kind} {len(p.missing)} of {p.planned} planned cells" for p in data.pending)
+            + " (each in data/pending_cells.csv; `zoo compare` evaluates them on resume)"))
     facts.append(("source", data.source))
     return facts
 
@@ -302,6 +306,8 @@ def data_tables(data: ReportData, es: list[A.Entry], lb: Table, figs: list[F.Fig
     for f in figs:
         if f.side is not None:
             t[f.side.id.replace("-", "_")] = f.side.csv_rows()
+    t["pending_cells"] = [{"label": p.label, "run_id": p.run_id, "evaluation": p.kind, "cell": cell}
+                          for p in data.pending for cell in p.missing]
     for kind, rows in data.other_evals.items():  # plugin evaluators: their rows as stored, with the run's label
         t[other_eval_table(kind)] = [{"label": labels.get(r.get("run_id")), **r} for r in rows]
     return {k: _tidy(v) for k, v in t.items()}
