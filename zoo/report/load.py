@@ -156,6 +156,7 @@ def pending_evals(store: Store, runs: list[Run], experiment: dict) -> list[Pendi
     not all hold (a call cut short, a run not yet resumed): the report says what it lacks instead
     of leaving a missing variant or length unmentioned."""
     from zoo.eval.base import get_evaluator
+    from zoo.experiment.sweep import stored_rows
 
     out = []
     for run in runs:
@@ -168,10 +169,9 @@ def pending_evals(store: Store, runs: list[Run], experiment: dict) -> list[Pendi
                 ev = get_evaluator(kind)
                 config = ev.make_config(raw)
                 eid = experiment["eval_ids"].get(kind) or ev.eval_id(raw)
-                stored = [r for r in store.results(run.run_id, kind) if r.get("eval_id") == eid]
-                planned, todo = len(ev.cells(config)), ev.todo(config, stored)
+                planned, todo = len(ev.cells(config)), ev.todo(config, stored_rows(store, run.run_id, kind, eid))
             except ZooError as e:  # e.g. a plugin evaluator not installed here
-                out.append(PendingEval(run.label, run.run_id, kind, 0, [f"cannot tell: {e}"]))
+                out.append(PendingEval(run.label, run.run_id, kind, 0, [f"cannot tell which cells: {e}"]))
                 continue
             if todo:
                 missing = [", ".join(f"{c}={v}" for c, v in zip(ev.cell_columns, cell) if v is not None)

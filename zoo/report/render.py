@@ -161,7 +161,8 @@ def summary_facts(data: ReportData, es: list[A.Entry]) -> list[tuple[str, str]]:
                                                      for kind, rows in data.other_evals.items())))
     if data.pending:
         facts.append(("not yet evaluated", "; ".join(
-            f"{p.label} ({p.run_id}): {p.kind} {len(p.missing)} of {p.planned} planned cells" for p in data.pending)
+            f"{p.label} ({p.run_id}): {p.kind} " + (f"{len(p.missing)} of {p.planned} planned cells" if p.planned
+                                                    else p.missing[0]) for p in data.pending)
             + " (each in data/pending_cells.csv; `zoo compare` evaluates them on resume)"))
     facts.append(("source", data.source))
     return facts
