@@ -392,17 +392,17 @@ def test_cells_not_yet_evaluated_are_named(built, tmp_path):
 
 
 def test_an_evaluator_not_installed_is_named_not_guessed(built):
-    """A spec's evaluation whose evaluator is not registered here (a plugin not installed): the
-    report cannot count its cells, and says so for each finished run."""
-    from zoo.report.load import load, pending_evals
+    """A spec's evaluation whose evaluator is not registered here (a plugin not installed): its
+    cells cannot be counted, and each finished run says so."""
+    from zoo.experiment.record import pending_cells
 
     store = built["store"]
-    experiment = store.experiment("report-test")
-    assert pending_evals(store, load(store, experiment).runs, experiment) == []
-    experiment["spec"]["eval"]["no-such-eval"] = {"n": 1}
-    pending = pending_evals(store, load(store, experiment).runs, experiment)
-    assert len(pending) == 9 and {p.kind for p in pending} == {"no-such-eval"}
-    assert all(p.planned == 0 and p.missing[0].startswith("cannot tell which cells: ") for p in pending)
+    record = store.experiment("report-test")
+    assert pending_cells(record, store) == []
+    record["spec"]["eval"]["no-such-eval"] = {"n": 1}
+    pending = pending_cells(record, store)
+    assert len(pending) == 9 and {p["kind"] for p in pending} == {"no-such-eval"}
+    assert all(p["planned"] == 0 and p["missing"][0].startswith("cannot tell which cells: ") for p in pending)
 
 
 def test_cli_prints_the_path(built):

@@ -59,12 +59,13 @@ def register(app: typer.Typer) -> None:
         with console.status("building the report"):
             record = None
             if spec is not None:  # the experiment as the store recorded it (older stores: as planned now)
-                from zoo.experiment.record import recorded
+                from zoo.experiment.record import pending_cells, recorded
                 from zoo.experiment.spec import load_spec
                 from zoo.report.load import open_store
 
                 store = open_store(root)
                 record = recorded(load_spec(spec), store)
+                record = {**record, "pending": pending_cells(record, store)}
             built = build_report(experiment=record, spec_path=spec, run_ids=_split(runs) or None,
                                  where=where or None, out=out_dir, root=root, title=title,
                                  bench_ids=_split(bench) or None, pdf=pdf)

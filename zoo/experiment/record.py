@@ -2,14 +2,19 @@
 
     enlist(spec, store)              # at compare time: the spec, its planned runs in order
     record = recorded(spec, store)   # for a report: the stored record, else the plan of now
+    pending_cells(record, store)     # for a report: the planned evaluation cells finished runs lack
 
 A record is plain JSON: the experiment's name, `spec_id` (a hash of the validated spec), the
 spec itself, its runs in plan order (id, label, kind, config, parameter count; the Hugging
 Face models of `[hf]` after the trained ones) and the ids its evaluations tag their rows with.
+`zoo report` hands the report a copy with `pending` added (`pending_cells`), so the report
+names what is missing without reading the evaluators itself.
 """
 
 from __future__ import annotations
 
+from zoo.errors import ZooError
+from zoo.eval.base import get_evaluator
 from zoo.experiment.spec import ExperimentSpec, PlannedRun, eval_id, eval_settings, plan
 from zoo.store import Store, config_id
 
@@ -38,3 +43,34 @@ def recorded(spec: ExperimentSpec, store: Store) -> dict:
     record), the spec's plan as it stands now."""
     doc = spec.model_dump(mode="json")
     return store.experiment(spec.name, config_id(doc)) or experiment_record(spec)
+
+
+def pending_cells(record: dict, store: Store) -> list[dict]:
+    """For each finished run of the record, each evaluation of its spec whose cells the store does
+    not all hold (a call cut short, a run not yet resumed): {label, run_id, kind, planned,
+    missing}, the missing cells each as "column=value, ...". An evaluator not installed here
+    cannot count its cells: planned 0 and one line saying why."""
+    from zoo.experiment.sweep import stored_rows  # sweep imports this module
+
+    out = []
+    for run in record["runs"]:
+        stored_run = store.get_run(run["id"])
+        if stored_run is None or stored_run["status"] != "done":
+            continue  # the report's runs table already says it is not trained
+        for kind, raw in (record["spec"].get("eval") or {}).items():
+            if raw is None or kind == "bench":
+                continue
+            entry = {"label": run["label"], "run_id": run["id"], "kind": kind}
+            try:
+                ev = get_evaluator(kind)
+                config = ev.make_config(raw)
+                eid = record["eval_ids"].get(kind) or ev.eval_id(raw)
+                planned, todo = len(ev.cells(config)), ev.todo(config, stored_rows(store, run["id"], kind, eid))
+            except ZooError as e:
+                out.append({**entry, "planned": 0, "missing": [f"cannot tell which cells: {e}"]})
+                continue
+            if todo:
+                missing = [", ".join(f"{c}={v}" for c, v in zip(ev.cell_columns, cell) if v is not None)
+                           for cell in todo]
+                out.append({**entry, "planned": planned, "missing": missing})
+    return out

@@ -151,35 +151,6 @@ def placeholder(planned: dict) -> dict:
             "summary": {"params": planned["params"]} if trained else {}, "planned": True}
 
 
-def pending_evals(store: Store, runs: list[Run], experiment: dict) -> list[PendingEval]:
-    """For each finished run, the evaluations of the experiment's spec whose cells the store does
-    not all hold (a call cut short, a run not yet resumed): the report says what it lacks instead
-    of leaving a missing variant or length unmentioned."""
-    from zoo.eval.base import get_evaluator
-    from zoo.experiment.sweep import stored_rows
-
-    out = []
-    for run in runs:
-        if run.status != "done":
-            continue  # the runs table already says it is not trained
-        for kind, raw in (experiment["spec"].get("eval") or {}).items():
-            if raw is None or kind == "bench":
-                continue
-            try:
-                ev = get_evaluator(kind)
-                config = ev.make_config(raw)
-                eid = experiment["eval_ids"].get(kind) or ev.eval_id(raw)
-                planned, todo = len(ev.cells(config)), ev.todo(config, stored_rows(store, run.run_id, kind, eid))
-            except ZooError as e:  # e.g. a plugin evaluator not installed here
-                out.append(PendingEval(run.label, run.run_id, kind, 0, [f"cannot tell which cells: {e}"]))
-                continue
-            if todo:
-                missing = [", ".join(f"{c}={v}" for c, v in zip(ev.cell_columns, cell) if v is not None)
-                           for cell in todo]
-                out.append(PendingEval(run.label, run.run_id, kind, planned, missing))
-    return out
-
-
 # -- reading rows -------------------------------------------------------------------------------
 def trained_length(config: dict) -> int | None:
     train = config.get("train") or {}
@@ -459,7 +430,7 @@ def load(store: Store, experiment: dict | None = None, run_ids: list[str] | None
         else:
             title = "mixer-zoo comparison"
     companions = {name: companion_runs(store, name) for name in (spec or {}).get("companions") or []}
-    pending = pending_evals(store, runs, experiment) if experiment is not None else []
+    pending = [PendingEval(**p) for p in (experiment or {}).get("pending") or []]  # see zoo.experiment.record
     return ReportData(title=title, runs=runs, hashhop=hashhop, ppl=ppl, bench=bench, ceilings=ceilings,
                       ppl_variants=variants, hashhop_variants=hh_variants, spec=spec, companions=companions,
                       other_evals=other, pending=pending,
