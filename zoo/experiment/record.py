@@ -48,8 +48,8 @@ def recorded(spec: ExperimentSpec, store: Store) -> dict:
 def pending_cells(record: dict, store: Store) -> list[dict]:
     """For each finished run of the record, each evaluation of its spec whose cells the store does
     not all hold (a call cut short, a run not yet resumed): {label, run_id, kind, planned,
-    missing}, the missing cells each as "column=value, ...". An evaluator not installed here
-    cannot count its cells: planned 0 and one line saying why."""
+    missing}, the missing cells each as "column=value, ...". An evaluator not installed here, or
+    one whose settings no longer validate, cannot count its cells: planned 0 and one line saying why."""
     from zoo.experiment.sweep import stored_rows  # sweep imports this module
 
     out = []
@@ -64,10 +64,10 @@ def pending_cells(record: dict, store: Store) -> list[dict]:
             try:
                 ev = get_evaluator(kind)
                 config = ev.make_config(raw)
-                eid = record["eval_ids"].get(kind) or ev.eval_id(raw)
-                planned, todo = len(ev.cells(config)), ev.todo(config, stored_rows(store, run["id"], kind, eid))
-            except ZooError as e:
-                out.append({**entry, "planned": 0, "missing": [f"cannot tell which cells: {e}"]})
+                stored = stored_rows(store, run["id"], kind, record["eval_ids"][kind])
+                planned, todo = len(ev.cells(config)), ev.todo(config, stored)
+            except (ZooError, ValueError) as e:  # not installed here; settings its schema no longer takes
+                out.append({**entry, "planned": 0, "missing": [f"cannot tell which cells: {' '.join(str(e).split())}"]})
                 continue
             if todo:
                 missing = [", ".join(f"{c}={v}" for c, v in zip(ev.cell_columns, cell) if v is not None)
