@@ -46,7 +46,8 @@ def _planted(m: HSA, t: int, lo: int, hi: int) -> float:
 
 @pytest.mark.parametrize("over", [{"encoder_layers": 0}, {"encoder_layers": 1},
                                   {"fusion": "joint", "backend": "torch"},
-                                  {"chunk_overlap": 8, "backend": "torch"}])
+                                  {"chunk_overlap": 8, "backend": "torch"},
+                                  {"chunk_lookahead": 12, "chunk_overlap": 4, "backend": "torch"}])
 def test_retrieval_cannot_see_open_or_future_chunks(over):
     # window 1: the window branch sees the token itself only, so anything else at t comes
     # through retrieval. t = 40 sits in chunk 2 (tokens 32..47), which is still open at t.
@@ -136,6 +137,8 @@ def test_fusion_length_scale_sharpens_only_past_the_training_chunks():
     {"fusion": "joint", "backend": "torch"},
     {"chunk_overlap": 5, "backend": "torch"},
     {"fusion": "joint", "chunk_overlap": 12, "backend": "torch"},
+    {"chunk_lookahead": 7, "backend": "torch"},
+    {"fusion": "joint", "chunk_overlap": 3, "chunk_lookahead": 15, "backend": "torch"},
 ])
 def test_chunked_equals_full_with_real_selection(over):
     m = build(**over)
@@ -256,6 +259,41 @@ def test_overlapping_spans_match_a_loop(joint):
     assert not torch.allclose(out, hsa_attention_naive(q, k, v, w, idx, S), atol=1e-3)  # the overlap matters
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_lookahead_spans_match_a_loop(joint):
+    """With overlap ov and lookahead la, a selected chunk c attends over rows c*S - ov ..
+    (c+1)*S + la - 1, the lookahead only once chunk c+1 is complete before the token (at
+    position first + t)."""
+    g = torch.Generator().manual_seed(2)
+    B, L, Hq, Hkv, Dh, S, C, K, ov, la, first = 1, 9, 2, 1, 8, 16, 3, 2, 3, 6, 28
+    q, k, v = (torch.randn(B, L, Hq, Dh, generator=g), torch.randn(B, C * S, Hkv, Dh, generator=g),
+               torch.randn(B, C * S, Hkv, Dh, generator=g))
+    idx = torch.randint(0, C, (B, L, Hkv, K), generator=g)
+    idx[0, :, 0, 0] = 0  # chunk 0: chunk 1 completes at 32, inside the tokens 28..36
+    idx[0, 8, 0, 1] = C - 1  # the last chunk has no rows after it (token 36 may not select it; the kernel
+    # takes what it is given)
+    s = torch.randn(B, L, Hkv, K, generator=g)
+    w = s.softmax(-1)
+    kw = dict(overlap=ov, lookahead=la, first=first)
+    out = hsa_attention_joint(q, k, v, s, idx, S, **kw)[0] if joint else \
+        hsa_attention_naive(q, k, v, w, idx, S, **kw)
+    want = torch.zeros_like(out)
+    for t in range(L):
+        for h in range(Hq):
+            rows = [range(max(0, int(c) * S - ov), (int(c) + 1) * S + (la if (int(c) + 2) * S <= first + t else 0))
+                    for c in idx[0, t, 0]]
+            if joint:
+                logits = torch.cat([k[0, list(r), 0] @ q[0, t, h] / Dh**0.5 + s[0, t, 0, j]
+                                    for j, r in enumerate(rows)])
+                want[0, t, h] = logits.softmax(0) @ torch.cat([v[0, list(r), 0] for r in rows])
+            else:
+                for j, r in enumerate(rows):
+                    p = (k[0, list(r), 0] @ q[0, t, h] / Dh**0.5).softmax(0)
+                    want[0, t, h] += w[0, t, 0, j] * (p @ v[0, list(r), 0])
+    assert torch.allclose(out, want, atol=1e-5)
+    assert not torch.allclose(out, hsa_attention_naive(q, k, v, w, idx, S, overlap=ov), atol=1e-3)
+
+
 def test_joint_retrieval_attention_matches_a_loop():
     """One softmax over the selected chunks' tokens, each chunk's logits shifted by its score;
     the shares are each chunk's part of that softmax, averaged over the group's query heads."""
@@ -312,6 +350,10 @@ def test_config_is_validated():
         spec.make_config({"chunk_overlap": 8, "backend": "triton"})
     with pytest.raises(ZooError, match="chunk_overlap=64 must be below chunk_size=64"):
         spec.make_config({"chunk_overlap": 64, "backend": "torch"})
+    with pytest.raises(ZooError, match="chunk_lookahead has no Triton kernel"):
+        spec.make_config({"chunk_lookahead": 8, "backend": "triton"})
+    with pytest.raises(ZooError, match="chunk_lookahead=64 must be below chunk_size=64"):
+        spec.make_config({"chunk_lookahead": 64, "backend": "torch"})
     with pytest.raises(ZooError, match="multiple of 16"):
         spec.make_config({"chunk_size": 24})
     with pytest.raises(ZooError, match="n_kv_heads"):
@@ -323,6 +365,7 @@ def test_auto_backend_takes_torch_for_settings_without_a_kernel():
     m = HSA(32, HSAConfig(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, chunk_overlap=4))
     assert m.backend_choice(torch.device("cpu")).chosen == "torch"
     assert HSA(32, HSAConfig(n_heads=2, n_kv_heads=1, chunk_size=16, fusion="joint")).torch_only
+    assert HSA(32, HSAConfig(n_heads=2, n_kv_heads=1, chunk_size=16, chunk_lookahead=4)).torch_only
 
 
 def test_runtime_settings_equal_a_layer_built_with_them():
@@ -332,7 +375,8 @@ def test_runtime_settings_equal_a_layer_built_with_them():
     base = dict(n_heads=2, n_kv_heads=1, chunk_size=16, top_k=2, window=8, backend="torch")
     x = torch.randn(2, 80, 32)
     changed = HSA(32, HSAConfig(**base))
-    settings = {"chunk_overlap": 6, "top_k": 3, "window": 5, "fusion_temperature": 0.25, "fusion_length_scale": 2}
+    settings = {"chunk_overlap": 6, "chunk_lookahead": 9, "top_k": 3, "window": 5, "fusion_temperature": 0.25,
+                "fusion_length_scale": 2}
     built = HSA(32, HSAConfig(**{**base, **settings}))
     built.load_state_dict(changed.state_dict())
     for name, value in settings.items():

@@ -19,37 +19,48 @@ from __future__ import annotations
 import torch
 
 
-def chunk_spans(x: torch.Tensor, chunk_size: int, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_spans(x: torch.Tensor, chunk_size: int, overlap: int,
+                lookahead: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per chunk, the rows its attention reads: the last `overlap` rows of the chunk before it,
-    then its own S. x `[B, C * S, Hkv, D]` -> spans `[B, Hkv, C, overlap + S, D]` (float32) and
-    `[C, overlap + S]` bool, False where chunk 0 has no rows before it."""
+    its own S, then the first `lookahead` rows of the chunk after it. x `[B, C * S, Hkv, D]` ->
+    spans `[B, Hkv, C, overlap + S + lookahead, D]` (float32) and `[C, overlap + S + lookahead]`
+    bool, False where a span has no row (chunk 0's overlap, the last chunk's lookahead)."""
     B, N, Hkv, D = x.shape
     S = chunk_size
     C = N // S
     xc = x.float().view(B, C, S, Hkv, D)
-    ok = torch.ones(C, overlap + S, dtype=torch.bool, device=x.device)
+    ok = torch.ones(C, overlap + S + lookahead, dtype=torch.bool, device=x.device)
+    parts = [xc]
     if overlap:
-        prev = torch.cat([xc.new_zeros(B, 1, overlap, Hkv, D), xc[:, :-1, S - overlap:]], 1)
-        xc = torch.cat([prev, xc], 2)
+        parts.insert(0, torch.cat([xc.new_zeros(B, 1, overlap, Hkv, D), xc[:, :-1, S - overlap:]], 1))
         ok[0, :overlap] = False
-    return xc.permute(0, 3, 1, 2, 4), ok
+    if lookahead:
+        parts.append(torch.cat([xc[:, 1:, :lookahead], xc.new_zeros(B, 1, lookahead, Hkv, D)], 1))
+        ok[C - 1, overlap + S:] = False
+    return torch.cat(parts, 2).permute(0, 3, 1, 2, 4), ok
 
 
-def _selected(q, k, v, indices, chunk_size: int, scale: float, overlap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _selected(q, k, v, indices, chunk_size: int, scale: float, overlap: int, lookahead: int = 0,
+              first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's scaled logits against the rows of its selected chunks' spans, -inf where a
-    span has no row (chunk 0's overlap), `[B, Hkv, L, G, K, O + S]`, and those rows' values
-    `[B, Hkv, L, K, O + S, D]` (float32; empty slots read chunk 0)."""
+    span has no row (chunk 0's overlap) or where the next chunk is not yet complete before the
+    token (token t is at position first + t), `[B, Hkv, L, G, K, O + S + A]`, and those rows' values
+    `[B, Hkv, L, K, O + S + A, D]` (float32; empty slots read chunk 0)."""
     B, L, Hq, D = q.shape
     Hkv = k.shape[2]
-    kc, ok = chunk_spans(k, chunk_size, overlap)  # [B, Hkv, C, O + S, D]
-    vc, _ = chunk_spans(v, chunk_size, overlap)
+    kc, ok = chunk_spans(k, chunk_size, overlap, lookahead)  # [B, Hkv, C, O + S + A, D]
+    vc, _ = chunk_spans(v, chunk_size, overlap, lookahead)
     idx = indices.long().clamp_min(0).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     bi = torch.arange(B, device=q.device)[:, None, None, None]
     gi = torch.arange(Hkv, device=q.device)[None, :, None, None]
-    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S, D]
+    kg, vg = kc[bi, gi, idx], vc[bi, gi, idx]  # [B, Hkv, L, K, O + S + A, D]
     qg = q.float().view(B, L, Hkv, Hq // Hkv, D).permute(0, 2, 1, 3, 4)  # [B, Hkv, L, G, D]
     logits = torch.einsum("bhlgd,bhlksd->bhlgks", qg, kg) * scale
-    return logits.masked_fill(~ok[idx][:, :, :, None], float("-inf")), vg
+    ok = ok[idx]  # [B, Hkv, L, K, O + S + A]
+    if lookahead:  # the next chunk only once the token could select it (its keys saw the whole chunk)
+        pos = first + torch.arange(L, device=q.device)[None, None, :, None]
+        ok = torch.cat([ok[..., :-lookahead], ok[..., -lookahead:] & ((idx + 2) * chunk_size <= pos)[..., None]], -1)
+    return logits.masked_fill(~ok[:, :, :, None], float("-inf")), vg
 
 
 def hsa_attention_naive(
@@ -61,13 +72,17 @@ def hsa_attention_naive(
     chunk_size: int,
     scale: float | None = None,
     overlap: int = 0,
+    lookahead: int = 0,
+    first: int = 0,
 ) -> torch.Tensor:
     """Per-chunk softmax attention fused by weights.
 
     q `[B, L, Hq, D]`; k, v `[B, C * S, Hkv, D]` (chunk c is rows c*S .. c*S+S-1);
     weights `[B, L, Hkv, K]` (float); indices `[B, L, Hkv, K]` (int, -1 = empty slot,
     weighted 0). `overlap`: a selected chunk's attention also reads the last `overlap` rows of
-    the chunk before it (`chunk_spans`; 0 is the paper's). Returns `[B, L, Hq, D]` in q's
+    the chunk before it, `lookahead` the first rows of the chunk after it once that chunk is
+    complete before the token, token t being at position first + t (`chunk_spans`; 0 and 0 are
+    the paper's). Returns `[B, L, Hq, D]` in q's
     dtype; computes in float32.
     """
     B, L, Hq, D = q.shape
@@ -78,7 +93,7 @@ def hsa_attention_naive(
     if C == 0 or K == 0 or not bool(valid.any()):
         # no complete chunk is visible anywhere; keep the graph connected to the weights
         return (q * 0 + (weights.sum() * 0).to(q.dtype)).to(q.dtype)
-    logits, vg = _selected(q, k, v, indices, S, scale, overlap)
+    logits, vg = _selected(q, k, v, indices, S, scale, overlap, lookahead, first)
     per_chunk = torch.einsum("bhlgks,bhlksd->bhlgkd", logits.softmax(-1), vg)  # one output per selected chunk
     w = (weights.float() * valid).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     o = torch.einsum("bhlk,bhlgkd->bhlgd", w, per_chunk)
@@ -94,6 +109,8 @@ def hsa_attention_joint(
     chunk_size: int,
     scale: float | None = None,
     overlap: int = 0,
+    lookahead: int = 0,
+    first: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint fusion: one softmax over the tokens of all selected chunks, each chunk's logits
     shifted by its retrieval score (a deviation from the paper's per-chunk softmax, tested in
@@ -103,8 +120,9 @@ def hsa_attention_joint(
 
     Per chunk this is the paper's output weighted by softmax_j(s_j + lse_j), lse_j the chunk's
     attention log-mass: a chunk that matches the landmark query but holds no key the token
-    attends to loses weight to one that does. Shapes and `overlap` as `hsa_attention_naive`, with `scores`
-    `[B, L, Hkv, K]` (float, natural-log units; empty slots ignored) instead of weights.
+    attends to loses weight to one that does. Shapes, `overlap`, `lookahead` and `first` as
+    `hsa_attention_naive`, with `scores` `[B, L, Hkv, K]` (float, natural-log units; empty slots
+    ignored) instead of weights.
     Returns the output `[B, L, Hq, D]` (q's dtype) and each slot's share of the softmax, averaged
     over the query heads of its group, `[B, L, Hkv, K]` float32 (0 on empty slots).
     """
@@ -116,7 +134,7 @@ def hsa_attention_joint(
     if C == 0 or K == 0 or not bool(valid.any()):
         zero = (q * 0 + (scores.sum() * 0).to(q.dtype)).to(q.dtype)
         return zero, torch.zeros(indices.shape, device=q.device, dtype=torch.float32)
-    logits, vg = _selected(q, k, v, indices, S, scale, overlap)
+    logits, vg = _selected(q, k, v, indices, S, scale, overlap, lookahead, first)
     bias = scores.float().masked_fill(~valid, float("-inf")).permute(0, 2, 1, 3)  # [B, Hkv, L, K]
     logits = logits + bias[:, :, :, None, :, None]
     any_valid = valid.permute(0, 2, 1, 3).any(-1)[:, :, :, None, None, None]  # a token with no chunk: all 0

@@ -24,12 +24,16 @@ landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
 
 Switches for testing why retrieval degrades past the training length (each defaults to the
 paper's behaviour and the checkpoints before it; `fusion = "joint"` and `chunk_overlap` have
-no Triton kernel, so `backend = "auto"` runs them on the torch backend):
+no Triton kernel, nor has `chunk_lookahead`, so `backend = "auto"` runs them on the torch backend):
 
 - `fusion = "joint"`: one softmax over the selected chunks' tokens, each chunk's logits shifted
   by its retrieval score (`hsa_naive.hsa_attention_joint`), instead of a softmax per chunk.
 - `chunk_overlap` (default 0): a selected chunk's attention also reads the last rows of the
   chunk before it (`hsa_naive.chunk_spans`), so a value straddling a boundary is whole there.
+- `chunk_lookahead` (default 0): a selected chunk's attention also reads the first rows of the
+  chunk after it, once that chunk too is complete before the token (the chunk encoder is
+  bidirectional, so an open chunk's keys have seen its later tokens), so a value straddling a
+  boundary is whole in the chunk that holds its key.
 - `encoder_rope` (default True): RoPE inside the chunk encoder. False is the paper's chunk
   encoder, which has no positional encoding: the landmark is then a function of the chunk's
   tokens as a set (bidirectional attention without positions is permutation-equivariant, so
@@ -136,6 +140,10 @@ class HSAConfig(MixerConfig):
                                "attention also reads (0 = the paper's; overlapping spans as NSA's overlapping "
                                "blocks), so a value straddling a boundary is whole in the later chunk; torch backend "
                                "only", json_schema_extra={"id_when_set": True})
+    chunk_lookahead: int = Field(0, ge=0, le=1024, description="rows of the chunk after a selected chunk that its "
+                                 "attention also reads once that chunk is complete (0 = the paper's), so a value "
+                                 "straddling a boundary is whole in the chunk that holds its key; torch backend only",
+                                 json_schema_extra={"id_when_set": True})
     fusion_temperature: float = Field(1.0, gt=0.0, le=100.0, description="the retrieval scores are divided by this "
                                       "before fusion (below 1: weight drawn toward the best-scoring chunk)",
                                       json_schema_extra={"id_when_set": True})
@@ -167,6 +175,10 @@ class HSAConfig(MixerConfig):
             raise ValueError("chunk_overlap has no Triton kernel: set backend = 'torch' or 'auto'")
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(f"chunk_overlap={self.chunk_overlap} must be below chunk_size={self.chunk_size}")
+        if self.chunk_lookahead and self.backend == "triton":
+            raise ValueError("chunk_lookahead has no Triton kernel: set backend = 'torch' or 'auto'")
+        if self.chunk_lookahead >= self.chunk_size:
+            raise ValueError(f"chunk_lookahead={self.chunk_lookahead} must be below chunk_size={self.chunk_size}")
         return self
 
 
@@ -415,7 +427,7 @@ class HSA(Mixer):
 
     Config = HSAConfig
     # settings that leave the parameters as they are: schedules and evaluation-time variants set them
-    RUNTIME = ("window", "top_k", "chunk_overlap", "fusion_temperature", "fusion_length_scale")
+    RUNTIME = ("window", "top_k", "chunk_overlap", "chunk_lookahead", "fusion_temperature", "fusion_length_scale")
     selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
@@ -590,15 +602,15 @@ class HSA(Mixer):
             shared.setdefault("aux", {}).setdefault("retrieval_loss", []).append((aux, self.config.retrieval_loss))
         idx, w, index = self.select(qr, lmk, start, backend)
         q = self.q_norm_hsa(self.wq_hsa(x).view(x.shape[0], x.shape[1], H, Dh)).to(v.dtype)
-        overlap = self.config.chunk_overlap
+        spans = dict(overlap=self.config.chunk_overlap, lookahead=self.config.chunk_lookahead, first=start)
         if self.config.fusion == "joint":  # w: each chunk's share of the joint softmax
-            o, w = hsa_attention_joint(q, k, v, w, idx, S, overlap=overlap)
+            o, w = hsa_attention_joint(q, k, v, w, idx, S, **spans)
         elif backend == "triton":
             from zoo.kernels.hsa_triton import hsa_attention
 
             o = hsa_attention(q, k, v, w, idx, S, index=index)
         else:
-            o = hsa_attention_naive(q, k, v, w, idx, S, overlap=overlap)
+            o = hsa_attention_naive(q, k, v, w, idx, S, **spans)
         if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
             self.selections.append((start, idx.detach(), w.detach()))
         return o.reshape(B, L, H * Dh)
@@ -607,7 +619,7 @@ class HSA(Mixer):
     @property
     def torch_only(self) -> bool:
         """Settings with no Triton kernel (joint fusion, overlapping spans)."""
-        return self.config.fusion == "joint" or self.config.chunk_overlap > 0
+        return self.config.fusion == "joint" or self.config.chunk_overlap > 0 or self.config.chunk_lookahead > 0
 
     def backend_choice(self, device: torch.device):
         forced = "torch" if self.torch_only and self.config.backend == "auto" else self.config.backend
@@ -658,5 +670,6 @@ class HSA(Mixer):
         enc = (len(self.encoder) * (2 * (4 * d * d + 6 * d * d) + 4 * d * (S + 1)) * (S + 1) / S) if self.encoder else 0
         chunks = seq_len / S / 2  # visible chunks, averaged over positions
         swa = 4 * H * Dh * min(self.window, (seq_len + 1) / 2)
-        retrieval = 2 * Hkv * Dr * chunks + 4 * H * Dh * min(self.top_k, chunks) * (S + self.config.chunk_overlap)
+        retrieval = 2 * Hkv * Dr * chunks + 4 * H * Dh * min(self.top_k, chunks) * (S + self.config.chunk_overlap
+                                                                                + self.config.chunk_lookahead)
         return proj + enc + swa + retrieval
