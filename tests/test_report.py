@@ -303,6 +303,19 @@ def test_variants_stand_beside_their_runs(built):
     assert "nope (nope.window=64)" in built["html"].split('id="fig-hashhop"')[1]  # the figure's legend
 
 
+def test_a_table_no_longer_written_leaves_no_stale_file(tmp_path):
+    from zoo.report.render import write_data
+
+    for name in ("pending_cells.csv", "pending_cells.parquet", "leaderboard.csv"):
+        (tmp_path / name).write_text("from an earlier report\n")
+    (tmp_path / "README.txt").write_text("the user's own\n")
+    files, _ = write_data({"leaderboard": [{"label": "a", "acc": 0.5}], "pending_cells": []}, tmp_path)
+    assert "leaderboard.csv" in files
+    assert not (tmp_path / "pending_cells.csv").exists() and not (tmp_path / "pending_cells.parquet").exists()
+    assert (tmp_path / "leaderboard.csv").read_text().startswith("label")
+    assert (tmp_path / "README.txt").read_text() == "the user's own\n"
+
+
 def test_data_files(built):
     data = built["out"] / "data"
     for name in ("leaderboard", "hashhop_cells", "hashhop_depth", "hashhop_curves", "loss_curves", "runs",

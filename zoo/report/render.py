@@ -320,6 +320,9 @@ def other_eval_table(kind: str) -> str:
 
 
 def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], bool]:
+    """Each non-empty table as out/NAME.csv (and .parquet where pyarrow is installed); a table
+    file left by an earlier report into the same directory and not written now is removed, so
+    data/ holds only what this report shows."""
     out.mkdir(parents=True, exist_ok=True)
     try:
         import pyarrow  # noqa: F401
@@ -335,6 +338,9 @@ def write_data(tables: dict[str, list[dict]], out: Path) -> tuple[list[str], boo
         if parquet:
             _write_parquet(out / f"{name}.parquet", rows)
             files.append(f"{name}.parquet")
+    for stale in [*out.glob("*.csv"), *out.glob("*.parquet")]:
+        if stale.name not in files and stale.is_file():
+            stale.unlink()
     return files, parquet
 
 
