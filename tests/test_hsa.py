@@ -337,7 +337,7 @@ def test_joint_fusion_trains_the_retrieval_and_records_its_shares():
 
     with torch.no_grad(), record_selections([(0, m.eval())]) as picked:
         m(x)
-    [(_, ids, w)] = picked[0]
+    [(_, ids, w, *_)] = picked[0]
     has = (ids >= 0).any(-1)
     assert torch.allclose(w.sum(-1)[has], torch.ones(()), atol=1e-5) and (w[ids < 0] == 0).all()
 

@@ -47,13 +47,15 @@ def test_recorded_selection_is_what_select_returns():
     with torch.no_grad(), record_selections([(0, m)]) as picked:
         m(x)
     assert m.selections is None  # off again afterwards
-    [(start, ids, weights)] = picked[0]
+    [(start, ids, weights, *scored)] = picked[0]
     with torch.no_grad():
         qr = m.ret_norm(m.wq_ret(x).view(2, 72, m.n_kv_heads, m.retrieval_dim))
         _, _, lmk = m.encode_chunks(x[:, :64])
         want, want_w, _ = m.select(qr, lmk, 0)
     assert start == 0 and ids.shape == weights.shape == (2, 72, 2, 2)
     assert torch.equal(ids, want) and torch.equal(weights, want_w)
+    [got_qr, got_lmk] = scored  # the scores' two sides: the selection is the top-K of qr . lmk
+    assert torch.equal(got_qr, qr) and torch.equal(got_lmk, lmk)
     assert (ids[:, 40] >= 0).all() and len({tuple(r) for r in ids[:, 60:, 0].reshape(-1, 2).tolist()}) > 1
 
 
@@ -62,15 +64,15 @@ def test_cached_calls_record_the_full_forward_selection_chunk_by_chunk():
     x = torch.randn(1, 72, D, generator=torch.Generator().manual_seed(2))
     with torch.no_grad(), record_selections([(3, m)]) as picked:
         m(x)
-        [(_, full, full_w)] = picked[3]
+        [(_, full, full_w, *_)] = picked[3]
         picked[3].clear()
         cache = m.new_cache(1, "cpu", torch.float32)
         for s, e in ((0, 30), (30, 31), (31, 72)):
             m(x[:, s:e], cache)
-    assert [s for s, _, _ in picked[3]] == [0, 30, 31]
+    assert [c[0] for c in picked[3]] == [0, 30, 31]
     K = full.shape[-1]  # a call that has seen fewer chunks selects fewer: pad with empty slots
-    got = torch.cat([torch.nn.functional.pad(ids, (0, K - ids.shape[-1]), value=-1) for _, ids, _ in picked[3]], 1)
-    got_w = torch.cat([torch.nn.functional.pad(w, (0, K - w.shape[-1])) for _, _, w in picked[3]], 1)
+    got = torch.cat([torch.nn.functional.pad(ids, (0, K - ids.shape[-1]), value=-1) for _, ids, *_ in picked[3]], 1)
+    got_w = torch.cat([torch.nn.functional.pad(w, (0, K - w.shape[-1])) for _, _, w, *_ in picked[3]], 1)
     assert torch.equal(got, full)
     torch.testing.assert_close(got_w, full_w)
 

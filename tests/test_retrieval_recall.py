@@ -42,6 +42,18 @@ def test_selecting_every_visible_chunk_finds_every_answer():
     assert recall_rows(model, CONFIG, 240)[0]["recall"] < 1.0  # top-2 of 10+ chunks misses some
 
 
+def test_the_miss_rate_ranks_the_wanted_chunk_as_the_selection_does():
+    """One retrieval layer: its scores do not depend on its own top-K, so the ranks are the same
+    at every K; at K = 1 a hit is a wanted chunk ranked first, so recall equals `ranked_first`."""
+    model = tiny_model(seed=7)
+    rows = {k: recall_rows(model, CONFIG.model_copy(update={"top_k": k}), 240)[0] for k in (1, 2, 256)}
+    assert len({(r["ranked"], r["ranked_first"], r["miss_rate"]) for r in rows.values()}) == 1
+    r1 = rows[1]
+    assert r1["ranked"] == r1["n"] == 40  # every wanted chunk is visible at 240 characters
+    assert r1["recall"] == r1["ranked_first"] and 0 < r1["ranked_first"] < 1
+    assert 0 < r1["miss_rate"] < 1 and rows[2]["recall"] > r1["recall"]
+
+
 def test_rows_do_not_depend_on_the_evaluator_chunking():
     model = tiny_model(seed=3)
     one = recall_rows(model, CONFIG, 240)
@@ -135,7 +147,9 @@ def test_report_draws_recall_with_hostile_labels_escaped(tmp_path):
                          "length": length, "layer": layer, "mixer": "hsa", "top_k": 8, "chunk_size": 64,
                          "status": "ok", "recall": recall / layer, "low": recall / layer - 0.05,
                          "high": min(1.0, recall / layer + 0.01), "chance": chance, "hits": 10, "n": 12,
-                         "exact": 4, "asked": 5, "exact_accuracy": 0.8})
+                         "exact": 4, "asked": 5, "exact_accuracy": 0.8,
+                         **({"ranked": 12, "ranked_first": 0.75, "miss_rate": 3.2e-4 * layer}
+                            if n_chars == 2048 else {})})
     rows.append({"kind": "retrieval-recall", "run_id": "r2", "label": "rope", "eval_id": "e", "n_chars": 2048,
                  "length": 2463, "layer": None, "status": "n/a", "reason": "the model has no retrieval layer"})
     data = ReportData("recall", runs, other_evals={"retrieval-recall": rows}, source="test")
@@ -147,6 +161,9 @@ def test_report_draws_recall_with_hostile_labels_escaped(tmp_path):
                            "hsa-old (r3): not evaluated (no rows of this retrieval-recall evaluation in the store)"]
     assert [[v.display for v in r[:4]] for r in fig.side.rows][:2] == [[bad, "1", "2463", "0.990"],
                                                                        [bad, "1", "9151", "0.900"]]
+    misses = fig.side.columns.index("misses per chunk")
+    assert [r[misses].display for r in fig.side.rows][::2] == ["3.2e-04", "9.6e-04"]
+    assert fig.side.rows[1][misses].value is None  # rows without ranks (not recorded): n/a, not 0
 
     built = build(data, tmp_path, pdf=False)
     html = built.html.read_text()

@@ -13,6 +13,11 @@ on), every forward call appends `(start, ids, weights)`:
     weights `[B, L, Hkv, K]` float32, the weight each selected chunk's attention output gets in
             the layer's output (HSA: its fusion weights), 0 on empty slots
 
+and a mixer whose selection is the top-K of dot products may append `(start, ids, weights, qr,
+lmk)`: the scores' two sides, qr `[B, L, Hkv, Dr]` for the call's tokens and lmk `[B, C, Hkv, Dr]`
+for every chunk complete by the end of the call, so a chunk's score at token t is qr[t] . lmk[c]
+(`zoo.eval.recall` ranks the wanted chunk among all visible ones with it; HSA records both).
+
     with record_selections(retrieval_layers(model)) as picked:   # {layer index: [(start, ids, weights), ...]}
         model(tokens, cache)
 
@@ -26,11 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
-import torch
-
 from zoo.errors import ZooError
 
-Selection = tuple[int, torch.Tensor, torch.Tensor]  # (first position, ids, weights), each [B, L, Hkv, K]
+Selection = tuple  # (first position, ids, weights), each [B, L, Hkv, K]; optionally then qr and lmk
 
 
 @runtime_checkable

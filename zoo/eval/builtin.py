@@ -141,7 +141,8 @@ class RetrievalRecall(Evaluator):
         "n_chars": int, "length": int, "hash_len": int, "samples": int, "queries": int, "seed": int, "split": str,
         "layer": int, "mixer": str, "chunk_size": int, "top_k": int, "status": str, "reason": str,
         "hits": int, "n": int, "recall": float, "low": float, "high": float, "n_eff": float, "interval": str,
-        "chance": float, "weight": float, "straddle_n": int, "straddle_weight": float, "exact": int, "asked": int,
+        "chance": float, "weight": float, "straddle_n": int, "straddle_weight": float, "ranked": int,
+        "ranked_first": float, "miss_rate": float, "exact": int, "asked": int,
         "exact_accuracy": float, "exact_low": float, "exact_high": float, "exact_straddling": int,
         "asked_straddling": int, "per_sample": list,
     }
@@ -163,5 +164,7 @@ class RetrievalRecall(Evaluator):
     def note(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
         if rows[0]["status"] != "ok":
             return f"{cell[0]} characters: n/a ({rows[0]['reason']})"
-        per = ", ".join(f"layer {r['layer']} {r['recall']:.3f} (chance {r['chance']:.3f})" for r in rows)
+        per = ", ".join(f"layer {r['layer']} {r['recall']:.3f} (chance {r['chance']:.3f}"
+                        + (f", miss rate per chunk {r['miss_rate']:.1e}" if r.get("miss_rate") is not None else "")
+                        + ")" for r in rows)
         return f"{cell[0]} characters: answer chunk selected: {per}; exact {rows[0]['exact']}/{rows[0]['asked']}"

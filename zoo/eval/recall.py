@@ -25,6 +25,13 @@ holding the character that position copies among the chunks that layer selected 
   (HSA's fusion weight; 0 when not selected). Recall can be 1 while the weight is split with
   another selected chunk, as for the characters next to the boundary of a value that straddles
   two chunks: `straddle_weight` is the mean over straddling values' characters alone.
+- Miss rate: where the layer records the scores behind its selection (HSA's retrieval queries
+  and landmarks), the share of the competing chunks (the visible ones other than the wanted
+  one) that outscore the wanted chunk, over the trials whose wanted chunk is visible; 0.5 for
+  scores at random. If each competitor wins independently with this rate p, the wanted chunk
+  stays first among C competitors with probability (1 - p)^C, so p measured at one length says
+  how far a layer that needs its chunk first can reach. `ranked_first`: the share of those
+  trials where no competitor outscores it.
 - Exact: teacher-forced exact match of the same queries, from the same forward pass; also of the
   queries whose value straddles a chunk boundary (`exact_straddling` of `asked_straddling`).
 
@@ -125,9 +132,33 @@ class _Counts:
     chance: float = 0.0
     weight: float = 0.0
     straddle_weight: float = 0.0
+    ranked: int = 0  # trials whose wanted chunk is visible, in calls that record their scores
+    first: int = 0  # of those, the trials where no competitor outscores the wanted chunk
+    outscored: int = 0  # competitors that outscore it, summed over those trials
+    competitors: int = 0  # visible chunks other than the wanted one, summed over those trials
 
 
-def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor, torch.Tensor]], chunk_size: int,
+def _rank_counts(n: _Counts, pos: torch.Tensor, want: torch.Tensor, qr: torch.Tensor, lmk: torch.Tensor,
+                 chunk_size: int) -> None:
+    """Add to `n` where the wanted chunk ranks among every chunk visible at each position: qr
+    `[n, Hkv, Dr]` at absolute positions `pos` `[n]`, lmk `[C, Hkv, Dr]`, wanted chunk `want` `[n]`."""
+    visible = pos // chunk_size  # chunks c < visible are complete before the position
+    ok = want < visible
+    if not ok.any():
+        return
+    pos, want, qr = pos[ok], want[ok], qr[ok]
+    scores = torch.einsum("nhd,chd->nhc", qr.float(), lmk.float())  # as the selection scores them
+    cols = torch.arange(scores.shape[-1])
+    seen = cols[None, None, :] < visible[ok][:, None, None]
+    mine = scores.gather(-1, want[:, None, None].expand(-1, scores.shape[1], 1))
+    above = ((scores > mine) & seen).sum(-1)  # [n, Hkv]
+    n.ranked += above.numel()
+    n.first += int((above == 0).sum())
+    n.outscored += int(above.sum())
+    n.competitors += int((visible[ok] - 1).sum()) * above.shape[1]
+
+
+def _sample_counts(sample: HashHopSample, calls: list[tuple], chunk_size: int,
                    top_k: int, exact: list[bool] | None = None) -> _Counts:
     """The counts of one sample's answer positions in one layer's recorded calls; `exact`, per
     query in `answers` order, whether it was answered exactly (None: not counted)."""
@@ -146,11 +177,14 @@ def _sample_counts(sample: HashHopSample, calls: list[tuple[int, torch.Tensor, t
     if not pos:
         return n
     P, W, X = torch.tensor(pos), torch.tensor(want), torch.tensor(cross)
-    for start, ids, weights in calls:
+    for start, ids, weights, *scored in calls:
         m = (P >= start) & (P < start + ids.shape[1])
         if not m.any():
             continue
         at = (P[m] - start).to(ids.device)
+        if scored:  # (qr, lmk): the scores behind the selection
+            qr, lmk = scored
+            _rank_counts(n, P[m], W[m], qr[0, at].cpu(), lmk[0].cpu(), chunk_size)
         sel, w = ids[0, at].cpu(), weights[0, at].float().cpu()  # [n, Hkv, K]
         is_wanted = sel == W[m][:, None, None]
         hit = is_wanted.any(-1)  # [n, Hkv]
@@ -209,12 +243,15 @@ def recall_rows(model: Any, config: RecallConfig, n_chars: int, chunk_size: int 
         cs = counts[i]
         r = clustered([(float(c.hits), float(c.trials)) for c in cs])
         n, n_st = sum(c.trials for c in cs), sum(c.straddle_trials for c in cs)
+        n_rk, n_cmp = sum(c.ranked for c in cs), sum(c.competitors for c in cs)
         rows.append({**meta(i, m), "status": "ok", "reason": None,
                      "hits": sum(c.hits for c in cs), "n": n, "recall": r["acc"], "low": r["lo"],
                      "high": r["hi"], "n_eff": r["n_eff"], "interval": "cluster",
                      "chance": sum(c.chance for c in cs) / n if n else None,
                      "weight": sum(c.weight for c in cs) / n if n else None,
                      "straddle_n": n_st, "straddle_weight": sum(c.straddle_weight for c in cs) / n_st if n_st else None,
+                     "ranked": n_rk, "ranked_first": sum(c.first for c in cs) / n_rk if n_rk else None,
+                     "miss_rate": sum(c.outscored for c in cs) / n_cmp if n_cmp else None,
                      "exact": int(ex["k"]), "asked": int(ex["n"]), "exact_accuracy": ex["acc"], "exact_low": ex["lo"],
                      "exact_high": ex["hi"], "exact_straddling": sum(c.exact_straddling for c in cs),
                      "asked_straddling": sum(c.asked_straddling for c in cs),

@@ -419,7 +419,8 @@ def window_attention_fast(q, k, v, window: int, kernel: str | None = None) -> to
 )
 class HSA(Mixer):
     """HSA + SWA layer. `window` is a plain attribute so a schedule can warm it up. A retrieval
-    mixer (`zoo.retrieval`): while `selections` is a list, each call appends (start, ids, weights).
+    mixer (`zoo.retrieval`): while `selections` is a list, each call appends (start, ids, weights,
+    qr, lmk).
 
     With `retrieval_loss` > 0 the layer wants the batch's answer sources (`wants_sources`): it
     then takes ZooLM's `shared` dict, and a full forward given `shared["sources"]` appends its
@@ -428,7 +429,7 @@ class HSA(Mixer):
     Config = HSAConfig
     # settings that leave the parameters as they are: schedules and evaluation-time variants set them
     RUNTIME = ("window", "top_k", "chunk_overlap", "chunk_lookahead", "fusion_temperature", "fusion_length_scale")
-    selections: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None  # recording off; see zoo.retrieval
+    selections: list[tuple] | None = None  # recording off; see zoo.retrieval
 
     def __init__(self, d_model: int, config: HSAConfig | None = None, layer_idx: int = 0):
         super().__init__(d_model, config, layer_idx)
@@ -611,8 +612,9 @@ class HSA(Mixer):
             o = hsa_attention(q, k, v, w, idx, S, index=index)
         else:
             o = hsa_attention_naive(q, k, v, w, idx, S, **spans)
-        if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights
-            self.selections.append((start, idx.detach(), w.detach()))
+        if self.selections is not None:  # recording (evaluation, eager): first position, ids, fusion weights,
+            # and the retrieval queries and landmarks the selection scored
+            self.selections.append((start, idx.detach(), w.detach(), qr.detach(), lmk.detach()))
         return o.reshape(B, L, H * Dh)
 
     # -- runtime settings and backend -----------------------------------------------------------

@@ -850,6 +850,10 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
                     else fmt.na("not recorded"),
                     fmt.Val(r.get("straddle_weight"), fmt.acc(r["straddle_weight"]))
                     if r.get("straddle_weight") is not None else fmt.na("no straddling value"),
+                    fmt.Val(r["miss_rate"], f"{r['miss_rate']:.1e}", run_id=run_id,
+                            source=f"{RECALL_KIND} n_chars={r.get('n_chars')} layer={layer}, "
+                                   f"{r.get('ranked')} trials ranked, {fmt.acc(r.get('ranked_first'))} first")
+                    if r.get("miss_rate") is not None else fmt.na("not recorded"),
                     fmt.Val(r.get("exact_accuracy"), f"{r.get('exact')}/{r.get('asked')}")
                     if r.get("exact_accuracy") is not None else fmt.na("not recorded"),
                     fmt.Val(r.get("exact_straddling"), f"{r.get('exact_straddling')}/{r.get('asked_straddling')}")
@@ -866,11 +870,13 @@ def retrieval_recall(data: ReportData, pal: Palette) -> Figure:
                "position copies; bars: 95% intervals by sample (Wilson's at the effective number of trials); dashed: "
                "chance, as many chunks drawn at random from those visible; dashed vertical: the training length. "
                "The table adds the mean weight the layer's output gives that chunk (all characters, then those of "
-               "values that straddle a chunk boundary) and the exact match of the same queries (all, then the "
-               "straddling ones); every row is in data/eval_retrieval-recall.csv.")
+               "values that straddle a chunk boundary), the miss rate per competing chunk (the share of the other "
+               "visible chunks that outscore the wanted one; 0.5 for scores at random; with rate p the wanted chunk "
+               "stays first among C competitors with probability (1 - p)^C) and the exact match of the same "
+               "queries (all, then the straddling ones); every row is in data/eval_retrieval-recall.csv.")
     side = Table("retrieval-recall-side", "Retrieval recall",
-                 ["run", "layer", "length", "recall", "chance", "weight", "weight, straddling", "exact",
-                  "exact, straddling"], side_rows).add_footnotes(16)
+                 ["run", "layer", "length", "recall", "chance", "weight", "weight, straddling", "misses per chunk",
+                  "exact", "exact, straddling"], side_rows).add_footnotes(16)
     return Figure("fig-retrieval", title, svg, caption, side, compress(missing) + unevaluated)
 
 
