@@ -146,16 +146,15 @@ def _rank_counts(n: _Counts, pos: torch.Tensor, want: torch.Tensor, qr: torch.Te
     ok = want < visible
     if not ok.any():
         return
-    pos, want, qr = pos[ok], want[ok], qr[ok]
-    scores = torch.einsum("nhd,chd->nhc", qr.float(), lmk.float())  # as the selection scores them
-    cols = torch.arange(scores.shape[-1])
-    seen = cols[None, None, :] < visible[ok][:, None, None]
+    visible, want = visible[ok], want[ok]
+    scores = torch.einsum("nhd,chd->nhc", qr[ok].float(), lmk.float())  # as the selection scores them
+    seen = torch.arange(scores.shape[-1])[None, None, :] < visible[:, None, None]
     mine = scores.gather(-1, want[:, None, None].expand(-1, scores.shape[1], 1))
     above = ((scores > mine) & seen).sum(-1)  # [n, Hkv]
     n.ranked += above.numel()
     n.first += int((above == 0).sum())
     n.outscored += int(above.sum())
-    n.competitors += int((visible[ok] - 1).sum()) * above.shape[1]
+    n.competitors += int((visible - 1).sum()) * above.shape[1]
 
 
 def _sample_counts(sample: HashHopSample, calls: list[tuple], chunk_size: int,

@@ -23,8 +23,8 @@ Shapes: x `[B, L, D]`; queries `[B, L, H, Dh]`; chunk keys/values `[B, C * S, Hk
 landmarks `[B, C, Hkv, Dr]`; selection and fusion weights `[B, L, Hkv, K]`.
 
 Switches for testing why retrieval degrades past the training length (each defaults to the
-paper's behaviour and the checkpoints before it; `fusion = "joint"` and `chunk_overlap` have
-no Triton kernel, nor has `chunk_lookahead`, so `backend = "auto"` runs them on the torch backend):
+paper's behaviour and the checkpoints before it; `fusion = "joint"`, `chunk_overlap` and
+`chunk_lookahead` have no Triton kernel, so `backend = "auto"` runs them on the torch backend):
 
 - `fusion = "joint"`: one softmax over the selected chunks' tokens, each chunk's logits shifted
   by its retrieval score (`hsa_naive.hsa_attention_joint`), instead of a softmax per chunk.
